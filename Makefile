@@ -1,0 +1,33 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+# Both are idempotent: the venv is (re)installed only when pyproject.toml changes.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.classrobust-installed
+
+.PHONY: setup data demo test bench clean
+
+setup: $(STAMP) data
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@# torchattacks is a test-only cross-check; its metadata pins an old `requests`
+	@# that would downgrade the user's, so it is installed without dependencies.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps 'torchattacks>=3.5.1'
+	touch $(STAMP)
+
+data:
+	@bash scripts/setup-data.sh
+
+demo: setup
+	$(BIN)/classrobust demo $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest $(ARGS)
+
+bench: setup
+	$(BIN)/python benchmarks/attack_speed.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -1,0 +1,3 @@
+from classrobust.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Analyses: pure functions over saved per-sample results (no model is run here)."""

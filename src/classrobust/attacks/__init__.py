@@ -1,0 +1,85 @@
+"""Attacks: one base class (:class:`Attack`), one registry (``ATTACKS``), CLI specs.
+
+``create_attack("pgd", model, eps=0.1, steps=20)`` builds a registered attack;
+``parse_attack_specs("fgsm,pgd:steps=50,alpha=0.005")`` turns a CLI string into
+``[(name, overrides)]``. Adding an attack is one file plus one registry line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from classrobust.attacks.base import PRECISIONS, Attack
+from classrobust.attacks.pgd import FGSM, PGD
+from classrobust.attacks.temperature_pgd import DEFAULT_TEMPERATURE, TemperaturePGD
+from classrobust.errors import UsageError
+from classrobust.registry import Registry
+
+ATTACKS: Registry[Attack] = Registry("attack")
+
+ATTACKS.register("fgsm", summary="FGSM, one signed-gradient step of size eps (L-inf)")(FGSM)
+ATTACKS.register("pgd", summary="PGD-20 on cross-entropy, L-inf, random start",
+                 defaults={"steps": 20})(PGD)
+ATTACKS.register("pgd-l2", summary="PGD-20 on cross-entropy, L2, random start",
+                 defaults={"steps": 20, "norm": "l2"})(PGD)
+ATTACKS.register("temp-pgd", summary="Temperature-PGD-20: PGD on CE of softmax(logits / T)",
+                 defaults={"steps": 20})(TemperaturePGD)
+
+
+def create_attack(name: str, model: nn.Module, **kwargs: Any) -> Attack:
+    """Build registered attack ``name`` on ``model``; unknown keyword arguments are an error."""
+    attack = ATTACKS.build(name, model, **kwargs)
+    attack.name = name
+    return attack
+
+
+def _convert(value: str) -> Any:
+    low = value.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def parse_attack_specs(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """Parse ``"fgsm,pgd:steps=50,alpha=0.005,temp-pgd"`` into ``[(name, overrides)]``.
+
+    Commas separate attacks; a ``key=value`` item belongs to the attack before it.
+    """
+    specs: list[tuple[str, dict[str, Any]]] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if "=" in item and ":" not in item:
+            if not specs:
+                raise UsageError(f"attack parameter {item!r} comes before any attack name")
+            key, _, value = item.partition("=")
+            specs[-1][1][key.strip()] = _convert(value.strip())
+            continue
+        name, _, first = item.partition(":")
+        name = name.strip()
+        ATTACKS.get(name)  # unknown names fail here, listing the valid ones
+        params: dict[str, Any] = {}
+        if first:
+            if "=" not in first:
+                raise UsageError(f"attack parameter {first!r} must look like key=value")
+            key, _, value = first.partition("=")
+            params[key.strip()] = _convert(value.strip())
+        if name in (s[0] for s in specs):
+            raise UsageError(f"attack {name!r} is listed twice")
+        specs.append((name, params))
+    if not specs:
+        raise UsageError("no attack given")
+    if "clean" in (s[0] for s in specs):
+        raise UsageError("'clean' is always evaluated; do not list it as an attack")
+    return specs
+
+
+__all__ = ["ATTACKS", "Attack", "FGSM", "PGD", "TemperaturePGD", "DEFAULT_TEMPERATURE",
+           "PRECISIONS", "create_attack", "parse_attack_specs"]

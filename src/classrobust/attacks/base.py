@@ -1,0 +1,143 @@
+"""The one attack base class.
+
+Subclasses implement :meth:`Attack.perturb` on a private copy of the inputs;
+the base class does everything every attack must get right:
+
+* the model is put in eval mode and its mode restored afterwards (``try/finally``);
+* no parameter gradients are computed or accumulated (``requires_grad`` is
+  switched off for the duration and restored);
+* the caller's tensors are never modified;
+* the result is projected onto the threat model and [0, 1];
+* randomness comes from per-sample keyed noise (:mod:`classrobust.attacks.noise`),
+  never from the global RNG, so a seed fixes the result and a sample gets the
+  same result alone or in any batch;
+* bf16 autocast only when asked for (``precision="bf16"``); losses are in fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import nn
+
+from classrobust.attacks.losses import LossFn
+from classrobust.attacks.threat import make_threat_model
+from classrobust.errors import ClassrobustError, UsageError
+
+PRECISIONS = ("fp32", "bf16")
+
+
+class Attack:
+    """Base class: ``x_adv = attack(x, y)``.
+
+    Args:
+        model: maps images (N, C, H, W) in [0, 1] to logits (N, K).
+        eps: radius of the threat model, in pixel units of [0, 1] images; >= 0.
+        norm: ``"linf"`` or ``"l2"``.
+        seed: fixes random starts (per sample, see :mod:`classrobust.attacks.noise`).
+        precision: ``"fp32"`` or ``"bf16"`` (autocast for the model's forward/backward).
+    """
+
+    #: registry / CLI name, set by subclasses
+    name = "attack"
+
+    def __init__(self, model: nn.Module, *, eps: float, norm: str = "linf", seed: int = 0,
+                 precision: str = "fp32"):
+        if not isinstance(model, nn.Module):
+            raise UsageError("attack needs an nn.Module model")
+        if eps is None or not eps >= 0:
+            raise UsageError(f"eps must be >= 0, got {eps}")
+        if norm == "linf" and eps > 1:
+            raise UsageError(f"L-inf eps {eps} is larger than the image range [0, 1]")
+        if precision not in PRECISIONS:
+            raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.model = model
+        self.eps = float(eps)
+        self.norm = norm
+        self.threat = make_threat_model(norm, self.eps)
+        self.seed = int(seed)
+        self.precision = precision
+
+    # -- public -----------------------------------------------------------------
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Attack a batch. x: (N, C, H, W) in [0, 1]; y: (N,) int64 -> x_adv like x."""
+        self._check_inputs(x, y)
+        x = x.detach().clone()
+        y = y.detach().clone()
+        if x.shape[0] == 0:
+            return x
+        was_training = self.model.training
+        frozen = [p for p in self.model.parameters() if p.requires_grad]
+        try:
+            self.model.eval()
+            for p in frozen:
+                p.requires_grad_(False)
+            x_adv = self.perturb(x, y)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+            self.model.train(was_training)
+        return self.threat.project(x_adv.detach().to(x.dtype), x)
+
+    def config(self) -> dict[str, Any]:
+        """Hyperparameters as recorded next to results."""
+        return {"attack": self.name, "eps": self.eps, "norm": self.norm, "seed": self.seed,
+                "precision": self.precision}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "attack")
+        return f"{type(self).__name__}({args})"
+
+    # -- for subclasses ---------------------------------------------------------
+    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def autocast(self, device: torch.device):
+        if self.precision == "bf16":
+            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Model output as fp32 logits, checked for shape and finiteness."""
+        with self.autocast(x.device):
+            out = self.model(x)
+        if out.dim() != 2 or out.shape[0] != x.shape[0]:
+            raise ClassrobustError(
+                f"model returned shape {tuple(out.shape)}; expected logits (N={x.shape[0]}, K)")
+        return out.float()
+
+    def loss_grad(self, x_adv: torch.Tensor, y: torch.Tensor, loss_fn: LossFn
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradient of the summed per-sample loss w.r.t. the input, and the logits.
+
+        Summing per-sample losses keeps each sample's gradient independent of the batch.
+        """
+        x_adv = x_adv.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = self.logits(x_adv)
+            if int(y.max()) >= logits.shape[1]:
+                raise UsageError(f"label {int(y.max())} is out of range for a model with "
+                                 f"{logits.shape[1]} outputs")
+            loss = loss_fn(logits, y)
+            if not torch.isfinite(logits).all():
+                raise ClassrobustError("model returned NaN or infinite logits")
+            (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+        return grad.detach(), logits.detach()
+
+    # -- checks -----------------------------------------------------------------
+    @staticmethod
+    def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
+        if not torch.is_tensor(x) or not x.is_floating_point():
+            raise UsageError("images must be a floating-point tensor")
+        if not torch.is_tensor(y) or y.dim() != 1 or y.shape[0] != x.shape[0]:
+            raise UsageError(f"labels must be a 1-D tensor of length {x.shape[0]}")
+        if y.is_floating_point():
+            raise UsageError("labels must be integers")
+        if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
+            raise UsageError(
+                f"images must lie in [0, 1] (got [{float(x.min()):.3g}, {float(x.max()):.3g}]); "
+                "normalisation belongs inside the model")
+        if y.numel() and int(y.min()) < 0:
+            raise UsageError(f"labels must be >= 0, got {int(y.min())}")

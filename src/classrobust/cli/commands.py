@@ -1,0 +1,186 @@
+"""What the CLI's commands do, once arguments are parsed: build, call, print."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from classrobust.errors import CheckpointError, UsageError
+from classrobust.io import check_output_dir
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("device cuda requested but CUDA is not available")
+    return device
+
+
+def default_precision(device: torch.device) -> str:
+    """bf16 where the hardware runs it natively (AVX-512 BF16 / AMX on CPU, Ampere+ on GPU)."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    try:
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    except (AttributeError, RuntimeError):
+        return "fp32"
+
+
+# -- train ----------------------------------------------------------------------
+def run_train(args) -> Path:
+    from classrobust.training import TrainConfig, train
+
+    device = resolve_device(args.device)
+    check_output_dir(args.out)
+    config = TrainConfig(
+        dataset=args.dataset, model=args.model, method=args.method, eps=args.eps, alpha=args.alpha,
+        attack_steps=args.attack_steps, eps_warmup_epochs=args.eps_warmup_epochs, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
+        val_size=args.val_size, train_subset=args.train_subset,
+        precision=args.precision or default_precision(device), seed=args.seed, device=str(device))
+    _check_names(config)
+    path = train(config, args.out, data_dir=args.data_dir, progress=not args.no_progress)
+    print(f"checkpoint: {path}")
+    print(f"training log: {Path(args.out) / 'train_log.csv'}")
+    return path
+
+
+def _check_names(config) -> None:
+    from classrobust.data import DATASETS
+    from classrobust.models import MODELS
+    from classrobust.training import METHODS
+
+    DATASETS.get(config.dataset)
+    MODELS.get(config.model)
+    METHODS.get(config.method)
+
+
+# -- eval -----------------------------------------------------------------------
+def build_attacks(spec: str, model, *, eps: float, steps: int | None, alpha: float | None,
+                  seed: int, precision: str) -> dict[str, Any]:
+    """Attacks from a CLI spec; global options apply where an attack takes them, per-attack ones win."""
+    from classrobust.attacks import ATTACKS, create_attack, parse_attack_specs
+
+    attacks = {}
+    for name, overrides in parse_attack_specs(spec):
+        valid = ATTACKS.valid_kwargs(name)
+        kwargs: dict[str, Any] = {"eps": eps, "seed": seed, "precision": precision}
+        if steps is not None and "steps" in valid:
+            kwargs["steps"] = steps
+        if alpha is not None and "alpha" in valid:
+            kwargs["alpha"] = alpha
+        kwargs.update(overrides)
+        attacks[name] = create_attack(name, model, **kwargs)
+    return attacks
+
+
+def evaluate_checkpoint(checkpoint: Path, out: Path | None, *, attacks: str, eps: float | None = None,
+                        steps: int | None = None, alpha: float | None = None, precision: str = "fp32",
+                        batch_size: int = 256, seed: int = 0, limit: int | None = None,
+                        device: str | None = None, data_dir: Path | None = None, download: bool = False,
+                        progress: bool = True):
+    from classrobust.checkpoint import load_checkpoint
+    from classrobust.data import get_dataset, make_loader, stratified_subset
+    from classrobust.evaluate import evaluate_classwise
+
+    if batch_size < 1:
+        raise UsageError(f"batch size must be >= 1, got {batch_size}")
+    out = Path(out) if out is not None else Path(checkpoint).parent / "eval"
+    check_output_dir(out)
+    dev = resolve_device(device)
+    model, meta = load_checkpoint(checkpoint, map_location=dev)
+    test = get_dataset(meta["dataset"], "test", root=data_dir, download=download)
+    if list(test.classes) != list(meta["classes"]):
+        raise CheckpointError(f"{checkpoint} was trained on classes {meta['classes']}, "
+                              f"but dataset {meta['dataset']!r} has {test.classes}")
+    if limit is not None:
+        test = stratified_subset(test, limit, seed=seed)
+    eps = eps if eps is not None else meta.get("eps", test.threat_model.eps)
+    attack_objs = build_attacks(attacks, model, eps=eps, steps=steps, alpha=alpha, seed=seed,
+                                precision=precision)
+    run_meta = {"checkpoint": str(checkpoint), "dataset": meta["dataset"], "split": "test",
+                "model": meta["model"], "eps": eps, "limit": limit, "seed": seed, "precision": precision,
+                "batch_size": batch_size, "device": str(dev), "torch_version": torch.__version__,
+                "mode": "last-iterate"}
+    t0 = time.perf_counter()
+    result = evaluate_classwise(model, make_loader(test, batch_size), attack_objs, device=dev,
+                                progress=progress, meta=run_meta)
+    result.meta["seconds"] = round(time.perf_counter() - t0, 2)
+    result.save(out)
+    return result, out
+
+
+def print_result(result, out: Path) -> None:
+    from classrobust.report import format_classwise_table, format_warnings
+
+    eps = result.meta.get("eps")
+    print(f"\nclass-wise accuracy on {len(result.labels)} test images of {result.meta.get('dataset')}"
+          f" (eps = {eps:g}):\n")
+    print(format_classwise_table(result))
+    for line in format_warnings(result):
+        print(line)
+    print(f"\nresults: {out}/ (per_class.csv, confusion_<attack>.csv, samples.csv.gz, summary.json)")
+
+
+def run_eval(args):
+    result, out = evaluate_checkpoint(
+        args.checkpoint, args.out, attacks=args.attacks, eps=args.eps, steps=args.steps, alpha=args.alpha,
+        precision=args.precision, batch_size=args.batch_size, seed=args.seed, limit=args.limit,
+        device=args.device, data_dir=args.data_dir, download=args.download, progress=not args.no_progress)
+    print_result(result, out)
+    return result
+
+
+# -- demo -----------------------------------------------------------------------
+DEMO_EPOCHS = 4
+DEMO_ATTACKS = "fgsm,pgd:steps=20,temp-pgd:steps=20"
+
+
+def demo_config(args, device: torch.device):
+    from classrobust.training import TrainConfig
+
+    return TrainConfig(dataset="fashion-mnist", model="smallcnn", method="pgd-at", eps=0.1,
+                       attack_steps=3, eps_warmup_epochs=1.0, epochs=args.epochs or DEMO_EPOCHS,
+                       batch_size=128, lr=0.05, val_size=1000, val_attack_steps=10,
+                       train_subset=args.train_subset, seed=args.seed,
+                       precision=default_precision(device), device=str(device))
+
+
+def run_demo(args):
+    from classrobust.checkpoint import read_checkpoint_meta
+    from classrobust.training import train
+
+    device = resolve_device(args.device)
+    out = check_output_dir(args.out)
+    config = demo_config(args, device)
+    checkpoint = out / "model.safetensors"
+    reuse = False
+    if checkpoint.exists() and not args.retrain:
+        try:
+            reuse = read_checkpoint_meta(checkpoint).get("config") == config.to_dict()
+        except CheckpointError:
+            reuse = False
+        print(f"reusing {checkpoint} (pass --retrain to train again)" if reuse
+              else f"{checkpoint} was trained with other settings; training again")
+    t0 = time.perf_counter()
+    if not reuse:
+        print(f"training PGD-AT smallcnn on Fashion-MNIST, eps 0.1, {config.epochs} epochs "
+              f"({config.precision}, {device})")
+        train(config, out, data_dir=args.data_dir, progress=not args.no_progress)
+    train_seconds = time.perf_counter() - t0
+    result, eval_dir = evaluate_checkpoint(checkpoint, out / "eval", attacks=DEMO_ATTACKS, limit=args.limit,
+                                           seed=args.seed, device=args.device, data_dir=args.data_dir,
+                                           progress=not args.no_progress)
+    print_result(result, eval_dir)
+    print(f"\nmodel: {checkpoint} (+ model.json, train_log.csv)")
+    print(f"time: training {train_seconds:.0f}s, evaluation {result.meta['seconds']:.0f}s")
+    return result

@@ -1,0 +1,171 @@
+"""``classrobust`` command line: parse, build from registries, call the layers, print.
+
+Errors the user can fix are printed as one line ``classrobust: error: ...``
+with exit code 2 for usage errors (as argparse does) and 1 for the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from classrobust import __version__
+from classrobust.errors import ClassrobustError, UsageError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _common_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="data directory (default ~/.cache/classrobust/data or $CLASSROBUST_DATA_DIR)")
+    p.add_argument("--download", action="store_true", help="allow downloading missing data")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _common_attack(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--eps", type=_non_negative_float, default=None,
+                   help="perturbation budget (default: the checkpoint's training eps)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="steps for every iterative attack")
+    p.add_argument("--alpha", type=_non_negative_float, default=None,
+                   help="step size for every iterative attack (default 2.5 * eps / steps)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="attack arithmetic (predictions are always checked in fp32)")
+    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=_positive_int, default=None,
+                   help="evaluate a class-stratified subset of N test images")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="classrobust", description="Class-wise robustness in adversarial training.")
+    parser.add_argument("--version", action="version", version=f"classrobust {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("list", help="list datasets, models, attacks and training methods")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("train", help="adversarially train a model and save a checkpoint")
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--model", default="smallcnn")
+    p.add_argument("--method", default="pgd-at")
+    p.add_argument("--eps", type=_non_negative_float, default=None, help="default: the dataset's")
+    p.add_argument("--alpha", type=_non_negative_float, default=None, help="inner attack step size")
+    p.add_argument("--attack-steps", type=_positive_int, default=5, help="inner PGD steps")
+    p.add_argument("--eps-warmup-epochs", type=_non_negative_float, default=1.0,
+                   help="ramp eps linearly from 0 over this many epochs")
+    p.add_argument("--epochs", type=_positive_int, default=10)
+    p.add_argument("--batch-size", type=_positive_int, default=128)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--schedule", default="piecewise", choices=["piecewise", "cosine", "constant"])
+    p.add_argument("--val-size", type=_positive_int, default=1000,
+                   help="validation images evaluated per epoch (from the held-out split)")
+    p.add_argument("--train-subset", type=_positive_int, default=None,
+                   help="train on a class-stratified subset of N images")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default=None,
+                   help="default: bf16 autocast where supported, else fp32")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="run directory (replaced only on success)")
+    _common_data(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="class-wise evaluation of a checkpoint under attacks (test split)")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--attacks", default="fgsm,pgd,temp-pgd",
+                   help="comma-separated, with per-attack parameters: fgsm,pgd:steps=50,alpha=0.005")
+    p.add_argument("--out", type=Path, default=None, help="default: eval/ beside the checkpoint")
+    _common_attack(p)
+    _common_data(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="train (or reuse) a PGD-AT smallcnn on Fashion-MNIST and evaluate it")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--retrain", action="store_true", help="train even if a matching model exists")
+    p.add_argument("--epochs", type=_positive_int, default=None)
+    p.add_argument("--train-subset", type=_positive_int, default=None)
+    p.add_argument("--limit", type=_positive_int, default=2000, help="test images to evaluate")
+    p.add_argument("--seed", type=int, default=0)
+    _common_data(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except ClassrobustError as exc:
+        print(f"classrobust: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        print(f"classrobust: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("classrobust: interrupted", file=sys.stderr)
+        return 130
+
+
+# -- commands -------------------------------------------------------------------
+def cmd_list(args) -> int:
+    from classrobust.attacks import ATTACKS
+    from classrobust.data import DATASETS
+    from classrobust.models import MODELS
+    from classrobust.training import METHODS
+
+    for title, registry in (("datasets", DATASETS), ("models", MODELS), ("attacks", ATTACKS),
+                            ("training methods", METHODS)):
+        print(f"{title}:")
+        for entry in registry:
+            print(f"  {entry.name:<16}{entry.summary}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from classrobust.cli.commands import run_train
+
+    run_train(args)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from classrobust.cli.commands import run_eval
+
+    run_eval(args)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from classrobust.cli.commands import run_demo
+
+    run_demo(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""Datasets: ``get_dataset(name, split)`` returns images in [0, 1] with class names and a threat model.
+
+Adding a dataset is one builder plus one ``DATASETS.register`` line.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from classrobust.data.base import (DatasetInfo, ImageTensorDataset, ThreatModel,
+                                   stratified_positions, stratified_split)
+from classrobust.data.mnist_like import FASHION_MNIST, MNIST, load_mnist_like
+from classrobust.errors import UsageError
+from classrobust.registry import Registry
+
+DATASETS: Registry[Dataset] = Registry("dataset")
+
+DEFAULT_DATA_DIR = Path(os.environ.get("CLASSROBUST_DATA_DIR", "~/.cache/classrobust/data")).expanduser()
+
+
+@DATASETS.register("fashion-mnist", info=FASHION_MNIST,
+                   summary="Fashion-MNIST, 10 clothing classes, 28x28 grey (default; eps 0.1)")
+def fashion_mnist(split: str, root: Path, download: bool = False) -> ImageTensorDataset:
+    return load_mnist_like(FASHION_MNIST, split, root, download)
+
+
+@DATASETS.register("mnist", info=MNIST, summary="MNIST digits, 28x28 grey (eps 0.3)")
+def mnist(split: str, root: Path, download: bool = False) -> ImageTensorDataset:
+    return load_mnist_like(MNIST, split, root, download)
+
+
+def get_dataset_info(name: str) -> DatasetInfo:
+    return DATASETS.get(name).info
+
+
+def get_dataset(name: str, split: str, root: str | os.PathLike | None = None,
+                download: bool = False) -> ImageTensorDataset:
+    """A dataset split as images ``(C, H, W)`` float in [0, 1] with int labels.
+
+    Args:
+        name: registry name, e.g. ``"fashion-mnist"``.
+        split: ``"train"`` or ``"test"``. Validation splits are carved out of
+            ``"train"`` by :func:`train_val_split`, never out of ``"test"``.
+        root: data directory (default ``~/.cache/classrobust/data`` or ``$CLASSROBUST_DATA_DIR``).
+        download: allow fetching missing files (off by default: nothing touches
+            the network unless asked).
+
+    The result has ``.classes`` (class names), ``.info`` (:class:`DatasetInfo`)
+    and ``.threat_model`` (the dataset's default eps and step size).
+    """
+    info = get_dataset_info(name)
+    if split not in info.splits:
+        raise UsageError(f"dataset {name!r} has no split {split!r}; choose one of: {', '.join(info.splits)}")
+    root = Path(root).expanduser() if root is not None else DEFAULT_DATA_DIR
+    return DATASETS.build(name, split, root, download=download)
+
+
+def train_val_split(train: ImageTensorDataset, val_fraction: float = 0.1, seed: int = 0
+                    ) -> tuple[ImageTensorDataset, ImageTensorDataset]:
+    """Stratified (train, validation) split of the training set."""
+    tr, va = stratified_split(train.targets, val_fraction, train.info.num_classes, seed)
+    return train.subset(tr), train.subset(va)
+
+
+def stratified_subset(ds: ImageTensorDataset, n: int, seed: int = 0) -> ImageTensorDataset:
+    """A class-stratified subset of ``n`` samples (all of ``ds`` if ``n >= len(ds)``)."""
+    return ds.subset(stratified_positions(ds.targets, n, ds.info.num_classes, seed))
+
+
+def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                drop_last: bool = False, num_workers: int = 0) -> DataLoader:
+    """A DataLoader; in-memory datasets are served a whole batch per index call (no per-item collate)."""
+    if batch_size < 1:
+        raise UsageError(f"batch size must be >= 1, got {batch_size}")
+    gen = torch.Generator().manual_seed(seed)
+    if isinstance(ds, ImageTensorDataset):
+        from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
+
+        base = RandomSampler(ds, generator=gen) if shuffle else SequentialSampler(ds)
+        sampler = BatchSampler(base, batch_size, drop_last)
+        return DataLoader(ds, sampler=sampler, batch_size=None, num_workers=num_workers)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen,
+                      drop_last=drop_last, num_workers=num_workers)
+
+
+__all__ = ["DATASETS", "DatasetInfo", "ImageTensorDataset", "ThreatModel", "get_dataset",
+           "get_dataset_info", "train_val_split", "stratified_subset", "make_loader"]

@@ -1,0 +1,21 @@
+"""User-facing errors: the CLI prints their message on one line and exits non-zero."""
+
+
+class ClassrobustError(Exception):
+    """A problem the user can fix (bad data, bad file); the CLI exits with code 1."""
+
+    exit_code = 1
+
+
+class UsageError(ClassrobustError, ValueError):
+    """A bad argument or name; the CLI exits with code 2, like argparse."""
+
+    exit_code = 2
+
+
+class DataNotFoundError(ClassrobustError, FileNotFoundError):
+    """A dataset's files are missing; the message says how to get them."""
+
+
+class CheckpointError(ClassrobustError):
+    """A checkpoint is missing, truncated, corrupt or does not match its sidecar."""

@@ -1,0 +1,81 @@
+"""Run a model against attacks on a loader and keep per-sample, per-class results."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from classrobust.attacks.base import Attack
+from classrobust.errors import UsageError
+from classrobust.evaluate.results import CLEAN, AttackResult, ClasswiseResult
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Predicted classes in fp32 eval mode (how the model is deployed), x: (N, C, H, W) in [0, 1]."""
+    return model(x).argmax(dim=1)
+
+
+def evaluate_classwise(model: nn.Module, loader: Iterable, attacks: Mapping[str, Attack], *,
+                       classes: list[str] | None = None, device: str | torch.device | None = None,
+                       progress: bool = True, meta: dict[str, Any] | None = None) -> ClasswiseResult:
+    """Clean and adversarial per-sample predictions, from which every per-class number derives.
+
+    Args:
+        model: ``model(x in [0, 1]) -> logits (N, K)``; evaluated in eval mode, its mode restored.
+        loader: yields ``(x: (B, C, H, W) in [0, 1], y: (B,))`` in a fixed order. If
+            ``loader.dataset.indices`` exists, it names each sample's index in the test split.
+        attacks: name -> attack built on ``model``. Each attack runs only on the
+            points the model classifies correctly; a point already misclassified
+            keeps its clean prediction (the per-point worst case).
+        classes: class names (default: ``loader.dataset.classes``).
+    """
+    if CLEAN in attacks:
+        raise UsageError("'clean' is reserved for the unattacked model")
+    dataset = getattr(loader, "dataset", None)
+    classes = list(classes if classes is not None else getattr(dataset, "classes", []))
+    if not classes:
+        raise UsageError("evaluate_classwise needs class names (pass classes=...)")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    k = len(classes)
+    labels, preds = [], {name: [] for name in (CLEAN, *attacks)}
+    seconds = dict.fromkeys(preds, 0.0)
+    was_training = model.training
+    model.eval()
+    try:
+        for x, y in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
+            x, y = x.to(device), y.to(device)
+            if int(y.min()) < 0 or int(y.max()) >= k:
+                raise UsageError(f"labels must lie in [0, {k}); got {int(y.min())}..{int(y.max())}")
+            t0 = time.perf_counter()
+            clean = predict(model, x)
+            seconds[CLEAN] += time.perf_counter() - t0
+            correct = clean == y
+            labels.append(y.cpu())
+            preds[CLEAN].append(clean.cpu())
+            for name, attack in attacks.items():
+                t0 = time.perf_counter()
+                pred = clean.clone()
+                if correct.any():
+                    x_adv = attack(x[correct], y[correct])
+                    pred[correct] = predict(model, x_adv)
+                seconds[name] += time.perf_counter() - t0
+                preds[name].append(pred.cpu())
+    finally:
+        model.train(was_training)
+    if not labels:
+        raise UsageError("the loader yielded no samples")
+    y_all = torch.cat(labels).numpy().astype(np.int64)
+    indices = getattr(dataset, "indices", None)
+    indices = np.asarray(indices) if indices is not None and len(indices) == len(y_all) else np.arange(len(y_all))
+    results = {}
+    for name, chunks in preds.items():
+        config = {"attack": CLEAN} if name == CLEAN else attacks[name].config()
+        results[name] = AttackResult(name, y_all, torch.cat(chunks).numpy().astype(np.int64), k,
+                                     config, seconds[name])
+    return ClasswiseResult(classes, indices, y_all, results, dict(meta or {}))

@@ -1,0 +1,163 @@
+"""The one result schema every analysis reads: per-sample predictions per attack.
+
+Everything per class is derived from the per-sample records: the confusion
+matrix (true x predicted), then n (row sums), correct (diagonal) and accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from classrobust.io import atomic_directory, atomic_write_json
+
+CLEAN = "clean"
+
+
+@dataclass
+class AttackResult:
+    """Outcome of one attack (or ``clean``) over the evaluated samples.
+
+    ``predictions[i]`` is the per-point worst case: the clean prediction where
+    the clean model already errs (attacks only run on correctly classified
+    points), otherwise the prediction on the adversarial example.
+    """
+
+    name: str
+    labels: np.ndarray  # (N,) int
+    predictions: np.ndarray  # (N,) int
+    num_classes: int
+    config: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def confusion(self) -> np.ndarray:
+        """(K, K) counts: row = true class, column = predicted class."""
+        k = self.num_classes
+        return np.bincount(self.labels * k + self.predictions, minlength=k * k).reshape(k, k)
+
+    @property
+    def n_per_class(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=self.num_classes)
+
+    @property
+    def correct_per_class(self) -> np.ndarray:
+        return np.bincount(self.labels[self.predictions == self.labels], minlength=self.num_classes)
+
+    @property
+    def accuracy_per_class(self) -> np.ndarray:
+        n = self.n_per_class
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(n > 0, self.correct_per_class / np.maximum(n, 1), np.nan)
+
+    @property
+    def accuracy(self) -> float:
+        return float((self.predictions == self.labels).mean()) if len(self.labels) else float("nan")
+
+    @property
+    def worst_class(self) -> int:
+        return int(np.nanargmin(self.accuracy_per_class))
+
+    @property
+    def best_class(self) -> int:
+        return int(np.nanargmax(self.accuracy_per_class))
+
+
+@dataclass
+class ClasswiseResult:
+    """Per-sample, per-attack results of one evaluation (clean first)."""
+
+    classes: list[str]
+    indices: np.ndarray  # (N,) index of each sample in the test split
+    labels: np.ndarray  # (N,)
+    attacks: dict[str, AttackResult]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def per_class_table(self) -> pd.DataFrame:
+        """Long format: one row per (attack, class)."""
+        rows = []
+        for name, res in self.attacks.items():
+            n, correct, acc = res.n_per_class, res.correct_per_class, res.accuracy_per_class
+            for k, cls in enumerate(self.classes):
+                rows.append({"attack": name, "class_index": k, "class_name": cls, "n": int(n[k]),
+                             "correct": int(correct[k]), "accuracy": float(acc[k])})
+        return pd.DataFrame(rows)
+
+    def wide_table(self) -> pd.DataFrame:
+        """Classes x attacks accuracy (in [0, 1]) with ``n``; what the CLI prints."""
+        table = pd.DataFrame({"class": self.classes,
+                              "n": self.attacks[CLEAN].n_per_class if CLEAN in self.attacks
+                              else np.bincount(self.labels, minlength=self.num_classes)})
+        for name, res in self.attacks.items():
+            table[name] = res.accuracy_per_class
+        return table
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"n": int(len(self.labels)), "classes": self.classes, "attacks": {}}
+        for name, res in self.attacks.items():
+            acc = res.accuracy_per_class
+            out["attacks"][name] = {
+                "accuracy": res.accuracy,
+                "worst_class": self.classes[res.worst_class],
+                "worst_class_index": res.worst_class,
+                "worst_class_accuracy": float(acc[res.worst_class]),
+                "best_class": self.classes[res.best_class],
+                "best_class_index": res.best_class,
+                "best_class_accuracy": float(acc[res.best_class]),
+                "gap": float(np.nanmax(acc) - np.nanmin(acc)),
+                "seconds": round(res.seconds, 3),
+                "config": res.config,
+            }
+        out["collapsed_classes"] = collapsed_classes(self)
+        out["meta"] = self.meta
+        return out
+
+    def samples_table(self) -> pd.DataFrame:
+        """Per-sample records: index, label, and each attack's (worst-case) prediction."""
+        table = pd.DataFrame({"index": self.indices, "label": self.labels})
+        for name, res in self.attacks.items():
+            table[f"pred_{name}"] = res.predictions
+        return table
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write all result files into ``out_dir`` atomically (an earlier result survives a failure)."""
+        with atomic_directory(out_dir) as stage:
+            self.per_class_table().to_csv(stage / "per_class.csv", index=False)
+            for name, res in self.attacks.items():
+                pd.DataFrame(res.confusion, index=self.classes, columns=self.classes).rename_axis(
+                    "true\\predicted").to_csv(stage / f"confusion_{name}.csv")
+            self.samples_table().to_csv(stage / "samples.csv.gz", index=False)
+            atomic_write_json(stage / "summary.json", self.summary())
+        return Path(out_dir)
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> "ClasswiseResult":
+        """Rebuild a result from ``samples.csv.gz`` and ``summary.json``, without re-attacking."""
+        out_dir = Path(out_dir)
+        summary = json.loads((out_dir / "summary.json").read_text())
+        samples = pd.read_csv(out_dir / "samples.csv.gz")
+        labels = samples["label"].to_numpy()
+        k = len(summary["classes"])
+        attacks = {name: AttackResult(name, labels, samples[f"pred_{name}"].to_numpy(), k,
+                                      info.get("config", {}), info.get("seconds", 0.0))
+                   for name, info in summary["attacks"].items()}
+        return cls(summary["classes"], samples["index"].to_numpy(), labels, attacks, summary.get("meta", {}))
+
+
+def collapsed_classes(result: ClasswiseResult, factor: float = 2.0) -> list[dict[str, Any]]:
+    """Classes whose clean accuracy is below ``factor`` times chance (1/K): the model gave up on them."""
+    if CLEAN not in result.attacks:
+        return []
+    acc = result.attacks[CLEAN].accuracy_per_class
+    limit = factor / result.num_classes
+    return [{"class": result.classes[k], "class_index": k, "clean_accuracy": float(acc[k])}
+            for k in range(result.num_classes) if acc[k] < limit]

@@ -1,0 +1,47 @@
+"""Models: ``create_model(name, dataset=...)`` returns a module taking [0, 1] images.
+
+Every model normalises inside (a :class:`Normalize` first layer), so attacks,
+eps and projections all live in pixel space. Adding a model is one builder
+plus one ``MODELS.register`` line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from classrobust.data import get_dataset_info
+from classrobust.data.base import DatasetInfo
+from classrobust.models.normalize import Normalize, NormalizedModel
+from classrobust.models.smallcnn import SmallCNN
+from classrobust.registry import Registry
+
+MODELS: Registry[nn.Module] = Registry("model")
+
+
+@MODELS.register("smallcnn", summary="4-conv / 3-fc small CNN for 28x28 inputs (MNIST, Fashion-MNIST)")
+def smallcnn(info: DatasetInfo, dropout: float = 0.5) -> nn.Module:
+    c, h, w = info.input_shape
+    return SmallCNN(c, info.num_classes, image_size=h, dropout=dropout)
+
+
+def create_model(name: str, dataset: str | DatasetInfo = "fashion-mnist", **kwargs: Any) -> nn.Module:
+    """Build model ``name`` for ``dataset``: ``model(x: (N, C, H, W) in [0, 1]) -> logits (N, K)``."""
+    info = get_dataset_info(dataset) if isinstance(dataset, str) else dataset
+    net = MODELS.build(name, info, **kwargs)
+    return NormalizedModel(net, info.mean, info.std)
+
+
+def final_linear(model: nn.Module) -> nn.Linear:
+    """The last ``nn.Linear`` of a model: its rows are the per-class classifier weights."""
+    last = None
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            last = module
+    if last is None:
+        raise ValueError("model has no nn.Linear layer")
+    return last
+
+
+__all__ = ["MODELS", "create_model", "final_linear", "Normalize", "NormalizedModel", "SmallCNN"]

@@ -1,0 +1,88 @@
+"""One registry mechanism for datasets, models, attacks and training methods.
+
+A registry maps a CLI name (``fashion-mnist``, ``temp-pgd``) to a builder and
+a frozen info object. :meth:`Registry.build` checks keyword arguments against
+the builder's signature, so a typo is an error naming the valid keys instead
+of being silently ignored deep inside.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, Iterator, TypeVar
+
+from classrobust.errors import UsageError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    name: str
+    builder: Callable[..., T]
+    summary: str
+    info: Any = None
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+class Registry(Generic[T]):
+    """Name -> builder, with signature-checked keyword arguments."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry[T]] = {}
+
+    def register(self, name: str, *, summary: str = "", info: Any = None,
+                 defaults: dict[str, Any] | None = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator registering ``builder`` under ``name``."""
+
+        def deco(builder: Callable[..., T]) -> Callable[..., T]:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            doc = summary or (inspect.getdoc(builder) or "").split("\n")[0]
+            self._entries[name] = Entry(name, builder, doc, info, dict(defaults or {}))
+            return builder
+
+        return deco
+
+    def get(self, name: str) -> Entry[T]:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UsageError(
+                f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}"
+            ) from None
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[Entry[T]]:
+        return iter(self._entries.values())
+
+    def valid_kwargs(self, name: str) -> list[str]:
+        params = inspect.signature(self.get(name).builder).parameters.values()
+        return [p.name for p in params
+                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+    def check_kwargs(self, name: str, kwargs: dict[str, Any]) -> None:
+        valid = self.valid_kwargs(name)
+        sig = inspect.signature(self.get(name).builder)
+        if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+            return
+        unknown = sorted(set(kwargs) - set(valid))
+        if unknown:
+            raise UsageError(
+                f"{self.kind} {name!r} has no parameter {', '.join(map(repr, unknown))}; "
+                f"valid: {', '.join(valid)}"
+            )
+
+    def build(self, name: str, *args: Any, **kwargs: Any) -> T:
+        """Call the builder of ``name`` with its registered defaults overridden by ``kwargs``."""
+        entry = self.get(name)
+        merged = {**entry.defaults, **kwargs}
+        self.check_kwargs(name, merged)
+        return entry.builder(*args, **merged)

@@ -1,0 +1,76 @@
+"""Training configuration: one frozen dataclass, saved next to every checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from classrobust.errors import UsageError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (with the code version and seed).
+
+    ``eps``/``alpha`` default to the dataset's threat model when None; the inner
+    attack's step is ``alpha`` if given, else ``2.5 * eps / attack_steps``.
+    """
+
+    dataset: str = "fashion-mnist"
+    model: str = "smallcnn"
+    method: str = "pgd-at"
+    eps: float | None = None
+    alpha: float | None = None
+    attack_steps: int = 5
+    eps_warmup_epochs: float = 0.0
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "piecewise"
+    lr_milestones: tuple[float, ...] = (0.5, 0.75)
+    lr_decay: float = 0.1
+    val_fraction: float = 0.1
+    val_size: int = 1000
+    val_attack_steps: int = 10
+    train_subset: int | None = None
+    seed: int = 0
+    precision: str = "bf16"
+    device: str = "cpu"
+
+    def __post_init__(self):
+        checks = [
+            (self.eps is None or self.eps >= 0, f"eps must be >= 0, got {self.eps}"),
+            (self.alpha is None or self.alpha > 0, f"alpha must be > 0, got {self.alpha}"),
+            (self.attack_steps >= 1, f"attack steps must be >= 1, got {self.attack_steps}"),
+            (self.val_attack_steps >= 1, f"validation attack steps must be >= 1, got {self.val_attack_steps}"),
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
+            (0 < self.val_fraction < 1, f"validation fraction must be in (0, 1), got {self.val_fraction}"),
+            (self.val_size >= 1, f"validation size must be >= 1, got {self.val_size}"),
+            (self.eps_warmup_epochs >= 0, "eps warm-up epochs must be >= 0"),
+            (self.train_subset is None or self.train_subset >= 1,
+             f"train subset must be >= 1, got {self.train_subset}"),
+            (self.precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, got {self.precision!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["lr_milestones"] = list(self.lr_milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UsageError(f"unknown training config keys: {', '.join(unknown)}")
+        d = dict(d)
+        if "lr_milestones" in d:
+            d["lr_milestones"] = tuple(d["lr_milestones"])
+        return cls(**d)

@@ -1,0 +1,36 @@
+"""The training-method contract: ``loss(model, x, y, eps=..., seed=...) -> (loss, logits)``."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class TrainingMethod:
+    """One objective on the shared training loop.
+
+    The loop owns optimisation, schedules, logging and checkpoints; a method
+    only says what loss a batch gives. ``model`` is in train mode on entry and
+    must be on exit; inner attacks switch to eval mode themselves.
+    """
+
+    name = "method"
+    adversarial = True
+
+    def __init__(self, *, attack_steps: int, alpha: float | None, precision: str):
+        self.attack_steps = attack_steps
+        self.alpha = alpha
+        self.precision = precision
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, C, H, W) in [0, 1], y: (B,) -> (scalar loss, logits (B, K) of the trained-on input)."""
+        raise NotImplementedError

@@ -1,0 +1,114 @@
+"""The real loaders on generated IDX files and real Fashion-MNIST; splits and subsets."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+import torch
+
+from classrobust.data import (DATASETS, get_dataset, get_dataset_info, make_loader, stratified_subset,
+                              train_val_split)
+from classrobust.data.idx import read_idx
+from classrobust.errors import ClassrobustError, DataNotFoundError, UsageError
+from conftest import require_fmnist, write_idx
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_idx_round_trip(tmp_path, compress):
+    a = np.random.default_rng(0).integers(0, 256, size=(5, 28, 28)).astype(np.uint8)
+    path = tmp_path / ("x.gz" if compress else "x")
+    write_idx(path, a, compress=compress)
+    assert torch.equal(read_idx(path), torch.from_numpy(a))
+
+
+def test_idx_truncated_and_bad_magic(tmp_path):
+    a = np.zeros((5, 28, 28), np.uint8)
+    write_idx(tmp_path / "x", a, compress=False)
+    data = (tmp_path / "x").read_bytes()
+    (tmp_path / "short").write_bytes(data[:-10])
+    with pytest.raises(ClassrobustError, match="truncated or corrupt"):
+        read_idx(tmp_path / "short")
+    (tmp_path / "bad").write_bytes(b"\x01\x02" + data[2:])
+    with pytest.raises(ClassrobustError, match="bad magic"):
+        read_idx(tmp_path / "bad")
+    (tmp_path / "bad.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(ClassrobustError, match="cannot read IDX"):
+        read_idx(tmp_path / "bad.gz")
+
+
+def test_generated_files_through_real_loader(synthetic_env):
+    train = get_dataset("fashion-mnist", "train")
+    test = get_dataset("fashion-mnist", "test")
+    assert len(train) == 600 and len(test) == 200
+    x, y = test[0]
+    assert x.shape == (1, 28, 28) and x.dtype == torch.float32 and isinstance(y, int)
+    assert 0 <= float(test.images.min()) and float(x.max()) <= 1
+    assert test.classes[6] == "Shirt" and len(test.classes) == 10
+    assert test.threat_model.eps == 0.1
+
+
+def test_missing_data_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLASSROBUST_SYSTEM_DATA", str(tmp_path / "nothing"))
+    with pytest.raises(DataNotFoundError, match="apt-get install dataset-fashion-mnist.*--download"):
+        get_dataset("fashion-mnist", "test", root=tmp_path / "data")
+
+
+def test_unknown_dataset_and_split():
+    with pytest.raises(UsageError, match="unknown dataset 'cifar'; choose one of: fashion-mnist, mnist"):
+        get_dataset("cifar", "test")
+    with pytest.raises(UsageError, match="has no split 'val'"):
+        get_dataset("fashion-mnist", "val")
+
+
+def test_registry_metadata():
+    for entry in DATASETS:
+        info = get_dataset_info(entry.name)
+        assert info.num_classes == len(info.classes) == 10
+        assert len(info.mean) == len(info.std) == info.input_shape[0]
+        assert 0 < info.threat_model.eps <= 0.3
+    assert get_dataset_info("mnist").threat_model.eps == 0.3
+
+
+def test_stratified_subset_and_split():
+    targets = torch.arange(1000) % 10
+    ds_like = type("D", (), {})
+    from classrobust.data.base import stratified_positions, stratified_split
+
+    pos = stratified_positions(targets, 205, 10, seed=0)
+    counts = torch.bincount(targets[pos], minlength=10)
+    assert counts.sum() == 205 and counts.max() - counts.min() <= 1
+    assert torch.equal(pos, stratified_positions(targets, 205, 10, seed=0))
+    tr, va = stratified_split(targets, 0.1, 10, seed=0)
+    assert len(set(tr.tolist()) & set(va.tolist())) == 0 and len(tr) + len(va) == 1000
+    assert torch.bincount(targets[va], minlength=10).tolist() == [10] * 10
+
+
+def test_stratified_subset_with_unequal_classes():
+    from classrobust.data.base import stratified_positions
+
+    targets = torch.cat([torch.zeros(3), torch.ones(100), torch.full((100,), 2)]).long()
+    counts = torch.bincount(targets[stratified_positions(targets, 60, 3, seed=1)], minlength=3)
+    assert counts.tolist() == [3, 29, 28] or counts.tolist() == [3, 28, 29]
+
+
+def test_real_fashion_mnist():
+    require_fmnist()
+    train, test = get_dataset("fashion-mnist", "train"), get_dataset("fashion-mnist", "test")
+    assert len(train) == 60000 and len(test) == 10000
+    assert torch.bincount(test.targets).tolist() == [1000] * 10
+    tr, va = train_val_split(train, 0.1, seed=0)
+    assert len(tr) == 54000 and torch.bincount(va.targets).tolist() == [600] * 10
+    assert not set(tr.indices.tolist()) & set(va.indices.tolist())
+    sub = stratified_subset(test, 2000, seed=0)
+    assert torch.bincount(sub.targets).tolist() == [200] * 10
+    x, y = next(iter(make_loader(sub, 64)))
+    assert x.shape == (64, 1, 28, 28) and y.shape == (64,)
+    # the subset remembers where its samples sit in the test split
+    assert torch.equal(test.targets[sub.indices], sub.targets)
+
+
+def test_loader_batch_size_must_be_positive(synthetic_env):
+    with pytest.raises(UsageError, match="batch size must be >= 1"):
+        make_loader(get_dataset("fashion-mnist", "test"), 0)

@@ -1,0 +1,139 @@
+"""Class-wise evaluation: counts, confusion, worst-case semantics, saved files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from classrobust.attacks import FGSM, PGD
+from classrobust.data import make_loader
+from classrobust.errors import UsageError
+from classrobust.evaluate import CLEAN, AttackResult, ClasswiseResult, evaluate_classwise
+
+
+@pytest.fixture(scope="module")
+def result(trained_fmnist_model, fmnist_test_subset):
+    model = trained_fmnist_model
+    attacks = {"fgsm": FGSM(model, eps=0.1), "pgd": PGD(model, eps=0.1, steps=10)}
+    return evaluate_classwise(model, make_loader(fmnist_test_subset, 128), attacks, progress=False)
+
+
+def test_counts_and_confusion(result, fmnist_test_subset):
+    assert list(result.attacks) == [CLEAN, "fgsm", "pgd"]
+    n = torch.bincount(fmnist_test_subset.targets, minlength=10).numpy()
+    for res in result.attacks.values():
+        cm = res.confusion
+        assert cm.shape == (10, 10)
+        np.testing.assert_array_equal(cm.sum(axis=1), n)
+        np.testing.assert_array_equal(res.n_per_class, n)
+        np.testing.assert_array_equal(np.diag(cm), res.correct_per_class)
+        np.testing.assert_allclose(res.accuracy_per_class, np.diag(cm) / n)
+        assert res.accuracy == pytest.approx(np.trace(cm) / n.sum())
+        assert res.accuracy_per_class[res.worst_class] == res.accuracy_per_class.min()
+
+
+def test_confusion_matches_sklearn_style_reference(result):
+    # an independent count with pandas.crosstab
+    res = result.attacks["pgd"]
+    ref = pd.crosstab(res.labels, res.predictions).reindex(index=range(10), columns=range(10), fill_value=0)
+    np.testing.assert_array_equal(res.confusion, ref.to_numpy())
+
+
+def test_attacked_points_are_a_subset_of_clean_correct(result):
+    clean = result.attacks[CLEAN]
+    for name in ("fgsm", "pgd"):
+        adv = result.attacks[name]
+        robust = adv.predictions == adv.labels
+        assert not (robust & (clean.predictions != clean.labels)).any()
+        # a clean error keeps its clean prediction
+        wrong = clean.predictions != clean.labels
+        np.testing.assert_array_equal(adv.predictions[wrong], clean.predictions[wrong])
+    assert (result.attacks["pgd"].correct_per_class <= clean.correct_per_class).all()
+
+
+def test_batch_size_does_not_change_counts(trained_fmnist_model, fmnist_test_subset, result):
+    model = trained_fmnist_model
+    # fp32 convolutions may differ in the last bit between batch sizes; allow a rare flip
+    attacks = {"fgsm": FGSM(model, eps=0.1), "pgd": PGD(model, eps=0.1, steps=10)}
+    other = evaluate_classwise(model, make_loader(fmnist_test_subset, 37), attacks, progress=False)
+    for name in result.attacks:
+        agree = (other.attacks[name].predictions == result.attacks[name].predictions).mean()
+        assert agree >= 0.995, (name, agree)
+
+
+def test_indices_name_test_samples(result, fmnist_test_subset):
+    np.testing.assert_array_equal(result.indices, fmnist_test_subset.indices.numpy())
+
+
+def test_model_mode_restored(trained_fmnist_model, fmnist_test_subset):
+    model = trained_fmnist_model.train()
+    try:
+        evaluate_classwise(model, make_loader(fmnist_test_subset.subset(range(20)), 10), {}, progress=False)
+        assert model.training
+    finally:
+        model.eval()
+
+
+def test_save_and_load_round_trip(result, tmp_path):
+    out = result.save(tmp_path / "eval")
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["confusion_clean.csv", "confusion_fgsm.csv", "confusion_pgd.csv",
+                     "per_class.csv", "samples.csv.gz", "summary.json"]
+    table = pd.read_csv(out / "per_class.csv")
+    assert list(table.columns[:6]) == ["attack", "class_index", "class_name", "n", "correct", "accuracy"]
+    assert len(table) == 30 and set(table["attack"]) == {"clean", "fgsm", "pgd"}
+    summary = json.loads((out / "summary.json").read_text())
+    for name in ("clean", "fgsm", "pgd"):
+        s = summary["attacks"][name]
+        assert {"accuracy", "worst_class", "worst_class_accuracy", "best_class", "best_class_accuracy"} <= set(s)
+        assert s["worst_class_accuracy"] <= s["accuracy"] <= s["best_class_accuracy"]
+    cm = pd.read_csv(out / "confusion_pgd.csv", index_col=0)
+    assert list(cm.columns) == result.classes
+    np.testing.assert_array_equal(cm.to_numpy(), result.attacks["pgd"].confusion)
+    again = ClasswiseResult.load(out)
+    for name in result.attacks:
+        np.testing.assert_array_equal(again.attacks[name].confusion, result.attacks[name].confusion)
+
+
+def test_failed_save_keeps_earlier_result(result, tmp_path, monkeypatch):
+    out = result.save(tmp_path / "eval")
+    before = (out / "summary.json").read_text()
+    bad = ClasswiseResult(result.classes, result.indices, result.labels, dict(result.attacks), {})
+
+    def boom():
+        raise RuntimeError("failed halfway")
+
+    monkeypatch.setattr(bad, "samples_table", boom)
+    with pytest.raises(RuntimeError):
+        bad.save(out)
+    assert (out / "summary.json").read_text() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_collapsed_class_is_reported():
+    labels = np.repeat(np.arange(3), 10)
+    preds = labels.copy()
+    preds[labels == 2] = 0  # class 2 never predicted
+    res = ClasswiseResult(["a", "b", "c"], np.arange(30), labels,
+                          {CLEAN: AttackResult(CLEAN, labels, preds, 3)})
+    assert [c["class"] for c in res.summary()["collapsed_classes"]] == ["c"]
+    from classrobust.report import format_warnings
+
+    assert "class 'c' has collapsed" in format_warnings(res)[0]
+
+
+def test_labels_out_of_range(tiny_model):
+    x = torch.rand(4, 1, 8, 8)
+    loader = [(x, torch.tensor([0, 1, 2, 7]))]
+    with pytest.raises(UsageError, match=r"labels must lie in \[0, 4\)"):
+        evaluate_classwise(tiny_model, loader, {}, classes=list("abcd"), progress=False)
+
+
+def test_clean_is_reserved(tiny_model):
+    with pytest.raises(UsageError, match="reserved"):
+        evaluate_classwise(tiny_model, [], {"clean": FGSM(tiny_model, eps=0.1)}, classes=list("abcd"))
