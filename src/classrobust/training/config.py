@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from classrobust.errors import UsageError
@@ -18,6 +18,7 @@ class TrainConfig:
 
     dataset: str = "fashion-mnist"
     model: str = "smallcnn"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
     method: str = "pgd-at"
     eps: float | None = None
     alpha: float | None = None

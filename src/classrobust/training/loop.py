@@ -77,7 +77,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_dir: str | Path | No
                          drop_last=len(train_set) > config.batch_size)
     val_loader = make_loader(val_set, 500)
 
-    model = create_model(config.model, info).to(device)
+    model = create_model(config.model, info, **config.model_kwargs).to(device)
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)
     method = method_cls(attack_steps=config.attack_steps, alpha=config.alpha, precision=config.precision)
@@ -134,7 +134,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_dir: str | Path | No
         final = [r for r in rows if r["epoch"] == config.epochs]
         meta = {
             "model": config.model, "dataset": config.dataset, "classes": list(info.classes),
-            "model_kwargs": {}, "eps": eps, "seed": config.seed, "config": config.to_dict(),
+            "model_kwargs": dict(config.model_kwargs), "eps": eps, "seed": config.seed, "config": config.to_dict(),
             "metrics": {"val_clean_accuracy": final[-1]["val_clean_accuracy"],
                         "val_pgd_accuracy": final[-1]["val_pgd_accuracy"],
                         "val_pgd_accuracy_per_class": [r["val_pgd_accuracy"] for r in final[:-1]],

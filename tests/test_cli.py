@@ -1,0 +1,177 @@
+"""The CLI end to end on generated data, and every bad input it must refuse cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from classrobust import __version__
+from classrobust.cli.main import main
+
+TRAIN = ["train", "--train-subset", "300", "--epochs", "1", "--val-size", "100", "--attack-steps", "2",
+         "--batch-size", "50", "--lr", "0.02", "--no-progress"]
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def trained_run(synthetic_env, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = run([*TRAIN, "--out", out], capsys)
+    assert code == 0, err
+    return out
+
+
+def test_train_then_eval(trained_run, tmp_path, capsys):
+    assert {p.name for p in trained_run.iterdir()} == {"model.safetensors", "model.json", "train_log.csv"}
+    log = pd.read_csv(trained_run / "train_log.csv")
+    assert {"epoch", "class_index", "class_name", "val_clean_accuracy", "val_pgd_accuracy", "lr",
+            "train_loss"} <= set(log.columns)
+    assert len(log) == 11 and log["class_name"].iloc[-1] == "all"
+    meta = json.loads((trained_run / "model.json").read_text())
+    assert meta["config"]["train_subset"] == 300 and meta["eps"] == 0.1 and meta["seed"] == 0
+
+    out = tmp_path / "eval"
+    code, stdout, err = run(["eval", "--checkpoint", trained_run / "model.safetensors",
+                             "--attacks", "fgsm,pgd:steps=3,temp-pgd:steps=3,temperature=2",
+                             "--limit", "100", "--out", out, "--no-progress"], capsys)
+    assert code == 0, err
+    table = pd.read_csv(out / "per_class.csv")
+    assert set(table["attack"]) == {"clean", "fgsm", "pgd", "temp-pgd"}
+    assert table.groupby("attack")["n"].sum().tolist() == [100] * 4
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["attacks"]["pgd"]["config"]["steps"] == 3
+    assert summary["attacks"]["temp-pgd"]["config"]["temperature"] == 2
+    assert summary["meta"]["split"] == "test" and summary["meta"]["precision"] == "fp32"
+    # the printed table: header, 10 classes, overall
+    for name in ("T-shirt/top", "Ankle boot", "temp-pgd", "worst class"):
+        assert name in stdout
+
+
+def test_eval_defaults_beside_checkpoint(trained_run, capsys):
+    code, _, err = run(["eval", "--checkpoint", trained_run / "model.safetensors", "--attacks", "fgsm",
+                        "--limit", "20", "--no-progress", "--precision", "bf16"], capsys)
+    assert code == 0, err
+    summary = json.loads((trained_run / "eval" / "summary.json").read_text())
+    assert summary["attacks"]["fgsm"]["config"]["precision"] == "bf16"
+
+
+def test_list_and_version(capsys):
+    code, out, _ = run(["list"], capsys)
+    assert code == 0
+    for name in ("fashion-mnist", "mnist", "smallcnn", "fgsm", "pgd", "temp-pgd", "pgd-at", "standard"):
+        assert f"  {name} " in out
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and __version__ in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, code, message", [
+    ([*TRAIN, "--dataset", "cifar99"], 2, "unknown dataset 'cifar99'; choose one of: fashion-mnist, mnist"),
+    ([*TRAIN, "--model", "vgg"], 2, "unknown model 'vgg'; choose one of: smallcnn"),
+    ([*TRAIN, "--method", "magic"], 2, "unknown training method 'magic'"),
+    ([*TRAIN, "--eps", "-0.1"], 2, "must be >= 0"),
+    ([*TRAIN, "--attack-steps", "0"], 2, "must be >= 1"),
+    ([*TRAIN, "--batch-size", "0"], 2, "must be >= 1"),
+])
+def test_train_bad_input(argv, code, message, synthetic_env, tmp_path, capsys):
+    got, out, err = _run_catching_exit([*argv, "--out", tmp_path / "r"], capsys)
+    assert got == code
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def _run_catching_exit(argv, capsys):
+    try:
+        return run(argv, capsys)
+    except SystemExit as exc:  # argparse type errors
+        out, err = capsys.readouterr()
+        return exc.code, out, err
+
+
+@pytest.mark.parametrize("extra, code, message", [
+    (["--attacks", "fgsm,pdg"], 2, "unknown attack 'pdg'; choose one of: fgsm, pgd"),
+    (["--attacks", "pgd:stepz=3"], 2, "attack 'pgd' has no parameter 'stepz'"),
+    (["--attacks", "pgd:steps=0"], 2, "steps must be an integer >= 1"),
+    (["--eps", "-1"], 2, "must be >= 0"),
+    (["--eps", "2"], 2, "larger than the image range"),
+    (["--steps", "0"], 2, "must be >= 1"),
+    (["--batch-size", "0"], 2, "must be >= 1"),
+    (["--limit", "0"], 2, "must be >= 1"),
+    (["--device", "tpu:9"], 2, "device"),
+])
+def test_eval_bad_input(extra, code, message, trained_run, tmp_path, capsys):
+    got, _, err = _run_catching_exit(["eval", "--checkpoint", trained_run / "model.safetensors",
+                                      "--limit", "20", "--no-progress", "--out", tmp_path / "e", *extra], capsys)
+    assert got == code
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "e").exists()
+
+
+def test_eval_corrupt_and_missing_checkpoint(trained_run, tmp_path, capsys):
+    code, _, err = run(["eval", "--checkpoint", tmp_path / "none.safetensors"], capsys)
+    assert code == 1 and "not found" in err
+    weights = trained_run / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:500])
+    code, _, err = run(["eval", "--checkpoint", weights, "--out", tmp_path / "e"], capsys)
+    assert code == 1 and "truncated, corrupt" in err and "Traceback" not in err
+
+
+def test_output_path_is_a_file(trained_run, tmp_path, capsys):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("keep me")
+    code, _, err = run(["eval", "--checkpoint", trained_run / "model.safetensors", "--out", blocker,
+                        "--limit", "10", "--no-progress"], capsys)
+    assert code == 2 and "exists and is not a directory" in err
+    code, _, err = run([*TRAIN, "--out", blocker / "sub"], capsys)
+    assert code == 2 and "which is a file" in err
+    assert blocker.read_text() == "keep me"
+
+
+def test_missing_data(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CLASSROBUST_SYSTEM_DATA", str(tmp_path / "empty"))
+    code, _, err = run([*TRAIN, "--out", tmp_path / "r", "--data-dir", tmp_path / "d"], capsys)
+    assert code == 1 and "apt-get install dataset-fashion-mnist" in err and "Traceback" not in err
+
+
+def test_failed_run_keeps_earlier_checkpoint(trained_run, capsys, monkeypatch):
+    before = (trained_run / "model.safetensors").read_bytes()
+    import classrobust.training.loop as loop
+
+    def explode(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "validate", explode)
+    code, _, err = run([*TRAIN, "--out", trained_run], capsys)
+    assert code == 130
+    assert (trained_run / "model.safetensors").read_bytes() == before
+    assert not [p for p in trained_run.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_diverging_training_stops_cleanly(trained_run, capsys):
+    before = (trained_run / "model.safetensors").read_bytes()
+    code, _, err = run([*TRAIN, "--lr", "1e30", "--out", trained_run], capsys)
+    assert code == 1 and "training diverged" in err and "Traceback" not in err
+    assert (trained_run / "model.safetensors").read_bytes() == before
+
+
+def test_console_script_and_module(synthetic_env, tmp_path):
+    exe = Path(sys.executable).parent / "classrobust"
+    env = {**os.environ, "CLASSROBUST_SYSTEM_DATA": str(synthetic_env)}
+    for cmd in ([str(exe), "--version"], [sys.executable, "-m", "classrobust", "--version"]):
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        assert proc.returncode == 0 and __version__ in proc.stdout
+    proc = subprocess.run([str(exe), "eval", "--checkpoint", str(tmp_path / "x.safetensors")],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("classrobust: error:")
