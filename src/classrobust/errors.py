@@ -19,3 +19,7 @@ class DataNotFoundError(ClassrobustError, FileNotFoundError):
 
 class CheckpointError(ClassrobustError):
     """A checkpoint is missing, truncated, corrupt or does not match its sidecar."""
+
+
+class NonFiniteError(ClassrobustError):
+    """A model produced NaN or infinite values (a broken model, or training that diverged)."""

@@ -24,7 +24,7 @@ from torch import nn
 
 from classrobust.attacks.losses import LossFn
 from classrobust.attacks.threat import make_threat_model
-from classrobust.errors import ClassrobustError, UsageError
+from classrobust.errors import ClassrobustError, NonFiniteError, UsageError
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -122,7 +122,7 @@ class Attack:
                                  f"{logits.shape[1]} outputs")
             loss = loss_fn(logits, y)
             if not torch.isfinite(logits).all():
-                raise ClassrobustError("model returned NaN or infinite logits")
+                raise NonFiniteError("model returned NaN or infinite logits")
             (grad,) = torch.autograd.grad(loss.sum(), x_adv)
         return grad.detach(), logits.detach()
 

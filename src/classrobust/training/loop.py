@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from classrobust.attacks.pgd import PGD
 from classrobust.checkpoint import save_checkpoint
 from classrobust.data import get_dataset, make_loader, stratified_subset, train_val_split
-from classrobust.errors import ClassrobustError
+from classrobust.errors import NonFiniteError
 from classrobust.evaluate import CLEAN, evaluate_classwise
 from classrobust.io import atomic_directory
 from classrobust.models import create_model
@@ -107,11 +107,14 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_dir: str | Path | No
                     group["lr"] = lr
                 eps_now = eps * min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else eps
                 seed = config.seed * 1_000_003 + step
-                loss, logits = method.loss(model, x, y, eps=eps_now, seed=seed)
-                if not torch.isfinite(loss):
-                    raise ClassrobustError(
-                        f"training diverged: loss is {float(loss)} at epoch {epoch}, step {step}; "
-                        "try a lower --lr (nothing was written)")
+                try:
+                    loss, logits = method.loss(model, x, y, eps=eps_now, seed=seed)
+                    if not torch.isfinite(loss):
+                        raise NonFiniteError(f"loss is {float(loss)}")
+                except NonFiniteError as exc:
+                    raise NonFiniteError(
+                        f"training diverged at epoch {epoch}, step {step} ({exc}); "
+                        "try a lower --lr (nothing was written)") from None
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
