@@ -175,3 +175,19 @@ def test_console_script_and_module(synthetic_env, tmp_path):
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("classrobust: error:")
+
+
+def test_demo_trains_then_reuses(synthetic_env, tmp_path, capsys):
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", out, "--epochs", "1", "--train-subset", "200", "--limit", "50", "--no-progress"]
+    code, stdout, err = run(argv, capsys)
+    assert code == 0, err
+    assert "training PGD-AT smallcnn" in stdout and "Shirt" in stdout and "temp-pgd" in stdout
+    assert (out / "model.safetensors").is_file() and (out / "eval" / "per_class.csv").is_file()
+    weights = (out / "model.safetensors").read_bytes()
+    code, stdout, err = run(argv, capsys)
+    assert code == 0 and "reusing" in stdout and "training PGD-AT" not in stdout
+    assert (out / "model.safetensors").read_bytes() == weights
+    # other settings: the stale model is not reused
+    code, stdout, _ = run([*argv[:4], "2", *argv[5:]], capsys)
+    assert code == 0 and "trained with other settings" in stdout
