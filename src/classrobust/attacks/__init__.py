@@ -11,8 +11,11 @@ from typing import Any
 
 from torch import nn
 
-from classrobust.attacks.base import PRECISIONS, Attack
-from classrobust.attacks.pgd import FGSM, PGD
+from classrobust.attacks.apgd import APGD, APGDT
+from classrobust.attacks.autoattack import AutoAttack
+from classrobust.attacks.base import MODES, PRECISIONS, Attack
+from classrobust.attacks.pgd import CW, FGSM, PGD
+from classrobust.attacks.square import Square
 from classrobust.attacks.temperature_pgd import DEFAULT_TEMPERATURE, TemperaturePGD
 from classrobust.errors import UsageError
 from classrobust.registry import Registry
@@ -24,8 +27,16 @@ ATTACKS.register("pgd", summary="PGD-20 on cross-entropy, L-inf, random start",
                  defaults={"steps": 20})(PGD)
 ATTACKS.register("pgd-l2", summary="PGD-20 on cross-entropy, L2, random start",
                  defaults={"steps": 20, "norm": "l2"})(PGD)
+ATTACKS.register("cw", summary="CW-inf: PGD-20 on the Carlini-Wagner margin loss, L-inf")(CW)
 ATTACKS.register("temp-pgd", summary="Temperature-PGD-20: PGD on CE of softmax(logits / T)",
                  defaults={"steps": 20})(TemperaturePGD)
+ATTACKS.register("apgd-ce", summary="APGD-100 on cross-entropy (Croce & Hein 2020)",
+                 defaults={"loss": "ce"})(APGD)
+ATTACKS.register("apgd-dlr", summary="APGD-100 on the DLR loss", defaults={"loss": "dlr"})(APGD)
+ATTACKS.register("apgd-t", summary="targeted APGD-100, targeted DLR over the top-9 other classes")(APGDT)
+ATTACKS.register("square", summary="Square attack, L-inf, 5000 queries, gradient-free")(Square)
+ATTACKS.register("autoattack", summary="ensemble, per-point worst case: APGD-CE, APGD-T, Square "
+                 "(version=fast: no Square)")(AutoAttack)
 
 
 def create_attack(name: str, model: nn.Module, **kwargs: Any) -> Attack:
@@ -81,5 +92,6 @@ def parse_attack_specs(text: str) -> list[tuple[str, dict[str, Any]]]:
     return specs
 
 
-__all__ = ["ATTACKS", "Attack", "FGSM", "PGD", "TemperaturePGD", "DEFAULT_TEMPERATURE",
-           "PRECISIONS", "create_attack", "parse_attack_specs"]
+__all__ = ["ATTACKS", "Attack", "FGSM", "PGD", "CW", "TemperaturePGD", "APGD", "APGDT", "Square",
+           "AutoAttack", "DEFAULT_TEMPERATURE", "PRECISIONS", "MODES", "create_attack",
+           "parse_attack_specs"]

@@ -35,7 +35,28 @@ def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return other - true
 
 
-LOSSES: dict[str, LossFn] = {"ce": ce, "margin": margin}
+def dlr(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Difference of logits ratio (Croce & Hein 2020, arXiv:2003.01690), untargeted.
+
+    ``-(z_y - max_{i != y} z_i) / (z_(1) - z_(3))`` with z_(k) the k-th largest logit:
+    invariant to shifting and rescaling the logits. Needs K >= 3.
+    """
+    ordered, order = logits.sort(dim=1, descending=True)
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    top_is_true = order[:, 0] == y
+    other = torch.where(top_is_true, ordered[:, 1], ordered[:, 0])
+    return -(true - other) / (ordered[:, 0] - ordered[:, 2] + 1e-12)
+
+
+def targeted_dlr(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Targeted DLR: ``-(z_y - z_t) / (z_(1) - (z_(3) + z_(4)) / 2)``; needs K >= 4."""
+    ordered = logits.sort(dim=1, descending=True).values
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    tgt = logits.gather(1, target[:, None]).squeeze(1)
+    return -(true - tgt) / (ordered[:, 0] - 0.5 * (ordered[:, 2] + ordered[:, 3]) + 1e-12)
+
+
+LOSSES: dict[str, LossFn] = {"ce": ce, "margin": margin, "dlr": dlr}
 
 
 def get_loss(name: str | LossFn) -> LossFn:

@@ -12,6 +12,12 @@ from classrobust.attacks.losses import LossFn, get_loss
 from classrobust.errors import UsageError
 
 
+def check_steps(steps: int, what: str = "steps") -> int:
+    if int(steps) != steps or steps < 1:
+        raise UsageError(f"{what} must be an integer >= 1, got {steps}")
+    return int(steps)
+
+
 class PGD(Attack):
     """Untargeted PGD: ``steps`` ascent steps of size ``alpha`` on ``loss``, projected each time.
 
@@ -20,19 +26,20 @@ class PGD(Attack):
             iterates can cross the ball and back whatever ``steps`` is).
         steps: number of iterations, >= 1.
         random_start: start from a uniform point of the threat model (per-sample, seeded).
-        loss: ``"ce"``, ``"margin"`` or a callable ``(logits, y) -> (N,)`` to maximise.
-    Other arguments: see :class:`Attack`. Returns the last iterate.
+        loss: ``"ce"``, ``"margin"`` (Carlini-Wagner), ``"dlr"`` or a callable
+            ``(logits, y) -> (N,)`` to maximise.
+    Other arguments: see :class:`Attack`. With ``mode="best"`` a sample leaves the
+    batch at the first iterate that fools the model; ``"last"`` returns the last iterate.
     """
 
     name = "pgd"
 
     def __init__(self, model: nn.Module, *, eps: float, alpha: float | None = None,
                  steps: int = 10, random_start: bool = True, norm: str = "linf",
-                 loss: str | LossFn = "ce", seed: int = 0, precision: str = "fp32"):
-        super().__init__(model, eps=eps, norm=norm, seed=seed, precision=precision)
-        if int(steps) != steps or steps < 1:
-            raise UsageError(f"steps must be an integer >= 1, got {steps}")
-        self.steps = int(steps)
+                 loss: str | LossFn = "ce", seed: int = 0, precision: str = "fp32",
+                 mode: str = "best"):
+        super().__init__(model, eps=eps, norm=norm, seed=seed, precision=precision, mode=mode)
+        self.steps = check_steps(steps)
         self.alpha = float(alpha) if alpha is not None else 2.5 * self.eps / self.steps
         if not self.alpha >= 0:
             raise UsageError(f"alpha must be >= 0, got {alpha}")
@@ -44,10 +51,26 @@ class PGD(Attack):
         x_adv = x
         if self.random_start and self.eps > 0:
             x_adv = self.threat.project(x + self.threat.random_init(x, self.seed), x)
+        if self.mode == "last":
+            for _ in range(self.steps):
+                grad, _ = self.loss_grad(x_adv, y, self.loss_fn)
+                x_adv = self.threat.project(self.threat.step(x_adv, grad, self.alpha), x)
+            return x_adv
+        out = x_adv.clone()
+        active = torch.arange(len(x), device=x.device)
+        xa, x0, ya = x_adv, x, y
         for _ in range(self.steps):
-            grad, _ = self.loss_grad(x_adv, y, self.loss_fn)
-            x_adv = self.threat.project(self.threat.step(x_adv, grad, self.alpha), x)
-        return x_adv
+            grad, logits = self.loss_grad(xa, ya, self.loss_fn)
+            fooled = self.fooled(xa, ya, logits)
+            if fooled.any():
+                out[active[fooled]] = xa[fooled]
+                keep = ~fooled
+                active, xa, x0, ya, grad = active[keep], xa[keep], x0[keep], ya[keep], grad[keep]
+                if len(active) == 0:
+                    return out
+            xa = self.threat.project(self.threat.step(xa, grad, self.alpha), x0)
+        out[active] = xa
+        return out
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "alpha": self.alpha, "steps": self.steps,
@@ -61,4 +84,20 @@ class FGSM(PGD):
 
     def __init__(self, model: nn.Module, *, eps: float, seed: int = 0, precision: str = "fp32"):
         super().__init__(model, eps=eps, alpha=eps, steps=1, random_start=False, norm="linf",
-                         loss="ce", seed=seed, precision=precision)
+                         loss="ce", seed=seed, precision=precision, mode="last")
+
+
+class CW(PGD):
+    """PGD on the Carlini-Wagner margin loss (largest other logit minus true logit), L-inf.
+
+    The "CW-inf" attack of adversarial-training papers (after Carlini & Wagner 2017,
+    arXiv:1608.04644), not the original L2 optimisation attack.
+    """
+
+    name = "cw"
+
+    def __init__(self, model: nn.Module, *, eps: float, alpha: float | None = None, steps: int = 20,
+                 random_start: bool = True, norm: str = "linf", seed: int = 0,
+                 precision: str = "fp32", mode: str = "best"):
+        super().__init__(model, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
+                         norm=norm, loss="margin", seed=seed, precision=precision, mode=mode)

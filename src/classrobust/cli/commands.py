@@ -66,7 +66,7 @@ def _check_names(config) -> None:
 
 # -- eval -----------------------------------------------------------------------
 def build_attacks(spec: str, model, *, eps: float, steps: int | None, alpha: float | None,
-                  seed: int, precision: str) -> dict[str, Any]:
+                  seed: int, precision: str, mode: str = "best") -> dict[str, Any]:
     """Attacks from a CLI spec; global options apply where an attack takes them, per-attack ones win."""
     from classrobust.attacks import ATTACKS, create_attack, parse_attack_specs
 
@@ -78,6 +78,8 @@ def build_attacks(spec: str, model, *, eps: float, steps: int | None, alpha: flo
             kwargs["steps"] = steps
         if alpha is not None and "alpha" in valid:
             kwargs["alpha"] = alpha
+        if "mode" in valid:
+            kwargs["mode"] = mode
         kwargs.update(overrides)
         attacks[name] = create_attack(name, model, **kwargs)
     return attacks
@@ -85,6 +87,7 @@ def build_attacks(spec: str, model, *, eps: float, steps: int | None, alpha: flo
 
 def evaluate_checkpoint(checkpoint: Path, out: Path | None, *, attacks: str, eps: float | None = None,
                         steps: int | None = None, alpha: float | None = None, precision: str = "fp32",
+                        mode: str = "best",
                         batch_size: int = 256, seed: int = 0, limit: int | None = None,
                         device: str | None = None, data_dir: Path | None = None, download: bool = False,
                         progress: bool = True):
@@ -106,11 +109,11 @@ def evaluate_checkpoint(checkpoint: Path, out: Path | None, *, attacks: str, eps
         test = stratified_subset(test, limit, seed=seed)
     eps = eps if eps is not None else meta.get("eps", test.threat_model.eps)
     attack_objs = build_attacks(attacks, model, eps=eps, steps=steps, alpha=alpha, seed=seed,
-                                precision=precision)
+                                precision=precision, mode=mode)
     run_meta = {"checkpoint": str(checkpoint), "dataset": meta["dataset"], "split": "test",
                 "model": meta["model"], "eps": eps, "limit": limit, "seed": seed, "precision": precision,
                 "batch_size": batch_size, "device": str(dev), "torch_version": torch.__version__,
-                "mode": "last-iterate"}
+                "mode": mode}
     t0 = time.perf_counter()
     result = evaluate_classwise(model, make_loader(test, batch_size), attack_objs, device=dev,
                                 progress=progress, meta=run_meta)
@@ -134,7 +137,7 @@ def print_result(result, out: Path) -> None:
 def run_eval(args):
     result, out = evaluate_checkpoint(
         args.checkpoint, args.out, attacks=args.attacks, eps=args.eps, steps=args.steps, alpha=args.alpha,
-        precision=args.precision, batch_size=args.batch_size, seed=args.seed, limit=args.limit,
+        precision=args.precision, mode=args.mode, batch_size=args.batch_size, seed=args.seed, limit=args.limit,
         device=args.device, data_dir=args.data_dir, download=args.download, progress=not args.no_progress)
     print_result(result, out)
     return result

@@ -51,6 +51,9 @@ def _common_attack(p: argparse.ArgumentParser) -> None:
                    help="step size for every iterative attack (default 2.5 * eps / steps)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="attack arithmetic (predictions are always checked in fp32)")
+    p.add_argument("--mode", choices=["best", "last"], default="best",
+                   help="best: stop attacking a sample at its first fooling iterate (evaluation mode); "
+                        "last: run every iteration and return the attack's final output")
     p.add_argument("--batch-size", type=_positive_int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=_positive_int, default=None,

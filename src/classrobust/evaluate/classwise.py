@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from classrobust.attacks.base import Attack
+from classrobust.attacks.base import Attack, fast_layout
 from classrobust.errors import UsageError
 from classrobust.evaluate.results import CLEAN, AttackResult, ClasswiseResult
 
@@ -18,7 +18,7 @@ from classrobust.evaluate.results import CLEAN, AttackResult, ClasswiseResult
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Predicted classes in fp32 eval mode (how the model is deployed), x: (N, C, H, W) in [0, 1]."""
-    return model(x).argmax(dim=1)
+    return model(fast_layout(x)).argmax(dim=1)
 
 
 def evaluate_classwise(model: nn.Module, loader: Iterable, attacks: Mapping[str, Attack], *,

@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from classrobust.attacks.base import fast_layout
 from classrobust.attacks.pgd import PGD
 from classrobust.checkpoint import save_checkpoint
 from classrobust.data import get_dataset, make_loader, stratified_subset, train_val_split
@@ -35,7 +36,7 @@ def validate(model, val_loader, config: TrainConfig, eps: float, classes: list[s
     attacks = {}
     if eps > 0:
         attacks[VAL_ATTACK] = PGD(model, eps=eps, steps=config.val_attack_steps, seed=config.seed,
-                                  precision=config.precision)
+                                  precision=config.precision, mode="best")
     return evaluate_classwise(model, val_loader, attacks, classes=classes, device=device, progress=False)
 
 
@@ -101,7 +102,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_dir: str | Path | No
             loss_sum, correct, seen = 0.0, 0, 0
             bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", disable=not progress, leave=False)
             for x, y in bar:
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                x, y = fast_layout(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
                 lr = config.lr * factor(step)
                 for group in optimizer.param_groups:
                     group["lr"] = lr

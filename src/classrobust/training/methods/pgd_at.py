@@ -16,7 +16,8 @@ class PGDAT(TrainingMethod):
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int):
         if eps > 0:
             attack = PGD(model, eps=eps, alpha=self.alpha, steps=self.attack_steps,
-                         random_start=True, seed=seed, precision=self.precision)
+                         random_start=True, seed=seed, precision=self.precision,
+                         mode="last")  # train on the max-loss search, not its first success
             x = attack(x, y)
         with autocast(x.device, self.precision):
             logits = model(x)

@@ -1,0 +1,202 @@
+"""Auto-PGD (Croce & Hein, ICML 2020, arXiv:2003.01690): APGD with CE or DLR loss, and targeted APGD-T.
+
+APGD needs no step size: it starts at ``2 * eps``, adds momentum (0.75), and at
+checkpoints ``w_j`` halves the step of every sample whose loss rose in fewer than
+``rho`` of the steps since the last checkpoint, or whose best loss did not move
+while its step was unchanged; such a sample restarts from its best point.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from classrobust.attacks.base import Attack
+from classrobust.attacks.losses import get_loss, targeted_dlr
+from classrobust.attacks.pgd import check_steps
+from classrobust.errors import UsageError
+
+MOMENTUM = 0.75
+
+
+def apgd_checkpoints(steps: int) -> list[int]:
+    """Iterations after which the step size may be halved: p_0 = 0, p_1 = 0.22,
+    p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), times ``steps``."""
+    p = [0.0, 0.22]
+    while p[-1] + max(p[-1] - p[-2] - 0.03, 0.06) <= 1.0:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    # round first: 0.22 + 0.19 is 0.41000000000000003 in floats, whose ceil would be off by one
+    its = {math.ceil(round(q * steps, 9)) for q in p[1:]}
+    return sorted(i for i in its if 0 < i < steps)
+
+
+class APGD(Attack):
+    """Untargeted APGD. ``x_adv = APGD(model, eps=8/255, loss="ce", steps=100)(x, y)``.
+
+    Args:
+        steps: iterations (the paper's N_iter), >= 1.
+        loss: ``"ce"`` or ``"dlr"`` (or any registered loss name).
+        restarts: further runs from new random starts for the samples not yet fooled.
+        rho: the checkpoint success-rate threshold (0.75 in the paper).
+    Returns, per sample, the first iterate that fools the model (``mode="best"``) or
+    the highest-loss iterate found (both modes, for samples never fooled).
+    """
+
+    name = "apgd"
+
+    def __init__(self, model: nn.Module, *, eps: float, steps: int = 100, loss: str = "ce",
+                 restarts: int = 1, rho: float = 0.75, norm: str = "linf", seed: int = 0,
+                 precision: str = "fp32", mode: str = "best"):
+        super().__init__(model, eps=eps, norm=norm, seed=seed, precision=precision, mode=mode)
+        self.steps = check_steps(steps)
+        self.restarts = check_steps(restarts, "restarts")
+        if not 0 < rho <= 1:
+            raise UsageError(f"rho must be in (0, 1], got {rho}")
+        self.rho = float(rho)
+        self.loss_name = loss
+        self._loss = get_loss(loss)
+        self.checkpoints = apgd_checkpoints(self.steps)
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "steps": self.steps, "loss": self.loss_name,
+                "restarts": self.restarts, "rho": self.rho}
+
+    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = x.clone()
+        best_loss = torch.full((len(x),), -float("inf"), device=x.device)
+        todo = torch.arange(len(x), device=x.device)
+        for restart in range(self.restarts):
+            x_r, fooled, loss_r = self.run(x[todo], y[todo], lambda logits, yy, aux: self._loss(logits, yy),
+                                           None, self.seed + 7919 * restart)
+            better = fooled | (loss_r > best_loss[todo])
+            out[todo[better]] = x_r[better]
+            best_loss[todo[better]] = loss_r[better]
+            todo = todo[~fooled]
+            if len(todo) == 0:
+                break
+        return out
+
+    def run(self, x: torch.Tensor, y: torch.Tensor,
+            loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor],
+            aux: torch.Tensor | None, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One APGD run. ``loss(logits, y, aux)`` -> (N,); ``aux`` is a per-sample tensor
+        (e.g. target classes) kept aligned with the samples still attacked.
+
+        Returns (x_out, fooled (N,) bool, best loss (N,)).
+        """
+        n = len(x)
+        out = x.clone()
+        out_loss = torch.full((n,), -float("inf"), device=x.device)
+        done = torch.zeros(n, dtype=torch.bool, device=x.device)
+        drop = self.mode == "best"
+        threat = self.threat
+
+        def evaluate(s, xs):
+            a = s["aux"]
+            g, logits = self.loss_grad(xs, s["y"], lambda lg, yy: loss(lg, yy, a))
+            return g, logits, loss(logits, s["y"], a).detach()
+
+        x_start = threat.project(x + threat.random_init(x, seed), x) if self.eps > 0 else x
+        s: dict[str, Any] = {"idx": torch.arange(n, device=x.device), "x0": x, "y": y, "aux": aux}
+        g, logits, lv = evaluate(s, x_start)
+        eta = torch.full((n,), 2.0 * self.eps, device=x.device)
+        s.update(x=x_start, x_prev=x_start, g=g, loss=lv, x_best=x_start, g_best=g, loss_best=lv,
+                 eta=eta, succ=torch.zeros(n, device=x.device),
+                 loss_best_ck=lv.clone(), reduced_last=torch.zeros(n, dtype=torch.bool, device=x.device))
+
+        def retire(s, xs, logits):
+            fooled = self.fooled(xs, s["y"], logits)
+            if not fooled.any():
+                return s
+            out[s["idx"][fooled]] = xs[fooled]
+            done[s["idx"][fooled]] = True
+            keep = ~fooled
+            return {k: (v[keep] if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == len(keep) else v)
+                    for k, v in s.items()}
+
+        if drop:
+            s = retire(s, x_start, logits)
+        last_ck = 0
+        for k in range(self.steps):
+            if len(s["idx"]) == 0:
+                break
+            shape = (-1,) + (1,) * (x.dim() - 1)
+            eta_b = s["eta"].view(shape)
+            z = threat.project(threat.step(s["x"], s["g"], eta_b), s["x0"])
+            if k == 0:
+                x_new = z
+            else:
+                x_new = threat.project(s["x"] + MOMENTUM * (z - s["x"]) + (1 - MOMENTUM) * (s["x"] - s["x_prev"]),
+                                       s["x0"])
+            g_new, logits, l_new = evaluate(s, x_new)
+            s["succ"] += (l_new > s["loss"]).float()
+            better = l_new > s["loss_best"]
+            s["x_best"] = torch.where(better.view(shape), x_new, s["x_best"])
+            s["g_best"] = torch.where(better.view(shape), g_new, s["g_best"])
+            s["loss_best"] = torch.where(better, l_new, s["loss_best"])
+            s["x_prev"], s["x"], s["g"], s["loss"] = s["x"], x_new, g_new, l_new
+            if drop:
+                s = retire(s, x_new, logits)
+            if k + 1 in self.checkpoints and len(s["idx"]):
+                span = k + 1 - last_ck
+                stalled = (~s["reduced_last"]) & (s["loss_best"] <= s["loss_best_ck"])
+                reduce = (s["succ"] < self.rho * span) | stalled
+                s["eta"] = torch.where(reduce, s["eta"] / 2, s["eta"])
+                r = reduce.view(shape)
+                s["x"] = torch.where(r, s["x_best"], s["x"])
+                s["x_prev"] = torch.where(r, s["x_best"], s["x_prev"])
+                s["g"] = torch.where(r, s["g_best"], s["g"])
+                s["reduced_last"] = reduce
+                s["loss_best_ck"] = s["loss_best"].clone()
+                s["succ"].zero_()
+                last_ck = k + 1
+        remaining = s["idx"]
+        if len(remaining):
+            out[remaining] = s["x_best"]
+            out_loss[remaining] = s["loss_best"]
+            if not drop:  # the highest-loss point may or may not fool; say which
+                done[remaining] = self.fooled(s["x_best"], s["y"])
+        return out, done, out_loss
+
+
+class APGDT(APGD):
+    """Targeted APGD with the targeted DLR loss, over the ``n_targets`` classes the
+    clean model ranks highest after the top one; each target runs only on the
+    samples earlier targets did not fool (untargeted success counts)."""
+
+    name = "apgd-t"
+
+    def __init__(self, model: nn.Module, *, eps: float, steps: int = 100, n_targets: int = 9,
+                 restarts: int = 1, rho: float = 0.75, norm: str = "linf", seed: int = 0,
+                 precision: str = "fp32", mode: str = "best"):
+        super().__init__(model, eps=eps, steps=steps, loss="dlr", restarts=restarts, rho=rho,
+                         norm=norm, seed=seed, precision=precision, mode=mode)
+        self.n_targets = check_steps(n_targets, "n_targets")
+        self.loss_name = "targeted-dlr"
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "n_targets": self.n_targets}
+
+    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            clean_logits = self.logits(x)
+        k = clean_logits.shape[1]
+        if k < 4:
+            raise UsageError(f"apgd-t needs at least 4 classes (targeted DLR), the model has {k}")
+        order = clean_logits.argsort(dim=1, descending=True)
+        out = x.clone()
+        todo = torch.arange(len(x), device=x.device)
+        for t in range(1, min(self.n_targets, k - 1) + 1):
+            for restart in range(self.restarts):
+                target = order[todo, t]
+                x_r, fooled, _ = self.run(x[todo], y[todo], lambda lg, yy, tg: targeted_dlr(lg, yy, tg),
+                                          target, self.seed + 7919 * restart + 104729 * t)
+                # a sample keeps the output of its last run unless an earlier one fooled it
+                out[todo] = x_r
+                todo = todo[~fooled]
+                if len(todo) == 0:
+                    return out
+        return out
