@@ -117,3 +117,20 @@ def trained_fmnist_model():
             nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def at_fmnist_model(tmp_path_factory):
+    """smallcnn PGD-AT-trained (2 epochs on 10,000 images, batch 64) through our own training loop."""
+    require_fmnist()
+    from classrobust.checkpoint import load_checkpoint
+    from classrobust.training import TrainConfig, train
+
+    config = TrainConfig(train_subset=10000, epochs=2, batch_size=64, attack_steps=3, eps_warmup_epochs=0.5,
+                         val_size=200, model_kwargs={"dropout": 0.0}, lr=0.05, precision="bf16")
+    path = train(config, tmp_path_factory.mktemp("at") / "run", progress=False, log=lambda s: None)
+    model, meta = load_checkpoint(path)
+    # a collapsed model would make every cross-check trivial
+    per_class = meta["metrics"]["val_clean_accuracy_per_class"]
+    assert meta["metrics"]["val_clean_accuracy"] > 0.6 and sum(a > 0.2 for a in per_class) >= 8
+    return model

@@ -15,8 +15,10 @@ EPS = {"pgd-l2": 0.5}
 
 def make(name, model, **kw):
     kw.setdefault("eps", EPS.get(name, 0.1))
-    if "steps" in ATTACKS.valid_kwargs(name):
-        kw.setdefault("steps", 5)
+    valid = ATTACKS.valid_kwargs(name)
+    for key, small in (("steps", 5), ("n_queries", 40), ("n_targets", 2)):
+        if key in valid:
+            kw.setdefault(key, small)
     return create_attack(name, model, **kw)
 
 

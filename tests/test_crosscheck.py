@@ -30,7 +30,8 @@ def test_fgsm_matches_torchattacks(trained_fmnist_model, batch):
 @pytest.mark.parametrize("steps, alpha", [(10, 0.01), (20, 0.0125)])
 def test_pgd_without_random_start_matches_torchattacks(trained_fmnist_model, batch, steps, alpha):
     x, y = batch
-    ours = PGD(trained_fmnist_model, eps=0.1, alpha=alpha, steps=steps, random_start=False)(x, y)
+    ours = PGD(trained_fmnist_model, eps=0.1, alpha=alpha, steps=steps, random_start=False,
+               mode="last")(x, y)
     theirs = torchattacks.PGD(trained_fmnist_model, eps=0.1, alpha=alpha, steps=steps,
                               random_start=False)(x, y)
     # torchattacks averages the loss over the batch and projects via x + clamp(delta); we sum
@@ -61,3 +62,40 @@ def test_pgd_with_random_start_is_not_weaker(trained_fmnist_model, batch):
         acc_ours = (model(ours).argmax(1) == y).float().mean().item()
         acc_theirs = (model(theirs).argmax(1) == y).float().mean().item()
     assert acc_ours <= acc_theirs + 0.02, (acc_ours, acc_theirs)
+
+
+def _robust_accuracy(model, x_adv, y):
+    with torch.no_grad():
+        return (model(x_adv).argmax(1) == y).float().mean().item()
+
+
+@pytest.fixture(scope="module")
+def at_points(at_fmnist_model, fmnist_test_subset):
+    x, y = fmnist_test_subset[torch.arange(len(fmnist_test_subset))]
+    with torch.no_grad():
+        keep = at_fmnist_model(x).argmax(1) == y
+    return x[keep], y[keep]
+
+
+def test_apgd_ce_agrees_with_torchattacks(at_fmnist_model, at_points):
+    from classrobust.attacks import APGD
+
+    x, y = at_points
+    ours = _robust_accuracy(at_fmnist_model, APGD(at_fmnist_model, eps=0.1, steps=50, loss="ce")(x, y), y)
+    theirs = _robust_accuracy(at_fmnist_model, torchattacks.APGD(
+        at_fmnist_model, eps=0.1, steps=50, n_restarts=1, loss="ce", seed=0)(x, y), y)
+    assert abs(ours - theirs) <= 0.01, (ours, theirs)
+
+
+def test_square_agrees_with_torchattacks(at_fmnist_model, at_points):
+    from classrobust.attacks import Square
+
+    x, y = at_points
+    ours = _robust_accuracy(at_fmnist_model, Square(at_fmnist_model, eps=0.1, n_queries=300)(x, y), y)
+    theirs = _robust_accuracy(at_fmnist_model, torchattacks.Square(
+        at_fmnist_model, eps=0.1, n_queries=300, n_restarts=1, seed=0)(x, y), y)
+    # Square is random and far from converged at 300 queries, and the two use different
+    # random streams: measured ours 84.2% vs theirs 85.3% on 450 points (ours stronger), and
+    # 70.8% vs 71.2% on the demo model at 1,000 queries. An evaluation must not be weaker:
+    # ours may exceed theirs by at most 1 point.
+    assert ours <= theirs + 0.01, (ours, theirs)
