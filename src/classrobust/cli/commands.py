@@ -65,13 +65,26 @@ def _check_names(config) -> None:
 
 
 # -- eval -----------------------------------------------------------------------
+def _valid(name: str) -> list[str]:
+    from classrobust.attacks import ATTACKS
+
+    return ATTACKS.valid_kwargs(name)
+
+
 def build_attacks(spec: str, model, *, eps: float, steps: int | None, alpha: float | None,
-                  seed: int, precision: str, mode: str = "best") -> dict[str, Any]:
-    """Attacks from a CLI spec; global options apply where an attack takes them, per-attack ones win."""
+                  seed: int, precision: str, mode: str = "best",
+                  overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Attacks from a CLI spec; global options apply where an attack takes them, per-attack ones win.
+
+    ``overrides`` replaces the per-attack parameters parsed from ``spec``.
+    """
     from classrobust.attacks import ATTACKS, create_attack, parse_attack_specs
 
     attacks = {}
-    for name, overrides in parse_attack_specs(spec):
+    parsed = parse_attack_specs(spec)
+    if overrides is not None:
+        parsed = [(name, overrides.get(name, params)) for name, params in parsed]
+    for name, overrides_ in parsed:
         valid = ATTACKS.valid_kwargs(name)
         kwargs: dict[str, Any] = {"eps": eps, "seed": seed, "precision": precision}
         if steps is not None and "steps" in valid:
@@ -80,7 +93,7 @@ def build_attacks(spec: str, model, *, eps: float, steps: int | None, alpha: flo
             kwargs["alpha"] = alpha
         if "mode" in valid:
             kwargs["mode"] = mode
-        kwargs.update(overrides)
+        kwargs.update(overrides_)
         attacks[name] = create_attack(name, model, **kwargs)
     return attacks
 
@@ -90,7 +103,7 @@ def evaluate_checkpoint(checkpoint: Path, out: Path | None, *, attacks: str, eps
                         mode: str = "best",
                         batch_size: int = 256, seed: int = 0, limit: int | None = None,
                         device: str | None = None, data_dir: Path | None = None, download: bool = False,
-                        progress: bool = True):
+                        progress: bool = True, sanity: bool = False, sanity_queries: int = 1000):
     from classrobust.checkpoint import load_checkpoint
     from classrobust.data import get_dataset, make_loader, stratified_subset
     from classrobust.evaluate import evaluate_classwise
@@ -108,6 +121,11 @@ def evaluate_checkpoint(checkpoint: Path, out: Path | None, *, attacks: str, eps
     if limit is not None:
         test = stratified_subset(test, limit, seed=seed)
     eps = eps if eps is not None else meta.get("eps", test.threat_model.eps)
+    from classrobust.attacks import parse_attack_specs
+
+    specs = dict(parse_attack_specs(attacks))
+    if steps is not None:  # the global --steps, as the rebuilt attacks must see it
+        specs = {n: ({"steps": steps, **o} if "steps" in _valid(n) else o) for n, o in specs.items()}
     attack_objs = build_attacks(attacks, model, eps=eps, steps=steps, alpha=alpha, seed=seed,
                                 precision=precision, mode=mode)
     run_meta = {"checkpoint": str(checkpoint), "dataset": meta["dataset"], "split": "test",
@@ -118,6 +136,17 @@ def evaluate_checkpoint(checkpoint: Path, out: Path | None, *, attacks: str, eps
     result = evaluate_classwise(model, make_loader(test, batch_size), attack_objs, device=dev,
                                 progress=progress, meta=run_meta)
     result.meta["seconds"] = round(time.perf_counter() - t0, 2)
+    if sanity:
+        from classrobust.evaluate.sanity import run_sanity_checks
+
+        def rebuild(name, overrides):
+            return build_attacks(name, model, eps=eps, steps=None, alpha=alpha, seed=seed,
+                                 precision=precision, mode=mode, overrides={name: {**specs[name], **overrides}})[name]
+
+        t1 = time.perf_counter()
+        result.sanity = run_sanity_checks(model, test, result, attack_objs, rebuild, eps=eps, precision=precision,
+                                          seed=seed, device=dev, batch_size=batch_size, n_queries=sanity_queries)
+        result.meta["sanity_seconds"] = round(time.perf_counter() - t1, 2)
     result.save(out)
     return result, out
 
@@ -138,7 +167,8 @@ def run_eval(args):
     result, out = evaluate_checkpoint(
         args.checkpoint, args.out, attacks=args.attacks, eps=args.eps, steps=args.steps, alpha=args.alpha,
         precision=args.precision, mode=args.mode, batch_size=args.batch_size, seed=args.seed, limit=args.limit,
-        device=args.device, data_dir=args.data_dir, download=args.download, progress=not args.no_progress)
+        device=args.device, data_dir=args.data_dir, download=args.download, progress=not args.no_progress,
+        sanity=args.sanity, sanity_queries=args.sanity_queries)
     print_result(result, out)
     return result
 

@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attacks", default="fgsm,pgd,temp-pgd",
                    help="comma-separated, with per-attack parameters: fgsm,pgd:steps=50,alpha=0.005")
     p.add_argument("--out", type=Path, default=None, help="default: eval/ beside the checkpoint")
+    p.add_argument("--sanity", action="store_true",
+                   help="also run the evaluation sanity checks (more steps, large eps, black-box, "
+                        "randomness, zero gradients); results in summary.json")
+    p.add_argument("--sanity-queries", type=_positive_int, default=1000,
+                   help="Square queries for the black-box sanity check")
     _common_attack(p)
     _common_data(p)
     p.set_defaults(func=cmd_eval)

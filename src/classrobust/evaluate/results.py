@@ -77,6 +77,7 @@ class ClasswiseResult:
     labels: np.ndarray  # (N,)
     attacks: dict[str, AttackResult]
     meta: dict[str, Any] = field(default_factory=dict)
+    sanity: dict[str, Any] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -118,6 +119,8 @@ class ClasswiseResult:
                 "config": res.config,
             }
         out["collapsed_classes"] = collapsed_classes(self)
+        if self.sanity is not None:
+            out["sanity"] = self.sanity
         out["meta"] = self.meta
         return out
 
@@ -150,7 +153,8 @@ class ClasswiseResult:
         attacks = {name: AttackResult(name, labels, samples[f"pred_{name}"].to_numpy(), k,
                                       info.get("config", {}), info.get("seconds", 0.0))
                    for name, info in summary["attacks"].items()}
-        return cls(summary["classes"], samples["index"].to_numpy(), labels, attacks, summary.get("meta", {}))
+        return cls(summary["classes"], samples["index"].to_numpy(), labels, attacks, summary.get("meta", {}),
+                   summary.get("sanity"))
 
 
 def collapsed_classes(result: ClasswiseResult, factor: float = 2.0) -> list[dict[str, Any]]:
