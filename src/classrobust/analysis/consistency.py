@@ -1,0 +1,79 @@
+"""Consistency of the per-class ordering across attacks and across runs (rank correlations),
+and attribution of a stronger attack's gain to classes."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from classrobust.evaluate.results import CLEAN
+
+
+def rank_correlations(per_class: dict[str, np.ndarray]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Spearman and Kendall (tau-b) correlation matrices of per-class accuracies, name x name."""
+    names = list(per_class)
+    sp = pd.DataFrame(np.eye(len(names)), index=names, columns=names)
+    kt = sp.copy()
+    for a in range(len(names)):
+        for b in range(a + 1, len(names)):
+            x, y = per_class[names[a]], per_class[names[b]]
+            s = stats.spearmanr(x, y).statistic
+            t = stats.kendalltau(x, y).statistic
+            sp.iloc[a, b] = sp.iloc[b, a] = s
+            kt.iloc[a, b] = kt.iloc[b, a] = t
+    return sp, kt
+
+
+def attack_consistency(result) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rank correlation of per-class robust accuracy between every pair of attacks (clean excluded)."""
+    return rank_correlations({n: r.accuracy_per_class for n, r in result.attacks.items() if n != CLEAN})
+
+
+def run_consistency(results: dict[str, object], attack: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rank correlation of one attack's per-class accuracy between runs (e.g. training methods)."""
+    return rank_correlations({name: r.attacks[attack].accuracy_per_class for name, r in results.items()})
+
+
+def gain_attribution(result, ladder: Sequence[str] | None = None, k_vulnerable: int = 3) -> pd.DataFrame:
+    """Each class's share of the accuracy drop from one rung of an attack ladder to the next.
+
+    ``ladder`` defaults to the attacks ordered from weakest to strongest (by overall accuracy).
+    The k most vulnerable classes are those with the lowest accuracy under the first rung,
+    so the ranking does not depend on the gains it is used to explain. Per-class drops can be
+    negative (the per-point worst case is not monotone across different attacks).
+    """
+    names = [n for n in result.attacks if n != CLEAN]
+    if ladder is None:
+        ladder = sorted(names, key=lambda n: -result.attacks[n].accuracy)
+    ladder = [CLEAN, *ladder] if ladder[0] != CLEAN else list(ladder)
+    first = result.attacks[ladder[1] if len(ladder) > 1 else ladder[0]].accuracy_per_class
+    vulnerable = set(np.argsort(first, kind="stable")[:k_vulnerable].tolist())
+    rows = []
+    for lower, upper in zip(ladder, ladder[1:]):
+        drop = result.attacks[lower].correct_per_class - result.attacks[upper].correct_per_class
+        total = drop.sum()
+        for c, cls in enumerate(result.classes):
+            rows.append({"from": lower, "to": upper, "class_name": cls, "drop": int(drop[c]),
+                         "share": float(drop[c] / total) if total else float("nan"),
+                         "vulnerable": c in vulnerable,
+                         f"top{k_vulnerable}_vulnerable_share": float(sum(drop[v] for v in vulnerable) / total)
+                         if total else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def weight_norm_correlation(norms: np.ndarray, accuracy: np.ndarray) -> dict[str, float]:
+    """Pearson and Spearman correlation (with p-values) of per-class classifier weight norms and accuracy."""
+    pr = stats.pearsonr(norms, accuracy)
+    sr = stats.spearmanr(norms, accuracy)
+    return {"pearson": float(pr.statistic), "pearson_p": float(pr.pvalue),
+            "spearman": float(sr.statistic), "spearman_p": float(sr.pvalue)}
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant counts b (A right, B wrong) and c."""
+    if b + c == 0:
+        return 1.0
+    return float(min(1.0, 2 * stats.binom.cdf(min(b, c), b + c, 0.5)))

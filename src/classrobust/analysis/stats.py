@@ -1,0 +1,78 @@
+"""Per-class statistics with intervals: Wilson intervals per class, bootstrap intervals
+for the disparity measures (worst, best, gap, std, coefficient of variation)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+
+def wilson_interval(correct: np.ndarray | int, n: np.ndarray | int, confidence: float = 0.95
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval for a binomial proportion (elementwise); n = 0 gives (nan, nan)."""
+    correct = np.asarray(correct, dtype=float)
+    n = np.asarray(n, dtype=float)
+    z = stats.norm.ppf(0.5 + confidence / 2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = correct / n
+        denom = 1 + z * z / n
+        centre = (p + z * z / (2 * n)) / denom
+        half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return centre - half, centre + half
+
+
+def disparity(acc_per_class: np.ndarray) -> dict[str, float]:
+    """Across-class spread of accuracies (K,): worst, best, gap, std, coefficient of variation."""
+    acc = np.asarray(acc_per_class, dtype=float)
+    mean = float(np.mean(acc))
+    std = float(np.std(acc))
+    return {"mean": mean, "worst": float(acc.min()), "best": float(acc.max()),
+            "gap": float(acc.max() - acc.min()), "std": std, "cv": std / mean if mean > 0 else float("nan")}
+
+
+def bootstrap_disparity(correct: np.ndarray, n: np.ndarray, reps: int = 2000, confidence: float = 0.95,
+                        seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Percentile intervals of :func:`disparity` under a class-stratified bootstrap of the test samples.
+
+    Resampling a class's n outcomes with replacement gives a Binomial(n, correct / n) count, so
+    the bootstrap is drawn exactly from binomials (no per-sample loop).
+    """
+    rng = np.random.default_rng(seed)
+    n = np.asarray(n, dtype=int)
+    p = np.asarray(correct, dtype=float) / np.maximum(n, 1)
+    acc = rng.binomial(n[None, :], p[None, :], size=(reps, len(n))) / np.maximum(n, 1)[None, :]
+    mean = acc.mean(axis=1)
+    std = acc.std(axis=1)
+    draws = {"mean": mean, "worst": acc.min(axis=1), "best": acc.max(axis=1),
+             "gap": acc.max(axis=1) - acc.min(axis=1), "std": std,
+             "cv": np.divide(std, mean, out=np.full_like(std, np.nan), where=mean > 0)}
+    lo, hi = 50 * (1 - confidence), 50 * (1 + confidence)
+    return {k: (float(np.nanpercentile(v, lo)), float(np.nanpercentile(v, hi))) for k, v in draws.items()}
+
+
+def per_class_table(result, confidence: float = 0.95) -> pd.DataFrame:
+    """Long table: attack, class, n, correct, accuracy, Wilson interval."""
+    rows = []
+    for name, res in result.attacks.items():
+        lo, hi = wilson_interval(res.correct_per_class, res.n_per_class, confidence)
+        for k, cls in enumerate(result.classes):
+            rows.append({"attack": name, "class_index": k, "class_name": cls, "n": int(res.n_per_class[k]),
+                         "correct": int(res.correct_per_class[k]), "accuracy": float(res.accuracy_per_class[k]),
+                         "ci_low": float(lo[k]), "ci_high": float(hi[k])})
+    return pd.DataFrame(rows)
+
+
+def disparity_table(result, reps: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """One row per attack: worst/best class, gap, std, CV, each with a bootstrap interval."""
+    rows = []
+    for name, res in result.attacks.items():
+        point = disparity(res.accuracy_per_class)
+        boot = bootstrap_disparity(res.correct_per_class, res.n_per_class, reps=reps, seed=seed)
+        row = {"attack": name, "accuracy": res.accuracy, "worst_class": result.classes[res.worst_class],
+               "best_class": result.classes[res.best_class]}
+        for key in ("worst", "best", "gap", "std", "cv"):
+            row[key] = point[key]
+            row[f"{key}_ci_low"], row[f"{key}_ci_high"] = boot[key]
+        rows.append(row)
+    return pd.DataFrame(rows)

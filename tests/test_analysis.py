@@ -1,0 +1,115 @@
+"""Every statistic against hand-computed values; analyses on a synthetic result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from classrobust.analysis import (attack_consistency, attacked_into, bootstrap_disparity, disparity,
+                                  disparity_table, gain_attribution, mcnemar_exact, per_class_table,
+                                  rank_correlations, row_normalised, strongest_pairs, top_destinations,
+                                  weight_norm_correlation, wilson_interval)
+from classrobust.evaluate import CLEAN, AttackResult, ClasswiseResult
+
+
+def test_wilson_by_hand():
+    # p = 0.8, n = 10, z = 1.959964: centre = (p + z^2/2n) / (1 + z^2/n), half-width as below
+    lo, hi = wilson_interval(8, 10)
+    z = 1.959963984540054
+    denom = 1 + z * z / 10
+    centre = (0.8 + z * z / 20) / denom
+    half = z * np.sqrt(0.8 * 0.2 / 10 + z * z / 400) / denom
+    assert lo == pytest.approx(centre - half) and hi == pytest.approx(centre + half)
+    assert (round(float(lo), 4), round(float(hi), 4)) == (0.4902, 0.9433)
+    lo, hi = wilson_interval(np.array([0, 10]), np.array([10, 10]))
+    assert lo[0] == pytest.approx(0, abs=1e-12) and hi[1] == pytest.approx(1)
+    # 1,000 per class at 50%: about +-3 points, as the issue says
+    lo, hi = wilson_interval(500, 1000)
+    assert 0.030 < hi - 0.5 < 0.032
+
+
+def test_mcnemar_by_hand():
+    assert mcnemar_exact(5, 0) == pytest.approx(2 * 0.5 ** 5)
+    assert mcnemar_exact(10, 2) == pytest.approx(2 * (1 + 12 + 66) / 4096)
+    assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(3, 3) == 1.0
+
+
+def test_rank_correlations_by_hand():
+    sp, kt = rank_correlations({"a": np.array([1, 2, 3, 4.0]), "b": np.array([1, 3, 2, 4.0])})
+    assert sp.loc["a", "b"] == pytest.approx(1 - 6 * 2 / (4 * 15))  # 0.8
+    assert kt.loc["a", "b"] == pytest.approx((5 - 1) / 6)  # 5 concordant, 1 discordant pair
+    assert sp.loc["a", "a"] == 1
+
+
+def test_weight_norm_correlation():
+    r = weight_norm_correlation(np.array([1.0, 2, 3, 4, 5]), np.array([0.1, 0.2, 0.3, 0.5, 0.9]))
+    assert r["spearman"] == pytest.approx(1.0) and 0.9 < r["pearson"] < 1 and r["pearson_p"] < 0.05
+
+
+def test_disparity_and_bootstrap():
+    acc = np.array([0.2, 0.5, 0.8])
+    d = disparity(acc)
+    assert d["worst"] == 0.2 and d["best"] == 0.8 and d["gap"] == pytest.approx(0.6)
+    assert d["cv"] == pytest.approx(np.std(acc) / 0.5)
+    n = np.array([1000, 1000, 1000])
+    boot = bootstrap_disparity(acc * n, n, reps=2000, seed=1)
+    for key in ("worst", "best", "gap"):
+        assert boot[key][0] <= d[key] <= boot[key][1]
+    assert boot["gap"][1] - boot["gap"][0] < 0.1
+    assert boot == bootstrap_disparity(acc * n, n, reps=2000, seed=1)
+    small = bootstrap_disparity(acc * 20, np.array([20, 20, 20]), reps=2000, seed=1)
+    assert small["gap"][1] - small["gap"][0] > boot["gap"][1] - boot["gap"][0]
+
+
+@pytest.fixture
+def synthetic_result():
+    # 3 classes x 4 samples; clean: one error in class 2; "weak" flips one class-0 point to 1;
+    # "strong" flips it too, plus two class-2 points to 0 and one class-1 point to 2
+    labels = np.repeat([0, 1, 2], 4)
+    clean = labels.copy()
+    clean[11] = 1
+    weak = clean.copy()
+    weak[0] = 1
+    strong = weak.copy()
+    strong[[8, 9]] = 0
+    strong[4] = 2
+    attacks = {name: AttackResult(name, labels, p, 3) for name, p in (("clean", clean), ("weak", weak),
+                                                                        ("strong", strong))}
+    return ClasswiseResult(["a", "b", "c"], np.arange(12), labels, attacks)
+
+
+def test_attacked_into(synthetic_result):
+    into = attacked_into(synthetic_result, "strong")
+    expected = np.zeros((3, 3), int)
+    expected[0, 1] = 1
+    expected[1, 2] = 1
+    expected[2, 0] = 2  # the clean error (11 -> 1) is not an attack's doing
+    np.testing.assert_array_equal(into, expected)
+    np.testing.assert_allclose(row_normalised(into).sum(axis=1), [1, 1, 1])
+    top = top_destinations(synthetic_result, "strong", top=2)
+    assert top.loc[2, "into_1"] == "a" and top.loc[2, "share_1"] == 1.0 and top.loc[2, "fooled"] == 2
+    pairs = strongest_pairs(synthetic_result, "strong")
+    assert (pairs.iloc[0]["from"], pairs.iloc[0]["to"], pairs.iloc[0]["count"]) == ("c", "a", 2)
+    assert pairs["share_of_flips"].sum() == pytest.approx(1.0)
+
+
+def test_gain_attribution(synthetic_result):
+    gains = gain_attribution(synthetic_result, k_vulnerable=1)
+    rungs = gains.groupby(["from", "to"], sort=False)
+    assert list(rungs.groups) == [("clean", "weak"), ("weak", "strong")]
+    step = gains[gains["to"] == "strong"].set_index("class_name")
+    assert step["drop"].to_dict() == {"a": 0, "b": 1, "c": 2}
+    assert step["share"].sum() == pytest.approx(1.0)
+    # under the first rung ("weak"), a and c are at 3/4; the stable sort picks a as most vulnerable
+    assert step.loc["a", "vulnerable"] and step["top1_vulnerable_share"].iloc[0] == pytest.approx(0.0)
+
+
+def test_tables(synthetic_result):
+    table = per_class_table(synthetic_result)
+    assert len(table) == 9 and (table["ci_low"] <= table["accuracy"]).all()
+    assert (table["accuracy"] <= table["ci_high"]).all()
+    disp = disparity_table(synthetic_result, reps=200)
+    assert list(disp["attack"]) == ["clean", "weak", "strong"]
+    assert disp.loc[2, "worst_class"] == "c" and disp.loc[2, "worst"] == pytest.approx(1 / 4)
+    sp, kt = attack_consistency(synthetic_result)
+    assert list(sp.index) == ["weak", "strong"]
