@@ -103,7 +103,8 @@ def evaluate_checkpoint(checkpoint: Path, out: Path | None, *, attacks: str, eps
                         mode: str = "best",
                         batch_size: int = 256, seed: int = 0, limit: int | None = None,
                         device: str | None = None, data_dir: Path | None = None, download: bool = False,
-                        progress: bool = True, sanity: bool = False, sanity_queries: int = 1000):
+                        progress: bool = True, sanity: bool = False, sanity_queries: int = 1000,
+                        report: bool = True):
     from classrobust.checkpoint import load_checkpoint
     from classrobust.data import get_dataset, make_loader, stratified_subset
     from classrobust.evaluate import evaluate_classwise
@@ -148,6 +149,10 @@ def evaluate_checkpoint(checkpoint: Path, out: Path | None, *, attacks: str, eps
                                           seed=seed, device=dev, batch_size=batch_size, n_queries=sanity_queries)
         result.meta["sanity_seconds"] = round(time.perf_counter() - t1, 2)
     result.save(out)
+    if report:
+        from classrobust.report import build_report
+
+        build_report(out)
     return result, out
 
 
@@ -161,6 +166,8 @@ def print_result(result, out: Path) -> None:
     for line in format_warnings(result):
         print(line)
     print(f"\nresults: {out}/ (per_class.csv, confusion_<attack>.csv, samples.csv.gz, summary.json)")
+    if (out / "report.html").is_file():
+        print(f"report: {out / 'report.html'}")
 
 
 def run_eval(args):
@@ -168,9 +175,28 @@ def run_eval(args):
         args.checkpoint, args.out, attacks=args.attacks, eps=args.eps, steps=args.steps, alpha=args.alpha,
         precision=args.precision, mode=args.mode, batch_size=args.batch_size, seed=args.seed, limit=args.limit,
         device=args.device, data_dir=args.data_dir, download=args.download, progress=not args.no_progress,
-        sanity=args.sanity, sanity_queries=args.sanity_queries)
+        sanity=args.sanity, sanity_queries=args.sanity_queries, report=not args.no_report)
     print_result(result, out)
     return result
+
+
+# -- compare --------------------------------------------------------------------
+def run_compare(args):
+    from classrobust.report.compare import write_comparison
+    from classrobust.report.html import resolve_eval_dir
+
+    out = args.out if args.out is not None else resolve_eval_dir(args.run_b) / "compare"
+    check_output_dir(out)
+    table, out = write_comparison(args.run_a, args.run_b, out, alpha=args.alpha)
+    print(f"A = {args.run_a}\nB = {args.run_b}\n")
+    print(f"{'attack':<12}{'class':<14}{'A':>8}{'B':>8}{'B-A':>8}{'p':>10}{'p_holm':>10}")
+    for r in table.itertuples():
+        mark = "  *" if r.significant else ""
+        print(f"{r.attack:<12}{str(r.class_name)[:13]:<14}{100 * r.accuracy_a:>7.1f}%{100 * r.accuracy_b:>7.1f}%"
+              f"{100 * r.difference:>+8.1f}{r.p_value:>10.3g}{r.p_holm:>10.3g}{mark}")
+    print(f"\n* significant at {args.alpha} (exact McNemar, Holm-adjusted over classes)")
+    print(f"comparison: {out}/ (compare.csv, compare.md, compare.html)")
+    return table
 
 
 # -- demo -----------------------------------------------------------------------

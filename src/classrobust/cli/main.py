@@ -104,9 +104,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "randomness, zero gradients); results in summary.json")
     p.add_argument("--sanity-queries", type=_positive_int, default=1000,
                    help="Square queries for the black-box sanity check")
+    p.add_argument("--no-report", action="store_true", help="skip building report.html")
     _common_attack(p)
     _common_data(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("report", help="build report.html from saved evaluation results (runs no model)")
+    p.add_argument("run_dir", type=Path, help="an evaluation directory, or a run directory holding eval/")
+    p.add_argument("--train-log", type=Path, default=None, help="default: train_log.csv beside the evaluation")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="per-class differences of two evaluations on the same test samples")
+    p.add_argument("run_a", type=Path)
+    p.add_argument("run_b", type=Path)
+    p.add_argument("--out", type=Path, default=None, help="default: compare/ beside run B's evaluation")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level (Holm-adjusted)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", help="train (or reuse) a PGD-AT smallcnn on Fashion-MNIST and evaluate it")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
@@ -165,6 +178,20 @@ def cmd_eval(args) -> int:
     from classrobust.cli.commands import run_eval
 
     run_eval(args)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from classrobust.report import build_report
+
+    print(f"report: {build_report(args.run_dir, train_log=args.train_log)}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from classrobust.cli.commands import run_compare
+
+    run_compare(args)
     return 0
 
 

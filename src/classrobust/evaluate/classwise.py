@@ -73,9 +73,21 @@ def evaluate_classwise(model: nn.Module, loader: Iterable, attacks: Mapping[str,
     y_all = torch.cat(labels).numpy().astype(np.int64)
     indices = getattr(dataset, "indices", None)
     indices = np.asarray(indices) if indices is not None and len(indices) == len(y_all) else np.arange(len(y_all))
+    meta = dict(meta or {})
+    head = _classifier_head(model, k)
+    if head is not None:  # per-class weight norms, for the weight-norm analysis (no model needed later)
+        meta["classifier_weight_norms"] = head.weight.detach().float().norm(dim=1).cpu().tolist()
     results = {}
     for name, chunks in preds.items():
         config = {"attack": CLEAN} if name == CLEAN else attacks[name].config()
         results[name] = AttackResult(name, y_all, torch.cat(chunks).numpy().astype(np.int64), k,
                                      config, seconds[name])
-    return ClasswiseResult(classes, indices, y_all, results, dict(meta or {}))
+    return ClasswiseResult(classes, indices, y_all, results, meta)
+
+
+def _classifier_head(model: nn.Module, num_classes: int) -> nn.Linear | None:
+    last = None
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            last = module
+    return last if last is not None and last.out_features == num_classes else None

@@ -125,10 +125,16 @@ class ClasswiseResult:
         return out
 
     def samples_table(self) -> pd.DataFrame:
-        """Per-sample records: index, label, and each attack's (worst-case) prediction."""
+        """Per-sample records: index, label, each attack's (worst-case) prediction ``pred_<attack>``
+        and whether the attack fooled a correctly classified point ``fooled_<attack>``."""
         table = pd.DataFrame({"index": self.indices, "label": self.labels})
         for name, res in self.attacks.items():
             table[f"pred_{name}"] = res.predictions
+        if CLEAN in self.attacks:
+            clean_ok = self.attacks[CLEAN].predictions == self.labels
+            for name, res in self.attacks.items():
+                if name != CLEAN:  # fooled: correct when clean, wrong under this attack
+                    table[f"fooled_{name}"] = clean_ok & (res.predictions != self.labels)
         return table
 
     def save(self, out_dir: str | Path) -> Path:

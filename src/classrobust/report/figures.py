@@ -1,0 +1,125 @@
+"""Figures from saved results (matplotlib's object API: no global pyplot state, no display)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from classrobust.analysis import attacked_into, row_normalised, wilson_interval
+from classrobust.evaluate.results import CLEAN
+
+PALETTE = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c",
+           "#ccb974", "#64b5cd"]
+
+
+def per_class_bars(result) -> Figure:
+    """Grouped bars: per-class accuracy for clean and each attack, with 95% Wilson whiskers."""
+    names = list(result.attacks)
+    k = result.num_classes
+    fig = Figure(figsize=(max(8, 0.9 * k + 2), 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    width = 0.8 / len(names)
+    x = np.arange(k)
+    for i, name in enumerate(names):
+        res = result.attacks[name]
+        acc = res.accuracy_per_class
+        lo, hi = wilson_interval(res.correct_per_class, res.n_per_class)
+        ax.bar(x + (i - (len(names) - 1) / 2) * width, acc, width, label=name, color=PALETTE[i % len(PALETTE)],
+               yerr=np.vstack([acc - lo, hi - acc]), capsize=2, error_kw={"elinewidth": 0.8})
+    ax.set_xticks(x, result.classes, rotation=30, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("accuracy (95% Wilson interval)")
+    ax.legend(ncol=min(len(names), 5), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 1.15))
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def confusion_heatmap(result, attack: str) -> Figure:
+    """Row-normalised confusion (true x predicted) with counts, under one attack."""
+    cm = result.attacks[attack].confusion
+    norm = row_normalised(cm)
+    k = result.num_classes
+    fig = Figure(figsize=(0.55 * k + 2.5, 0.5 * k + 1.8), layout="constrained")
+    ax = fig.add_subplot()
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                if cm[i, j]:
+                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(k), result.classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), result.classes, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{attack}: where each class lands (row share, counts)", fontsize=10)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    return fig
+
+
+def gain_chart(gains: pd.DataFrame) -> Figure:
+    """Stacked bars: each class's share of the accuracy drop from rung to rung of the ladder."""
+    steps = list(dict.fromkeys(zip(gains["from"], gains["to"])))
+    classes = list(dict.fromkeys(gains["class_name"]))
+    fig = Figure(figsize=(max(6, 1.6 * len(steps) + 3), 4), layout="constrained")
+    ax = fig.add_subplot()
+    bottom = np.zeros(len(steps))
+    for c, cls in enumerate(classes):
+        drops = np.array([gains[(gains["from"] == a) & (gains["to"] == b) & (gains["class_name"] == cls)]["drop"]
+                          .iloc[0] for a, b in steps], dtype=float)
+        ax.bar(range(len(steps)), drops, bottom=bottom, label=cls, color=PALETTE[c % len(PALETTE)])
+        bottom += drops
+    ax.set_xticks(range(len(steps)), [f"{a} -> {b}" for a, b in steps], rotation=15)
+    ax.set_ylabel("points newly misclassified")
+    ax.set_title("which classes each stronger attack gains on", fontsize=10)
+    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    return fig
+
+
+def weight_norm_scatter(result, norms: np.ndarray, attack: str) -> Figure:
+    acc = result.attacks[attack].accuracy_per_class
+    fig = Figure(figsize=(5.5, 4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.scatter(norms, acc, color=PALETTE[0])
+    for cls, xv, yv in zip(result.classes, norms, acc):
+        ax.annotate(cls, (xv, yv), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("L2 norm of the class's row in the final linear layer")
+    ax.set_ylabel(f"{attack} accuracy")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def matrix_heatmap(matrix: pd.DataFrame, title: str) -> Figure:
+    n = len(matrix)
+    fig = Figure(figsize=(0.7 * n + 3, 0.6 * n + 2), layout="constrained")
+    ax = fig.add_subplot()
+    im = ax.imshow(matrix.to_numpy(dtype=float), cmap="RdBu", vmin=-1, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{matrix.iloc[i, j]:.2f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(n), matrix.columns, rotation=30, ha="right")
+    ax.set_yticks(range(n), matrix.index)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    return fig
+
+
+def training_curves(log: pd.DataFrame) -> Figure:
+    """Per-class validation clean and PGD accuracy per epoch, from ``train_log.csv``."""
+    per_class = log[log["class_index"] >= 0]
+    overall = log[log["class_index"] < 0]
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, col, title in ((axes[0], "val_clean_accuracy", "validation clean"),
+                           (axes[1], "val_pgd_accuracy", "validation PGD")):
+        for c, (cls, group) in enumerate(per_class.groupby("class_index", sort=True)):
+            ax.plot(group["epoch"], group[col], marker=".", color=PALETTE[c % len(PALETTE)],
+                    label=group["class_name"].iloc[0])
+        ax.plot(overall["epoch"], overall[col], color="black", lw=2.5, label="all")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy")
+    axes[1].legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    return fig

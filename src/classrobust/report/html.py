@@ -1,0 +1,205 @@
+"""``report.html``: one self-contained page (images embedded) built from saved results only."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from classrobust import __version__
+from classrobust.analysis import (attack_consistency, disparity_table, gain_attribution, per_class_table,
+                                  strongest_pairs, top_destinations, weight_norm_correlation)
+from classrobust.errors import UsageError
+from classrobust.evaluate.results import CLEAN, ClasswiseResult
+from classrobust.io import atomic_directory, atomic_write_text
+from classrobust.report import figures
+from classrobust.report.markdown import to_markdown
+from classrobust.report.tables import format_warnings
+
+ASSETS = "report_files"
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;font-size:.85em;margin:.8em 0}th,td{border:1px solid #ddd;padding:3px 8px;text-align:right}
+th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
+img{max-width:100%;height:auto;display:block;margin:.6em 0}.warn{background:#fff4e5;border-left:4px solid #f0a020;padding:.4em .8em;margin:.3em 0}
+.meta{color:#666;font-size:.85em}.sig{font-weight:bold;color:#b00}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(480px,1fr));gap:.5em}
+"""
+
+
+def resolve_eval_dir(path: str | Path) -> Path:
+    """An evaluation directory (with ``summary.json``) or a run directory holding ``eval/``."""
+    path = Path(path)
+    for candidate in (path, path / "eval"):
+        if (candidate / "summary.json").is_file() and (candidate / "samples.csv.gz").is_file():
+            return candidate
+    raise UsageError(f"{path} holds no evaluation results (summary.json and samples.csv.gz); "
+                     "run `classrobust eval` first")
+
+
+class _Page:
+    """Collects sections; saves each figure as PNG and SVG and each table as CSV and Markdown."""
+
+    def __init__(self, assets: Path):
+        self.assets = assets
+        (assets / "figures").mkdir(parents=True, exist_ok=True)
+        (assets / "tables").mkdir(parents=True, exist_ok=True)
+        self.parts: list[str] = []
+
+    def h2(self, title: str, anchor: str) -> None:
+        self.parts.append(f'<h2 id="{anchor}">{html.escape(title)}</h2>')
+
+    def text(self, text: str, cls: str = "") -> None:
+        self.parts.append(f'<p class="{cls}">{html.escape(text)}</p>')
+
+    def figure(self, fig, name: str, alt: str) -> None:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        (self.assets / "figures" / f"{name}.png").write_bytes(buf.getvalue())
+        fig.savefig(self.assets / "figures" / f"{name}.svg", format="svg")
+        data = base64.b64encode(buf.getvalue()).decode("ascii")
+        self.parts.append(f'<img alt="{html.escape(alt)}" data-figure="{name}" src="data:image/png;base64,{data}">')
+
+    def table(self, df: pd.DataFrame, name: str, fmt: dict | None = None, index: bool = False) -> None:
+        df.to_csv(self.assets / "tables" / f"{name}.csv", index=index)
+        (self.assets / "tables" / f"{name}.md").write_text(to_markdown(df, index=index))
+        shown = df.copy()
+        for col, f in (fmt or {}).items():
+            if col in shown:
+                shown[col] = shown[col].map(f)
+        self.parts.append(shown.to_html(index=index, escape=True, border=0, na_rep=""))
+
+
+def _pct(v: float) -> str:
+    return "" if pd.isna(v) else f"{100 * v:.1f}%"
+
+
+def build_report(path: str | Path, *, train_log: str | Path | None = None, bootstrap_reps: int = 2000) -> Path:
+    """Write ``report.html`` (and ``report_files/`` with PNG/SVG figures, CSV/Markdown tables)
+    into the evaluation directory ``path``; returns the path of ``report.html``."""
+    eval_dir = resolve_eval_dir(path)
+    result = ClasswiseResult.load(eval_dir)
+    log_path = Path(train_log) if train_log else eval_dir.parent / "train_log.csv"
+    log = pd.read_csv(log_path) if log_path.is_file() else None
+    attacks = [n for n in result.attacks if n != CLEAN]
+    strongest = min(attacks, key=lambda n: result.attacks[n].accuracy) if attacks else CLEAN
+    meta = result.meta
+    with atomic_directory(eval_dir / ASSETS) as stage:
+        page = _Page(stage)
+        title = f"Class-wise robustness: {meta.get('model', 'model')} on {meta.get('dataset', 'data')}"
+        page.parts.append(f"<h1>{html.escape(title)}</h1>")
+        page.text(f"{len(result.labels)} test images, eps {meta.get('eps', '?')}, attacks: "
+                  f"{', '.join(attacks) or 'none'}; mode {meta.get('mode', '?')}, precision "
+                  f"{meta.get('precision', '?')}, seed {meta.get('seed', '?')}; checkpoint "
+                  f"{meta.get('checkpoint', '?')}; classrobust {__version__}", "meta")
+        warnings = format_warnings(result)
+        page.h2("Warnings", "warnings")
+        if warnings:
+            page.parts.extend(f'<div class="warn">{html.escape(w)}</div>' for w in warnings)
+        else:
+            page.text("No collapsed class" + (" and no failed sanity check." if result.sanity else
+                                               "; sanity checks were not run (classrobust eval --sanity)."))
+
+        page.h2("Class-wise accuracy", "table")
+        long = per_class_table(result)
+        wide = long.pivot(index="class_name", columns="attack", values="accuracy").reindex(
+            index=result.classes, columns=list(result.attacks))
+        cells = long.assign(cell=[f"{100 * a:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+                                  for a, lo, hi in zip(long["accuracy"], long["ci_low"], long["ci_high"])])
+        shown = cells.pivot(index="class_name", columns="attack", values="cell").reindex(
+            index=result.classes, columns=list(result.attacks))
+        shown.index.name = None
+        shown.columns.name = None
+        shown.insert(0, "n", result.attacks[CLEAN].n_per_class if CLEAN in result.attacks else "")
+        long.to_csv(stage / "tables" / "per_class_intervals.csv", index=False)
+        wide.to_csv(stage / "tables" / "per_class_wide.csv")
+        page.text("Accuracy in % with its 95% Wilson interval; attacks count a point robust only if it is "
+                  "classified correctly both clean and attacked.")
+        page.table(shown, "per_class", index=True)
+        page.figure(figures.per_class_bars(result), "per_class_bars", "per-class accuracy bars")
+
+        page.h2("Disparity across classes", "disparity")
+        disp = disparity_table(result, reps=bootstrap_reps)
+        page.text("Worst and best class, max-min gap, standard deviation and coefficient of variation across "
+                  f"classes, each with a 95% class-stratified bootstrap interval ({bootstrap_reps} resamples).")
+        disp.to_csv(stage / "tables" / "disparity.csv", index=False)
+        (stage / "tables" / "disparity.md").write_text(to_markdown(disp))
+        shown = disp[["attack", "accuracy", "worst_class", "best_class"]].copy()
+        shown["accuracy"] = shown["accuracy"].map(_pct)
+        for key, scale, unit in (("worst", 100, ""), ("best", 100, ""), ("gap", 100, ""), ("std", 100, ""),
+                                 ("cv", 1, "")):
+            shown[key] = [f"{scale * v:.{1 if scale == 100 else 3}f} [{scale * lo:.{1 if scale == 100 else 3}f}, "
+                          f"{scale * hi:.{1 if scale == 100 else 3}f}]"
+                          for v, lo, hi in zip(disp[key], disp[f"{key}_ci_low"], disp[f"{key}_ci_high"])]
+        page.parts.append(shown.to_html(index=False, border=0))
+        page.text("worst, best, gap and std in percentage points; cv = std / mean.", "meta")
+
+        page.h2("Where adversarial examples land", "confusion")
+        page.text("Rows: true class; columns: predicted class (worst case per point); colour is the row share.")
+        page.parts.append('<div class="grid">')
+        for name in result.attacks:
+            page.figure(figures.confusion_heatmap(result, name), f"confusion_{name}", f"confusion {name}")
+        page.parts.append("</div>")
+        for name in attacks:
+            page.text(f"{name}: top classes each class's fooled points land in (share of that class's flips)")
+            page.table(top_destinations(result, name), f"attacked_into_{name}",
+                       {c: _pct for c in ("share_1", "share_2", "share_3", "top3_share")})
+            page.text(f"{name}: strongest class pairs of the whole matrix")
+            page.table(strongest_pairs(result, name), f"strongest_pairs_{name}", {"share_of_flips": _pct})
+
+        if len(attacks) >= 1:
+            page.h2("Stronger-attack gain attribution", "gain")
+            gains = gain_attribution(result)
+            page.text("Ladder from weakest to strongest attack (by overall accuracy): how many points each class "
+                      "newly loses at each rung; the 3 most vulnerable classes are those weakest under the first "
+                      "rung.")
+            page.figure(figures.gain_chart(gains), "gain_attribution", "gain attribution")
+            summary = gains.groupby(["from", "to"], sort=False).agg(
+                drop=("drop", "sum"), top3_vulnerable_share=("top3_vulnerable_share", "first")).reset_index()
+            page.table(summary, "gain_summary", {"top3_vulnerable_share": _pct})
+            gains.to_csv(stage / "tables" / "gain_attribution.csv", index=False)
+
+        norms = meta.get("classifier_weight_norms")
+        if norms is not None and len(norms) == result.num_classes:
+            page.h2("Classifier weight norms", "weights")
+            corr = weight_norm_correlation(np.asarray(norms), result.attacks[strongest].accuracy_per_class)
+            page.text(f"Per-class L2 norm of the final linear layer against {strongest} accuracy: Pearson "
+                      f"{corr['pearson']:.2f} (p = {corr['pearson_p']:.3g}), Spearman {corr['spearman']:.2f} "
+                      f"(p = {corr['spearman_p']:.3g}).")
+            page.figure(figures.weight_norm_scatter(result, np.asarray(norms), strongest), "weight_norms",
+                        "weight norm scatter")
+            page.table(pd.DataFrame({"class_name": result.classes, "weight_norm": norms,
+                                     f"{strongest}_accuracy": result.attacks[strongest].accuracy_per_class}),
+                       "weight_norms", {f"{strongest}_accuracy": _pct})
+            (stage / "tables" / "weight_norm_correlation.json").write_text(json.dumps(corr, indent=2))
+
+        if len(attacks) >= 2:
+            page.h2("Consistency of the per-class ordering across attacks", "consistency")
+            sp, kt = attack_consistency(result)
+            page.figure(figures.matrix_heatmap(sp, "Spearman rank correlation of per-class accuracy"),
+                        "consistency_spearman", "Spearman consistency")
+            page.table(sp.round(3), "consistency_spearman", index=True)
+            page.table(kt.round(3), "consistency_kendall", index=True)
+
+        if log is not None:
+            page.h2("Training curves per class", "training")
+            page.figure(figures.training_curves(log), "training_curves", "per-class training curves")
+
+        if result.sanity:
+            page.h2("Sanity checks", "sanity")
+            page.table(pd.DataFrame([{"check": c["check"], "passed": c["passed"], "detail": c["detail"],
+                                      "classes": ", ".join(c["flagged_classes"])} for c in result.sanity["checks"]]),
+                       "sanity")
+        body = "\n".join(page.parts)
+        doc = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}"
+               f"</title><style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
+    out = eval_dir / "report.html"
+    atomic_write_text(out, doc)
+    return out
