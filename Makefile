@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.classrobust-installed
 
-.PHONY: setup data demo test bench clean
+.PHONY: setup data browser demo test bench clean
 
 setup: $(STAMP) data
 
@@ -18,16 +18,20 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 data:
-	@bash scripts/setup-data.sh
+	@bash scripts/setup-system.sh
+
+browser:
+	@bash scripts/setup-system.sh --browser
 
 demo: setup
 	$(BIN)/classrobust demo $(ARGS)
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest $(ARGS)
 
 bench: setup
 	$(BIN)/python benchmarks/attack_speed.py
+	$(BIN)/python benchmarks/vs_torchattacks.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -26,7 +26,7 @@ def per_class_bars(result) -> Figure:
         acc = res.accuracy_per_class
         lo, hi = wilson_interval(res.correct_per_class, res.n_per_class)
         ax.bar(x + (i - (len(names) - 1) / 2) * width, acc, width, label=name, color=PALETTE[i % len(PALETTE)],
-               yerr=np.vstack([acc - lo, hi - acc]), capsize=2, error_kw={"elinewidth": 0.8})
+               yerr=np.clip(np.vstack([acc - lo, hi - acc]), 0, None), capsize=2, error_kw={"elinewidth": 0.8})
     ax.set_xticks(x, result.classes, rotation=30, ha="right")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("accuracy (95% Wilson interval)")

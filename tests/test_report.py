@@ -1,0 +1,167 @@
+"""The report and compare commands on results made in the test, and report.html in a real browser."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from classrobust.cli.main import main
+from classrobust.evaluate import ClasswiseResult
+from classrobust.report.compare import compare_results, holm
+from test_cli import TRAIN
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--window-size=1280,2000"]
+SECTIONS = ["warnings", "table", "disparity", "confusion", "gain", "weights", "consistency", "training", "sanity"]
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, synthetic_data_root):
+    """A run trained and evaluated (with sanity checks) through the CLI on generated data."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CLASSROBUST_SYSTEM_DATA", str(synthetic_data_root))
+    root = tmp_path_factory.mktemp("report")
+    try:
+        assert main([*TRAIN, "--epochs", "2", "--out", str(root / "run")]) == 0
+        assert main(["eval", "--checkpoint", str(root / "run" / "model.safetensors"), "--attacks",
+                     "fgsm,pgd:steps=3,cw:steps=3", "--limit", "100", "--sanity", "--sanity-queries", "20",
+                     "--no-progress"]) == 0
+    finally:
+        mp.undo()
+    return root / "run"
+
+
+def test_eval_builds_the_report(evaluated):
+    eval_dir = evaluated / "eval"
+    page = (eval_dir / "report.html").read_text()
+    for anchor in SECTIONS:
+        assert f'id="{anchor}"' in page, anchor
+    assert page.count("data:image/png;base64,") >= 8  # self-contained
+    figures = {p.name for p in (eval_dir / "report_files" / "figures").iterdir()}
+    for name in ("per_class_bars", "confusion_pgd", "gain_attribution", "weight_norms", "consistency_spearman",
+                 "training_curves"):
+        assert {f"{name}.png", f"{name}.svg"} <= figures
+    tables = eval_dir / "report_files" / "tables"
+    assert (tables / "disparity.md").read_text().startswith("| attack |")
+    disp = pd.read_csv(tables / "disparity.csv")
+    assert ((disp["gap_ci_low"] <= disp["gap"]) & (disp["gap"] <= disp["gap_ci_high"])).all()
+    samples = pd.read_csv(eval_dir / "samples.csv.gz")
+    assert {"index", "label", "pred_clean", "pred_pgd", "fooled_pgd", "fooled_cw"} <= set(samples.columns)
+    summary = json.loads((eval_dir / "summary.json").read_text())
+    assert len(summary["meta"]["classifier_weight_norms"]) == 10
+
+
+def test_report_command_rebuilds_without_a_model(evaluated, capsys, monkeypatch):
+    (evaluated / "model.safetensors").unlink()  # the report must not need the model
+    report = evaluated / "eval" / "report.html"
+    report.unlink()
+    assert main(["report", str(evaluated)]) == 0
+    assert report.is_file() and str(report) in capsys.readouterr().out
+
+
+def test_report_refuses_a_directory_without_results(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "holds no evaluation results" in capsys.readouterr().err
+
+
+def _result(labels, preds_a, name="pgd", indices=None):
+    from classrobust.evaluate import AttackResult
+
+    labels = np.asarray(labels)
+    attacks = {"clean": AttackResult("clean", labels, labels.copy(), 2),
+               name: AttackResult(name, labels, np.asarray(preds_a), 2)}
+    return ClasswiseResult(["x", "y"], np.arange(len(labels)) if indices is None else indices, labels, attacks)
+
+
+def test_compare_statistics_by_hand():
+    labels = np.array([0] * 10 + [1] * 10)
+    a = _result(labels, labels.copy())
+    wrong = labels.copy()
+    wrong[:8] = 1  # B loses 8 class-x points that A keeps
+    b = _result(labels, wrong)
+    table = compare_results(a, b).set_index(["attack", "class_name"])
+    row = table.loc[("pgd", "x")]
+    assert (row["a_only"], row["b_only"]) == (8, 0)
+    assert row["p_value"] == pytest.approx(2 * 0.5 ** 8) and row["difference"] == pytest.approx(-0.8)
+    assert row["p_holm"] == pytest.approx(2 * 2 * 0.5 ** 8) and row["significant"]
+    # 6 flips: p = 0.031, but Holm over the 2 classes gives 0.0625: not significant
+    wrong[6:8] = 0
+    row6 = compare_results(a, _result(labels, wrong)).set_index(["attack", "class_name"]).loc[("pgd", "x")]
+    assert row6["p_value"] < 0.05 and row6["p_holm"] == pytest.approx(0.0625) and not row6["significant"]
+    assert table.loc[("pgd", "y"), "p_value"] == 1.0 and not table.loc[("pgd", "y"), "significant"]
+    assert table.loc[("clean", "all"), "difference"] == 0
+
+
+def test_holm_by_hand():
+    np.testing.assert_allclose(holm(np.array([0.01, 0.04, 0.03])), [0.03, 0.06, 0.06])
+
+
+def test_compare_refuses_different_samples_or_classes():
+    from classrobust.errors import UsageError
+
+    labels = np.array([0, 1, 0, 1])
+    a = _result(labels, labels)
+    with pytest.raises(UsageError, match="different test samples"):
+        compare_results(a, _result(labels, labels, indices=np.array([0, 1, 2, 5])))
+    other = _result(labels, labels)
+    other.classes = ["x", "z"]
+    with pytest.raises(UsageError, match="different classes"):
+        compare_results(a, other)
+
+
+def test_compare_command(evaluated, tmp_path, capsys):
+    b = tmp_path / "b"
+    shutil.copytree(evaluated / "eval", b)
+    assert main(["compare", str(evaluated), str(b), "--out", str(tmp_path / "cmp")]) == 0
+    out = capsys.readouterr().out
+    assert "exact McNemar" in out
+    table = pd.read_csv(tmp_path / "cmp" / "compare.csv")
+    assert (table["difference"] == 0).all() and (table["p_value"] == 1).all()
+    assert "<table" in (tmp_path / "cmp" / "compare.html").read_text()
+    # a run on other samples is refused with exit code 2
+    c = tmp_path / "c"
+    shutil.copytree(evaluated / "eval", c)
+    samples = pd.read_csv(c / "samples.csv.gz")
+    samples["index"] += 1
+    samples.to_csv(c / "samples.csv.gz", index=False)
+    assert main(["compare", str(evaluated), str(c), "--out", str(tmp_path / "cmp2")]) == 2
+    assert "different test samples" in capsys.readouterr().err
+
+
+def test_report_in_headless_chromium(evaluated, tmp_path):
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.fail("chromium and chromedriver are needed: `make test` installs the Debian packages "
+                    "chromium and chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in [*FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    report = evaluated / "eval" / "report.html"
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        driver.get(report.resolve().as_uri())
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.dataset.figure, i.complete, i.naturalWidth])")
+        assert len(images) >= 8
+        broken = [name for name, complete, width in images if not (complete and width > 0)]
+        assert not broken, f"figures that did not load: {broken}"
+        ids = driver.execute_script("return Array.from(document.querySelectorAll('h2[id]')).map(h => h.id)")
+        assert set(SECTIONS) <= set(ids)
+        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        assert not errors, errors
+        shot = tmp_path / "report.png"
+        driver.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+    finally:
+        driver.quit()
