@@ -113,3 +113,11 @@ def test_tables(synthetic_result):
     assert disp.loc[2, "worst_class"] == "c" and disp.loc[2, "worst"] == pytest.approx(1 / 4)
     sp, kt = attack_consistency(synthetic_result)
     assert list(sp.index) == ["weak", "strong"]
+
+
+def test_degenerate_inputs_give_nan_not_warnings(recwarn):
+    sp, kt = rank_correlations({"a": np.array([0.0, 0.0, 0.0]), "b": np.array([0.1, 0.2, 0.3])})
+    assert np.isnan(sp.loc["a", "b"]) and np.isnan(kt.loc["a", "b"])
+    assert np.isnan(weight_norm_correlation(np.ones(3), np.array([0.1, 0.2, 0.3]))["pearson"])
+    assert all(np.isnan(bootstrap_disparity(np.zeros(3), np.full(3, 10), reps=50)["cv"]))
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]

@@ -12,6 +12,10 @@ from scipy import stats
 from classrobust.evaluate.results import CLEAN
 
 
+def _constant(v: np.ndarray) -> bool:
+    return bool(np.nanmax(v) == np.nanmin(v))
+
+
 def rank_correlations(per_class: dict[str, np.ndarray]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Spearman and Kendall (tau-b) correlation matrices of per-class accuracies, name x name."""
     names = list(per_class)
@@ -20,8 +24,11 @@ def rank_correlations(per_class: dict[str, np.ndarray]) -> tuple[pd.DataFrame, p
     for a in range(len(names)):
         for b in range(a + 1, len(names)):
             x, y = per_class[names[a]], per_class[names[b]]
-            s = stats.spearmanr(x, y).statistic
-            t = stats.kendalltau(x, y).statistic
+            if _constant(x) or _constant(y):  # a rank correlation is undefined for a constant vector
+                s = t = float("nan")
+            else:
+                s = stats.spearmanr(x, y).statistic
+                t = stats.kendalltau(x, y).statistic
             sp.iloc[a, b] = sp.iloc[b, a] = s
             kt.iloc[a, b] = kt.iloc[b, a] = t
     return sp, kt
@@ -66,6 +73,9 @@ def gain_attribution(result, ladder: Sequence[str] | None = None, k_vulnerable: 
 
 def weight_norm_correlation(norms: np.ndarray, accuracy: np.ndarray) -> dict[str, float]:
     """Pearson and Spearman correlation (with p-values) of per-class classifier weight norms and accuracy."""
+    if _constant(np.asarray(norms)) or _constant(np.asarray(accuracy)):
+        nan = float("nan")
+        return {"pearson": nan, "pearson_p": nan, "spearman": nan, "spearman_p": nan}
     pr = stats.pearsonr(norms, accuracy)
     sr = stats.spearmanr(norms, accuracy)
     return {"pearson": float(pr.statistic), "pearson_p": float(pr.pvalue),

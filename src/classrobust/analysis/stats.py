@@ -48,7 +48,12 @@ def bootstrap_disparity(correct: np.ndarray, n: np.ndarray, reps: int = 2000, co
              "gap": acc.max(axis=1) - acc.min(axis=1), "std": std,
              "cv": np.divide(std, mean, out=np.full_like(std, np.nan), where=mean > 0)}
     lo, hi = 50 * (1 - confidence), 50 * (1 + confidence)
-    return {k: (float(np.nanpercentile(v, lo)), float(np.nanpercentile(v, hi))) for k, v in draws.items()}
+    def interval(v: np.ndarray) -> tuple[float, float]:
+        if np.isnan(v).all():  # e.g. the CV when every class is at 0
+            return float("nan"), float("nan")
+        return float(np.nanpercentile(v, lo)), float(np.nanpercentile(v, hi))
+
+    return {k: interval(v) for k, v in draws.items()}
 
 
 def per_class_table(result, confidence: float = 0.95) -> pd.DataFrame:

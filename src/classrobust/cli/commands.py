@@ -101,7 +101,7 @@ def build_attacks(spec: str, model, *, eps: float, steps: int | None, alpha: flo
 def evaluate_checkpoint(checkpoint: Path, out: Path | None, *, attacks: str, eps: float | None = None,
                         steps: int | None = None, alpha: float | None = None, precision: str = "fp32",
                         mode: str = "best",
-                        batch_size: int = 256, seed: int = 0, limit: int | None = None,
+                        batch_size: int = 256, seed: int = 0, limit: int | None = None, subset_seed: int = 0,
                         device: str | None = None, data_dir: Path | None = None, download: bool = False,
                         progress: bool = True, sanity: bool = False, sanity_queries: int = 1000,
                         report: bool = True):
@@ -120,7 +120,7 @@ def evaluate_checkpoint(checkpoint: Path, out: Path | None, *, attacks: str, eps
         raise CheckpointError(f"{checkpoint} was trained on classes {meta['classes']}, "
                               f"but dataset {meta['dataset']!r} has {test.classes}")
     if limit is not None:
-        test = stratified_subset(test, limit, seed=seed)
+        test = stratified_subset(test, limit, seed=subset_seed)
     eps = eps if eps is not None else meta.get("eps", test.threat_model.eps)
     from classrobust.attacks import parse_attack_specs
 
@@ -130,7 +130,8 @@ def evaluate_checkpoint(checkpoint: Path, out: Path | None, *, attacks: str, eps
     attack_objs = build_attacks(attacks, model, eps=eps, steps=steps, alpha=alpha, seed=seed,
                                 precision=precision, mode=mode)
     run_meta = {"checkpoint": str(checkpoint), "dataset": meta["dataset"], "split": "test",
-                "model": meta["model"], "eps": eps, "limit": limit, "seed": seed, "precision": precision,
+                "model": meta["model"], "eps": eps, "limit": limit, "subset_seed": subset_seed, "seed": seed,
+                "precision": precision,
                 "batch_size": batch_size, "device": str(dev), "torch_version": torch.__version__,
                 "mode": mode}
     t0 = time.perf_counter()
@@ -174,6 +175,7 @@ def run_eval(args):
     result, out = evaluate_checkpoint(
         args.checkpoint, args.out, attacks=args.attacks, eps=args.eps, steps=args.steps, alpha=args.alpha,
         precision=args.precision, mode=args.mode, batch_size=args.batch_size, seed=args.seed, limit=args.limit,
+        subset_seed=args.subset_seed,
         device=args.device, data_dir=args.data_dir, download=args.download, progress=not args.no_progress,
         sanity=args.sanity, sanity_queries=args.sanity_queries, report=not args.no_report)
     print_result(result, out)
@@ -239,8 +241,9 @@ def run_demo(args):
               f"({config.precision}, {device})")
         train(config, out, data_dir=args.data_dir, progress=not args.no_progress)
     train_seconds = time.perf_counter() - t0
+    # attack seed and test subset fixed: demos trained with different --seed compare sample by sample
     result, eval_dir = evaluate_checkpoint(checkpoint, out / "eval", attacks=DEMO_ATTACKS, limit=args.limit,
-                                           seed=args.seed, device=args.device, data_dir=args.data_dir,
+                                           seed=0, subset_seed=0, device=args.device, data_dir=args.data_dir,
                                            progress=not args.no_progress)
     print_result(result, eval_dir)
     print(f"\nmodel: {checkpoint} (+ model.json, train_log.csv)")

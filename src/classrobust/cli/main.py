@@ -58,6 +58,9 @@ def _common_attack(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=_positive_int, default=None,
                    help="evaluate a class-stratified subset of N test images")
+    p.add_argument("--subset-seed", type=int, default=0,
+                   help="seed of the --limit subset (kept apart from --seed so that evaluations of "
+                        "different models pair up for `compare`)")
 
 
 def build_parser() -> argparse.ArgumentParser:
