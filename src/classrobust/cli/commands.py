@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from classrobust.errors import CheckpointError, UsageError
@@ -197,6 +198,9 @@ def run_compare(args):
         print(f"{r.attack:<12}{str(r.class_name)[:13]:<14}{100 * r.accuracy_a:>7.1f}%{100 * r.accuracy_b:>7.1f}%"
               f"{100 * r.difference:>+8.1f}{r.p_value:>10.3g}{r.p_holm:>10.3g}{mark}")
     print(f"\n* significant at {args.alpha} (exact McNemar, Holm-adjusted over classes)")
+    consistency = pd.read_csv(out / "consistency.csv")
+    print("rank consistency of per-class accuracy between A and B: " + ", ".join(
+        f"{r.attack} Spearman {r.spearman:.2f} / Kendall {r.kendall:.2f}" for r in consistency.itertuples()))
     print(f"comparison: {out}/ (compare.csv, compare.md, compare.html)")
     return table
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from classrobust.analysis import mcnemar_exact
+from classrobust.analysis import mcnemar_exact, run_consistency
 from classrobust.errors import UsageError
 from classrobust.evaluate.results import ClasswiseResult
 from classrobust.io import atomic_directory
@@ -63,13 +63,27 @@ def compare_results(a: ClasswiseResult, b: ClasswiseResult, alpha: float = 0.05)
     return pd.DataFrame(rows)
 
 
+def consistency_between(a: ClasswiseResult, b: ClasswiseResult) -> pd.DataFrame:
+    """Per attack: Spearman and Kendall correlation of the per-class accuracies of A and B."""
+    rows = []
+    for name in (n for n in a.attacks if n in b.attacks):
+        sp, kt = run_consistency({"a": a, "b": b}, name)
+        rows.append({"attack": name, "spearman": float(sp.loc["a", "b"]), "kendall": float(kt.loc["a", "b"])})
+    return pd.DataFrame(rows)
+
+
 def write_comparison(path_a: str | Path, path_b: str | Path, out: str | Path, alpha: float = 0.05
                      ) -> tuple[pd.DataFrame, Path]:
     dir_a, dir_b = resolve_eval_dir(path_a), resolve_eval_dir(path_b)
-    table = compare_results(ClasswiseResult.load(dir_a), ClasswiseResult.load(dir_b), alpha)
+    result_a, result_b = ClasswiseResult.load(dir_a), ClasswiseResult.load(dir_b)
+    table = compare_results(result_a, result_b, alpha)
+    consistency = consistency_between(result_a, result_b)
     with atomic_directory(out) as stage:
         table.to_csv(stage / "compare.csv", index=False)
-        (stage / "compare.md").write_text(f"A = {dir_a}, B = {dir_b}\n\n" + to_markdown(table))
+        consistency.to_csv(stage / "consistency.csv", index=False)
+        (stage / "compare.md").write_text(f"A = {dir_a}, B = {dir_b}\n\n" + to_markdown(table)
+                                          + "\nRank consistency of the per-class accuracies of A and B:\n\n"
+                                          + to_markdown(consistency))
         shown = table.copy()
         for col in ("accuracy_a", "accuracy_b"):
             shown[col] = shown[col].map(lambda v: f"{100 * v:.1f}%")
@@ -80,7 +94,8 @@ def write_comparison(path_a: str | Path, path_b: str | Path, out: str | Path, al
         section = (f'<section id="compare"><h2>Per-class comparison</h2><p>A = {html.escape(str(dir_a))}<br>'
                    f"B = {html.escape(str(dir_b))}</p><p>Difference = B - A in points. Exact McNemar test on the "
                    f"paired per-sample outcomes; p_holm adjusts over the classes of each attack; significant at "
-                   f"{alpha}.</p>{body}</section>")
+                   f"{alpha}.</p>{body}<h3>Consistency of the per-class ordering between A and B</h3>"
+                   f"{consistency.round(3).to_html(index=False, border=0)}</section>")
         (stage / "compare.html").write_text(f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
                                             f"<title>classrobust compare</title><style>{STYLE}</style></head>"
                                             f"<body>{section}</body></html>\n")
