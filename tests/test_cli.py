@@ -155,7 +155,8 @@ def test_failed_run_keeps_earlier_checkpoint(trained_run, capsys, monkeypatch):
     code, _, err = run([*TRAIN, "--out", trained_run], capsys)
     assert code == 130
     assert (trained_run / "model.safetensors").read_bytes() == before
-    assert not [p for p in trained_run.parent.iterdir() if p.name.startswith(".")]
+    # the interrupted run waits beside it for --resume; nothing else is left
+    assert [p.name for p in trained_run.parent.iterdir() if p.name.startswith(".")] == [".run.partial"]
 
 
 def test_diverging_training_stops_cleanly(trained_run, capsys):

@@ -46,12 +46,16 @@ def run_train(args) -> Path:
         dataset=args.dataset, model=args.model, method=args.method, eps=args.eps, alpha=args.alpha,
         attack_steps=args.attack_steps, eps_warmup_epochs=args.eps_warmup_epochs, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
+        lr_warmup_epochs=args.lr_warmup_epochs, beta=args.beta, select=args.select,
         val_size=args.val_size, train_subset=args.train_subset,
         precision=args.precision or default_precision(device), seed=args.seed, device=str(device))
     _check_names(config)
-    path = train(config, args.out, data_dir=args.data_dir, progress=not args.no_progress)
-    print(f"checkpoint: {path}")
-    print(f"training log: {Path(args.out) / 'train_log.csv'}")
+    from classrobust.distributed import is_main
+
+    path = train(config, args.out, data_dir=args.data_dir, progress=not args.no_progress, resume=args.resume)
+    if is_main():
+        print(f"checkpoint: {path}")
+        print(f"training log: {Path(args.out) / 'train_log.csv'}")
     return path
 
 
@@ -107,14 +111,17 @@ def evaluate_checkpoint(checkpoint: Path, out: Path | None, *, attacks: str, eps
                         progress: bool = True, sanity: bool = False, sanity_queries: int = 1000,
                         report: bool = True):
     from classrobust.checkpoint import load_checkpoint
-    from classrobust.data import get_dataset, make_loader, stratified_subset
-    from classrobust.evaluate import evaluate_classwise
+    from classrobust.data import get_dataset, stratified_subset
+    from classrobust.distributed import init_from_env, is_main, local_device
+    from classrobust.evaluate.sharded import evaluate_dataset
 
     if batch_size < 1:
         raise UsageError(f"batch size must be >= 1, got {batch_size}")
     out = Path(out) if out is not None else Path(checkpoint).parent / "eval"
     check_output_dir(out)
     dev = resolve_device(device)
+    init_from_env(dev)
+    dev = local_device(dev)
     model, meta = load_checkpoint(checkpoint, map_location=dev)
     test = get_dataset(meta["dataset"], "test", root=data_dir, download=download)
     if list(test.classes) != list(meta["classes"]):
@@ -136,8 +143,8 @@ def evaluate_checkpoint(checkpoint: Path, out: Path | None, *, attacks: str, eps
                 "batch_size": batch_size, "device": str(dev), "torch_version": torch.__version__,
                 "mode": mode}
     t0 = time.perf_counter()
-    result = evaluate_classwise(model, make_loader(test, batch_size), attack_objs, device=dev,
-                                progress=progress, meta=run_meta)
+    result = evaluate_dataset(model, test, attack_objs, batch_size=batch_size, device=dev,
+                              progress=progress, meta=run_meta)
     result.meta["seconds"] = round(time.perf_counter() - t0, 2)
     if sanity:
         from classrobust.evaluate.sanity import run_sanity_checks
@@ -150,6 +157,8 @@ def evaluate_checkpoint(checkpoint: Path, out: Path | None, *, attacks: str, eps
         result.sanity = run_sanity_checks(model, test, result, attack_objs, rebuild, eps=eps, precision=precision,
                                           seed=seed, device=dev, batch_size=batch_size, n_queries=sanity_queries)
         result.meta["sanity_seconds"] = round(time.perf_counter() - t1, 2)
+    if not is_main():
+        return result, out
     result.save(out)
     if report:
         from classrobust.report import build_report
@@ -179,7 +188,10 @@ def run_eval(args):
         subset_seed=args.subset_seed,
         device=args.device, data_dir=args.data_dir, download=args.download, progress=not args.no_progress,
         sanity=args.sanity, sanity_queries=args.sanity_queries, report=not args.no_report)
-    print_result(result, out)
+    from classrobust.distributed import is_main
+
+    if is_main():
+        print_result(result, out)
     return result
 
 

@@ -85,7 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=128)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--schedule", default="piecewise", choices=["piecewise", "cosine", "constant"])
+    p.add_argument("--schedule", default="piecewise", choices=["piecewise", "cosine", "cyclic", "constant"],
+                   help="learning-rate schedule (cyclic: the one-cycle schedule of fast AT)")
+    p.add_argument("--lr-warmup-epochs", type=_non_negative_float, default=0.0,
+                   help="ramp the learning rate linearly from 0 over this many epochs")
+    p.add_argument("--beta", type=_non_negative_float, default=6.0, help="TRADES / MART trade-off")
+    p.add_argument("--select", choices=["last", "avg", "worst-class"], default="last",
+                   help="keep the last epoch, or the one with the best average or best worst-class "
+                        "validation PGD accuracy")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its last completed epoch")
     p.add_argument("--val-size", type=_positive_int, default=1000,
                    help="validation images evaluated per epoch (from the held-out split)")
     p.add_argument("--train-subset", type=_positive_int, default=None,
@@ -153,6 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("classrobust: interrupted", file=sys.stderr)
         return 130
+    finally:
+        from classrobust.distributed import shutdown
+
+        shutdown()
 
 
 # -- commands -------------------------------------------------------------------

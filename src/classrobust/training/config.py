@@ -8,6 +8,11 @@ from typing import Any
 from classrobust.errors import UsageError
 
 
+#: which epoch's weights a run keeps: the last, the best average or the best worst-class
+#: validation robust accuracy
+SELECT = ("last", "avg", "worst-class")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a training run (with the code version and seed).
@@ -20,6 +25,7 @@ class TrainConfig:
     model: str = "smallcnn"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     method: str = "pgd-at"
+    beta: float = 6.0
     eps: float | None = None
     alpha: float | None = None
     attack_steps: int = 5
@@ -32,6 +38,8 @@ class TrainConfig:
     schedule: str = "piecewise"
     lr_milestones: tuple[float, ...] = (0.5, 0.75)
     lr_decay: float = 0.1
+    lr_warmup_epochs: float = 0.0
+    select: str = "last"
     val_fraction: float = 0.1
     val_size: int = 1000
     val_attack_steps: int = 10
@@ -55,10 +63,18 @@ class TrainConfig:
             (self.train_subset is None or self.train_subset >= 1,
              f"train subset must be >= 1, got {self.train_subset}"),
             (self.precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, got {self.precision!r}"),
+            (self.select in SELECT, f"select must be one of {', '.join(SELECT)}, got {self.select!r}"),
+            (self.beta >= 0, f"beta must be >= 0, got {self.beta}"),
+            (self.lr_warmup_epochs >= 0, "learning-rate warm-up epochs must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+
+    def differences(self, other: dict[str, Any]) -> list[str]:
+        """Keys whose values differ from ``other`` (a saved config), for a refused resume."""
+        mine = self.to_dict()
+        return sorted(k for k in set(mine) | set(other) if mine.get(k) != other.get(k))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

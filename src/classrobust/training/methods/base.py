@@ -14,6 +14,13 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside a DistributedDataParallel wrapper: inner attacks must run on it, since
+    a forward through the wrapper would arm a gradient all-reduce that an input-only backward
+    never completes."""
+    return getattr(model, "module", model)
+
+
 class TrainingMethod:
     """One objective on the shared training loop.
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from classrobust.attacks.pgd import PGD
-from classrobust.training.methods.base import TrainingMethod, autocast
+from classrobust.training.methods.base import TrainingMethod, autocast, unwrap
 
 
 class PGDAT(TrainingMethod):
@@ -15,7 +15,7 @@ class PGDAT(TrainingMethod):
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int):
         if eps > 0:
-            attack = PGD(model, eps=eps, alpha=self.alpha, steps=self.attack_steps,
+            attack = PGD(unwrap(model), eps=eps, alpha=self.alpha, steps=self.attack_steps,
                          random_start=True, seed=seed, precision=self.precision,
                          mode="last")  # train on the max-loss search, not its first success
             x = attack(x, y)

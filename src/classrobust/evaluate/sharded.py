@@ -1,0 +1,48 @@
+"""Evaluation sharded over the processes of a torchrun job, gathered back into one result."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from classrobust.attacks.base import Attack
+from classrobust.data import make_loader
+from classrobust.distributed import gather, world
+from classrobust.evaluate.classwise import evaluate_classwise
+from classrobust.evaluate.results import AttackResult, ClasswiseResult
+
+
+def evaluate_dataset(model, dataset, attacks: Mapping[str, Attack], *, batch_size: int = 256,
+                     classes: list[str] | None = None, device=None, progress: bool = True,
+                     meta: dict[str, Any] | None = None) -> ClasswiseResult:
+    """:func:`evaluate_classwise` over ``dataset``; under torchrun each process takes every
+    world-th sample and every process receives the whole result, in dataset order.
+
+    Attacks are per-sample deterministic (keyed noise), so the result equals a single-process
+    run's sample by sample, up to floating-point effects of batch composition.
+    """
+    rank, size = world()
+    if size == 1:
+        return evaluate_classwise(model, make_loader(dataset, batch_size), attacks, classes=classes,
+                                  device=device, progress=progress, meta=meta)
+    positions = torch.arange(rank, len(dataset), size)
+    part = evaluate_classwise(model, make_loader(dataset.subset(positions), batch_size), attacks,
+                              classes=classes or dataset.classes, device=device,
+                              progress=progress and rank == 0, meta=meta)
+    pieces = gather({"positions": positions.numpy(), "labels": part.labels,
+                     "preds": {n: r.predictions for n, r in part.attacks.items()},
+                     "seconds": {n: r.seconds for n, r in part.attacks.items()}})
+    order = np.concatenate([p["positions"] for p in pieces])
+    labels = np.empty(len(dataset), dtype=np.int64)
+    labels[order] = np.concatenate([p["labels"] for p in pieces])
+    results = {}
+    for name, res in part.attacks.items():
+        preds = np.empty(len(dataset), dtype=np.int64)
+        preds[order] = np.concatenate([p["preds"][name] for p in pieces])
+        results[name] = AttackResult(name, labels, preds, res.num_classes, res.config,
+                                     max(p["seconds"][name] for p in pieces))
+    indices = np.asarray(dataset.indices)
+    merged_meta = {**part.meta, "processes": size}
+    return ClasswiseResult(part.classes, indices, labels, results, merged_meta)

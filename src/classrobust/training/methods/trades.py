@@ -1,0 +1,52 @@
+"""TRADES (Zhang et al., ICML 2019, arXiv:1901.08573): CE on clean inputs plus beta times the
+KL divergence between the clean and the adversarial prediction, the adversary maximising that KL."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from classrobust.attacks.pgd import PGD
+from classrobust.training.methods.base import TrainingMethod, autocast, unwrap
+
+
+def kl_per_sample(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per row from log-probabilities: (N, K) x (N, K) -> (N,)."""
+    return (log_p.exp() * (log_p - log_q)).sum(dim=1)
+
+
+def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
+    """mean CE(clean) + beta * mean KL(p_clean || p_adv)."""
+    log_clean = F.log_softmax(logits_clean.float(), dim=1)
+    log_adv = F.log_softmax(logits_adv.float(), dim=1)
+    return F.nll_loss(log_clean, y) + beta * kl_per_sample(log_clean, log_adv).mean()
+
+
+class TRADES(TrainingMethod):
+    name = "trades"
+
+    def __init__(self, *, attack_steps: int, alpha: float | None, precision: str, beta: float = 6.0):
+        super().__init__(attack_steps=attack_steps, alpha=alpha, precision=precision)
+        self.beta = beta
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int):
+        if eps > 0:
+            net = unwrap(model)
+            with torch.no_grad():
+                was = net.training
+                net.eval()
+                log_clean = F.log_softmax(net(x).float(), dim=1)
+                net.train(was)
+
+            def kl_to_clean(logits, _y):  # the adversary's objective: move away from the clean prediction
+                return kl_per_sample(log_clean, F.log_softmax(logits, dim=1))
+
+            # a random start is needed: at x itself the KL and its gradient are zero
+            x_adv = PGD(unwrap(model), eps=eps, alpha=self.alpha, steps=self.attack_steps, random_start=True,
+                        loss=kl_to_clean, seed=seed, precision=self.precision, mode="last")(x, y)
+        else:
+            x_adv = x
+        with autocast(x.device, self.precision):  # two passes: BatchNorm must not mix clean and adversarial
+            logits_clean, logits_adv = model(x), model(x_adv)
+        return trades_loss(logits_clean, logits_adv, y, self.beta), logits_adv
