@@ -1,0 +1,198 @@
+"""Training methods, schedules, model selection, resume after SIGKILL, and DDP under torchrun."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from classrobust.cli.main import main
+from classrobust.training import METHODS, TrainConfig
+from classrobust.training.methods.mart import mart_loss
+from classrobust.training.methods.trades import trades_loss
+from classrobust.training.schedules import lr_multiplier
+from test_cli import TRAIN
+
+LOGITS_CLEAN = [[2.0, 0.0], [0.0, 1.0]]
+LOGITS_ADV = [[1.0, 1.0], [0.0, 2.0]]
+Y = [0, 1]
+
+
+def softmax(z):
+    e = [math.exp(v) for v in z]
+    return [v / sum(e) for v in e]
+
+
+def test_trades_loss_by_hand():
+    beta = 2.0
+    ce = sum(-math.log(softmax(z)[t]) for z, t in zip(LOGITS_CLEAN, Y)) / 2
+    kl = sum(sum(p * math.log(p / q) for p, q in zip(softmax(zc), softmax(za)))
+             for zc, za in zip(LOGITS_CLEAN, LOGITS_ADV)) / 2
+    got = trades_loss(torch.tensor(LOGITS_CLEAN), torch.tensor(LOGITS_ADV), torch.tensor(Y), beta)
+    assert float(got) == pytest.approx(ce + beta * kl, rel=1e-6)
+
+
+def test_mart_loss_by_hand():
+    beta = 3.0
+    total = 0.0
+    for zc, za, t in zip(LOGITS_CLEAN, LOGITS_ADV, Y):
+        pa, pc = softmax(za), softmax(zc)
+        other = max(p for k, p in enumerate(pa) if k != t)
+        bce = -math.log(pa[t]) - math.log(1 - other)
+        kl = sum(p * math.log(p / q) for p, q in zip(pc, pa))
+        total += bce + beta * kl * (1 - pc[t])
+    got = mart_loss(torch.tensor(LOGITS_CLEAN), torch.tensor(LOGITS_ADV), torch.tensor(Y), beta)
+    assert float(got) == pytest.approx(total / 2, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_each_method_improves_its_own_objective(name, fmnist_test_subset):
+    from classrobust.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("smallcnn", "fashion-mnist", dropout=0.0).train()
+    method = METHODS.build(name, attack_steps=2, alpha=None, precision="fp32")
+    x, y = fmnist_test_subset[torch.arange(256)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    before = float(method.loss(model, x, y, eps=0.1, seed=1)[0].detach())
+    for step in range(25):
+        loss, _ = method.loss(model, x, y, eps=0.1, seed=100 + step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = float(method.loss(model, x, y, eps=0.1, seed=1)[0].detach())
+    assert model.training
+    assert after < before - 0.1, (before, after)
+
+
+def test_schedules():
+    cyc = lr_multiplier("cyclic", 100)
+    assert cyc(0) == 0 and cyc(40) == pytest.approx(1) and cyc(100) == 0 and cyc(70) == pytest.approx(0.5)
+    pw = lr_multiplier("piecewise", 100, (0.5, 0.75), 0.1)
+    assert (pw(49), pw(50), pw(75)) == (1, pytest.approx(0.1), pytest.approx(0.01))
+    cos = lr_multiplier("cosine", 100)
+    assert cos(0) == 1 and cos(50) == pytest.approx(0.5) and cos(100) == pytest.approx(0)
+    warm = lr_multiplier("constant", 100, warmup_steps=10)
+    assert warm(0) == pytest.approx(0.1) and warm(9) == 1 and warm(50) == 1
+
+
+def test_config_validation_and_differences():
+    from classrobust.errors import UsageError
+
+    with pytest.raises(UsageError, match="select must be one of"):
+        TrainConfig(select="best")
+    assert TrainConfig(lr=0.1).differences(TrainConfig(lr=0.2, epochs=3).to_dict()) == ["epochs", "lr"]
+
+
+@pytest.mark.parametrize("select", ["avg", "worst-class"])
+def test_select_keeps_the_best_epoch(select, synthetic_env, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--epochs", "3", "--select", select, "--out", str(out)]) == 0
+    log = pd.read_csv(out / "train_log.csv")
+    per_epoch = (log[log.class_index == -1].set_index("epoch")["val_pgd_accuracy"] if select == "avg"
+                 else log[log.class_index >= 0].groupby("epoch")["val_pgd_accuracy"].min())
+    best = int(per_epoch.idxmax())  # first epoch among ties
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["selected_epoch"] == best
+    assert meta["metrics"]["val_pgd_accuracy"] == pytest.approx(
+        log[(log.epoch == best) & (log.class_index == -1)]["val_pgd_accuracy"].iloc[0])
+
+
+def _cli(args, env):
+    return [sys.executable, "-m", "classrobust", *map(str, args)]
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_kill_and_resume_gives_the_same_weights(synthetic_env, tmp_path):
+    env = {**os.environ, "CLASSROBUST_SYSTEM_DATA": str(synthetic_env), "PYTHONUNBUFFERED": "1"}
+    args = ["train", "--train-subset", "400", "--epochs", "8", "--batch-size", "40", "--attack-steps", "4",
+            "--val-size", "60", "--precision", "fp32", "--lr", "0.02", "--no-progress", "--seed", "3"]
+    killed, ref = tmp_path / "killed", tmp_path / "ref"
+    state = tmp_path / ".killed.partial" / "train_state.pt"
+    proc = subprocess.Popen(_cli([*args, "--out", killed], env), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)  # right after epoch 1's state landed: mid-epoch 2
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not killed.exists(), "the run finished before the kill"
+    saved_epoch = torch.load(state, weights_only=True)["epoch"]
+    assert 1 <= saved_epoch < 8
+    resumed = subprocess.run(_cli([*args, "--out", killed, "--resume"], env), env=env, capture_output=True,
+                             text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {killed} after epoch {saved_epoch}" in resumed.stdout
+    assert main([*args, "--out", str(ref)]) == 0
+    a, b = _weights(killed), _weights(ref)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bitwise, fp32 on CPU
+    pd.testing.assert_frame_equal(pd.read_csv(killed / "train_log.csv").drop(columns="seconds"),
+                                  pd.read_csv(ref / "train_log.csv").drop(columns="seconds"))
+    assert not (tmp_path / ".killed.partial").exists()
+
+
+def test_resume_with_another_config_names_the_keys(synthetic_env, tmp_path, capsys, monkeypatch):
+    import classrobust.training.loop as loop
+
+    calls = {"n": 0}
+    real = loop.validate
+
+    def die_in_epoch_2(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(loop, "validate", die_in_epoch_2)
+    assert main([*TRAIN, "--epochs", "3", "--out", str(tmp_path / "r")]) == 130
+    monkeypatch.setattr(loop, "validate", real)
+    code = main([*TRAIN, "--epochs", "3", "--lr", "0.1", "--batch-size", "60", "--out", str(tmp_path / "r"),
+                 "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2 and "config differs in batch_size, lr" in err
+    assert main([*TRAIN, "--epochs", "3", "--out", str(tmp_path / "r"), "--resume"]) == 0
+    assert "resuming" in capsys.readouterr().out
+
+
+def test_torchrun_two_processes(synthetic_env, tmp_path):
+    """DDP training on 2 CPU processes (gloo), and a sharded evaluation with exactly the counts
+    of a single-process one."""
+    env = {**os.environ, "CLASSROBUST_SYSTEM_DATA": str(synthetic_env), "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "ddp"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                "-m", "classrobust"]
+    proc = subprocess.run([*torchrun, "train", "--train-subset", "300", "--epochs", "1", "--batch-size", "50",
+                           "--attack-steps", "2", "--val-size", "100", "--no-progress", "--out", str(run)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["processes"] == 2
+    log = pd.read_csv(run / "train_log.csv")
+    # validation counts gathered from both shards: the whole split (60 of the generated 600 images)
+    assert log[log.class_index >= 0]["n"].sum() == meta["val_size"] == 60
+    ck = run / "model.safetensors"
+    proc = subprocess.run([*torchrun, "eval", "--checkpoint", str(ck), "--attacks", "fgsm,pgd:steps=3",
+                           "--limit", "90", "--no-progress", "--no-report", "--out", str(tmp_path / "e2")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert main(["eval", "--checkpoint", str(ck), "--attacks", "fgsm,pgd:steps=3", "--limit", "90",
+                 "--no-progress", "--no-report", "--out", str(tmp_path / "e1")]) == 0
+    one = pd.read_csv(tmp_path / "e1" / "per_class.csv")
+    two = pd.read_csv(tmp_path / "e2" / "per_class.csv")
+    pd.testing.assert_frame_equal(one, two)
+    s1 = pd.read_csv(tmp_path / "e1" / "samples.csv.gz")
+    s2 = pd.read_csv(tmp_path / "e2" / "samples.csv.gz")
+    pd.testing.assert_frame_equal(s1, s2)
