@@ -46,7 +46,7 @@ def run_train(args) -> Path:
         dataset=args.dataset, model=args.model, method=args.method, eps=args.eps, alpha=args.alpha,
         attack_steps=args.attack_steps, eps_warmup_epochs=args.eps_warmup_epochs, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
-        lr_warmup_epochs=args.lr_warmup_epochs, beta=args.beta, select=args.select,
+        lr_warmup_epochs=args.lr_warmup_epochs, beta=args.beta, select=args.select, compile=args.compile,
         val_size=args.val_size, train_subset=args.train_subset,
         precision=args.precision or default_precision(device), seed=args.seed, device=str(device))
     _check_names(config)

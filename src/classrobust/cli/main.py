@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--select", choices=["last", "avg", "worst-class"], default="last",
                    help="keep the last epoch, or the one with the best average or best worst-class "
                         "validation PGD accuracy")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (first steps are slow)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from its last completed epoch")
     p.add_argument("--val-size", type=_positive_int, default=1000,

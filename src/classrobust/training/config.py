@@ -46,6 +46,7 @@ class TrainConfig:
     train_subset: int | None = None
     seed: int = 0
     precision: str = "bf16"
+    compile: bool = False
     device: str = "cpu"
 
     def __post_init__(self):

@@ -125,6 +125,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_dir: str | Path | No
     torch.manual_seed(config.seed)  # weight init and dropout
     model = create_model(config.model, info, **config.model_kwargs).to(device)
     net = model
+    if config.compile:  # the training forward/backward and the inner attacks run compiled
+        model = torch.compile(model)
     if distributed:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -18,7 +18,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     """The network inside a DistributedDataParallel wrapper: inner attacks must run on it, since
     a forward through the wrapper would arm a gradient all-reduce that an input-only backward
     never completes."""
-    return getattr(model, "module", model)
+    return getattr(model, "module", model)  # torch.compile'd modules are attacked compiled
 
 
 class TrainingMethod:
