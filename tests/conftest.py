@@ -126,8 +126,10 @@ def at_fmnist_model(tmp_path_factory):
     from classrobust.checkpoint import load_checkpoint
     from classrobust.training import TrainConfig, train
 
-    config = TrainConfig(train_subset=10000, epochs=2, batch_size=64, attack_steps=3, eps_warmup_epochs=0.5,
-                         val_size=200, model_kwargs={"dropout": 0.0}, lr=0.05, precision="bf16")
+    # lr 0.01 with a 1-epoch eps ramp learns on every seed tried (75-77% clean, 52-55% PGD);
+    # lr 0.05 at batch 64 collapsed or diverged on some seeds
+    config = TrainConfig(train_subset=10000, epochs=2, batch_size=64, attack_steps=3, eps_warmup_epochs=1.0,
+                         val_size=200, model_kwargs={"dropout": 0.0}, lr=0.01, precision="bf16")
     path = train(config, tmp_path_factory.mktemp("at") / "run", progress=False, log=lambda s: None)
     model, meta = load_checkpoint(path)
     # a collapsed model would make every cross-check trivial

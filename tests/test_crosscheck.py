@@ -95,7 +95,8 @@ def test_square_agrees_with_torchattacks(at_fmnist_model, at_points):
     theirs = _robust_accuracy(at_fmnist_model, torchattacks.Square(
         at_fmnist_model, eps=0.1, n_queries=300, n_restarts=1, seed=0)(x, y), y)
     # Square is random and far from converged at 300 queries, and the two use different
-    # random streams: measured ours 84.2% vs theirs 85.3% on 450 points (ours stronger), and
+    # random streams: measured ours 84.2% vs theirs 85.3% on 450 points of an earlier fixture (ours
+    # stronger), and
     # 70.8% vs 71.2% on the demo model at 1,000 queries. An evaluation must not be weaker:
     # ours may exceed theirs by at most 1 point.
     assert ours <= theirs + 0.01, (ours, theirs)

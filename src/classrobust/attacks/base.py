@@ -36,6 +36,17 @@ def fast_layout(x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last)
     return x
 MODES = ("best", "last")
+#: A sample counts as fooled during an attack only if a wrong class beats the true one by this
+#: much (in logits): the first fooling iterate sits right at the decision boundary, and the
+#: evaluation's own fp32 forward pass, in another batch composition, could round it back.
+FOOL_MARGIN = 1e-4
+
+
+def wrong_by_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: the largest other logit exceeds the true logit by more than FOOL_MARGIN."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+    return other - true > FOOL_MARGIN
 
 
 class Attack:
@@ -145,19 +156,19 @@ class Attack:
     @torch.no_grad()
     def fooled(self, x_adv: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None = None
                ) -> torch.Tensor:
-        """(N,) bool: does ``x_adv`` fool the model? Decided in fp32, as evaluation decides it.
+        """(N,) bool: does ``x_adv`` fool the model, by more than FOOL_MARGIN? Decided in fp32.
 
         ``logits`` already computed in fp32 are reused; bf16 logits only pre-select
         candidates, which an fp32 forward then confirms.
         """
         if logits is None:
-            return self.model(fast_layout(x_adv)).argmax(1) != y
-        candidates = logits.argmax(1) != y
+            return wrong_by_margin(self.model(fast_layout(x_adv)).float(), y)
+        candidates = wrong_by_margin(logits, y) if self.precision == "fp32" else logits.argmax(1) != y
         if self.precision == "fp32" or not candidates.any():
             return candidates
         confirmed = torch.zeros_like(candidates)
         idx = candidates.nonzero().flatten()
-        confirmed[idx] = self.model(fast_layout(x_adv[idx])).argmax(1) != y[idx]
+        confirmed[idx] = wrong_by_margin(self.model(fast_layout(x_adv[idx])).float(), y[idx])
         return confirmed
 
     # -- checks -----------------------------------------------------------------

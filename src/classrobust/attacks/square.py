@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from classrobust.attacks.base import Attack
+from classrobust.attacks.base import FOOL_MARGIN, Attack
 from classrobust.attacks.losses import margin
 from classrobust.attacks.noise import sample_keys, uniform_from_keys
 from classrobust.attacks.pgd import check_steps
@@ -70,7 +70,7 @@ class Square(Attack):
         out = best.clone()
         idx = torch.arange(n, device=x.device)
         m_best = self.margins(best, y)
-        active = ~self.fooled(best, y, None) if self.precision != "fp32" else m_best >= 0
+        active = ~self.fooled(best, y, None) if self.precision != "fp32" else m_best >= -FOOL_MARGIN
         idx, x0, ya, xb, mb, kb = idx[active], x[active], y[active], best[active], m_best[active], keys[active]
         rows = torch.arange(h, device=x.device)
         cols = torch.arange(w, device=x.device)
@@ -95,7 +95,7 @@ class Square(Attack):
             accept = m_new < mb
             xb = torch.where(accept[:, None, None, None], candidate, xb)
             mb = torch.where(accept, m_new, mb)
-            fooled = mb < 0
+            fooled = mb < -FOOL_MARGIN
             if self.precision != "fp32" and fooled.any():
                 fooled[fooled.clone()] = self.fooled(xb[fooled], ya[fooled], None)
             if fooled.any():
