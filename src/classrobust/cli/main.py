@@ -83,11 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ramp eps linearly from 0 over this many epochs")
     p.add_argument("--epochs", type=_positive_int, default=10)
     p.add_argument("--batch-size", type=_positive_int, default=128)
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--lr", type=float, default=0.03)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--schedule", default="piecewise", choices=["piecewise", "cosine", "cyclic", "constant"],
                    help="learning-rate schedule (cyclic: the one-cycle schedule of fast AT)")
-    p.add_argument("--lr-warmup-epochs", type=_non_negative_float, default=0.0,
+    p.add_argument("--lr-warmup-epochs", type=_non_negative_float, default=0.25,
                    help="ramp the learning rate linearly from 0 over this many epochs")
     p.add_argument("--beta", type=_non_negative_float, default=6.0, help="TRADES / MART trade-off")
     p.add_argument("--select", choices=["last", "avg", "worst-class"], default="last",

@@ -32,13 +32,13 @@ class TrainConfig:
     eps_warmup_epochs: float = 0.0
     epochs: int = 10
     batch_size: int = 128
-    lr: float = 0.05
+    lr: float = 0.03
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "piecewise"
     lr_milestones: tuple[float, ...] = (0.5, 0.75)
     lr_decay: float = 0.1
-    lr_warmup_epochs: float = 0.0
+    lr_warmup_epochs: float = 0.25
     select: str = "last"
     val_fraction: float = 0.1
     val_size: int = 1000
