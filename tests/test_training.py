@@ -222,3 +222,26 @@ def test_pgd_at_does_not_diverge_across_seeds(tmp_path):
         config = TrainConfig(train_subset=2560, epochs=1, batch_size=128, attack_steps=3, eps_warmup_epochs=1.0,
                              val_size=100, val_attack_steps=1, lr=0.05, model_kwargs={"dropout": 0.0}, seed=seed)
         train(config, tmp_path / f"s{seed}", progress=False, log=lambda s: None)
+
+
+def test_nan_loss_keeps_the_last_good_epoch_for_resume(synthetic_env, tmp_path, capsys, monkeypatch):
+    from classrobust.training.methods.pgd_at import PGDAT
+
+    real = PGDAT.loss
+    calls = {"n": 0}
+
+    def nan_in_epoch_2(self, model, x, y, *, eps, seed):
+        calls["n"] += 1
+        loss, logits = real(self, model, x, y, eps=eps, seed=seed)
+        return (loss * float("nan"), logits) if calls["n"] > 8 else (loss, logits)  # 6 steps per epoch
+
+    monkeypatch.setattr(PGDAT, "loss", nan_in_epoch_2)
+    out = tmp_path / "r"
+    assert main([*TRAIN, "--epochs", "3", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "training diverged at epoch 2" in err and "epoch 1 is kept" in err and "Traceback" not in err
+    assert not out.exists()
+    assert torch.load(tmp_path / ".r.partial" / "train_state.pt", weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(PGDAT, "loss", real)
+    assert main([*TRAIN, "--epochs", "3", "--out", str(out), "--resume"]) == 0
+    assert "resuming" in capsys.readouterr().out and (out / "model.safetensors").is_file()
