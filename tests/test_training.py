@@ -245,3 +245,13 @@ def test_nan_loss_keeps_the_last_good_epoch_for_resume(synthetic_env, tmp_path, 
     monkeypatch.setattr(PGDAT, "loss", real)
     assert main([*TRAIN, "--epochs", "3", "--out", str(out), "--resume"]) == 0
     assert "resuming" in capsys.readouterr().out and (out / "model.safetensors").is_file()
+
+
+def test_compile_option_trains(synthetic_env, tmp_path, capsys):
+    from classrobust.checkpoint import load_checkpoint
+
+    out = tmp_path / "compiled"
+    assert main([*TRAIN, "--compile", "--precision", "fp32", "--out", str(out)]) == 0
+    model, meta = load_checkpoint(out / "model.safetensors")
+    assert meta["config"]["compile"] is True
+    assert not any(k.startswith("_orig_mod") for k in model.state_dict())

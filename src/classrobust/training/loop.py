@@ -185,7 +185,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_dir: str | Path | No
             try:
                 loss, logits = method.loss(model, x, y, eps=eps_now, seed=seed)
                 if not torch.isfinite(loss):
-                    raise NonFiniteError(f"loss is {float(loss)}")
+                    raise NonFiniteError(f"loss is {float(loss.detach())}")
             except NonFiniteError as exc:
                 kept = f"; epoch {epoch - 1} is kept in {stage} for --resume" if epoch > 1 else ""
                 raise NonFiniteError(f"training diverged at epoch {epoch}, step {step} ({exc}){kept}; "
