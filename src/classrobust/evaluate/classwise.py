@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from classrobust.attacks.base import Attack, fast_layout
 from classrobust.errors import UsageError
+from classrobust.models import final_linear
 from classrobust.evaluate.results import CLEAN, AttackResult, ClasswiseResult
 
 
@@ -86,8 +87,9 @@ def evaluate_classwise(model: nn.Module, loader: Iterable, attacks: Mapping[str,
 
 
 def _classifier_head(model: nn.Module, num_classes: int) -> nn.Linear | None:
-    last = None
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            last = module
-    return last if last is not None and last.out_features == num_classes else None
+    """The final linear layer, if the model ends in one with a row per class."""
+    try:
+        head = final_linear(model)
+    except ValueError:
+        return None
+    return head if head.out_features == num_classes else None
