@@ -97,7 +97,9 @@ def matrix_heatmap(matrix: pd.DataFrame, title: str) -> Figure:
     im = ax.imshow(matrix.to_numpy(dtype=float), cmap="RdBu", vmin=-1, vmax=1)
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, f"{matrix.iloc[i, j]:.2f}", ha="center", va="center", fontsize=8)
+            value = matrix.iloc[i, j]
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                    color="white" if abs(value) > 0.6 else "black")
     ax.set_xticks(range(n), matrix.columns, rotation=30, ha="right")
     ax.set_yticks(range(n), matrix.index)
     ax.set_title(title, fontsize=10)

@@ -185,7 +185,9 @@ def build_report(path: str | Path, *, train_log: str | Path | None = None, boots
             sp, kt = attack_consistency(result)
             page.figure(figures.matrix_heatmap(sp, "Spearman rank correlation of per-class accuracy"),
                         "consistency_spearman", "Spearman consistency")
+            page.text("Spearman rank correlation:")
             page.table(sp.round(3), "consistency_spearman", index=True)
+            page.text("Kendall tau-b:")
             page.table(kt.round(3), "consistency_kendall", index=True)
 
         if log is not None:
