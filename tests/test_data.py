@@ -65,10 +65,21 @@ def test_unknown_dataset_and_split():
 def test_registry_metadata():
     for entry in DATASETS:
         info = get_dataset_info(entry.name)
-        assert info.num_classes == len(info.classes) == 10
+        assert info.num_classes == len(info.classes) == len(set(info.classes))
+        assert info.num_classes == (100 if entry.name == "cifar100" else 10)
         assert len(info.mean) == len(info.std) == info.input_shape[0]
         assert 0 < info.threat_model.eps <= 0.3
     assert get_dataset_info("mnist").threat_model.eps == 0.3
+    assert get_dataset_info("cifar10").threat_model.eps == pytest.approx(8 / 255)
+    assert get_dataset_info("cifar10").threat_model.step_size == pytest.approx(2 / 255)
+    assert get_dataset_info("stl10").input_shape == (3, 96, 96)
+
+
+@pytest.mark.parametrize("name, expected", [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python"),
+                                            ("svhn", "test_32x32.mat"), ("stl10", "stl10_binary")])
+def test_torchvision_sets_say_what_is_missing(name, expected, tmp_path):
+    with pytest.raises(DataNotFoundError, match=f"{name} test not found: expected .*{expected}.*--download"):
+        get_dataset(name, "test", root=tmp_path)
 
 
 def test_stratified_subset_and_split():

@@ -27,14 +27,34 @@ def test_registry_checks_names_and_kwargs():
         reg.register("a-b")(build)
 
 
-@pytest.mark.parametrize("name", MODELS.names())
-def test_models_take_unit_range_images(name):
-    model = create_model(name, "fashion-mnist").eval()
-    out = model(torch.rand(3, 1, 28, 28))
-    assert out.shape == (3, 10)
-    assert final_linear(model).out_features == 10
+SHAPES = {"fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
+
+
+@pytest.mark.parametrize("name, dataset", [("smallcnn", "fashion-mnist"), ("preact-resnet18", "cifar10"),
+                                           ("wrn-34-10", "cifar100"), ("resnet18", "cifar10"),
+                                           ("resnet50", "cifar10"), ("preact-resnet18", "fashion-mnist")])
+def test_models_take_unit_range_images(name, dataset):
+    from classrobust.data import get_dataset_info
+
+    info = get_dataset_info(dataset)
+    torch.manual_seed(0)
+    model = create_model(name, dataset).eval()
+    out = model(torch.rand(2, *SHAPES[dataset]))
+    assert out.shape == (2, info.num_classes)
+    assert final_linear(model).out_features == info.num_classes
     # normalisation lives inside the model
-    assert model.normalize.mean.item() == pytest.approx(0.2860)
+    assert model.normalize.mean.flatten().tolist() == pytest.approx(list(info.mean))
+
+
+def test_every_model_is_tested():
+    assert set(MODELS.names()) == {"smallcnn", "preact-resnet18", "wrn-34-10", "resnet18", "resnet50"}
+
+
+def test_model_sizes():
+    # parameter counts of the published architectures (10 classes)
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    assert 11.1e6 < count(create_model("preact-resnet18", "cifar10")) < 11.2e6
+    assert 46.1e6 < count(create_model("wrn-34-10", "cifar10")) < 46.2e6
 
 
 def test_unknown_model():

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from classrobust.data.base import (DatasetInfo, ImageTensorDataset, ThreatModel,
                                    stratified_positions, stratified_split)
 from classrobust.data.mnist_like import FASHION_MNIST, MNIST, load_mnist_like
+from classrobust.data.torchvision_sets import CIFAR10, CIFAR100, STL10, SVHN, load_torchvision
 from classrobust.errors import UsageError
 from classrobust.registry import Registry
 
@@ -31,6 +32,26 @@ def fashion_mnist(split: str, root: Path, download: bool = False) -> ImageTensor
 @DATASETS.register("mnist", info=MNIST, summary="MNIST digits, 28x28 grey (eps 0.3)")
 def mnist(split: str, root: Path, download: bool = False) -> ImageTensorDataset:
     return load_mnist_like(MNIST, split, root, download)
+
+
+@DATASETS.register("cifar10", info=CIFAR10, summary="CIFAR-10, 32x32 colour (eps 8/255; --download)")
+def cifar10(split: str, root: Path, download: bool = False) -> ImageTensorDataset:
+    return load_torchvision(CIFAR10, split, root, download)
+
+
+@DATASETS.register("cifar100", info=CIFAR100, summary="CIFAR-100 fine labels, 32x32 colour (eps 8/255; --download)")
+def cifar100(split: str, root: Path, download: bool = False) -> ImageTensorDataset:
+    return load_torchvision(CIFAR100, split, root, download)
+
+
+@DATASETS.register("svhn", info=SVHN, summary="SVHN digits, 32x32 colour (eps 8/255; --download)")
+def svhn(split: str, root: Path, download: bool = False) -> ImageTensorDataset:
+    return load_torchvision(SVHN, split, root, download)
+
+
+@DATASETS.register("stl10", info=STL10, summary="STL-10 labelled splits, 96x96 colour (eps 8/255; --download)")
+def stl10(split: str, root: Path, download: bool = False) -> ImageTensorDataset:
+    return load_torchvision(STL10, split, root, download)
 
 
 def get_dataset_info(name: str) -> DatasetInfo:

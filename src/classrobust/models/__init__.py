@@ -26,6 +26,34 @@ def smallcnn(info: DatasetInfo, dropout: float = 0.5) -> nn.Module:
     return SmallCNN(c, info.num_classes, image_size=h, dropout=dropout)
 
 
+@MODELS.register("preact-resnet18", summary="PreAct ResNet-18 (CIFAR-sized inputs)")
+def preact_resnet18(info: DatasetInfo) -> nn.Module:
+    from classrobust.models.resnets import preact_resnet18 as build
+
+    return build(info.input_shape[0], info.num_classes)
+
+
+@MODELS.register("wrn-34-10", summary="WideResNet-34-10 (CIFAR-sized inputs)")
+def wrn_34_10(info: DatasetInfo, depth: int = 34, widen_factor: int = 10, dropout: float = 0.0) -> nn.Module:
+    from classrobust.models.resnets import wide_resnet
+
+    return wide_resnet(info.input_shape[0], info.num_classes, depth, widen_factor, dropout)
+
+
+@MODELS.register("resnet18", summary="torchvision ResNet-18 (ImageNet-sized inputs), untrained")
+def resnet18(info: DatasetInfo) -> nn.Module:
+    from torchvision.models import resnet18 as build
+
+    return build(weights=None, num_classes=info.num_classes)
+
+
+@MODELS.register("resnet50", summary="torchvision ResNet-50 (ImageNet-sized inputs), untrained")
+def resnet50(info: DatasetInfo) -> nn.Module:
+    from torchvision.models import resnet50 as build
+
+    return build(weights=None, num_classes=info.num_classes)
+
+
 def create_model(name: str, dataset: str | DatasetInfo = "fashion-mnist", **kwargs: Any) -> nn.Module:
     """Build model ``name`` for ``dataset``: ``model(x: (N, C, H, W) in [0, 1]) -> logits (N, K)``."""
     info = get_dataset_info(dataset) if isinstance(dataset, str) else dataset
