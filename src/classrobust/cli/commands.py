@@ -103,13 +103,14 @@ def build_attacks(spec: str, model, *, eps: float, steps: int | None, alpha: flo
     return attacks
 
 
-def evaluate_checkpoint(checkpoint: Path, out: Path | None, *, attacks: str, eps: float | None = None,
+def evaluate_checkpoint(checkpoint: Path | None, out: Path | None, *, attacks: str, eps: float | None = None,
                         steps: int | None = None, alpha: float | None = None, precision: str = "fp32",
                         mode: str = "best",
                         batch_size: int = 256, seed: int = 0, limit: int | None = None, subset_seed: int = 0,
                         device: str | None = None, data_dir: Path | None = None, download: bool = False,
                         progress: bool = True, sanity: bool = False, sanity_queries: int = 1000,
-                        report: bool = True):
+                        report: bool = True, model_name: str | None = None, dataset: str | None = None,
+                        weights: Path | None = None, normalize: bool = False):
     from classrobust.checkpoint import load_checkpoint
     from classrobust.data import get_dataset, stratified_subset
     from classrobust.distributed import init_from_env, is_main, local_device
@@ -117,12 +118,28 @@ def evaluate_checkpoint(checkpoint: Path, out: Path | None, *, attacks: str, eps
 
     if batch_size < 1:
         raise UsageError(f"batch size must be >= 1, got {batch_size}")
-    out = Path(out) if out is not None else Path(checkpoint).parent / "eval"
+    if checkpoint is None and (model_name is None or dataset is None):
+        raise UsageError("evaluate a --checkpoint, or a --model with its --dataset")
+    if checkpoint is not None:
+        default_out = Path(checkpoint).parent / "eval"
+    else:
+        default_out = (Path(weights).parent if weights else Path("runs")) / "eval"
+    out = Path(out) if out is not None else default_out
     check_output_dir(out)
     dev = resolve_device(device)
     init_from_env(dev)
     dev = local_device(dev)
-    model, meta = load_checkpoint(checkpoint, map_location=dev)
+    if checkpoint is not None:
+        model, meta = load_checkpoint(checkpoint, map_location=dev)
+    else:
+        from classrobust.data import get_dataset_info
+        from classrobust.models import create_model
+
+        info = get_dataset_info(dataset)
+        model = create_model(model_name, info, weights=str(weights) if weights else None,
+                             normalize=normalize).to(dev).eval()
+        meta = {"model": model_name, "dataset": dataset, "classes": list(info.classes),
+                "weights": str(weights) if weights else None}
     test = get_dataset(meta["dataset"], "test", root=data_dir, download=download)
     if list(test.classes) != list(meta["classes"]):
         raise CheckpointError(f"{checkpoint} was trained on classes {meta['classes']}, "
@@ -137,7 +154,8 @@ def evaluate_checkpoint(checkpoint: Path, out: Path | None, *, attacks: str, eps
         specs = {n: ({"steps": steps, **o} if "steps" in _valid(n) else o) for n, o in specs.items()}
     attack_objs = build_attacks(attacks, model, eps=eps, steps=steps, alpha=alpha, seed=seed,
                                 precision=precision, mode=mode)
-    run_meta = {"checkpoint": str(checkpoint), "dataset": meta["dataset"], "split": "test",
+    run_meta = {"checkpoint": str(checkpoint) if checkpoint else None, "weights": meta.get("weights"),
+                "dataset": meta["dataset"], "split": "test",
                 "model": meta["model"], "eps": eps, "limit": limit, "subset_seed": subset_seed, "seed": seed,
                 "precision": precision,
                 "batch_size": batch_size, "device": str(dev), "torch_version": torch.__version__,
@@ -182,8 +200,11 @@ def print_result(result, out: Path) -> None:
 
 
 def run_eval(args):
+    if args.checkpoint is not None and (args.dataset or args.weights or args.normalize):
+        raise UsageError("--dataset, --weights and --normalize go with --model, not --checkpoint")
     result, out = evaluate_checkpoint(
-        args.checkpoint, args.out, attacks=args.attacks, eps=args.eps, steps=args.steps, alpha=args.alpha,
+        args.checkpoint, args.out, model_name=args.model, dataset=args.dataset, weights=args.weights,
+        normalize=args.normalize, attacks=args.attacks, eps=args.eps, steps=args.steps, alpha=args.alpha,
         precision=args.precision, mode=args.mode, batch_size=args.batch_size, seed=args.seed, limit=args.limit,
         subset_seed=args.subset_seed,
         device=args.device, data_dir=args.data_dir, download=args.download, progress=not args.no_progress,

@@ -107,8 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     _common_data(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="class-wise evaluation of a checkpoint under attacks (test split)")
-    p.add_argument("--checkpoint", type=Path, required=True)
+    p = sub.add_parser("eval", help="class-wise evaluation of a model under attacks (test split)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="a classrobust checkpoint (.safetensors + .json)")
+    source.add_argument("--model", help="or any model: a registry name or python:package.module:factory, "
+                                        "with --dataset (and --weights)")
+    p.add_argument("--dataset", default=None, help="with --model: the dataset (its threat model is the default)")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="with --model: .safetensors or a state dict (loaded with weights_only=True)")
+    p.add_argument("--normalize", action="store_true",
+                   help="with a python: model: wrap it with the dataset's mean/std (it then takes [0, 1] images)")
     p.add_argument("--attacks", default="fgsm,pgd,temp-pgd",
                    help="comma-separated, with per-attack parameters: fgsm,pgd:steps=50,alpha=0.005")
     p.add_argument("--out", type=Path, default=None, help="default: eval/ beside the checkpoint")

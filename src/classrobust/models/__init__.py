@@ -15,6 +15,7 @@ from classrobust.data import get_dataset_info
 from classrobust.data.base import DatasetInfo
 from classrobust.models.normalize import Normalize, NormalizedModel
 from classrobust.models.smallcnn import SmallCNN
+from classrobust.errors import UsageError
 from classrobust.registry import Registry
 
 MODELS: Registry[nn.Module] = Registry("model")
@@ -54,11 +55,29 @@ def resnet50(info: DatasetInfo) -> nn.Module:
     return build(weights=None, num_classes=info.num_classes)
 
 
-def create_model(name: str, dataset: str | DatasetInfo = "fashion-mnist", **kwargs: Any) -> nn.Module:
-    """Build model ``name`` for ``dataset``: ``model(x: (N, C, H, W) in [0, 1]) -> logits (N, K)``."""
+def create_model(name: str, dataset: str | DatasetInfo = "fashion-mnist", *, weights: str | None = None,
+                 normalize: bool | None = None, **kwargs: Any) -> nn.Module:
+    """Build model ``name`` for ``dataset``: ``model(x: (N, C, H, W) in [0, 1]) -> logits (N, K)``.
+
+    ``name`` is a registry name or ``python:package.module:factory`` (a user's model, used as
+    returned unless ``normalize=True`` wraps it with the dataset's mean and std; registry models
+    always normalise inside). ``weights`` loads a ``.safetensors`` file or a state dict
+    (``weights_only=True``) into the model, strictly.
+    """
+    from classrobust.models.user import build_user_model, is_user_model, load_weights
+
     info = get_dataset_info(dataset) if isinstance(dataset, str) else dataset
-    net = MODELS.build(name, info, **kwargs)
-    return NormalizedModel(net, info.mean, info.std)
+    if is_user_model(name):
+        if kwargs:
+            raise UsageError(f"user models take no keyword arguments (got {', '.join(kwargs)})")
+        model = build_user_model(name)
+        if normalize:
+            model = NormalizedModel(model, info.mean, info.std)
+    else:
+        model = NormalizedModel(MODELS.build(name, info, **kwargs), info.mean, info.std)
+    if weights is not None:
+        load_weights(model, weights)
+    return model
 
 
 def final_linear(model: nn.Module) -> nn.Linear:
