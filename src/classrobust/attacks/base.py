@@ -29,6 +29,23 @@ from classrobust.errors import ClassrobustError, NonFiniteError, UsageError
 PRECISIONS = ("fp32", "bf16")
 
 
+@contextlib.contextmanager
+def frozen_eval(model: nn.Module):
+    """The model in eval mode with parameters not requiring gradients; both restored on exit,
+    also after an error. Input gradients then cost no parameter-gradient work."""
+    was_training = model.training
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    try:
+        model.eval()
+        for p in frozen:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+        model.train(was_training)
+
+
 def fast_layout(x: torch.Tensor) -> torch.Tensor:
     """Images in channels-last memory order on the CPU (values and shape unchanged).
 
@@ -97,17 +114,8 @@ class Attack:
         y = y.detach().clone()
         if x.shape[0] == 0:
             return x
-        was_training = self.model.training
-        frozen = [p for p in self.model.parameters() if p.requires_grad]
-        try:
-            self.model.eval()
-            for p in frozen:
-                p.requires_grad_(False)
+        with frozen_eval(self.model):
             x_adv = self.perturb(x, y)
-        finally:
-            for p in frozen:
-                p.requires_grad_(True)
-            self.model.train(was_training)
         return self.threat.project(x_adv.detach().to(x.dtype), x)
 
     def config(self) -> dict[str, Any]:

@@ -23,35 +23,19 @@ DATASETS: Registry[Dataset] = Registry("dataset")
 DEFAULT_DATA_DIR = Path(os.environ.get("CLASSROBUST_DATA_DIR", "~/.cache/classrobust/data")).expanduser()
 
 
-@DATASETS.register("fashion-mnist", info=FASHION_MNIST,
-                   summary="Fashion-MNIST, 10 clothing classes, 28x28 grey (default; eps 0.1)")
-def fashion_mnist(split: str, root: Path, download: bool = False) -> ImageTensorDataset:
-    return load_mnist_like(FASHION_MNIST, split, root, download)
+def _register(info: DatasetInfo, loader, summary: str) -> None:
+    def build(split: str, root: Path, download: bool = False) -> ImageTensorDataset:
+        return loader(info, split, root, download)
+
+    DATASETS.register(info.name, info=info, summary=summary)(build)
 
 
-@DATASETS.register("mnist", info=MNIST, summary="MNIST digits, 28x28 grey (eps 0.3)")
-def mnist(split: str, root: Path, download: bool = False) -> ImageTensorDataset:
-    return load_mnist_like(MNIST, split, root, download)
-
-
-@DATASETS.register("cifar10", info=CIFAR10, summary="CIFAR-10, 32x32 colour (eps 8/255; --download)")
-def cifar10(split: str, root: Path, download: bool = False) -> ImageTensorDataset:
-    return load_torchvision(CIFAR10, split, root, download)
-
-
-@DATASETS.register("cifar100", info=CIFAR100, summary="CIFAR-100 fine labels, 32x32 colour (eps 8/255; --download)")
-def cifar100(split: str, root: Path, download: bool = False) -> ImageTensorDataset:
-    return load_torchvision(CIFAR100, split, root, download)
-
-
-@DATASETS.register("svhn", info=SVHN, summary="SVHN digits, 32x32 colour (eps 8/255; --download)")
-def svhn(split: str, root: Path, download: bool = False) -> ImageTensorDataset:
-    return load_torchvision(SVHN, split, root, download)
-
-
-@DATASETS.register("stl10", info=STL10, summary="STL-10 labelled splits, 96x96 colour (eps 8/255; --download)")
-def stl10(split: str, root: Path, download: bool = False) -> ImageTensorDataset:
-    return load_torchvision(STL10, split, root, download)
+_register(FASHION_MNIST, load_mnist_like, "Fashion-MNIST, 10 clothing classes, 28x28 grey (default; eps 0.1)")
+_register(MNIST, load_mnist_like, "MNIST digits, 28x28 grey (eps 0.3)")
+_register(CIFAR10, load_torchvision, "CIFAR-10, 32x32 colour (eps 8/255; --download)")
+_register(CIFAR100, load_torchvision, "CIFAR-100 fine labels, 32x32 colour (eps 8/255; --download)")
+_register(SVHN, load_torchvision, "SVHN digits, 32x32 colour (eps 8/255; --download)")
+_register(STL10, load_torchvision, "STL-10 labelled splits, 96x96 colour (eps 8/255; --download)")
 
 
 def get_dataset_info(name: str) -> DatasetInfo:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from classrobust.attacks import PGD, Square
-from classrobust.attacks.base import Attack, fast_layout
+from classrobust.attacks.base import Attack, fast_layout, frozen_eval
 from classrobust.data import make_loader
 from classrobust.evaluate.classwise import evaluate_classwise
 from classrobust.errors import UsageError
@@ -131,12 +131,7 @@ def check_zero_gradients(model: nn.Module, dataset, result: ClasswiseResult, dev
     """Correctly classified points whose input gradient of the CE loss is exactly zero."""
     k = result.num_classes
     zero = np.zeros(len(result.labels), dtype=bool)
-    was = model.training
-    model.eval()
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    try:
+    with frozen_eval(model):
         start = 0
         for x, y in make_loader(dataset, batch_size):
             x = x.to(device).requires_grad_(True)
@@ -144,10 +139,6 @@ def check_zero_gradients(model: nn.Module, dataset, result: ClasswiseResult, dev
             (g,) = torch.autograd.grad(loss, x)
             zero[start:start + len(y)] = (g.flatten(1).abs().amax(dim=1) == 0).cpu().numpy()
             start += len(y)
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
-        model.train(was)
     correct = result.attacks[CLEAN].predictions == result.labels
     zero &= correct
     counts = _per_class_counts(result.labels, zero, k)
