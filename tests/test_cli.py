@@ -192,3 +192,21 @@ def test_demo_trains_then_reuses(synthetic_env, tmp_path, capsys):
     # other settings: the stale model is not reused
     code, stdout, _ = run([*argv[:4], "2", *argv[5:]], capsys)
     assert code == 0 and "trained with other settings" in stdout
+
+
+def test_train_and_eval_on_an_image_folder(tmp_path, capsys):
+    from test_data import write_image_tree
+
+    classes = ["cat", "dog", "fox"]
+    write_image_tree(tmp_path / "pets" / "train", classes, 20, size=(16, 16))
+    write_image_tree(tmp_path / "pets" / "test", classes, 5, size=(16, 16), seed=1)
+    dataset = f"folder:{tmp_path / 'pets'}"
+    code, out, err = run(["train", "--dataset", dataset, "--epochs", "1", "--val-size", "6", "--attack-steps", "1",
+                          "--batch-size", "16", "--no-progress", "--out", tmp_path / "run"], capsys)
+    assert code == 0, err
+    code, out, err = run(["eval", "--checkpoint", tmp_path / "run" / "model.safetensors", "--attacks", "fgsm",
+                          "--no-progress", "--no-report"], capsys)
+    assert code == 0, err
+    per_class = pd.read_csv(tmp_path / "run" / "eval" / "per_class.csv")
+    assert set(per_class["class_name"]) == set(classes)
+    assert json.loads((tmp_path / "run" / "eval" / "summary.json").read_text())["meta"]["eps"] == pytest.approx(8 / 255)

@@ -66,13 +66,17 @@ def test_registry_metadata():
     for entry in DATASETS:
         info = get_dataset_info(entry.name)
         assert info.num_classes == len(info.classes) == len(set(info.classes))
-        assert info.num_classes == (100 if entry.name == "cifar100" else 10)
+        assert info.num_classes == {"cifar100": 100, "imagenet": 1000}.get(entry.name, 10)
         assert len(info.mean) == len(info.std) == info.input_shape[0]
-        assert 0 < info.threat_model.eps <= 0.3
+        assert 0 < info.threat_model.eps <= 0.3 and 0 < info.threat_model.step_size <= info.threat_model.eps
     assert get_dataset_info("mnist").threat_model.eps == 0.3
     assert get_dataset_info("cifar10").threat_model.eps == pytest.approx(8 / 255)
     assert get_dataset_info("cifar10").threat_model.step_size == pytest.approx(2 / 255)
     assert get_dataset_info("stl10").input_shape == (3, 96, 96)
+    imagenet = get_dataset_info("imagenet")
+    assert imagenet.threat_model.eps == pytest.approx(4 / 255) and imagenet.input_shape == (3, 224, 224)
+    # human-readable names in the standard class order (index 0 is n01440764, the tench)
+    assert imagenet.classes[0] == "tench" and imagenet.classes[1] == "goldfish"
 
 
 @pytest.mark.parametrize("name, expected", [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python"),
@@ -80,6 +84,71 @@ def test_registry_metadata():
 def test_torchvision_sets_say_what_is_missing(name, expected, tmp_path):
     with pytest.raises(DataNotFoundError, match=f"{name} test not found: expected .*{expected}.*--download"):
         get_dataset(name, "test", root=tmp_path)
+
+
+def test_imagenet_says_what_is_missing(tmp_path):
+    with pytest.raises(DataNotFoundError, match=r"imagenet test not found: expected .*imagenet/val/<wnid>"):
+        get_dataset("imagenet", "test", root=tmp_path)
+    with pytest.raises(DataNotFoundError, match="cannot be downloaded"):
+        get_dataset("imagenet", "test", root=tmp_path, download=True)
+
+
+def write_image_tree(root, classes, per_class, size=(20, 16), mode="RGB", seed=0):
+    """An ImageFolder tree root/<class>/<i>.png of random images (w x h = size); returns the pixel arrays."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+            a = rng.integers(0, 256, size=shape).astype(np.uint8)
+            Image.fromarray(a, mode).save(root / c / f"{i}.png")
+            arrays[(c, i)] = a
+    return arrays
+
+
+def test_folder_dataset_with_splits(tmp_path):
+    classes = ["zebra", "apple", "mango"]
+    arrays = write_image_tree(tmp_path / "tree" / "test", classes, 4)
+    write_image_tree(tmp_path / "tree" / "train", classes, 6, seed=1)
+    name = f"folder:{tmp_path / 'tree'}"
+    info = get_dataset_info(name)
+    assert info.classes == ("apple", "mango", "zebra")  # sorted directory names give the indices
+    assert info.input_shape == (3, 16, 20) and info.splits == ("train", "test")
+    test = get_dataset(name, "test")
+    assert len(test) == 12 and len(get_dataset(name, "train")) == 18
+    x, y = test[0]
+    assert x.shape == (3, 16, 20) and y == 0
+    # the pixels are the file's pixels, scaled to [0, 1]
+    assert torch.allclose(x, torch.from_numpy(arrays[("apple", 0)]).permute(2, 0, 1).float() / 255)
+    xb, yb = next(iter(make_loader(stratified_subset(test, 6, seed=0), 4)))
+    assert xb.shape == (4, 3, 16, 20) and yb.tolist() == sorted(yb.tolist())
+    tr, va = train_val_split(get_dataset(name, "train"), 0.5, seed=0)
+    assert len(tr) == len(va) == 9 and set(tr.indices.tolist()).isdisjoint(va.indices.tolist())
+
+
+def test_folder_dataset_flat_and_grey(tmp_path):
+    write_image_tree(tmp_path, ["a", "b"], 3, size=(12, 12), mode="L")
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    info = get_dataset_info(f"folder:{tmp_path}")
+    assert info.input_shape == (1, 12, 12) and info.splits == ("test",)
+    assert info.threat_model.eps == pytest.approx(8 / 255)
+    assert len(get_dataset(f"folder:{tmp_path}", "test")) == 6
+    with pytest.raises(UsageError, match="has no split 'train'"):
+        get_dataset(f"folder:{tmp_path}", "train")
+
+
+def test_folder_dataset_errors(tmp_path):
+    with pytest.raises(DataNotFoundError, match="is not a directory"):
+        get_dataset_info(f"folder:{tmp_path / 'missing'}")
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    with pytest.raises(DataNotFoundError, match="no images"):
+        get_dataset_info(f"folder:{tmp_path / 'empty'}")
+    (tmp_path / "noclass").mkdir()
+    with pytest.raises(DataNotFoundError, match="no class sub-directories"):
+        get_dataset_info(f"folder:{tmp_path / 'noclass'}")
 
 
 def test_stratified_subset_and_split():

@@ -60,11 +60,11 @@ def run_train(args) -> Path:
 
 
 def _check_names(config) -> None:
-    from classrobust.data import DATASETS
+    from classrobust.data import get_dataset_info
     from classrobust.models import MODELS
     from classrobust.training import METHODS
 
-    DATASETS.get(config.dataset)
+    get_dataset_info(config.dataset)
     MODELS.get(config.model)
     METHODS.get(config.method)
 

@@ -189,6 +189,8 @@ def cmd_list(args) -> int:
         print(f"{title}:")
         for entry in registry:
             print(f"  {entry.name:<16}{entry.summary}")
+        if registry is DATASETS:
+            print(f"  {'folder:PATH':<16}any ImageFolder tree: PATH/<class>/ or PATH/{{train,test}}/<class>/")
     return 0
 
 

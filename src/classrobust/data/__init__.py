@@ -11,8 +11,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from classrobust.data.base import (DatasetInfo, ImageTensorDataset, ThreatModel,
+from classrobust.data.base import (ClassificationDataset, DatasetInfo, ImageTensorDataset, ThreatModel,
                                    stratified_positions, stratified_split)
+from classrobust.data.folder import (FOLDER_PREFIX, IMAGENET, ImageFolderDataset, folder_info, load_folder,
+                                     load_imagenet)
 from classrobust.data.mnist_like import FASHION_MNIST, MNIST, load_mnist_like
 from classrobust.data.torchvision_sets import CIFAR10, CIFAR100, STL10, SVHN, load_torchvision
 from classrobust.errors import UsageError
@@ -36,18 +38,23 @@ _register(CIFAR10, load_torchvision, "CIFAR-10, 32x32 colour (eps 8/255; --downl
 _register(CIFAR100, load_torchvision, "CIFAR-100 fine labels, 32x32 colour (eps 8/255; --download)")
 _register(SVHN, load_torchvision, "SVHN digits, 32x32 colour (eps 8/255; --download)")
 _register(STL10, load_torchvision, "STL-10 labelled splits, 96x96 colour (eps 8/255; --download)")
+_register(IMAGENET, load_imagenet, "ImageNet-1k from ROOT/imagenet/{train,val}/<wnid>/ (224x224, eps 4/255)")
+# ``folder:PATH`` is not a registry entry (its metadata comes from the tree); see get_dataset_info.
 
 
 def get_dataset_info(name: str) -> DatasetInfo:
+    """Metadata of a registry dataset or of an image tree named ``folder:PATH``."""
+    if name.startswith(FOLDER_PREFIX):
+        return folder_info(name)
     return DATASETS.get(name).info
 
 
 def get_dataset(name: str, split: str, root: str | os.PathLike | None = None,
-                download: bool = False) -> ImageTensorDataset:
+                download: bool = False) -> ClassificationDataset:
     """A dataset split as images ``(C, H, W)`` float in [0, 1] with int labels.
 
     Args:
-        name: registry name, e.g. ``"fashion-mnist"``.
+        name: registry name, e.g. ``"fashion-mnist"``, or ``"folder:PATH"`` for an ImageFolder tree.
         split: ``"train"`` or ``"test"``. Validation splits are carved out of
             ``"train"`` by :func:`train_val_split`, never out of ``"test"``.
         root: data directory (default ``~/.cache/classrobust/data`` or ``$CLASSROBUST_DATA_DIR``).
@@ -61,28 +68,33 @@ def get_dataset(name: str, split: str, root: str | os.PathLike | None = None,
     if split not in info.splits:
         raise UsageError(f"dataset {name!r} has no split {split!r}; choose one of: {', '.join(info.splits)}")
     root = Path(root).expanduser() if root is not None else DEFAULT_DATA_DIR
+    if name.startswith(FOLDER_PREFIX):
+        return load_folder(info, split, root, download)
     return DATASETS.build(name, split, root, download=download)
 
 
-def train_val_split(train: ImageTensorDataset, val_fraction: float = 0.1, seed: int = 0
-                    ) -> tuple[ImageTensorDataset, ImageTensorDataset]:
+def train_val_split(train: ClassificationDataset, val_fraction: float = 0.1, seed: int = 0
+                    ) -> tuple[ClassificationDataset, ClassificationDataset]:
     """Stratified (train, validation) split of the training set."""
     tr, va = stratified_split(train.targets, val_fraction, train.info.num_classes, seed)
     return train.subset(tr), train.subset(va)
 
 
-def stratified_subset(ds: ImageTensorDataset, n: int, seed: int = 0) -> ImageTensorDataset:
+def stratified_subset(ds: ClassificationDataset, n: int, seed: int = 0) -> ClassificationDataset:
     """A class-stratified subset of ``n`` samples (all of ``ds`` if ``n >= len(ds)``)."""
     return ds.subset(stratified_positions(ds.targets, n, ds.info.num_classes, seed))
 
 
 def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                 drop_last: bool = False, num_workers: int = 0) -> DataLoader:
-    """A DataLoader; in-memory datasets are served a whole batch per index call (no per-item collate)."""
+    """A DataLoader serving a whole batch per index call (no per-item collate).
+
+    Folder datasets decode a batch per call; ``num_workers > 0`` decodes batches in parallel.
+    """
     if batch_size < 1:
         raise UsageError(f"batch size must be >= 1, got {batch_size}")
     gen = torch.Generator().manual_seed(seed)
-    if isinstance(ds, ImageTensorDataset):
+    if isinstance(ds, ClassificationDataset):
         from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
 
         base = RandomSampler(ds, generator=gen) if shuffle else SequentialSampler(ds)
@@ -92,5 +104,5 @@ def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool = False, seed: in
                       drop_last=drop_last, num_workers=num_workers)
 
 
-__all__ = ["DATASETS", "DatasetInfo", "ImageTensorDataset", "ThreatModel", "get_dataset",
+__all__ = ["DATASETS", "ClassificationDataset", "DatasetInfo", "ImageTensorDataset", "ImageFolderDataset", "ThreatModel", "get_dataset",
            "get_dataset_info", "train_val_split", "stratified_subset", "make_loader"]

@@ -38,27 +38,19 @@ class DatasetInfo:
         return len(self.classes)
 
 
-class ImageTensorDataset(Dataset):
-    """Images held in memory as uint8 ``(N, C, H, W)``, served as float in [0, 1].
+class ClassificationDataset(Dataset):
+    """What every dataset split offers: labels, metadata, original indices and stratified subsets.
 
-    ``ds[i]`` gives ``(x: (C, H, W) float32 in [0, 1], y: int)``; ``ds[indices]``
-    with a list or 1-D tensor of indices gives a whole batch ``(x: (B, C, H, W), y: (B,))``
-    in one tensor operation, which is what :func:`classrobust.data.make_loader` uses.
-    ``.indices`` holds each sample's index in the original split, so a subset
-    still names its samples by their place in the full test set.
+    ``.indices`` holds each sample's index in the original split, so a subset still names
+    its samples by their place in the full test set. ``ds[list_of_positions]`` returns a
+    whole batch, which is what :func:`classrobust.data.make_loader` uses.
     """
 
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor, info: DatasetInfo,
-                 split: str, indices: torch.Tensor | None = None):
-        if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError("images must be uint8 (N, C, H, W)")
-        if targets.shape != (images.shape[0],):
-            raise ValueError("targets must be (N,) and match images")
-        self.images = images
-        self.targets = targets.long()
+    def __init__(self, targets: torch.Tensor, info: DatasetInfo, split: str, indices: torch.Tensor | None = None):
+        self.targets = torch.as_tensor(targets).long()
         self.info = info
         self.split = split
-        self.indices = torch.arange(len(targets)) if indices is None else indices.long()
+        self.indices = torch.arange(len(self.targets)) if indices is None else torch.as_tensor(indices).long()
 
     @property
     def classes(self) -> list[str]:
@@ -69,7 +61,29 @@ class ImageTensorDataset(Dataset):
         return self.info.threat_model
 
     def __len__(self) -> int:
-        return self.images.shape[0]
+        return len(self.targets)
+
+    def subset(self, positions) -> "ClassificationDataset":
+        """The samples at ``positions`` (positions in this dataset, not original indices)."""
+        raise NotImplementedError
+
+
+class ImageTensorDataset(ClassificationDataset):
+    """Images held in memory as uint8 ``(N, C, H, W)``, served as float in [0, 1].
+
+    ``ds[i]`` gives ``(x: (C, H, W) float32 in [0, 1], y: int)``; ``ds[indices]``
+    with a list or 1-D tensor of indices gives a whole batch ``(x: (B, C, H, W), y: (B,))``
+    in one tensor operation.
+    """
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, info: DatasetInfo,
+                 split: str, indices: torch.Tensor | None = None):
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError("images must be uint8 (N, C, H, W)")
+        if targets.shape != (images.shape[0],):
+            raise ValueError("targets must be (N,) and match images")
+        super().__init__(targets, info, split, indices)
+        self.images = images
 
     def __getitem__(self, index):
         if isinstance(index, (int, np.integer)):
@@ -78,7 +92,6 @@ class ImageTensorDataset(Dataset):
         return self.images[index].float().div_(255), self.targets[index]
 
     def subset(self, positions: torch.Tensor | np.ndarray | list[int]) -> "ImageTensorDataset":
-        """The samples at ``positions`` (positions in this dataset, not original indices)."""
         positions = torch.as_tensor(positions, dtype=torch.long)
         return ImageTensorDataset(self.images[positions], self.targets[positions], self.info,
                                   self.split, self.indices[positions])
