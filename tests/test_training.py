@@ -255,3 +255,21 @@ def test_compile_option_trains(synthetic_env, tmp_path, capsys):
     model, meta = load_checkpoint(out / "model.safetensors")
     assert meta["config"]["compile"] is True
     assert not any(k.startswith("_orig_mod") for k in model.state_dict())
+
+
+def test_drop_classes_leaves_them_out_of_training_and_validation(synthetic_env, tmp_path, capsys):
+    from classrobust.data import get_dataset
+    from classrobust.training.loop import without_classes
+
+    train = get_dataset("fashion-mnist", "train")
+    kept = without_classes(train, ("Shirt", "Coat"))
+    assert len(kept) == len(train) - int(((train.targets == 6) | (train.targets == 4)).sum())
+    assert not set(kept.targets.tolist()) & {4, 6}
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--drop-classes", "Shirt,Coat", "--select", "worst-class", "--out", str(out)]) == 0
+    log = pd.read_csv(out / "train_log.csv")
+    assert set(log[log.n == 0]["class_name"]) == {"Shirt", "Coat"}
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["config"]["drop_classes"] == ["Shirt", "Coat"] and len(meta["classes"]) == 10
+    assert main([*TRAIN, "--drop-classes", "Shirts", "--out", str(tmp_path / "bad")]) == 2
+    assert "cannot drop unknown class(es) 'Shirts'" in capsys.readouterr().err

@@ -48,6 +48,7 @@ def run_train(args) -> Path:
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
         lr_warmup_epochs=args.lr_warmup_epochs, beta=args.beta, select=args.select, compile=args.compile,
         val_size=args.val_size, train_subset=args.train_subset,
+        drop_classes=tuple(n.strip() for n in args.drop_classes.split(",") if n.strip()),
         precision=args.precision or default_precision(device), seed=args.seed, device=str(device))
     _check_names(config)
     from classrobust.distributed import is_main

@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validation images evaluated per epoch (from the held-out split)")
     p.add_argument("--train-subset", type=_positive_int, default=None,
                    help="train on a class-stratified subset of N images")
+    p.add_argument("--drop-classes", default="", metavar="NAME[,NAME]",
+                   help="leave these classes out of training and validation (the model keeps all outputs)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default=None,
                    help="default: bf16 autocast where supported, else fp32")
     p.add_argument("--seed", type=int, default=0)

@@ -19,6 +19,8 @@ class TrainConfig:
 
     ``eps``/``alpha`` default to the dataset's threat model when None; the inner
     attack's step is ``alpha`` if given, else ``2.5 * eps / attack_steps``.
+    ``drop_classes`` names classes left out of training and validation (the model keeps
+    all outputs; the remove-the-confused-class ablation uses it).
     """
 
     dataset: str = "fashion-mnist"
@@ -44,6 +46,7 @@ class TrainConfig:
     val_size: int = 1000
     val_attack_steps: int = 10
     train_subset: int | None = None
+    drop_classes: tuple[str, ...] = ()
     seed: int = 0
     precision: str = "bf16"
     compile: bool = False
@@ -80,6 +83,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["lr_milestones"] = list(self.lr_milestones)
+        d["drop_classes"] = list(self.drop_classes)
         return d
 
     @classmethod
@@ -89,6 +93,7 @@ class TrainConfig:
         if unknown:
             raise UsageError(f"unknown training config keys: {', '.join(unknown)}")
         d = dict(d)
-        if "lr_milestones" in d:
-            d["lr_milestones"] = tuple(d["lr_milestones"])
+        for key in ("lr_milestones", "drop_classes"):
+            if key in d:
+                d[key] = tuple(d[key])
         return cls(**d)

@@ -40,6 +40,18 @@ def resolve_eps(config: TrainConfig, default_eps: float) -> float:
     return default_eps if config.eps is None else config.eps
 
 
+def without_classes(ds, names: tuple[str, ...]):
+    """``ds`` without the samples of the named classes."""
+    unknown = [n for n in names if n not in ds.classes]
+    if unknown:
+        raise UsageError(f"cannot drop unknown class(es) {', '.join(map(repr, unknown))}; "
+                         f"{ds.info.name} has: {', '.join(ds.classes)}")
+    if len(set(names)) >= len(ds.classes) - 1:
+        raise UsageError("dropping these classes leaves fewer than two to train on")
+    dropped = torch.tensor([ds.classes.index(n) for n in names])
+    return ds.subset(torch.nonzero(~torch.isin(ds.targets, dropped)).flatten())
+
+
 def validate(model, val_set, config: TrainConfig, eps: float, classes: list[str], device):
     """Per-class clean and PGD accuracy on the validation split (never the test split)."""
     attacks = {}
@@ -69,8 +81,8 @@ def selection_score(rows: list[dict[str, Any]], select: str) -> float:
     """The epoch's score under ``select`` from its log rows (``all`` row last)."""
     if select == "avg":
         return rows[-1]["val_pgd_accuracy"]
-    if select == "worst-class":
-        return min(r["val_pgd_accuracy"] for r in rows[:-1])
+    if select == "worst-class":  # classes without validation samples (dropped ones) do not count
+        return min(r["val_pgd_accuracy"] for r in rows[:-1] if r["n"] > 0)
     return float(rows[-1]["epoch"])  # "last": the latest epoch wins
 
 
@@ -114,6 +126,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_dir: str | Path | No
     classes = list(info.classes)
     eps = resolve_eps(config, info.threat_model.eps)
     train_set, val_set = train_val_split(full_train, config.val_fraction, seed=config.seed)
+    if config.drop_classes:
+        train_set, val_set = (without_classes(s, config.drop_classes) for s in (train_set, val_set))
     if config.train_subset is not None:
         train_set = stratified_subset(train_set, config.train_subset, seed=config.seed)
     val_set = stratified_subset(val_set, config.val_size, seed=config.seed)
@@ -215,7 +229,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_dir: str | Path | No
                                         "model": net.state_dict(), "optimizer": optimizer.state_dict(),
                                         "rng": torch.get_rng_state(), "rows": rows, "best": best})
             clean, robust = epoch_rows[-1]["val_clean_accuracy"], epoch_rows[-1]["val_pgd_accuracy"]
-            worst = min(r["val_pgd_accuracy"] for r in epoch_rows[:-1])
+            worst = min(r["val_pgd_accuracy"] for r in epoch_rows[:-1] if r["n"] > 0)
             log(f"epoch {epoch}/{config.epochs}: loss {loss_sum / seen:.3f}, val clean {clean:.1%}, "
                 f"val PGD {robust:.1%} (worst class {worst:.1%}), {train_seconds:.0f}s")
 
