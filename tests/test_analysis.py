@@ -121,3 +121,26 @@ def test_degenerate_inputs_give_nan_not_warnings(recwarn):
     assert np.isnan(weight_norm_correlation(np.ones(3), np.array([0.1, 0.2, 0.3]))["pearson"])
     assert all(np.isnan(bootstrap_disparity(np.zeros(3), np.full(3, 10), reps=50)["cv"]))
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_confused_class_ablation_counts_by_hand(synthetic_result):
+    from classrobust.analysis import confused_class_ablation
+
+    # class c (points 8-11) under "strong": 8, 9 -> a, 10 correct, 11 -> b (wrong already clean).
+    # Retrained: 8 and 10 correct, 9 and 11 -> a. So 8 (one of the two that went into a) now withstands.
+    labels = synthetic_result.labels
+    retrained_preds = labels.copy()
+    retrained_preds[[9, 11]] = 0
+    retrained = ClasswiseResult(["a", "b", "c"], np.arange(12), labels,
+                                {"clean": AttackResult("clean", labels, labels.copy(), 3),
+                                 "strong": AttackResult("strong", labels, retrained_preds, 3)})
+    row = confused_class_ablation(synthetic_result, retrained, "strong", "c", "a")
+    assert row["n_weakest"] == 4 and row["formerly_fooled"] == 3 and row["formerly_fooled_into_dropped"] == 2
+    assert row["now_withstand"] == 1 and row["now_withstand_of_into_dropped"] == 1 and row["newly_fooled"] == 0
+    assert row["weakest_accuracy_before"] == 0.25 and row["weakest_accuracy_after"] == 0.5
+    assert row["mcnemar_p"] == 1.0  # one discordant pair
+    # the dropped class's points are left out of the overall figures: 8 points of b and c
+    assert row["accuracy_without_dropped_before"] == pytest.approx(4 / 8)  # b: 5, 6, 7; c: 10
+    with pytest.raises(ValueError, match="different test samples"):
+        confused_class_ablation(synthetic_result, ClasswiseResult(["a", "b", "c"], np.arange(1, 13), labels,
+                                                                  retrained.attacks), "strong", "c", "a")

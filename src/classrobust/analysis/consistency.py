@@ -87,3 +87,39 @@ def mcnemar_exact(b: int, c: int) -> float:
     if b + c == 0:
         return 1.0
     return float(min(1.0, 2 * stats.binom.cdf(min(b, c), b + c, 0.5)))
+
+
+def confused_class_ablation(base, retrained, attack: str, weak: str, dropped: str) -> dict[str, float]:
+    """What retraining without class ``dropped`` did to class ``weak`` under ``attack``.
+
+    ``base`` and ``retrained`` are results on the same test samples. "Formerly fooled" points are
+    ``weak``'s points that ``base`` misclassifies under attack; the ablation asks how many of them
+    the retrained model now classifies correctly under the same attack. Overall accuracies leave
+    out the dropped class (the retrained model never saw it). The McNemar test pairs the two
+    models on ``weak``'s points.
+    """
+    if not np.array_equal(base.indices, retrained.indices):
+        raise ValueError("the two results are on different test samples")
+    i, j = base.classes.index(weak), base.classes.index(dropped)
+    labels = base.labels
+    of_i = labels == i
+    base_adv = base.attacks[attack].predictions
+    base_ok = base_adv == labels
+    new_ok = retrained.attacks[attack].predictions == labels
+    fooled = of_i & ~base_ok
+    into_j = fooled & (base_adv == j)
+    kept = labels != j
+    b = int((of_i & base_ok & ~new_ok).sum())  # robust before, not after
+    c = int((of_i & ~base_ok & new_ok).sum())
+    return {
+        "attack": attack, "weakest_class": weak, "dropped_class": dropped, "n_weakest": int(of_i.sum()),
+        "formerly_fooled": int(fooled.sum()), "formerly_fooled_into_dropped": int(into_j.sum()),
+        "now_withstand": int((fooled & new_ok).sum()), "now_withstand_of_into_dropped": int((into_j & new_ok).sum()),
+        "newly_fooled": b,
+        "weakest_accuracy_before": float(base_ok[of_i].mean()), "weakest_accuracy_after": float(new_ok[of_i].mean()),
+        "weakest_clean_before": float((base.attacks[CLEAN].predictions == labels)[of_i].mean()),
+        "weakest_clean_after": float((retrained.attacks[CLEAN].predictions == labels)[of_i].mean()),
+        "mcnemar_p": mcnemar_exact(b, c),
+        "accuracy_without_dropped_before": float(base_ok[kept].mean()),
+        "accuracy_without_dropped_after": float(new_ok[kept].mean()),
+    }

@@ -53,7 +53,8 @@ def run_train(args) -> Path:
     _check_names(config)
     from classrobust.distributed import is_main
 
-    path = train(config, args.out, data_dir=args.data_dir, progress=not args.no_progress, resume=args.resume)
+    path = train(config, args.out, data_dir=args.data_dir, progress=not args.no_progress, resume=args.resume,
+                 download=args.download)
     if is_main():
         print(f"checkpoint: {path}")
         print(f"training log: {Path(args.out) / 'train_log.csv'}")
@@ -111,7 +112,8 @@ def evaluate_checkpoint(checkpoint: Path | None, out: Path | None, *, attacks: s
                         device: str | None = None, data_dir: Path | None = None, download: bool = False,
                         progress: bool = True, sanity: bool = False, sanity_queries: int = 1000,
                         report: bool = True, model_name: str | None = None, dataset: str | None = None,
-                        weights: Path | None = None, normalize: bool = False):
+                        weights: Path | None = None, normalize: bool = False,
+                        extra_meta: dict[str, Any] | None = None):
     from classrobust.checkpoint import load_checkpoint
     from classrobust.data import get_dataset, stratified_subset
     from classrobust.distributed import init_from_env, is_main, local_device
@@ -160,7 +162,7 @@ def evaluate_checkpoint(checkpoint: Path | None, out: Path | None, *, attacks: s
                 "model": meta["model"], "eps": eps, "limit": limit, "subset_seed": subset_seed, "seed": seed,
                 "precision": precision,
                 "batch_size": batch_size, "device": str(dev), "torch_version": torch.__version__,
-                "mode": mode}
+                "mode": mode, **(extra_meta or {})}
     t0 = time.perf_counter()
     result = evaluate_dataset(model, test, attack_objs, batch_size=batch_size, device=dev,
                               progress=progress, meta=run_meta)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -144,6 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (Holm-adjusted)")
     p.set_defaults(func=cmd_compare)
 
+    p = sub.add_parser("experiment", help="run a grid of datasets x methods x seeds from a YAML file, "
+                                          "with one combined report")
+    p.add_argument("file", type=Path, help="experiment file (see experiments/)")
+    p.add_argument("--check", action="store_true",
+                   help="validate the file and show the plan (and what is already done); reads no data")
+    p.add_argument("--out", type=Path, default=None, help="default: the file's out, else runs/experiments/NAME")
+    p.add_argument("--report-only", action="store_true", help="rebuild the combined report from saved results")
+    _common_data(p)
+    p.set_defaults(func=cmd_experiment)
+
     p = sub.add_parser("demo", help="train (or reuse) a PGD-AT smallcnn on Fashion-MNIST and evaluate it")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--retrain", action="store_true", help="train even if a matching model exists")
@@ -221,6 +232,26 @@ def cmd_compare(args) -> int:
     from classrobust.cli.commands import run_compare
 
     run_compare(args)
+    return 0
+
+
+def cmd_experiment(args) -> int:
+    from classrobust.cli.experiment import check_experiment, run_experiment
+    from classrobust.experiment import load_spec
+
+    spec = load_spec(args.file, out=args.out)
+    if args.check:
+        print("\n".join(check_experiment(spec)))
+        return 0
+    if args.report_only:
+        from classrobust.report.experiment import build_experiment_report
+
+        print(f"report: {build_experiment_report(spec.out)}")
+        return 0
+    t0 = time.perf_counter()
+    report = run_experiment(spec, device=args.device, data_dir=args.data_dir, download=args.download,
+                            progress=not args.no_progress)
+    print(f"report: {report} (+ report.md and CSV tables beside it); {time.perf_counter() - t0:.0f}s")
     return 0
 
 

@@ -125,3 +125,22 @@ def training_curves(log: pd.DataFrame) -> Figure:
     axes[0].set_ylabel("accuracy")
     axes[1].legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
     return fig
+
+
+def accuracy_heatmap(table: pd.DataFrame, title: str) -> Figure:
+    """Rows x columns of accuracies in [0, 1] (e.g. classes x training methods), annotated in %."""
+    rows, cols = table.shape
+    fig = Figure(figsize=(1.1 * cols + 3, 0.42 * rows + 1.6), layout="constrained")
+    ax = fig.add_subplot()
+    values = table.to_numpy(dtype=float)
+    im = ax.imshow(values, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    for i in range(rows):
+        for j in range(cols):
+            if not np.isnan(values[i, j]):
+                ax.text(j, i, f"{100 * values[i, j]:.1f}", ha="center", va="center", fontsize=8,
+                        color="white" if values[i, j] < 0.6 else "black")
+    ax.set_xticks(range(cols), table.columns, rotation=30, ha="right")
+    ax.set_yticks(range(rows), table.index)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    return fig

@@ -102,7 +102,8 @@ def _load_state(path: Path, config: TrainConfig) -> dict[str, Any]:
 
 
 def train(config: TrainConfig, out_dir: str | Path, *, data_dir: str | Path | None = None,
-          progress: bool = True, log: Callable[[str], None] = print, resume: bool = False) -> Path:
+          progress: bool = True, log: Callable[[str], None] = print, resume: bool = False,
+          download: bool = False) -> Path:
     """Train per ``config`` and publish ``out_dir/{model.safetensors, model.json, train_log.csv}``.
 
     The run lives in ``.NAME.partial`` beside ``out_dir`` and saves its full state there after
@@ -121,7 +122,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_dir: str | Path | No
     out_dir = check_output_dir(out_dir)
     stage = staging_dir(out_dir)
 
-    full_train = get_dataset(config.dataset, "train", root=data_dir)
+    full_train = get_dataset(config.dataset, "train", root=data_dir, download=download)
     info = full_train.info
     classes = list(info.classes)
     eps = resolve_eps(config, info.threat_model.eps)

@@ -1,0 +1,251 @@
+"""Experiment files: a YAML grid of datasets x training methods x seeds, each attacked by one list of attacks.
+
+::
+
+    name: quick-fashion-mnist
+    out: runs/experiments/quick-fashion-mnist      # default: runs/experiments/<name>
+    seeds: [0]
+    train: {epochs: 6, attack_steps: 3}            # TrainConfig fields shared by every run
+    datasets:
+      fashion-mnist: {model: smallcnn, model_kwargs: {dropout: 0.0}}
+      pets: {name: "folder:/data/pets", model: preact-resnet18, train: {epochs: 30}}
+    methods:
+      pgd-at: {}
+      trades: {beta: 6.0}                          # TrainConfig overrides for this method
+      trades-b1: {method: trades, beta: 1.0}       # an alias of a registry method
+    eval: {attacks: "fgsm,pgd:steps=20,autoattack", limit: 2000}
+    ablation:
+      remove_confused_class: {method: pgd-at, attack: pgd}
+
+Precedence of training settings: ``train`` < the dataset's ``train`` < the method's entry.
+Everything is validated by :func:`load_spec` without touching data (``classrobust experiment --check``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from classrobust.errors import UsageError
+from classrobust.training.config import TrainConfig
+
+TOP_KEYS = {"name", "description", "out", "seeds", "train", "datasets", "methods", "eval", "ablation"}
+DATASET_KEYS = {"name", "model", "model_kwargs", "eps", "alpha", "train"}
+EVAL_KEYS = {"attacks", "limit", "subset_seed", "seed", "batch_size", "precision", "mode", "eps"}
+ABLATION_KEYS = {"remove_confused_class"}
+CONFUSED_KEYS = {"method", "attack", "seeds"}
+#: keys a run's TrainConfig takes from the file (device and precision come from the machine unless given)
+TRAIN_KEYS = {f.name for f in fields(TrainConfig)} - {"dataset", "model", "method", "seed", "device", "drop_classes"}
+EVAL_DEFAULTS = {"limit": None, "subset_seed": 0, "seed": 0, "batch_size": 256, "precision": "fp32",
+                 "mode": "best", "eps": None}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of the grid and the evaluation it gets."""
+
+    key: str  # "<dataset alias>/<method alias>/seed<s>", its directory under <out>/runs
+    dataset: str  # the dataset alias in the file
+    method: str  # the method alias in the file
+    seed: int
+    config: TrainConfig
+
+    @property
+    def dataset_name(self) -> str:
+        return self.config.dataset
+
+
+@dataclass(frozen=True)
+class ConfusedClassAblation:
+    """Retrain ``method`` without the class that absorbs most of the weakest class's adversarial examples."""
+
+    method: str
+    attack: str
+    seeds: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    name: str
+    description: str
+    out: Path
+    seeds: tuple[int, ...]
+    datasets: dict[str, dict[str, Any]]
+    methods: dict[str, dict[str, Any]]
+    train: dict[str, Any]
+    eval: dict[str, Any]
+    ablation: ConfusedClassAblation | None = None
+    source: Path | None = None
+    runs: tuple[RunSpec, ...] = field(default=())
+
+    @property
+    def attack_names(self) -> list[str]:
+        from classrobust.attacks import parse_attack_specs
+
+        return [n for n, _ in parse_attack_specs(self.eval["attacks"])]
+
+    def run(self, dataset: str, method: str, seed: int) -> RunSpec:
+        return next(r for r in self.runs if (r.dataset, r.method, r.seed) == (dataset, method, seed))
+
+    def ablation_run(self, base: RunSpec, dropped_class: str) -> RunSpec:
+        """The base run retrained without ``dropped_class``."""
+        alias = f"{base.method}-without-{_slug(dropped_class)}"
+        config = TrainConfig.from_dict({**base.config.to_dict(), "drop_classes": [dropped_class]})
+        return RunSpec(f"{base.dataset}/{alias}/seed{base.seed}", base.dataset, alias, base.seed, config)
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return {v: {} for v in value}  # shorthand: a list of names
+    if not isinstance(value, dict):
+        raise UsageError(f"{where} must be a mapping, got {type(value).__name__}")
+    return {str(k): ({} if v is None else v) for k, v in value.items()}
+
+
+def _only(keys: set[str], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(keys) - allowed)
+    if unknown:
+        raise UsageError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _check_attacks(text: Any) -> None:
+    from classrobust.attacks import ATTACKS, parse_attack_specs
+
+    if not isinstance(text, str):
+        raise UsageError("eval.attacks must be a string like \"fgsm,pgd:steps=20,autoattack\"")
+    for name, params in parse_attack_specs(text):
+        bad = sorted(set(params) - set(ATTACKS.valid_kwargs(name)) - {"model"})
+        if bad or "model" in params:
+            raise UsageError(f"eval.attacks: attack {name!r} takes no parameter(s) {', '.join(bad or ['model'])}; "
+                             f"it takes: {', '.join(k for k in ATTACKS.valid_kwargs(name) if k != 'model')}")
+
+
+def _check_dataset(alias: str, entry: dict[str, Any]) -> str:
+    from classrobust.data import DATASETS
+    from classrobust.data.folder import FOLDER_PREFIX
+    from classrobust.models import MODELS
+
+    _only(set(entry), DATASET_KEYS, f"datasets.{alias}")
+    name = entry.get("name", alias)
+    if not str(name).startswith(FOLDER_PREFIX):  # a folder's metadata needs the data; checked at run time
+        DATASETS.get(name)
+    model = entry.get("model", "smallcnn")
+    if not str(model).startswith("python:"):
+        MODELS.get(model)
+        bad = sorted(set(entry.get("model_kwargs", {})) - set(MODELS.valid_kwargs(model)))
+        if bad:
+            raise UsageError(f"datasets.{alias}: model {model!r} takes no parameter(s) {', '.join(bad)}")
+    _only(set(entry.get("train", {}) or {}), TRAIN_KEYS, f"datasets.{alias}.train")
+    return name
+
+
+def load_spec(path: str | Path, out: str | Path | None = None) -> ExperimentSpec:
+    """Read and validate an experiment file (no data is read); ``out`` overrides the file's ``out``."""
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"experiment file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read experiment file {path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"{path}: an experiment file is a mapping with keys {', '.join(sorted(TOP_KEYS))}")
+    try:
+        return _parse(raw, path, out)
+    except UsageError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+
+
+def _parse(raw: dict[str, Any], path: Path, out: str | Path | None) -> ExperimentSpec:
+    from classrobust.attacks import parse_attack_specs
+    from classrobust.training import METHODS
+
+    _only(set(raw), TOP_KEYS, "experiment")
+    name = str(raw.get("name") or path.stem)
+    seeds = raw.get("seeds", [0])
+    seeds = [seeds] if isinstance(seeds, int) else seeds
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise UsageError("seeds must be a non-empty list of integers")
+    if len(set(seeds)) != len(seeds):
+        raise UsageError("seeds are listed twice")
+    train = _mapping(raw.get("train"), "train")
+    _only(set(train), TRAIN_KEYS, "train")
+    datasets = _mapping(raw.get("datasets"), "datasets")
+    methods = _mapping(raw.get("methods"), "methods")
+    if not datasets or not methods:
+        raise UsageError("an experiment needs at least one entry under datasets and under methods")
+    for alias, entry in datasets.items():
+        datasets[alias] = _mapping(entry, f"datasets.{alias}")
+        _check_dataset(alias, datasets[alias])
+    for alias, entry in methods.items():
+        methods[alias] = entry = _mapping(entry, f"methods.{alias}")
+        _only(set(entry), TRAIN_KEYS | {"method"}, f"methods.{alias}")
+        METHODS.get(entry.get("method", alias))
+        if "-without-" in alias or "/" in alias:
+            raise UsageError(f"methods.{alias}: a method alias may not contain '/' or '-without-'")
+    evaluation = _mapping(raw.get("eval"), "eval")
+    _only(set(evaluation), EVAL_KEYS, "eval")
+    if "attacks" not in evaluation:
+        raise UsageError("eval.attacks is required (e.g. \"fgsm,pgd:steps=20,autoattack\")")
+    _check_attacks(evaluation["attacks"])
+    evaluation = {**EVAL_DEFAULTS, **evaluation}
+    if evaluation["precision"] not in ("fp32", "bf16"):
+        raise UsageError(f"eval.precision must be fp32 or bf16, got {evaluation['precision']!r}")
+    if evaluation["mode"] not in ("best", "last"):
+        raise UsageError(f"eval.mode must be best or last, got {evaluation['mode']!r}")
+    for key in ("limit", "batch_size"):
+        if evaluation[key] is not None and (not isinstance(evaluation[key], int) or evaluation[key] < 1):
+            raise UsageError(f"eval.{key} must be a positive integer, got {evaluation[key]!r}")
+
+    ablation = None
+    abl = _mapping(raw.get("ablation"), "ablation")
+    _only(set(abl), ABLATION_KEYS, "ablation")
+    if "remove_confused_class" in abl:
+        entry = _mapping(abl["remove_confused_class"], "ablation.remove_confused_class")
+        _only(set(entry), CONFUSED_KEYS, "ablation.remove_confused_class")
+        method = entry.get("method", next(iter(methods)))
+        if method not in methods:
+            raise UsageError(f"ablation.remove_confused_class.method {method!r} is not one of the methods: "
+                             f"{', '.join(methods)}")
+        names = [n for n, _ in parse_attack_specs(evaluation["attacks"])]
+        attack = entry.get("attack", names[-1])
+        if attack not in names:
+            raise UsageError(f"ablation.remove_confused_class.attack {attack!r} is not in eval.attacks "
+                             f"({', '.join(names)})")
+        abl_seeds = entry.get("seeds", seeds)
+        if not set(abl_seeds) <= set(seeds):
+            raise UsageError("ablation.remove_confused_class.seeds must be among the experiment's seeds")
+        ablation = ConfusedClassAblation(method, attack, tuple(abl_seeds))
+
+    runs = []
+    for d_alias, d_entry in datasets.items():
+        for m_alias, m_entry in methods.items():
+            for seed in seeds:
+                settings = {**train, **(d_entry.get("train") or {}),
+                            **{k: v for k, v in m_entry.items() if k != "method"}}
+                for key in ("eps", "alpha"):
+                    if key in d_entry and key not in settings:
+                        settings[key] = d_entry[key]
+                try:
+                    config = TrainConfig.from_dict({
+                        **settings, "dataset": d_entry.get("name", d_alias), "model": d_entry.get("model", "smallcnn"),
+                        "model_kwargs": d_entry.get("model_kwargs", {}), "method": m_entry.get("method", m_alias),
+                        "seed": seed})
+                except TypeError as exc:
+                    raise UsageError(f"bad training settings for {d_alias}/{m_alias}: {exc}") from None
+                runs.append(RunSpec(f"{_slug(d_alias)}/{m_alias}/seed{seed}", d_alias, m_alias, seed, config))
+    out_dir = Path(out) if out is not None else Path(raw.get("out") or f"runs/experiments/{_slug(name)}")
+    return ExperimentSpec(name=name, description=str(raw.get("description", "")), out=out_dir,
+                          seeds=tuple(seeds), datasets=datasets, methods=methods, train=train, eval=evaluation,
+                          ablation=ablation, source=path, runs=tuple(runs))

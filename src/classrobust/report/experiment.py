@@ -1,0 +1,237 @@
+"""The combined report of an experiment: every run's saved results read back, compared, written once.
+
+Writes ``<out>/report/``: ``report.html`` (self-contained), ``report.md`` and CSV tables
+(``per_class.csv``, ``overview.csv``, ``attack_consistency.csv``, ``defense_consistency.csv``,
+``gain_attribution.csv``, ``weight_norms.csv``, ``attacked_into.csv``, ``ablation.csv``).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from classrobust import __version__
+from classrobust.analysis import (attack_consistency, confused_class_ablation, gain_attribution, per_class_table,
+                                  rank_correlations, top_destinations, weight_norm_correlation, wilson_interval)
+from classrobust.errors import UsageError
+from classrobust.evaluate.results import CLEAN, ClasswiseResult
+from classrobust.io import atomic_directory
+from classrobust.report import figures
+from classrobust.report.html import STYLE, _Page, _pct
+from classrobust.report.markdown import to_markdown
+
+INDEX = "experiment.json"
+
+
+def _cell(acc: float, lo: float, hi: float) -> str:
+    return "" if pd.isna(acc) else f"{100 * acc:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def load_runs(out_dir: Path) -> tuple[dict, dict[str, ClasswiseResult]]:
+    """The experiment index and every finished run's result, keyed by run key."""
+    index_path = out_dir / INDEX
+    if not index_path.is_file():
+        raise UsageError(f"{out_dir} holds no experiment ({INDEX}); run `classrobust experiment FILE` first")
+    index = json.loads(index_path.read_text())
+    results = {}
+    for run in [*index["runs"], *({"key": a["retrained"], "dir": a["dir"]} for a in index["ablation"])]:
+        results[run["key"]] = ClasswiseResult.load(out_dir / run["dir"] / "eval")
+    return index, results
+
+
+def experiment_tables(index: dict, results: dict[str, ClasswiseResult]) -> dict[str, pd.DataFrame]:
+    """All the combined tables, long format, from saved results only."""
+    runs = pd.DataFrame(index["runs"])
+    per_class, overview, att_cons, gains, norms, into = [], [], [], [], [], []
+    for run in index["runs"]:
+        res = results[run["key"]]
+        ids = {"dataset": run["dataset"], "method": run["method"], "seed": run["seed"]}
+        per_class.append(per_class_table(res).assign(**ids))
+        for name, r in res.attacks.items():
+            lo, hi = wilson_interval(int((r.predictions == r.labels).sum()), len(r.labels))
+            worst = r.worst_class
+            wlo, whi = wilson_interval(r.correct_per_class[worst], r.n_per_class[worst])
+            overview.append({**ids, "attack": name, "accuracy": r.accuracy, "ci_low": float(lo), "ci_high": float(hi),
+                             "worst_class": res.classes[worst], "worst_accuracy": r.accuracy_per_class[worst],
+                             "worst_ci_low": float(wlo), "worst_ci_high": float(whi)})
+        attacks = [n for n in res.attacks if n != CLEAN]
+        if len(attacks) >= 2:
+            sp, kt = attack_consistency(res)
+            for a in range(len(attacks)):
+                for b in range(a + 1, len(attacks)):
+                    att_cons.append({**ids, "attack_a": attacks[a], "attack_b": attacks[b],
+                                     "spearman": sp.iloc[a, b], "kendall": kt.iloc[a, b]})
+        if attacks:
+            g = gain_attribution(res)
+            gains.append(g.groupby(["from", "to"], sort=False).agg(
+                drop=("drop", "sum"), top3_vulnerable_share=("top3_vulnerable_share", "first"))
+                .reset_index().assign(**ids))
+        w = res.meta.get("classifier_weight_norms")
+        if w is not None and len(w) == res.num_classes:
+            for name, r in res.attacks.items():
+                norms.append({**ids, "attack": name, **weight_norm_correlation(np.asarray(w), r.accuracy_per_class)})
+        for name in attacks:
+            into.append(top_destinations(res, name).assign(**ids))
+
+    def_cons = []
+    for dataset, group in runs.groupby("dataset", sort=False):
+        for seed, g in group.groupby("seed"):
+            if len(g) < 2:
+                continue
+            first = results[g["key"].iloc[0]]
+            for name in first.attacks:
+                sp, kt = rank_correlations({m: results[k].attacks[name].accuracy_per_class
+                                            for m, k in zip(g["method"], g["key"])})
+                methods = list(g["method"])
+                for a in range(len(methods)):
+                    for b in range(a + 1, len(methods)):
+                        def_cons.append({"dataset": dataset, "seed": seed, "attack": name, "method_a": methods[a],
+                                         "method_b": methods[b], "spearman": sp.iloc[a, b], "kendall": kt.iloc[a, b]})
+    ablation = []
+    for a in index["ablation"]:
+        row = confused_class_ablation(results[a["base"]], results[a["retrained"]], a["attack"], a["weakest_class"],
+                                      a["dropped_class"])
+        ablation.append({"dataset": a["dataset"], "seed": a["seed"], **row})
+    cat = lambda frames: pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()  # noqa: E731
+    return {"per_class": cat(per_class), "overview": pd.DataFrame(overview), "attack_consistency": pd.DataFrame(att_cons),
+            "defense_consistency": pd.DataFrame(def_cons), "gain_attribution": cat(gains),
+            "weight_norms": pd.DataFrame(norms), "attacked_into": cat(into), "ablation": pd.DataFrame(ablation)}
+
+
+def _mean_matrix(long: pd.DataFrame, a: str, b: str, value: str) -> pd.DataFrame:
+    names = list(dict.fromkeys([*long[a], *long[b]]))
+    m = pd.DataFrame(np.eye(len(names)), index=names, columns=names)
+    for (x, y), v in long.groupby([a, b], sort=False)[value].mean().items():
+        m.loc[x, y] = m.loc[y, x] = v
+    return m
+
+
+def build_experiment_report(out_dir: str | Path) -> Path:
+    """Write ``<out_dir>/report/`` from the experiment's saved results; returns ``report.html``'s path."""
+    out_dir = Path(out_dir)
+    index, results = load_runs(out_dir)
+    tables = experiment_tables(index, results)
+    with atomic_directory(out_dir / "report") as stage:
+        page = _Page(stage)
+        md: list[str] = [f"# Experiment {index['name']}", ""]
+        title = f"Experiment {index['name']}"
+        page.parts.append(f"<h1>{html.escape(title)}</h1>")
+        if index.get("description"):
+            page.text(index["description"])
+        first = next(iter(results.values()))
+        meta_line = (f"{len(index['runs'])} runs from {index['source']}; attacks {index['eval']['attacks']}; "
+                     f"{len(first.labels)} test images per run; classrobust {__version__}")
+        page.text(meta_line, "meta")
+        md += [meta_line, ""]
+        for name, df in tables.items():
+            df.to_csv(stage / f"{name}.csv", index=False)
+
+        def section(heading: str, anchor: str, note: str, df: pd.DataFrame, name: str, fmt=None, index_=False):
+            page.h2(heading, anchor)
+            page.text(note)
+            page.table(df, name, fmt, index=index_)
+            shown = df.copy()
+            for col, f in (fmt or {}).items():
+                if col in shown:
+                    shown[col] = shown[col].map(f)
+            md.extend([f"## {heading}", "", note, "", to_markdown(shown, index=index_), ""])
+
+        ov = tables["overview"]
+        shown = ov.assign(accuracy=[_cell(*v) for v in zip(ov.accuracy, ov.ci_low, ov.ci_high)],
+                          worst=[f"{c}: {_cell(*v)}" for c, *v in zip(ov.worst_class, ov.worst_accuracy,
+                                                                     ov.worst_ci_low, ov.worst_ci_high)])
+        section("Overview", "overview", "Average and worst-class accuracy (%) per run and attack, with 95% Wilson "
+                "intervals.", shown[["dataset", "method", "seed", "attack", "accuracy", "worst"]], "overview_table")
+
+        pc = tables["per_class"]
+        strongest = {}
+        for dataset, g in pc.groupby("dataset", sort=False):
+            pooled = g.groupby(["method", "attack", "class_index", "class_name"], sort=False)[["correct", "n"]].sum()
+            pooled = pooled.reset_index()
+            lo, hi = wilson_interval(pooled["correct"], pooled["n"])
+            pooled = pooled.assign(accuracy=pooled["correct"] / pooled["n"], ci_low=lo, ci_high=hi)
+            attacks = [a for a in dict.fromkeys(pooled["attack"]) if a != CLEAN]
+            strongest[dataset] = min(attacks, key=lambda a: pooled[pooled.attack == a]["correct"].sum()) \
+                if attacks else CLEAN
+            for attack in [CLEAN, strongest[dataset]]:
+                sel = pooled[pooled.attack == attack]
+                wide = sel.assign(cell=[_cell(*v) for v in zip(sel.accuracy, sel.ci_low, sel.ci_high)]).pivot(
+                    index="class_name", columns="method", values="cell")
+                wide = wide.reindex(index=list(dict.fromkeys(sel["class_name"])),
+                                    columns=list(dict.fromkeys(sel["method"])))
+                wide.index.name, wide.columns.name = "class", None
+                section(f"{dataset}: per-class accuracy under {attack}", f"pc-{dataset}-{attack}",
+                        "Per-class accuracy (%) with 95% Wilson intervals, pooled over seeds; every attack's "
+                        "table is in per_class.csv.", wide, f"per_class_{dataset}_{attack}", index_=True)
+                heat = sel.pivot(index="class_name", columns="method", values="accuracy").reindex(
+                    index=list(dict.fromkeys(sel["class_name"])))
+                if attack != CLEAN and len(heat) <= 20:
+                    page.figure(figures.accuracy_heatmap(heat, f"{dataset}: per-class {attack} accuracy"),
+                                f"per_class_{dataset}_{attack}", f"per-class {attack} accuracy on {dataset}")
+
+        into = tables["attacked_into"]
+        if len(into):
+            rows = []
+            for dataset, g in into.groupby("dataset", sort=False):
+                g = g[(g.attack == strongest[dataset])]
+                first_run = g[(g.method == g.method.iloc[0]) & (g.seed == g.seed.iloc[0])]
+                rows.append(first_run)
+            shown = pd.concat(rows)[["dataset", "method", "seed", "attack", "class_name", "fooled", "into_1",
+                                     "share_1", "into_2", "share_2", "top3_share"]]
+            section("Where each class's adversarial examples land", "into",
+                    "For the first method and seed under the strongest attack: the two classes receiving most of a "
+                    "class's fooled points, and the share the top three receive (all runs: attacked_into.csv).",
+                    shown, "attacked_into_first", {c: _pct for c in ("share_1", "share_2", "top3_share")})
+
+        ac = tables["attack_consistency"]
+        if len(ac):
+            for dataset, g in ac.groupby("dataset", sort=False):
+                m = _mean_matrix(g, "attack_a", "attack_b", "spearman")
+                section(f"{dataset}: attack consistency", f"ac-{dataset}",
+                        "Spearman rank correlation of per-class accuracy between attacks, averaged over runs "
+                        "(methods and seeds); per-run values and Kendall tau in attack_consistency.csv.",
+                        m.round(3), f"attack_consistency_{dataset}", index_=True)
+                page.figure(figures.matrix_heatmap(m, f"{dataset}: attack consistency (Spearman)"),
+                            f"attack_consistency_{dataset}", "attack consistency")
+        dc = tables["defense_consistency"]
+        if len(dc):
+            for dataset, g in dc.groupby("dataset", sort=False):
+                g = g[g.attack == strongest[dataset]]
+                m = _mean_matrix(g, "method_a", "method_b", "spearman")
+                section(f"{dataset}: defense consistency under {strongest[dataset]}", f"dc-{dataset}",
+                        "Spearman rank correlation of per-class accuracy between training methods, averaged over "
+                        "seeds (every attack in defense_consistency.csv).", m.round(3),
+                        f"defense_consistency_{dataset}", index_=True)
+        gains = tables["gain_attribution"]
+        if len(gains):
+            section("Stronger-attack gain attribution", "gain",
+                    "Per run, the points lost at each rung of the attack ladder (weakest to strongest by overall "
+                    "accuracy) and the share taken by the 3 classes weakest under the first rung.",
+                    gains[["dataset", "method", "seed", "from", "to", "drop", "top3_vulnerable_share"]],
+                    "gain_summary", {"top3_vulnerable_share": _pct})
+        norms = tables["weight_norms"]
+        if len(norms):
+            section("Classifier weight norms against per-class accuracy", "norms",
+                    "Pearson and Spearman correlation (with p-values, 10 classes give wide uncertainty) of the "
+                    "final layer's per-class weight norm with each attack's per-class accuracy.",
+                    norms.round(3), "weight_norms_table")
+        ab = tables["ablation"]
+        if len(ab):
+            shown = ab.copy()
+            for c in [c for c in ab.columns if "accuracy" in c or "clean" in c]:
+                shown[c] = shown[c].map(_pct)
+            section("Remove-the-confused-class ablation", "ablation",
+                    "The weakest class's points fooled in the base run, how many went into the dropped class, and "
+                    "how many the model retrained without that class now classifies correctly under the same "
+                    "attack; McNemar on the weakest class's points (base vs retrained).",
+                    shown, "ablation_table")
+        body = "\n".join(page.parts)
+        (stage / "report.html").write_text(
+            f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
+        (stage / "report.md").write_text("\n".join(md))
+    return out_dir / "report" / "report.html"

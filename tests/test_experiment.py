@@ -1,0 +1,184 @@
+"""Experiment files: validation without data, a small grid end to end, skip and resume, the ablation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from classrobust.cli.main import main
+from classrobust.experiment import load_spec
+from classrobust.errors import UsageError
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = """
+name: tiny
+seeds: [0]
+train: {epochs: 1, attack_steps: 1, batch_size: 50, val_size: 100, train_subset: 300, lr: 0.02}
+datasets:
+  fashion-mnist: {model: smallcnn}
+methods:
+  pgd-at: {}
+  trades: {beta: 1.0}
+eval: {attacks: "fgsm,pgd:steps=3", limit: 100}
+ablation:
+  remove_confused_class: {method: pgd-at, attack: pgd}
+"""
+
+
+def write(tmp_path, text, name="exp.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_two_run_experiment_end_to_end_then_skipped(synthetic_env, tmp_path, capsys):
+    path = write(tmp_path, TINY)
+    out = tmp_path / "exp"
+    code, stdout, err = run(["experiment", path, "--out", out, "--no-progress"], capsys)
+    assert code == 0, err
+    index = json.loads((out / "experiment.json").read_text())
+    assert [r["key"] for r in index["runs"]] == ["fashion-mnist/pgd-at/seed0", "fashion-mnist/trades/seed0"]
+    ablation = index["ablation"][0]
+    assert ablation["weakest_class"] != ablation["dropped_class"]
+    retrained = json.loads((out / ablation["dir"] / "model.json").read_text())
+    assert retrained["config"]["drop_classes"] == [ablation["dropped_class"]]
+    assert json.loads((out / "runs/fashion-mnist/trades/seed0/model.json").read_text())["config"]["beta"] == 1.0
+    report = out / "report"
+    assert (report / "report.html").is_file() and (report / "report.md").is_file()
+    per_class = pd.read_csv(report / "per_class.csv")
+    assert set(per_class["method"]) == {"pgd-at", "trades"}
+    assert set(per_class["attack"]) == {"clean", "fgsm", "pgd"} and len(per_class) == 2 * 3 * 10
+    dc = pd.read_csv(report / "defense_consistency.csv")
+    assert set(dc["attack"]) == {"clean", "fgsm", "pgd"} and (dc[["method_a", "method_b"]].values ==
+                                                              ["pgd-at", "trades"]).all()
+    assert len(pd.read_csv(report / "attack_consistency.csv")) == 2  # one pair of attacks per run
+    ab = pd.read_csv(report / "ablation.csv")
+    assert ab["now_withstand"].iloc[0] <= ab["formerly_fooled"].iloc[0] <= ab["n_weakest"].iloc[0]
+    assert {"gain_attribution.csv", "weight_norms.csv", "attacked_into.csv", "overview.csv"} <= {
+        p.name for p in report.iterdir()}
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
+
+    code, stdout, err = run(["experiment", path, "--out", out, "--no-progress"], capsys)
+    assert code == 0, err
+    assert stdout.count("complete, skipped") == 3  # two grid runs and the ablation run
+    assert before == {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
+
+    code, stdout, err = run(["experiment", path, "--out", out, "--check"], capsys)
+    assert code == 0 and stdout.count("[done]") == 2
+
+
+def test_changed_settings_never_overwrite_results(synthetic_env, tmp_path, capsys):
+    out = tmp_path / "exp"
+    one_run = TINY.replace("  trades: {beta: 1.0}\n", "").replace("ablation:\n  remove_confused_class: "
+                                                                  "{method: pgd-at, attack: pgd}\n", "")
+    assert run(["experiment", write(tmp_path, one_run), "--out", out, "--no-progress"], capsys)[0] == 0
+    weights = (out / "runs/fashion-mnist/pgd-at/seed0/model.safetensors").read_bytes()
+    code, _, err = run(["experiment", write(tmp_path, one_run.replace("lr: 0.02", "lr: 0.03"), "b.yaml"),
+                        "--out", out, "--no-progress"], capsys)
+    assert code == 2 and "trained with other settings (lr differ)" in err and err.count("\n") == 1
+    code, _, err = run(["experiment", write(tmp_path, one_run.replace("steps=3", "steps=4"), "c.yaml"),
+                        "--out", out, "--no-progress"], capsys)
+    assert code == 2 and "evaluated with other settings" in err
+    assert (out / "runs/fashion-mnist/pgd-at/seed0/model.safetensors").read_bytes() == weights
+
+
+def test_killed_experiment_resumes_half_trained_run(synthetic_env, tmp_path):
+    """SIGKILL during the second epoch of the first run; the rerun resumes it and finishes the grid."""
+    text = TINY.replace("epochs: 1", "epochs: 3").replace("train_subset: 300", "train_subset: 500")
+    path = write(tmp_path, text.split("ablation:")[0])
+    out = tmp_path / "exp"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    cmd = [sys.executable, "-m", "classrobust", "experiment", str(path), "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    stage = out / "runs/fashion-mnist/pgd-at/.seed0.partial/train_state.pt"
+    deadline = time.time() + 120
+    while not stage.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert stage.exists(), "the first epoch did not finish in time"
+    done = subprocess.run([*cmd, "--check"], env=env, capture_output=True, text=True)
+    assert "fashion-mnist/pgd-at/seed0" in done.stdout and "[resume]" in done.stdout, done.stdout
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert "fashion-mnist/pgd-at/seed0: resuming training" in again.stdout
+    assert "resuming" in again.stdout and "after epoch" in again.stdout
+    log = pd.read_csv(out / "runs/fashion-mnist/pgd-at/seed0/train_log.csv")
+    assert sorted(log["epoch"].unique()) == [1, 2, 3]
+    assert (out / "report" / "report.html").is_file()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("datasets: {fashion-mnist: {}}\nmethods: {pgd-at: {}}\n", "eval.attacks is required"),
+    ("datasets: {cifar: {}}\nmethods: {pgd-at: {}}\neval: {attacks: pgd}\n", "unknown dataset 'cifar'"),
+    ("datasets: {fashion-mnist: {}}\nmethods: {pgd-att: {}}\neval: {attacks: pgd}\n", "unknown training method"),
+    ("datasets: {fashion-mnist: {}}\nmethods: {pgd-at: {}}\neval: {attacks: 'pgd:stepz=3'}\n",
+     "takes no parameter(s) stepz"),
+    ("datasets: {fashion-mnist: {}}\nmethods: {pgd-at: {epoch: 3}}\neval: {attacks: pgd}\n",
+     "methods.pgd-at: unknown key(s) epoch"),
+    ("datasets: {fashion-mnist: {model: smallcnn, model_kwargs: {width: 3}}}\nmethods: [pgd-at]\n"
+     "eval: {attacks: pgd}\n", "takes no parameter(s) width"),
+    ("datasets: [fashion-mnist]\nmethods: [pgd-at]\ntrain: {lr: -1}\neval: {attacks: pgd}\n",
+     "learning rate must be > 0"),
+    ("datasets: [fashion-mnist]\nmethods: [pgd-at]\neval: {attacks: pgd}\n"
+     "ablation: {remove_confused_class: {method: trades}}\n", "is not one of the methods"),
+    ("datasets: [fashion-mnist]\nmethods: [pgd-at]\neval: {attacks: pgd}\nseed: 3\n", "unknown key(s) seed"),
+    ("datasets: [fashion-mnist\n", "not valid YAML"),
+    ("- a\n- b\n", "an experiment file is a mapping"),
+])
+def test_bad_experiment_files_are_refused_in_one_line(text, message, tmp_path, capsys):
+    code, _, err = run(["experiment", write(tmp_path, text), "--check"], capsys)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_missing_experiment_file(tmp_path, capsys):
+    code, _, err = run(["experiment", tmp_path / "nope.yaml"], capsys)
+    assert code == 2 and "does not exist" in err
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "experiments").rglob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_experiment_files_validate_without_data(path, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CLASSROBUST_DATA_DIR", str(tmp_path / "no-data"))
+    monkeypatch.setenv("CLASSROBUST_SYSTEM_DATA", str(tmp_path / "no-system-data"))
+    code, out, err = run(["experiment", path, "--check", "--out", tmp_path / "out"], capsys)
+    assert code == 0, err
+    spec = load_spec(path)
+    assert f"{len(spec.runs)} runs" in out and len(spec.runs) >= 1
+
+
+def test_precedence_of_training_settings(tmp_path):
+    spec = load_spec(write(tmp_path, """
+train: {epochs: 5, lr: 0.1}
+datasets:
+  fashion-mnist: {eps: 0.2, train: {epochs: 7}}
+  digits: {name: mnist}
+methods:
+  pgd-at: {}
+  trades-b1: {method: trades, beta: 1.0, epochs: 9}
+seeds: [1, 2]
+eval: {attacks: pgd}
+"""))
+    assert len(spec.runs) == 8
+    r = spec.run("fashion-mnist", "pgd-at", 1)
+    assert (r.config.epochs, r.config.lr, r.config.eps, r.config.seed) == (7, 0.1, 0.2, 1)
+    r = spec.run("fashion-mnist", "trades-b1", 2)
+    assert (r.config.method, r.config.beta, r.config.epochs) == ("trades", 1.0, 9)
+    r = spec.run("digits", "pgd-at", 1)
+    assert (r.config.dataset, r.config.eps, r.key) == ("mnist", None, "digits/pgd-at/seed1")
+    with pytest.raises(UsageError, match="seeds are listed twice"):
+        load_spec(write(tmp_path, "datasets: [mnist]\nmethods: [pgd-at]\nseeds: [1, 1]\neval: {attacks: pgd}\n"))
