@@ -93,6 +93,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
         model = create_model(meta["model"], meta["dataset"], **meta.get("model_kwargs", {}))
     except ClassrobustError as exc:
         raise CheckpointError(f"{meta_path}: {exc}") from None
+    if meta.get("calibration") is not None:  # per-class logit offsets / temperatures, inside the model
+        from classrobust.models.adjust import ClassLogitAdjust
+
+        model = ClassLogitAdjust(model, len(meta["classes"]))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

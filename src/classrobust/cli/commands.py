@@ -219,6 +219,51 @@ def run_eval(args):
     return result
 
 
+# -- calibrate ------------------------------------------------------------------
+def run_calibrate(args):
+    from classrobust.checkpoint import load_checkpoint, save_checkpoint
+    from classrobust.training.calibrate import calibrate, validation_split
+
+    src, out = Path(args.checkpoint), Path(args.out)
+    if out.suffix != ".safetensors":
+        out = out.with_suffix(".safetensors")
+    if out.resolve() == src.with_suffix(".safetensors").resolve():
+        raise UsageError("--out is the input checkpoint; calibration writes a new checkpoint")
+    if out.exists() or out.with_suffix(".json").exists():
+        raise UsageError(f"{out} already exists; choose another --out (nothing is overwritten)")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise UsageError(f"{out.parent} is not a directory")
+    device = resolve_device(args.device)
+    model, meta = load_checkpoint(src, map_location=device)
+    if meta.get("calibration") is not None:
+        raise UsageError(f"{src} is already calibrated; calibrate the original checkpoint")
+    eps = args.eps if args.eps is not None else meta.get("eps")
+    val = validation_split(meta, args.val_size, data_dir=args.data_dir)
+    print(f"calibrating {src} on {len(val)} validation images (PGD-{args.steps}, eps {eps:g}); "
+          f"allowed average loss {args.max_avg_drop:g} points")
+    adjusted, fit = calibrate(model, val, eps=eps, steps=args.steps, seed=args.seed, precision=args.precision,
+                              max_avg_drop=args.max_avg_drop / 100, fit_temperature=args.temperature,
+                              rounds=args.rounds, device=device)
+    settings = {"source": str(src), "source_sha256": meta["sha256"], "val_size": len(val), "eps": eps,
+                "attack": {"name": "pgd", "steps": args.steps, "seed": args.seed, "precision": args.precision},
+                "max_avg_drop": args.max_avg_drop / 100, "temperature": args.temperature}
+    new_meta = {k: v for k, v in meta.items() if k not in ("format", "classrobust_version", "torch_version",
+                                                           "sha256")}
+    new_meta["calibration"] = fit.to_meta(settings)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out, adjusted.cpu(), new_meta)
+    b, a = fit.before, fit.after
+    print(f"{'class':<14}{'offset':>8}{'temp':>7}{'before':>9}{'after':>9}")
+    for name, off, t, rb, ra in zip(meta["classes"], fit.offsets, fit.temperatures, b["robust_per_class"],
+                                    a["robust_per_class"]):
+        print(f"{str(name)[:13]:<14}{off:>8.2f}{t:>7.2f}{100 * rb:>8.1f}%{100 * ra:>8.1f}%")
+    print(f"{'all':<14}{'':>15}{100 * b['robust_accuracy']:>8.1f}%{100 * a['robust_accuracy']:>8.1f}%")
+    print(f"validation worst class: {b['worst_class']} {100 * b['worst_robust_accuracy']:.1f}% -> "
+          f"{a['worst_class']} {100 * a['worst_robust_accuracy']:.1f}% (PGD-{args.steps}, measured end to end)")
+    print(f"calibrated checkpoint: {out}")
+    return out, fit
+
+
 # -- compare --------------------------------------------------------------------
 def run_compare(args):
     from classrobust.report.compare import write_comparison

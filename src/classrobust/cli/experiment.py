@@ -71,7 +71,9 @@ def _train(spec, run, *, device, data_dir, download, progress, log) -> None:
 
     # precision stays the file's (default bf16) on every machine, so that runs stay comparable
     config = replace(run.config, device=str(resolve_device(device)))
-    train(config, run_dir(spec, run), data_dir=data_dir, download=download, progress=progress, resume=True,
+    directory = run_dir(spec, run)
+    resume = run_state(spec, run) == "resume"
+    train(config, directory, data_dir=data_dir, download=download, progress=progress, resume=resume,
           log=lambda m: log(f"  {m}"))
 
 
@@ -165,12 +167,17 @@ def check_experiment(spec: ExperimentSpec) -> list[str]:
              f"attacks: {spec.eval['attacks']} (limit {spec.eval['limit'] or 'all'} test images)"]
     for run in spec.runs:
         c = run.config
+        eps = c.eps
+        if eps is None and not c.dataset.startswith("folder:"):
+            from classrobust.data import get_dataset_info
+
+            eps = get_dataset_info(c.dataset).threat_model.eps
         try:
             state = run_state(spec, run)
         except UsageError as exc:
             state = f"conflict: {exc}"
         lines.append(f"  {run.key}: {c.model} {c.method} {c.epochs} epochs, eps "
-                     f"{'dataset default' if c.eps is None else f'{c.eps:g}'} [{state}]")
+                     f"{'the dataset default' if eps is None else f'{eps:.4g}'} [{state}]")
     if spec.ablation:
         lines.append(f"  ablation: retrain {spec.ablation.method} without the class that absorbs most of the "
                      f"weakest class's {spec.ablation.attack} examples (seeds {list(spec.ablation.seeds)})")

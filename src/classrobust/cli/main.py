@@ -145,6 +145,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (Holm-adjusted)")
     p.set_defaults(func=cmd_compare)
 
+    p = sub.add_parser("calibrate", help="fit per-class logit offsets on the validation split to raise the "
+                                         "worst class's robust accuracy; writes a new checkpoint")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a classrobust checkpoint (never modified)")
+    p.add_argument("--out", type=Path, required=True, help="the new checkpoint (.safetensors; must not exist)")
+    p.add_argument("--max-avg-drop", type=_non_negative_float, default=1.0,
+                   help="largest allowed loss of average validation robust accuracy, in points (default 1)")
+    p.add_argument("--temperature", action="store_true", help="also fit a per-class temperature")
+    p.add_argument("--val-size", type=_positive_int, default=2000, help="validation images used for the fit")
+    p.add_argument("--steps", type=_positive_int, default=10, help="PGD steps of the fit's attack")
+    p.add_argument("--rounds", type=_positive_int, default=3, help="attack-and-refit rounds")
+    p.add_argument("--eps", type=_non_negative_float, default=None, help="default: the checkpoint's eps")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--seed", type=int, default=0, help="attack seed")
+    _common_data(p)
+    p.set_defaults(func=cmd_calibrate)
+
     p = sub.add_parser("experiment", help="run a grid of datasets x methods x seeds from a YAML file, "
                                           "with one combined report")
     p.add_argument("file", type=Path, help="experiment file (see experiments/)")
@@ -232,6 +248,13 @@ def cmd_compare(args) -> int:
     from classrobust.cli.commands import run_compare
 
     run_compare(args)
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from classrobust.cli.commands import run_calibrate
+
+    run_calibrate(args)
     return 0
 
 

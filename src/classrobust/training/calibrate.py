@@ -1,0 +1,177 @@
+"""Inference-phase defense: per-class logit offsets (and optionally temperatures) fitted on the
+validation split to raise the worst class's robust accuracy, stored inside the model.
+
+The fit alternates two steps for a few rounds:
+  1. attack the current calibrated model (PGD on the validation split, the adjustment inside the
+     model, so the attack sees it) and keep the raw logits of the clean and adversarial inputs;
+  2. on those fixed logits, raise the current worst class's offset (or lower its temperature) in
+     small steps while the estimated average robust accuracy stays within the allowed loss.
+Every round's candidate is then attacked end to end again; only a candidate whose *measured*
+average robust accuracy is within the budget and whose measured worst class improves is kept.
+The numbers reported (and stored in the checkpoint) are those end-to-end measurements.
+
+The test split is never read: the validation split is the held-out part of the training split
+that the checkpoint's training run carved out (same fraction, same seed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from classrobust.attacks.pgd import PGD
+from classrobust.errors import UsageError
+from classrobust.evaluate.sharded import evaluate_dataset
+from classrobust.models.adjust import ClassLogitAdjust
+
+ATTACK = "pgd"
+
+
+@dataclass
+class Calibration:
+    """The fitted adjustment and its end-to-end validation measurements."""
+
+    offsets: list[float]
+    temperatures: list[float]
+    before: dict[str, Any]
+    after: dict[str, Any]
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_meta(self, settings: dict[str, Any]) -> dict[str, Any]:
+        return {"offsets": self.offsets, "temperatures": self.temperatures, "fitted_on": "validation",
+                **settings, "before": self.before, "after": self.after, "rounds": self.rounds}
+
+
+def _summary(result) -> dict[str, Any]:
+    r = result.attacks[ATTACK]
+    clean = result.attacks["clean"]
+    return {"robust_accuracy": r.accuracy, "robust_per_class": r.accuracy_per_class.tolist(),
+            "worst_class": result.classes[r.worst_class], "worst_robust_accuracy": float(np.nanmin(r.accuracy_per_class)),
+            "clean_accuracy": clean.accuracy, "clean_per_class": clean.accuracy_per_class.tolist()}
+
+
+def _accuracies(clean: np.ndarray, adv: np.ndarray, y: np.ndarray, offsets: np.ndarray, temps: np.ndarray,
+                k: int) -> tuple[np.ndarray, float]:
+    """Per-class and overall robust accuracy (clean and adversarial both right) under an adjustment."""
+    ok = ((clean / temps + offsets).argmax(1) == y) & ((adv / temps + offsets).argmax(1) == y)
+    n = np.bincount(y, minlength=k)
+    per = np.bincount(y, weights=ok, minlength=k) / np.maximum(n, 1)
+    per[n == 0] = np.inf  # classes without validation points never count as the worst
+    return per, float(ok.mean())
+
+
+def search_adjustment(clean: np.ndarray, adv: np.ndarray, y: np.ndarray, k: int, floor: float,
+                      offsets: np.ndarray, temps: np.ndarray, *, fit_temperature: bool = False,
+                      step: float = 0.05, temp_factor: float = 1.05, max_iter: int = 600
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy coordinate ascent on the worst class: the adjustment with the highest worst-class
+    accuracy whose overall accuracy stays >= ``floor``, on fixed logits (N, K) of clean and
+    adversarial inputs. Returns (offsets, temperatures)."""
+    offsets, temps = offsets.astype(float).copy(), temps.astype(float).copy()
+    per, avg = _accuracies(clean, adv, y, offsets, temps, k)
+    best = (per.min(), avg, offsets.copy(), temps.copy())
+    for _ in range(max_iter):
+        w = int(per.argmin())
+        candidates = [(offsets + step * np.eye(k)[w], temps)]
+        if fit_temperature:
+            t = temps.copy()
+            t[w] /= temp_factor
+            candidates.append((offsets, t))
+        scored = []
+        for b, t in candidates:
+            p, a = _accuracies(clean, adv, y, b, t, k)
+            if a >= floor:
+                scored.append((p[w], a, b, t, p))
+        if not scored:
+            break
+        _, avg, offsets, temps, per = max(scored, key=lambda s: (s[0], s[1]))
+        if (per.min(), avg) > best[:2]:
+            best = (per.min(), avg, offsets.copy(), temps.copy())
+    return best[2], best[3]
+
+
+def _logits(model: ClassLogitAdjust, dataset, attack: PGD, batch_size: int, device) -> tuple[np.ndarray, ...]:
+    """Raw (pre-adjustment) logits of clean and adversarial validation inputs, and labels."""
+    from classrobust.data import make_loader
+
+    clean, adv, labels = [], [], []
+    for x, y in make_loader(dataset, batch_size):
+        x, y = x.to(device), y.to(device)
+        x_adv = attack(x, y)
+        with torch.no_grad():
+            clean.append(model.model(x).float().cpu())
+            adv.append(model.model(x_adv).float().cpu())
+        labels.append(y.cpu())
+    return torch.cat(clean).numpy(), torch.cat(adv).numpy(), torch.cat(labels).numpy()
+
+
+def calibrate(model: nn.Module, val_set, *, eps: float, steps: int = 10, seed: int = 0, precision: str = "fp32",
+              max_avg_drop: float = 0.01, fit_temperature: bool = False, rounds: int = 3, batch_size: int = 500,
+              device=None, log: Callable[[str], None] = print) -> tuple[ClassLogitAdjust, Calibration]:
+    """Fit per-class offsets (and temperatures) on ``val_set`` (a validation split, never test).
+
+    Args:
+        model: the classifier, ``(N, C, H, W) in [0, 1] -> (N, K)``.
+        val_set: validation images and labels.
+        eps: the L-inf budget the fit defends against (PGD with ``steps`` steps, seeded).
+        max_avg_drop: the largest allowed loss of average robust accuracy (0.01 = 1 point).
+    Returns ``(adjusted model, Calibration)``; the adjusted model wraps ``model``.
+    """
+    if not 0 <= max_avg_drop < 1:
+        raise UsageError(f"max average drop must be in [0, 1), got {max_avg_drop}")
+    if rounds < 1:
+        raise UsageError(f"rounds must be >= 1, got {rounds}")
+    k = len(val_set.classes)
+    adjusted = ClassLogitAdjust(model, k).to(device).eval()
+
+    def attack_for(m):
+        return PGD(m, eps=eps, steps=steps, seed=seed, precision=precision, mode="best")
+
+    def measure():
+        return _summary(evaluate_dataset(adjusted, val_set, {ATTACK: attack_for(adjusted)}, batch_size=batch_size,
+                                         device=device, progress=False))
+
+    before = measure()
+    floor = before["robust_accuracy"] - max_avg_drop
+    best = (before, np.zeros(k), np.ones(k))
+    history = []
+    log(f"validation before: robust {before['robust_accuracy']:.1%}, worst class {before['worst_class']} "
+        f"{before['worst_robust_accuracy']:.1%}")
+    for r in range(1, rounds + 1):
+        clean, adv, y = _logits(adjusted, val_set, attack_for(adjusted), batch_size, device)
+        # aim a quarter of the budget above the floor: the re-attack usually costs a little
+        offsets, temps = search_adjustment(clean, adv, y, k, floor + max_avg_drop / 4, best[1], best[2],
+                                           fit_temperature=fit_temperature)
+        adjusted.set(offsets, temps)
+        measured = measure()
+        accepted = (measured["robust_accuracy"] >= floor
+                    and measured["worst_robust_accuracy"] > best[0]["worst_robust_accuracy"])
+        history.append({"round": r, "robust_accuracy": measured["robust_accuracy"],
+                        "worst_robust_accuracy": measured["worst_robust_accuracy"], "accepted": accepted})
+        log(f"round {r}: robust {measured['robust_accuracy']:.1%}, worst class {measured['worst_class']} "
+            f"{measured['worst_robust_accuracy']:.1%} ({'kept' if accepted else 'rejected'})")
+        if not accepted:
+            break
+        best = (measured, offsets, temps)
+    adjusted.set(best[1], best[2])
+    calibration = Calibration(offsets=[float(v) for v in best[1]], temperatures=[float(v) for v in best[2]],
+                              before=before, after=best[0], rounds=history)
+    return adjusted, calibration
+
+
+def validation_split(meta: dict[str, Any], size: int, data_dir=None):
+    """The validation images of a classrobust checkpoint: the held-out part of the training split its
+    run carved out (its fraction and seed), as a stratified subset of ``size``. Never the test split."""
+    from classrobust.data import get_dataset, stratified_subset, train_val_split
+
+    config = meta.get("config")
+    if not config:
+        raise UsageError("calibration needs a checkpoint trained by classrobust (its config names the "
+                         "validation split); this one has no training config")
+    full = get_dataset(meta["dataset"], "train", root=data_dir)
+    _, val = train_val_split(full, config.get("val_fraction", 0.1), seed=config.get("seed", 0))
+    return stratified_subset(val, size, seed=config.get("seed", 0))
