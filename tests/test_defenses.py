@@ -87,3 +87,125 @@ def test_calibrate_refuses_to_overwrite(trained_run, tmp_path, capsys):
     code, _, err = run(["calibrate", "--checkpoint", src, "--out", tmp_path / "exists.safetensors"], capsys)
     assert code == 2 and "already exists" in err
     assert (tmp_path / "exists.safetensors").read_bytes() == b"keep me"
+
+
+# -- training-phase levers ---------------------------------------------------------
+def test_reweight_raises_the_weak_classes():
+    from classrobust.training.classwise import Reweight
+
+    lever = Reweight(3, strength=2.0, smoothing=0.5)
+    lever.end_epoch(epoch=1, train_robust=np.full(3, 0.5), val_clean=np.ones(3), val_robust=np.array([0.2, 0.8, 0.5]),
+                    model=None)
+    w = lever.weights
+    assert w[0] > w[2] > w[1] and w.mean() == pytest.approx(1.0)
+    first = w.copy()
+    lever.end_epoch(epoch=2, train_robust=np.full(3, 0.5), val_clean=np.ones(3),
+                    val_robust=np.array([0.2, 0.8, 0.5]), model=None)
+    assert lever.weights[0] > first[0]  # smoothing: the same gap pushes further, gradually
+    full = Reweight(3, strength=2.0, smoothing=0.0)
+    full.end_epoch(epoch=1, train_robust=None, val_clean=None, val_robust=np.array([0.2, 0.8, np.nan]), model=None)
+    assert np.isfinite(full.weights).all()  # a class without validation samples (dropped) gets the mean
+
+
+def test_class_eps_follows_training_robust_accuracy():
+    from classrobust.training.classwise import ClassEps
+
+    lever = ClassEps(3, lam=0.5, beta_lam=0.3)
+    assert np.all(lever.eps_scale == 1)  # before any epoch: the nominal budget
+    lever.end_epoch(epoch=1, train_robust=np.array([0.1, 0.9, 0.5]), val_clean=None, val_robust=None, model=None)
+    assert lever.eps_scale == pytest.approx([0.6, 1.4, 1.0])
+    assert lever.reg_weights == pytest.approx([0.4, 1.2, 0.8])
+
+
+def test_frl_penalises_violating_classes():
+    from classrobust.training.classwise import FRL
+
+    lever = FRL(3, tau=0.0, weight_step=1.0, eps_step=0.5)
+    # class 0: high natural error; class 2: large boundary error (clean right, attacked wrong)
+    lever.end_epoch(epoch=1, train_robust=None, val_clean=np.array([0.5, 0.9, 0.9]),
+                    val_robust=np.array([0.4, 0.8, 0.3]), model=None)
+    assert lever.lam_nat[0] > 0 and lever.lam_nat[1] == 0 and lever.lam_nat[2] == 0
+    assert lever.lam_bndy[2] > 0 and lever.lam_bndy[0] == 0
+    assert lever.eps_scale[2] > 1 > lever.eps_scale[0]
+    assert lever.weights.mean() == pytest.approx(1.0) and lever.weights[1] == lever.weights.min()
+
+
+def test_fawa_admits_only_good_epochs():
+    from classrobust.training.classwise import FAWA
+
+    model = torch.nn.Linear(2, 2, bias=False)
+    lever = FAWA(2, decay=0.5, threshold=0.3, start_epoch=1)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    lever.after_step(model)  # EMA starts from the current weights
+    lever.end_epoch(epoch=1, val_robust=np.array([0.5, 0.4]))  # admitted
+    assert lever.admitted == [1] and torch.equal(lever.final_state_dict()["weight"], torch.ones(2, 2))
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    lever.after_step(model)
+    assert torch.equal(lever.candidate["weight"], torch.full((2, 2), 2.0))  # 0.5 * 1 + 0.5 * 3
+    lever.end_epoch(epoch=2, val_robust=np.array([0.1, 0.9]))  # worst class below the threshold: discarded
+    assert lever.admitted == [1] and torch.equal(lever.final_state_dict()["weight"], torch.ones(2, 2))
+
+
+def test_weighted_pgd_at_and_trades_losses():
+    from classrobust.training.methods.base import weighted_mean
+    from classrobust.training.methods.trades import kl_per_sample, trades_loss
+
+    per = torch.tensor([1.0, 2.0, 3.0])
+    assert float(weighted_mean(per, {"weights": torch.tensor([2.0, 0.0, 1.0])}, "weights")) == pytest.approx(5 / 3)
+    assert float(weighted_mean(per, None, "weights")) == pytest.approx(2.0)
+    clean, adv, y = torch.randn(4, 3), torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    terms = {"weights": torch.ones(4), "reg_weights": torch.tensor([0.0, 0.0, 0.0, 4.0])}
+    log_c, log_a = torch.log_softmax(clean, 1), torch.log_softmax(adv, 1)
+    expected = torch.nn.functional.nll_loss(log_c, y) + 6.0 * (4.0 * kl_per_sample(log_c, log_a)[3]) / 4
+    assert float(trades_loss(clean, adv, y, 6.0, terms)) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_per_sample_eps_equals_separate_attacks(tiny_model):
+    from classrobust.attacks.pgd import PGD
+
+    x = torch.rand(5, 1, 8, 8)
+    y = torch.tensor([0, 1, 2, 3, 0])
+    eps = torch.tensor([0.0, 0.01, 0.03, 0.05, 0.1])
+    together = PGD(tiny_model, eps=eps, steps=4, mode="last")(x, y)
+    assert torch.allclose((together - x).abs().flatten(1).amax(1), eps, atol=1e-6)
+    for i in range(5):
+        alone = PGD(tiny_model, eps=float(eps[i]), steps=4, mode="last")(x[i:i + 1], y[i:i + 1])
+        assert torch.allclose(alone, together[i:i + 1], atol=1e-6)
+    with pytest.raises(Exception, match="mode='last'"):
+        PGD(tiny_model, eps=eps, steps=4, mode="best")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--classwise", "reweight,frl"], "reweight and frl cannot be combined"),
+    (["--classwise", "class-eps,frl"], "class-eps and frl cannot be combined"),
+    (["--classwise", "fawa", "--select", "avg"], "use it with --select last"),
+    (["--classwise", "reweight", "--method", "mart"], "combine with pgd-at or trades, not 'mart'"),
+    (["--classwise", "reweight:strenght=2"], "has no parameter 'strenght'"),
+    (["--classwise", "rewieght"], "unknown class-wise lever 'rewieght'"),
+])
+def test_meaningless_lever_combinations_are_refused(argv, message, synthetic_env, tmp_path, capsys):
+    code, _, err = run([*TRAIN, *argv, "--out", tmp_path / "run"], capsys)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_levers_change_their_terms_through_the_loop(synthetic_env, tmp_path, capsys):
+    import pandas as pd
+
+    out = tmp_path / "run"
+    code, _, err = run([*TRAIN, "--epochs", "3", "--classwise", "reweight:strength=3,class-eps,fawa:start_epoch=1",
+                        "--out", out], capsys)
+    assert code == 0, err
+    log = pd.read_csv(out / "train_log.csv")
+    log = log[log.class_index >= 0]
+    first = log[log.epoch == 1]
+    assert (first["weights"] == 1).all() and (first["eps_scale"] == 1).all()  # nothing known before epoch 1
+    later = log[log.epoch == 3]
+    assert later["weights"].std() > 0 and later["eps_scale"].std() > 0
+    # epoch 3's weights follow epoch 2's validation accuracy: the weakest class weighs most
+    e2 = log[log.epoch == 2].set_index("class_index")["val_pgd_accuracy"]
+    assert later.set_index("class_index")["weights"].idxmax() in set(e2[e2 == e2.min()].index)
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["classwise"]["spec"].startswith("reweight") and meta["classwise"]["fawa_admitted_epochs"]

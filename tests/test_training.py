@@ -118,10 +118,13 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "model.safetensors"))
 
 
-def test_kill_and_resume_gives_the_same_weights(synthetic_env, tmp_path):
+@pytest.mark.parametrize("classwise", ["", "reweight,class-eps,fawa:start_epoch=1"])
+def test_kill_and_resume_gives_the_same_weights(classwise, synthetic_env, tmp_path):
+    """Also with the class-wise levers, whose per-class state must survive the kill."""
     env = {**os.environ, "CLASSROBUST_SYSTEM_DATA": str(synthetic_env), "PYTHONUNBUFFERED": "1"}
     args = ["train", "--train-subset", "400", "--epochs", "8", "--batch-size", "40", "--attack-steps", "4",
-            "--val-size", "60", "--precision", "fp32", "--lr", "0.02", "--no-progress", "--seed", "3"]
+            "--val-size", "60", "--precision", "fp32", "--lr", "0.02", "--no-progress", "--seed", "3",
+            "--classwise", classwise]
     killed, ref = tmp_path / "killed", tmp_path / "ref"
     state = tmp_path / ".killed.partial" / "train_state.pt"
     proc = subprocess.Popen(_cli([*args, "--out", killed], env), env=env, stdout=subprocess.PIPE,

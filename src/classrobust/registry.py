@@ -86,3 +86,45 @@ class Registry(Generic[T]):
         merged = {**entry.defaults, **kwargs}
         self.check_kwargs(name, merged)
         return entry.builder(*args, **merged)
+
+
+def _convert(value: str) -> Any:
+    low = value.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def parse_specs(text: str, registry: Registry) -> list[tuple[str, dict[str, Any]]]:
+    """Parse ``"a,b:k=1,j=2,c"`` into ``[(name, params)]`` with names checked against ``registry``.
+
+    Commas separate entries; a ``key=value`` item belongs to the entry before it.
+    """
+    specs: list[tuple[str, dict[str, Any]]] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if "=" in item and ":" not in item:
+            if not specs:
+                raise UsageError(f"{registry.kind} parameter {item!r} comes before any {registry.kind} name")
+            key, _, value = item.partition("=")
+            specs[-1][1][key.strip()] = _convert(value.strip())
+            continue
+        name, _, first = item.partition(":")
+        name = name.strip()
+        registry.get(name)  # unknown names fail here, listing the valid ones
+        params: dict[str, Any] = {}
+        if first:
+            if "=" not in first:
+                raise UsageError(f"{registry.kind} parameter {first!r} must look like key=value")
+            key, _, value = first.partition("=")
+            params[key.strip()] = _convert(value.strip())
+        if name in (s[0] for s in specs):
+            raise UsageError(f"{registry.kind} {name!r} is listed twice")
+        specs.append((name, params))
+    return specs

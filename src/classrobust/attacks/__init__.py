@@ -18,7 +18,7 @@ from classrobust.attacks.pgd import CW, FGSM, PGD
 from classrobust.attacks.square import Square
 from classrobust.attacks.temperature_pgd import DEFAULT_TEMPERATURE, TemperaturePGD
 from classrobust.errors import UsageError
-from classrobust.registry import Registry
+from classrobust.registry import Registry, parse_specs
 
 ATTACKS: Registry[Attack] = Registry("attack")
 
@@ -46,45 +46,12 @@ def create_attack(name: str, model: nn.Module, **kwargs: Any) -> Attack:
     return attack
 
 
-def _convert(value: str) -> Any:
-    low = value.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            pass
-    return value
-
-
 def parse_attack_specs(text: str) -> list[tuple[str, dict[str, Any]]]:
     """Parse ``"fgsm,pgd:steps=50,alpha=0.005,temp-pgd"`` into ``[(name, overrides)]``.
 
     Commas separate attacks; a ``key=value`` item belongs to the attack before it.
     """
-    specs: list[tuple[str, dict[str, Any]]] = []
-    for item in (part.strip() for part in text.split(",")):
-        if not item:
-            continue
-        if "=" in item and ":" not in item:
-            if not specs:
-                raise UsageError(f"attack parameter {item!r} comes before any attack name")
-            key, _, value = item.partition("=")
-            specs[-1][1][key.strip()] = _convert(value.strip())
-            continue
-        name, _, first = item.partition(":")
-        name = name.strip()
-        ATTACKS.get(name)  # unknown names fail here, listing the valid ones
-        params: dict[str, Any] = {}
-        if first:
-            if "=" not in first:
-                raise UsageError(f"attack parameter {first!r} must look like key=value")
-            key, _, value = first.partition("=")
-            params[key.strip()] = _convert(value.strip())
-        if name in (s[0] for s in specs):
-            raise UsageError(f"attack {name!r} is listed twice")
-        specs.append((name, params))
+    specs = parse_specs(text, ATTACKS)
     if not specs:
         raise UsageError("no attack given")
     if "clean" in (s[0] for s in specs):

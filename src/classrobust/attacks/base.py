@@ -73,7 +73,8 @@ class Attack:
 
     Args:
         model: maps images (N, C, H, W) in [0, 1] to logits (N, K).
-        eps: radius of the threat model, in pixel units of [0, 1] images; >= 0.
+        eps: radius of the threat model, in pixel units of [0, 1] images; >= 0. A tensor (N,)
+            gives each sample of the (single) batch its own radius (``mode="last"`` only).
         norm: ``"linf"`` or ``"l2"``.
         seed: fixes random starts (per sample, see :mod:`classrobust.attacks.noise`).
         precision: ``"fp32"`` or ``"bf16"`` (autocast for the model's forward/backward).
@@ -90,6 +91,16 @@ class Attack:
                  precision: str = "fp32", mode: str = "best"):
         if not isinstance(model, nn.Module):
             raise UsageError("attack needs an nn.Module model")
+        radius: float | torch.Tensor = eps
+        self.eps_per_sample: torch.Tensor | None = None
+        if isinstance(eps, torch.Tensor):  # one radius per sample (class-wise training budgets)
+            if mode != "last":
+                raise UsageError("a per-sample eps needs mode='last' (the training-time attack)")
+            self.eps_per_sample = eps.detach().float().flatten()
+            radius = self.eps_per_sample.view(-1, 1, 1, 1)
+            eps = float(self.eps_per_sample.max()) if len(self.eps_per_sample) else 0.0
+            if not bool((self.eps_per_sample >= 0).all()):
+                raise UsageError("per-sample eps must be >= 0")
         if eps is None or not eps >= 0:
             raise UsageError(f"eps must be >= 0, got {eps}")
         if norm == "linf" and eps > 1:
@@ -99,9 +110,9 @@ class Attack:
         if mode not in MODES:
             raise UsageError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.model = model
-        self.eps = float(eps)
+        self.eps = float(eps)  # the largest radius when eps is per sample
         self.norm = norm
-        self.threat = make_threat_model(norm, self.eps)
+        self.threat = make_threat_model(norm, self.eps if self.eps_per_sample is None else radius)
         self.seed = int(seed)
         self.precision = precision
         self.mode = mode
@@ -110,6 +121,8 @@ class Attack:
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Attack a batch. x: (N, C, H, W) in [0, 1]; y: (N,) int64 -> x_adv like x."""
         self._check_inputs(x, y)
+        if self.eps_per_sample is not None and len(self.eps_per_sample) != len(x):
+            raise UsageError(f"per-sample eps has {len(self.eps_per_sample)} entries for a batch of {len(x)}")
         x = x.detach().clone()
         y = y.detach().clone()
         if x.shape[0] == 0:

@@ -40,8 +40,13 @@ class PGD(Attack):
                  mode: str = "best"):
         super().__init__(model, eps=eps, norm=norm, seed=seed, precision=precision, mode=mode)
         self.steps = check_steps(steps)
-        self.alpha = float(alpha) if alpha is not None else 2.5 * self.eps / self.steps
-        if not self.alpha >= 0:
+        if isinstance(alpha, torch.Tensor):  # per-sample steps go with per-sample radii
+            self.alpha = alpha.detach().float().view(-1, 1, 1, 1)
+        elif alpha is None and self.eps_per_sample is not None:
+            self.alpha = 2.5 * self.eps_per_sample.view(-1, 1, 1, 1) / self.steps
+        else:
+            self.alpha = float(alpha) if alpha is not None else 2.5 * self.eps / self.steps
+        if not bool((torch.as_tensor(self.alpha) >= 0).all()):
             raise UsageError(f"alpha must be >= 0, got {alpha}")
         self.random_start = bool(random_start)
         self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
@@ -73,7 +78,8 @@ class PGD(Attack):
         return out
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "alpha": self.alpha, "steps": self.steps,
+        alpha = float(self.alpha.max()) if isinstance(self.alpha, torch.Tensor) else self.alpha
+        return {**super().config(), "alpha": alpha, "steps": self.steps,
                 "random_start": self.random_start, "loss": self.loss_name}
 
 

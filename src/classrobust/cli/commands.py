@@ -43,7 +43,8 @@ def run_train(args) -> Path:
     device = resolve_device(args.device)
     check_output_dir(args.out)
     config = TrainConfig(
-        dataset=args.dataset, model=args.model, method=args.method, eps=args.eps, alpha=args.alpha,
+        dataset=args.dataset, model=args.model, method=args.method, classwise=args.classwise,
+        eps=args.eps, alpha=args.alpha,
         attack_steps=args.attack_steps, eps_warmup_epochs=args.eps_warmup_epochs, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
         lr_warmup_epochs=args.lr_warmup_epochs, beta=args.beta, select=args.select, compile=args.compile,

@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validation images evaluated per epoch (from the held-out split)")
     p.add_argument("--train-subset", type=_positive_int, default=None,
                    help="train on a class-stratified subset of N images")
+    p.add_argument("--classwise", default="", metavar="LEVER[:k=v,...][,LEVER...]",
+                   help="class-wise levers with pgd-at or trades: reweight, class-eps, frl, fawa "
+                        "(e.g. 'reweight:strength=2,fawa'); see docs/defenses.md")
     p.add_argument("--drop-classes", default="", metavar="NAME[,NAME]",
                    help="leave these classes out of training and validation (the model keeps all outputs)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default=None,
@@ -213,8 +216,10 @@ def cmd_list(args) -> int:
     from classrobust.models import MODELS
     from classrobust.training import METHODS
 
+    from classrobust.training.classwise import LEVERS
+
     for title, registry in (("datasets", DATASETS), ("models", MODELS), ("attacks", ATTACKS),
-                            ("training methods", METHODS)):
+                            ("training methods", METHODS), ("class-wise levers (train --classwise)", LEVERS)):
         print(f"{title}:")
         for entry in registry:
             print(f"  {entry.name:<16}{entry.summary}")

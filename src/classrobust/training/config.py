@@ -27,6 +27,7 @@ class TrainConfig:
     model: str = "smallcnn"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     method: str = "pgd-at"
+    classwise: str = ""
     beta: float = 6.0
     eps: float | None = None
     alpha: float | None = None
@@ -74,6 +75,10 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+        if self.classwise:
+            from classrobust.training.classwise import check_levers
+
+            check_levers(self.classwise, self.method, self.select)
 
     def differences(self, other: dict[str, Any]) -> list[str]:
         """Keys whose values differ from ``other`` (a saved config), for a refused resume."""

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -23,6 +24,7 @@ from classrobust.evaluate import CLEAN
 from classrobust.evaluate.sharded import evaluate_dataset
 from classrobust.io import atomic_write_bytes, atomic_write_text, check_output_dir, replace_directory
 from classrobust.models import create_model
+from classrobust.training.classwise import ClasswiseTerms
 from classrobust.training.config import TrainConfig
 from classrobust.training.methods import METHODS
 from classrobust.training.schedules import lr_multiplier
@@ -62,15 +64,20 @@ def validate(model, val_set, config: TrainConfig, eps: float, classes: list[str]
                             progress=False)
 
 
-def log_rows(epoch: int, result, epoch_stats: dict[str, Any]) -> list[dict[str, Any]]:
-    """Long-format log rows: one per class plus one ``all`` row (class_index -1)."""
+def log_rows(epoch: int, result, epoch_stats: dict[str, Any],
+             per_class: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Long-format log rows: one per class plus one ``all`` row (class_index -1).
+
+    ``per_class`` adds columns of per-class values (K,) to the class rows (the levers' terms).
+    """
     clean = result.attacks[CLEAN]
     robust = result.attacks.get(VAL_ATTACK, clean)
     rows = []
     for k, name in enumerate(result.classes):
+        extra = {key: float(v[k]) for key, v in (per_class or {}).items()}
         rows.append({"epoch": epoch, **epoch_stats, "class_index": k, "class_name": name,
                      "n": int(clean.n_per_class[k]), "val_clean_accuracy": float(clean.accuracy_per_class[k]),
-                     "val_pgd_accuracy": float(robust.accuracy_per_class[k])})
+                     "val_pgd_accuracy": float(robust.accuracy_per_class[k]), **extra})
     rows.append({"epoch": epoch, **epoch_stats, "class_index": -1, "class_name": "all",
                  "n": int(len(result.labels)), "val_clean_accuracy": clean.accuracy,
                  "val_pgd_accuracy": robust.accuracy})
@@ -150,6 +157,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_dir: str | Path | No
     method_kwargs = {"beta": config.beta} if "beta" in METHODS.valid_kwargs(config.method) else {}
     method = method_entry.builder(attack_steps=config.attack_steps, alpha=config.alpha,
                                   precision=config.precision, **method_kwargs)
+    levers = ClasswiseTerms(config.classwise, len(classes), config.method, config.select)
     decay, no_decay = [], []
     for _, p in net.named_parameters():
         (no_decay if p.dim() <= 1 else decay).append(p)
@@ -174,6 +182,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_dir: str | Path | No
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         rows, step, start_epoch, best = state["rows"], state["step"], state["epoch"] + 1, state["best"]
+        levers.load_state(state.get("classwise", []))
         log(f"resuming {out_dir} after epoch {state['epoch']}")
     elif main:
         shutil.rmtree(stage, ignore_errors=True)
@@ -184,6 +193,9 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_dir: str | Path | No
         model.train()
         t0 = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
+        class_correct = torch.zeros(len(classes), dtype=torch.long)  # on the trained-on (adversarial) inputs
+        class_seen = torch.zeros(len(classes), dtype=torch.long)
+        terms_used = levers.per_class() if levers else None
         # the order depends on (seed, epoch) only, so a resumed epoch sees the same batches
         loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch,
                              drop_last=drop_last)
@@ -198,7 +210,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_dir: str | Path | No
             eps_now = eps * min(1.0, (step + 1) / eps_warmup_steps) if eps_warmup_steps > 0 else eps
             seed = config.seed * 1_000_003 + step * 7 + rank
             try:
-                loss, logits = method.loss(model, x, y, eps=eps_now, seed=seed)
+                extra = {"terms": levers.batch(y)} if levers else {}
+                loss, logits = method.loss(model, x, y, eps=eps_now, seed=seed, **extra)
                 if not torch.isfinite(loss):
                     raise NonFiniteError(f"loss is {float(loss.detach())}")
             except NonFiniteError as exc:
@@ -208,16 +221,31 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_dir: str | Path | No
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if levers:
+                levers.after_step(net)
             step += 1
             loss_sum += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
+            hit = logits.argmax(1) == y
+            correct += int(hit.sum())
             seen += len(y)
+            class_correct += torch.bincount(y[hit].cpu(), minlength=len(classes))
+            class_seen += torch.bincount(y.cpu(), minlength=len(classes))
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.3g}")
         train_seconds = time.perf_counter() - t0
         result = validate(net, val_set, config, eps, classes, device)
         stats = {"lr": lr, "eps": eps_now, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
                  "seconds": round(train_seconds, 2)}
-        epoch_rows = log_rows(epoch, result, stats)
+        epoch_rows = log_rows(epoch, result, stats, terms_used)
+        if levers:
+            if distributed:  # every process updates its levers from the global counts
+                counts = torch.stack([class_correct, class_seen]).to(device)
+                torch.distributed.all_reduce(counts)
+                class_correct, class_seen = counts.cpu()
+            with np.errstate(invalid="ignore", divide="ignore"):
+                train_robust = (class_correct / class_seen).numpy()
+            levers.end_epoch(epoch=epoch, train_robust=train_robust, model=net,
+                             val_clean=result.attacks[CLEAN].accuracy_per_class,
+                             val_robust=result.attacks.get(VAL_ATTACK, result.attacks[CLEAN]).accuracy_per_class)
         rows.extend(epoch_rows)
         score = selection_score(epoch_rows, config.select)
         if score > best["score"]:
@@ -228,7 +256,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_dir: str | Path | No
             pd.DataFrame(rows).to_csv(stage / "train_log.csv", index=False)
             _save_state(stage / STATE, {"config": config.to_dict(), "epoch": epoch, "step": step,
                                         "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                                        "rng": torch.get_rng_state(), "rows": rows, "best": best})
+                                        "rng": torch.get_rng_state(), "rows": rows, "best": best,
+                                        "classwise": levers.state()})
             clean, robust = epoch_rows[-1]["val_clean_accuracy"], epoch_rows[-1]["val_pgd_accuracy"]
             worst = min(r["val_pgd_accuracy"] for r in epoch_rows[:-1] if r["n"] > 0)
             log(f"epoch {epoch}/{config.epochs}: loss {loss_sum / seen:.3f}, val clean {clean:.1%}, "
@@ -239,6 +268,11 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_dir: str | Path | No
     selected = best["epoch"] if config.select != "last" else config.epochs
     net.eval()
     final = [r for r in rows if r["epoch"] == selected]
+    averaged = levers.final_state_dict() if levers else None
+    if averaged is not None:  # fawa: the run ends with the admitted weight average, validated again
+        current = net.state_dict()
+        net.load_state_dict({k: v.to(current[k].dtype) for k, v in averaged.items()})
+        final = log_rows(config.epochs, validate(net, val_set, config, eps, classes, device), {})
     if main:
         meta = {
             "model": config.model, "dataset": config.dataset, "classes": classes,
@@ -250,6 +284,12 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_dir: str | Path | No
                         "val_clean_accuracy_per_class": [r["val_clean_accuracy"] for r in final[:-1]]},
             "train_size": len(train_set), "val_size": len(val_set),
         }
+        if levers:
+            meta["classwise"] = {"spec": config.classwise, "final_terms": {k: v.tolist() for k, v in
+                                                                           levers.per_class().items()}}
+            if averaged is not None:
+                meta["classwise"]["fawa_admitted_epochs"] = next(
+                    lv.admitted for lv in levers.levers if lv.name == "fawa")
         save_checkpoint(stage / "model", net.to(memory_format=torch.contiguous_format), meta)
         (stage / STATE).unlink()
         (stage / "config.json").unlink(missing_ok=True)

@@ -21,6 +21,23 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)  # torch.compile'd modules are attacked compiled
 
 
+def per_sample_budget(eps: float, alpha: float | None, terms: dict[str, torch.Tensor] | None):
+    """(eps, alpha) for the inner attack: scalars, or per-sample tensors (B,) scaled by ``eps_scale``."""
+    if terms is None or "eps_scale" not in terms or bool((terms["eps_scale"] == 1).all()):
+        return eps, alpha
+    scale = terms["eps_scale"]
+    # the budget stays a valid L-inf radius; the step scales with it (Madry's rule or the given alpha)
+    eps_t = (eps * scale).clamp(max=1.0)
+    return eps_t, (alpha * scale if alpha is not None else None)
+
+
+def weighted_mean(per_sample: torch.Tensor, terms: dict[str, torch.Tensor] | None, key: str) -> torch.Tensor:
+    """Mean of a per-sample loss (B,), each sample weighted by ``terms[key]`` when given."""
+    if terms is None or key not in terms:
+        return per_sample.mean()
+    return (per_sample * terms[key]).mean()
+
+
 class TrainingMethod:
     """One objective on the shared training loop.
 

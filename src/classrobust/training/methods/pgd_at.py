@@ -7,18 +7,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from classrobust.attacks.pgd import PGD
-from classrobust.training.methods.base import TrainingMethod, autocast, unwrap
+from classrobust.training.methods.base import TrainingMethod, autocast, per_sample_budget, unwrap, weighted_mean
 
 
 class PGDAT(TrainingMethod):
     name = "pgd-at"
 
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int):
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int,
+             terms: dict[str, torch.Tensor] | None = None):
+        """``terms`` (class-wise levers): per-sample ``weights`` and ``eps_scale``, each (B,)."""
         if eps > 0:
-            attack = PGD(unwrap(model), eps=eps, alpha=self.alpha, steps=self.attack_steps,
+            eps_, alpha = per_sample_budget(eps, self.alpha, terms)
+            attack = PGD(unwrap(model), eps=eps_, alpha=alpha, steps=self.attack_steps,
                          random_start=True, seed=seed, precision=self.precision,
                          mode="last")  # train on the max-loss search, not its first success
             x = attack(x, y)
         with autocast(x.device, self.precision):
             logits = model(x)
-        return F.cross_entropy(logits.float(), y), logits
+        ce = F.cross_entropy(logits.float(), y, reduction="none")
+        return weighted_mean(ce, terms, "weights"), logits

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from classrobust.attacks.pgd import PGD
-from classrobust.training.methods.base import TrainingMethod, autocast, unwrap
+from classrobust.training.methods.base import TrainingMethod, autocast, per_sample_budget, unwrap, weighted_mean
 
 
 def kl_per_sample(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -16,11 +16,15 @@ def kl_per_sample(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(dim=1)
 
 
-def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
-    """mean CE(clean) + beta * mean KL(p_clean || p_adv)."""
+def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float,
+                terms: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """mean CE(clean) + beta * mean KL(p_clean || p_adv); class-wise ``terms`` weight the CE
+    (``weights``) and the KL (``reg_weights``, a per-class beta) per sample."""
     log_clean = F.log_softmax(logits_clean.float(), dim=1)
     log_adv = F.log_softmax(logits_adv.float(), dim=1)
-    return F.nll_loss(log_clean, y) + beta * kl_per_sample(log_clean, log_adv).mean()
+    ce = F.nll_loss(log_clean, y, reduction="none")
+    return (weighted_mean(ce, terms, "weights")
+            + beta * weighted_mean(kl_per_sample(log_clean, log_adv), terms, "reg_weights"))
 
 
 class TRADES(TrainingMethod):
@@ -30,8 +34,10 @@ class TRADES(TrainingMethod):
         super().__init__(attack_steps=attack_steps, alpha=alpha, precision=precision)
         self.beta = beta
 
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int):
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int,
+             terms: dict[str, torch.Tensor] | None = None):
         if eps > 0:
+            eps_, alpha = per_sample_budget(eps, self.alpha, terms)
             net = unwrap(model)
             with torch.no_grad():
                 was = net.training
@@ -43,10 +49,10 @@ class TRADES(TrainingMethod):
                 return kl_per_sample(log_clean, F.log_softmax(logits, dim=1))
 
             # a random start is needed: at x itself the KL and its gradient are zero
-            x_adv = PGD(unwrap(model), eps=eps, alpha=self.alpha, steps=self.attack_steps, random_start=True,
+            x_adv = PGD(unwrap(model), eps=eps_, alpha=alpha, steps=self.attack_steps, random_start=True,
                         loss=kl_to_clean, seed=seed, precision=self.precision, mode="last")(x, y)
         else:
             x_adv = x
         with autocast(x.device, self.precision):  # two passes: BatchNorm must not mix clean and adversarial
             logits_clean, logits_adv = model(x), model(x_adv)
-        return trades_loss(logits_clean, logits_adv, y, self.beta), logits_adv
+        return trades_loss(logits_clean, logits_adv, y, self.beta, terms), logits_adv

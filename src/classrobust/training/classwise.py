@@ -1,0 +1,282 @@
+"""Class-wise training levers, combinable with pgd-at and trades (``--classwise SPEC``).
+
+A lever keeps per-class state and updates it at the end of every epoch from that epoch's
+per-class numbers; the loop turns the state into per-sample terms of the next epoch's loss:
+
+  * ``weights``      (K,) multiply each sample's loss (its CE term for TRADES), mean 1 over classes;
+  * ``reg_weights``  (K,) multiply each sample's TRADES KL term (per-class beta / beta);
+  * ``eps_scale``    (K,) multiply the inner attack's eps (and step) per sample.
+
+Levers:
+  * ``reweight``  (the seed paper's training-phase lever): weights ~ exp(strength * (mean - a_k))
+    from last epoch's per-class validation robust accuracy a_k, smoothed over epochs.
+  * ``class-eps`` (after CFA's class-wise calibrated margin/regularisation, Wei et al. CVPR 2023):
+    eps_k = (lam + t_k) * eps and, for TRADES, beta_k = (beta_lam + t_k) * beta, t_k the class's
+    training robust accuracy in the previous epoch.
+  * ``frl``       (after FRL, Xu et al. ICML 2021): Lagrange-style multipliers on per-class
+    constraint violations phi_k = err_k - mean(err) - tau of validation errors; weights 1 + lambda_k
+    (natural error for the CE term, boundary error for TRADES' KL term) and eps re-margined by
+    exp(eps_step * phi_k) on the boundary violations.
+  * ``fawa``      (after CFA's fairness-aware weight averaging): an EMA of the weights that only admits
+    epochs whose worst-class validation robust accuracy passes a threshold; the run ends with it.
+
+``reweight`` and ``frl`` both set loss weights, ``class-eps`` and ``frl`` both set budgets, and
+``fawa`` picks the final weights as ``--select`` does: those combinations are refused.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+
+from classrobust.errors import UsageError
+from classrobust.registry import Registry
+
+SUPPORTED_METHODS = ("pgd-at", "trades")
+
+
+class Lever:
+    """Per-class state updated at each epoch's end. Subclasses set what they ``provides``."""
+
+    name = "lever"
+    provides: frozenset[str] = frozenset()
+
+    def __init__(self, num_classes: int):
+        self.k = num_classes
+        self.weights = np.ones(num_classes)
+        self.reg_weights = np.ones(num_classes)
+        self.eps_scale = np.ones(num_classes)
+
+    def end_epoch(self, *, epoch: int, train_robust: np.ndarray, val_clean: np.ndarray,
+                  val_robust: np.ndarray, model: torch.nn.Module) -> None:
+        """Per-class accuracies in [0, 1], shape (K,); NaN for classes without samples."""
+
+    def state(self) -> dict[str, Any]:
+        return {"weights": self.weights.tolist(), "reg_weights": self.reg_weights.tolist(),
+                "eps_scale": self.eps_scale.tolist()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        for key in ("weights", "reg_weights", "eps_scale"):
+            setattr(self, key, np.asarray(state[key], dtype=float))
+
+    # weight-averaging hooks (fawa)
+    def after_step(self, model: torch.nn.Module) -> None:
+        pass
+
+    def final_state_dict(self) -> dict[str, torch.Tensor] | None:
+        return None
+
+
+def _normalised(w: np.ndarray) -> np.ndarray:
+    return w / w.mean()
+
+
+def _fill(v: np.ndarray) -> np.ndarray:
+    """NaN (a class without samples, e.g. a dropped one) -> the mean of the others."""
+    v = np.asarray(v, dtype=float)
+    return np.where(np.isnan(v), np.nanmean(v), v)
+
+
+class Reweight(Lever):
+    name = "reweight"
+    provides = frozenset({"weights"})
+
+    def __init__(self, num_classes: int, *, strength: float = 2.0, smoothing: float = 0.5):
+        super().__init__(num_classes)
+        if strength < 0 or not 0 <= smoothing < 1:
+            raise UsageError("reweight needs strength >= 0 and smoothing in [0, 1)")
+        self.strength, self.smoothing = strength, smoothing
+
+    def end_epoch(self, *, val_robust, **_):
+        a = _fill(val_robust)
+        target = _normalised(np.exp(self.strength * (a.mean() - a)))
+        self.weights = _normalised(self.smoothing * self.weights + (1 - self.smoothing) * target)
+
+
+class ClassEps(Lever):
+    name = "class-eps"
+    provides = frozenset({"eps_scale", "reg_weights"})
+
+    def __init__(self, num_classes: int, *, lam: float = 0.5, beta_lam: float = 0.5):
+        super().__init__(num_classes)
+        if lam <= 0 or beta_lam <= 0:
+            raise UsageError("class-eps needs lam > 0 and beta_lam > 0")
+        self.lam, self.beta_lam = lam, beta_lam
+
+    def end_epoch(self, *, train_robust, **_):
+        t = _fill(train_robust)
+        self.eps_scale = self.lam + t
+        self.reg_weights = self.beta_lam + t
+
+
+class FRL(Lever):
+    name = "frl"
+    provides = frozenset({"weights", "reg_weights", "eps_scale"})
+
+    def __init__(self, num_classes: int, *, tau: float = 0.05, weight_step: float = 1.0, eps_step: float = 0.5,
+                 max_eps_scale: float = 2.0):
+        super().__init__(num_classes)
+        if tau < 0 or weight_step < 0 or eps_step < 0 or max_eps_scale < 1:
+            raise UsageError("frl needs tau, weight_step, eps_step >= 0 and max_eps_scale >= 1")
+        self.tau, self.weight_step, self.eps_step, self.max_eps_scale = tau, weight_step, eps_step, max_eps_scale
+        self.lam_nat = np.zeros(num_classes)
+        self.lam_bndy = np.zeros(num_classes)
+
+    def end_epoch(self, *, val_clean, val_robust, **_):
+        nat_err = 1 - _fill(val_clean)
+        bndy_err = np.clip(_fill(val_clean) - _fill(val_robust), 0, 1)  # right when clean, wrong attacked
+        phi_nat = nat_err - nat_err.mean() - self.tau
+        phi_bndy = bndy_err - bndy_err.mean() - self.tau
+        self.lam_nat = np.maximum(0, self.lam_nat + self.weight_step * phi_nat)
+        self.lam_bndy = np.maximum(0, self.lam_bndy + self.weight_step * phi_bndy)
+        self.weights = _normalised(1 + self.lam_nat + self.lam_bndy)  # PGD-AT's CE is on robust error
+        self.reg_weights = _normalised(1 + self.lam_bndy)
+        self.eps_scale = np.clip(self.eps_scale * np.exp(self.eps_step * phi_bndy), 1 / self.max_eps_scale,
+                                 self.max_eps_scale)
+
+    def state(self):
+        return {**super().state(), "lam_nat": self.lam_nat.tolist(), "lam_bndy": self.lam_bndy.tolist()}
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.lam_nat, self.lam_bndy = np.asarray(state["lam_nat"]), np.asarray(state["lam_bndy"])
+
+
+class FAWA(Lever):
+    """EMA of the weights (per step, ``decay``), committed at an epoch's end only if that epoch's
+    worst-class validation robust accuracy is >= ``threshold`` (absolute) or, by default, >= ``relative``
+    times the best worst-class accuracy seen so far; otherwise the epoch's updates are discarded."""
+
+    name = "fawa"
+    provides = frozenset({"final"})
+
+    def __init__(self, num_classes: int, *, decay: float = 0.995, threshold: float | None = None,
+                 relative: float = 0.9, start_epoch: int = 2):
+        super().__init__(num_classes)
+        if not 0 < decay < 1 or not 0 <= relative <= 1 or start_epoch < 1:
+            raise UsageError("fawa needs decay in (0, 1), relative in [0, 1] and start_epoch >= 1")
+        self.decay, self.threshold, self.relative, self.start_epoch = decay, threshold, relative, start_epoch
+        self.committed: dict[str, torch.Tensor] | None = None
+        self.candidate: dict[str, torch.Tensor] | None = None
+        self.best_worst = -1.0
+        self.admitted: list[int] = []
+        self.epoch = 1
+
+    def after_step(self, model):
+        if self.epoch < self.start_epoch:
+            return
+        current = model.state_dict()
+        if self.candidate is None:
+            base = self.committed if self.committed is not None else current
+            self.candidate = {k: v.detach().clone().float() if v.is_floating_point() else v.detach().clone()
+                              for k, v in base.items()}
+        with torch.no_grad():
+            for k, v in current.items():
+                if v.is_floating_point():
+                    self.candidate[k].mul_(self.decay).add_(v.detach().float(), alpha=1 - self.decay)
+                else:
+                    self.candidate[k].copy_(v)
+
+    def end_epoch(self, *, epoch, val_robust, **_):
+        worst = float(np.nanmin(val_robust))
+        limit = self.threshold if self.threshold is not None else self.relative * max(self.best_worst, 0.0)
+        if self.candidate is not None:
+            if worst >= limit:
+                self.committed, self.admitted = self.candidate, [*self.admitted, epoch]
+            self.candidate = None
+        self.best_worst = max(self.best_worst, worst)
+        self.epoch = epoch + 1
+
+    def final_state_dict(self):
+        return self.committed
+
+    def state(self):
+        return {**super().state(), "committed": self.committed, "best_worst": self.best_worst,
+                "admitted": list(self.admitted), "epoch": self.epoch}
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.committed, self.best_worst = state["committed"], state["best_worst"]
+        self.admitted, self.epoch, self.candidate = list(state["admitted"]), state["epoch"], None
+
+
+LEVERS: Registry[Lever] = Registry("class-wise lever")
+LEVERS.register("reweight", summary="per-class loss weights raised for classes weak on validation")(Reweight)
+LEVERS.register("class-eps", summary="per-class eps (and TRADES beta) from training robust accuracy (CFA)")(ClassEps)
+LEVERS.register("frl", summary="FRL re-weighting and re-margining by per-class constraint violations")(FRL)
+LEVERS.register("fawa", summary="weight average admitting only epochs with a good worst class (CFA)")(FAWA)
+
+
+def parse_levers(spec: str) -> list[tuple[str, dict[str, Any]]]:
+    """``"reweight:strength=3,class-eps"`` -> [(name, params)], names and parameters checked."""
+    from classrobust.registry import parse_specs
+
+    return parse_specs(spec, LEVERS) if spec.strip() else []
+
+
+def check_levers(spec: str, method: str, select: str) -> list[tuple[str, dict[str, Any]]]:
+    """Validate a lever spec against the method and selection rule; one-line reasons when refused."""
+    levers = parse_levers(spec)
+    if not levers:
+        return levers
+    if method not in SUPPORTED_METHODS:
+        raise UsageError(f"class-wise levers combine with {' or '.join(SUPPORTED_METHODS)}, not {method!r}")
+    for name, params in levers:
+        LEVERS.check_kwargs(name, {"num_classes": 2, **params})
+    names = [n for n, _ in levers]
+    for a, b, why in (("reweight", "frl", "both set the per-class loss weights"),
+                      ("class-eps", "frl", "both set the per-class budgets")):
+        if a in names and b in names:
+            raise UsageError(f"--classwise {a} and {b} cannot be combined: {why}")
+    if "fawa" in names and select != "last":
+        raise UsageError("--classwise fawa chooses the final weights itself; use it with --select last")
+    return levers
+
+
+class ClasswiseTerms:
+    """The levers of one run together: per-sample loss weights and budgets for a batch."""
+
+    def __init__(self, spec: str, num_classes: int, method: str, select: str):
+        self.levers = [LEVERS.build(n, num_classes, **p) for n, p in check_levers(spec, method, select)]
+        self.k = num_classes
+
+    def __bool__(self) -> bool:
+        return bool(self.levers)
+
+    def _product(self, key: str) -> np.ndarray:
+        out = np.ones(self.k)
+        for lever in self.levers:
+            out = out * getattr(lever, key)
+        return out
+
+    def per_class(self) -> dict[str, np.ndarray]:
+        return {key: self._product(key) for key in ("weights", "reg_weights", "eps_scale")}
+
+    def batch(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-sample tensors (B,) for the labels ``y``."""
+        return {k: torch.as_tensor(v, dtype=torch.float32, device=y.device)[y] for k, v in self.per_class().items()}
+
+    def after_step(self, model) -> None:
+        for lever in self.levers:
+            lever.after_step(model)
+
+    def end_epoch(self, **stats) -> None:
+        for lever in self.levers:
+            lever.end_epoch(**stats)
+
+    def final_state_dict(self):
+        for lever in self.levers:
+            sd = lever.final_state_dict()
+            if sd is not None:
+                return sd
+        return None
+
+    def state(self) -> list[dict[str, Any]]:
+        return [lever.state() for lever in self.levers]
+
+    def load_state(self, states: list[dict[str, Any]]) -> None:
+        for lever, state in zip(self.levers, states):
+            lever.load_state(copy.deepcopy(state))
