@@ -144,3 +144,26 @@ def test_confused_class_ablation_counts_by_hand(synthetic_result):
     with pytest.raises(ValueError, match="different test samples"):
         confused_class_ablation(synthetic_result, ClasswiseResult(["a", "b", "c"], np.arange(1, 13), labels,
                                                                   retrained.attacks), "strong", "c", "a")
+
+
+def test_compare_methods_by_hand():
+    from classrobust.analysis import compare_methods
+
+    labels = np.repeat([0, 1], 4)
+
+    def result(correct_points):
+        preds = np.where(np.isin(np.arange(8), correct_points), labels, 1 - labels)
+        return ClasswiseResult(["a", "b"], np.arange(8), labels,
+                               {"pgd": AttackResult("pgd", labels, preds, 2)})
+
+    # baseline: class a weak (1 of 4 right in both seeds); defense: class a 3 of 4, class b 3 of 4
+    results = {("base", 0): result([0, 4, 5, 6, 7]), ("base", 1): result([1, 4, 5, 6, 7]),
+               ("def", 0): result([0, 1, 2, 4, 5, 6]), ("def", 1): result([0, 1, 3, 4, 5, 7])}
+    table = compare_methods(results, "base", ["pgd"]).set_index("method")
+    assert table.loc["base", "worst_class"] == "a" and table.loc["base", "worst"] == 0.25
+    assert table.loc["def", "worst"] == 0.75 and table.loc["def", "avg"] == 0.75
+    assert table.loc["def", "worst_vs_baseline"] == pytest.approx(0.5)
+    # class-a points: seed 0: base right on 0, def right on 0, 1, 2 -> c = 2; seed 1: base 1, def 0, 1, 3 -> c = 2
+    assert (table.loc["def", "mcnemar_b"], table.loc["def", "mcnemar_c"]) == (0, 4)
+    assert table.loc["def", "mcnemar_p"] == pytest.approx(0.125)
+    assert table.loc["base", "avg_low"] == table.loc["base", "avg_high"] == pytest.approx(0.625)  # no seed spread

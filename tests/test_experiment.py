@@ -182,3 +182,41 @@ eval: {attacks: pgd}
     assert (r.config.dataset, r.config.eps, r.key) == ("mnist", None, "digits/pgd-at/seed1")
     with pytest.raises(UsageError, match="seeds are listed twice"):
         load_spec(write(tmp_path, "datasets: [mnist]\nmethods: [pgd-at]\nseeds: [1, 1]\neval: {attacks: pgd}\n"))
+
+
+def test_defense_grid_with_levers_calibration_and_seeds(synthetic_env, tmp_path, capsys):
+    text = """
+seeds: [0, 1]
+train: {epochs: 2, attack_steps: 1, batch_size: 50, val_size: 100, train_subset: 300, lr: 0.02}
+datasets: [fashion-mnist]
+methods:
+  pgd-at: {}
+  reweight: {method: pgd-at, classwise: reweight}
+  pgd-at+cal: {base: pgd-at, calibrate: {max_avg_drop: 5.0, val_size: 60, steps: 2, rounds: 1}}
+eval: {attacks: "pgd:steps=3", limit: 100}
+"""
+    out = tmp_path / "exp"
+    code, stdout, err = run(["experiment", write(tmp_path, text), "--out", out, "--no-progress"], capsys)
+    assert code == 0, err
+    assert "fashion-mnist/pgd-at+cal/seed1: calibrating fashion-mnist/pgd-at/seed1" in stdout
+    cal = json.loads((out / "runs/fashion-mnist/pgd-at+cal/seed0/model.json").read_text())
+    assert cal["calibration"]["max_avg_drop"] == 0.05 and cal["calibration"]["val_size"] == 60
+    methods = pd.read_csv(out / "report" / "methods.csv")
+    pgd = methods[methods.attack == "pgd"].set_index("method")
+    assert list(pgd.index) == ["pgd-at", "reweight", "pgd-at+cal"] and (pgd["seeds"] == 2).all()
+    assert pgd.loc["pgd-at", "avg_vs_baseline"] == 0 and pd.isna(pgd.loc["pgd-at", "mcnemar_p"])
+    assert 0 <= pgd.loc["reweight", "mcnemar_p_holm"] <= 1
+    report = (out / "report" / "report.md").read_text()
+    assert "methods under pgd" in report
+    code, stdout, err = run(["experiment", write(tmp_path, text), "--out", out, "--no-progress"], capsys)
+    assert code == 0 and stdout.count("complete, skipped") == 6, err
+    changed = text.replace("max_avg_drop: 5.0", "max_avg_drop: 2.0")
+    code, _, err = run(["experiment", write(tmp_path, changed, "b.yaml"), "--out", out, "--no-progress"], capsys)
+    assert code == 2 and "calibrated with other settings" in err
+
+
+def test_calibrate_entry_needs_an_earlier_trained_base(tmp_path, capsys):
+    text = ("datasets: [fashion-mnist]\nmethods:\n  cal: {base: pgd-at, calibrate: {}}\n  pgd-at: {}\n"
+            "eval: {attacks: pgd}\n")
+    code, _, err = run(["experiment", write(tmp_path, text), "--check"], capsys)
+    assert code == 2 and "calibrate needs a base" in err

@@ -12,7 +12,8 @@ import pytest
 
 from classrobust.cli.main import main
 from classrobust.evaluate import ClasswiseResult
-from classrobust.report.compare import compare_results, holm
+from classrobust.analysis import holm
+from classrobust.report.compare import compare_results
 from test_cli import TRAIN
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")

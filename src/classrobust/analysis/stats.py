@@ -81,3 +81,15 @@ def disparity_table(result, reps: int = 2000, seed: int = 0) -> pd.DataFrame:
             row[f"{key}_ci_low"], row[f"{key}_ci_high"] = boot[key]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def holm(pvalues: np.ndarray) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (family-wise error control over a family of tests)."""
+    p = np.asarray(pvalues, dtype=float)
+    order = np.argsort(p)
+    adjusted = np.empty_like(p)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, (len(p) - rank) * p[i])
+        adjusted[i] = min(1.0, running)
+    return adjusted

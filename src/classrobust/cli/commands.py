@@ -221,11 +221,16 @@ def run_eval(args):
 
 
 # -- calibrate ------------------------------------------------------------------
-def run_calibrate(args):
+def calibrate_checkpoint(src: Path, out: Path, *, max_avg_drop: float = 1.0, temperature: bool = False,
+                         val_size: int = 2000, steps: int = 10, rounds: int = 3, eps: float | None = None,
+                         precision: str = "fp32", seed: int = 0, device: str | None = None,
+                         data_dir: Path | None = None, log=print):
+    """Calibrate checkpoint ``src`` into the new checkpoint ``out`` (see :mod:`classrobust.training.calibrate`);
+    ``max_avg_drop`` in percentage points. Returns ``(out, Calibration)``."""
     from classrobust.checkpoint import load_checkpoint, save_checkpoint
     from classrobust.training.calibrate import calibrate, validation_split
 
-    src, out = Path(args.checkpoint), Path(args.out)
+    src, out = Path(src), Path(out)
     if out.suffix != ".safetensors":
         out = out.with_suffix(".safetensors")
     if out.resolve() == src.with_suffix(".safetensors").resolve():
@@ -234,28 +239,37 @@ def run_calibrate(args):
         raise UsageError(f"{out} already exists; choose another --out (nothing is overwritten)")
     if out.parent.exists() and not out.parent.is_dir():
         raise UsageError(f"{out.parent} is not a directory")
-    device = resolve_device(args.device)
-    model, meta = load_checkpoint(src, map_location=device)
+    dev = resolve_device(device)
+    model, meta = load_checkpoint(src, map_location=dev)
     if meta.get("calibration") is not None:
         raise UsageError(f"{src} is already calibrated; calibrate the original checkpoint")
-    eps = args.eps if args.eps is not None else meta.get("eps")
-    val = validation_split(meta, args.val_size, data_dir=args.data_dir)
-    print(f"calibrating {src} on {len(val)} validation images (PGD-{args.steps}, eps {eps:g}); "
-          f"allowed average loss {args.max_avg_drop:g} points")
-    adjusted, fit = calibrate(model, val, eps=eps, steps=args.steps, seed=args.seed, precision=args.precision,
-                              max_avg_drop=args.max_avg_drop / 100, fit_temperature=args.temperature,
-                              rounds=args.rounds, device=device)
+    eps = eps if eps is not None else meta.get("eps")
+    val = validation_split(meta, val_size, data_dir=data_dir)
+    log(f"calibrating {src} on {len(val)} validation images (PGD-{steps}, eps {eps:g}); "
+        f"allowed average loss {max_avg_drop:g} points")
+    adjusted, fit = calibrate(model, val, eps=eps, steps=steps, seed=seed, precision=precision,
+                              max_avg_drop=max_avg_drop / 100, fit_temperature=temperature, rounds=rounds,
+                              device=dev, log=log)
     settings = {"source": str(src), "source_sha256": meta["sha256"], "val_size": len(val), "eps": eps,
-                "attack": {"name": "pgd", "steps": args.steps, "seed": args.seed, "precision": args.precision},
-                "max_avg_drop": args.max_avg_drop / 100, "temperature": args.temperature}
+                "attack": {"name": "pgd", "steps": steps, "seed": seed, "precision": precision},
+                "max_avg_drop": max_avg_drop / 100, "temperature": temperature, "rounds": rounds}
     new_meta = {k: v for k, v in meta.items() if k not in ("format", "classrobust_version", "torch_version",
                                                            "sha256")}
     new_meta["calibration"] = fit.to_meta(settings)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, adjusted.cpu(), new_meta)
+    return out, fit
+
+
+def run_calibrate(args):
+    out, fit = calibrate_checkpoint(args.checkpoint, args.out, max_avg_drop=args.max_avg_drop,
+                                    temperature=args.temperature, val_size=args.val_size, steps=args.steps,
+                                    rounds=args.rounds, eps=args.eps, precision=args.precision, seed=args.seed,
+                                    device=args.device, data_dir=args.data_dir)
     b, a = fit.before, fit.after
+    classes = read_classes(out)
     print(f"{'class':<14}{'offset':>8}{'temp':>7}{'before':>9}{'after':>9}")
-    for name, off, t, rb, ra in zip(meta["classes"], fit.offsets, fit.temperatures, b["robust_per_class"],
+    for name, off, t, rb, ra in zip(classes, fit.offsets, fit.temperatures, b["robust_per_class"],
                                     a["robust_per_class"]):
         print(f"{str(name)[:13]:<14}{off:>8.2f}{t:>7.2f}{100 * rb:>8.1f}%{100 * ra:>8.1f}%")
     print(f"{'all':<14}{'':>15}{100 * b['robust_accuracy']:>8.1f}%{100 * a['robust_accuracy']:>8.1f}%")
@@ -263,6 +277,12 @@ def run_calibrate(args):
           f"{a['worst_class']} {100 * a['worst_robust_accuracy']:.1f}% (PGD-{args.steps}, measured end to end)")
     print(f"calibrated checkpoint: {out}")
     return out, fit
+
+
+def read_classes(checkpoint: Path) -> list[str]:
+    from classrobust.checkpoint import read_checkpoint_meta
+
+    return list(read_checkpoint_meta(checkpoint)["classes"])
 
 
 # -- compare --------------------------------------------------------------------

@@ -41,9 +41,16 @@ def run_state(spec: ExperimentSpec, run: RunSpec) -> str:
     checkpoint = directory / "model.safetensors"
     if checkpoint.is_file():
         try:
-            saved = read_checkpoint_meta(checkpoint).get("config", {})
+            saved_meta = read_checkpoint_meta(checkpoint)
         except CheckpointError as exc:
             raise UsageError(f"{checkpoint} is unreadable ({exc}); move it away to retrain") from None
+        saved = saved_meta.get("config", {})
+        if run.calibrate is not None:
+            fitted = saved_meta.get("calibration") or {}
+            wanted = calibration_settings(run.calibrate)
+            if any(fitted.get(k) != v for k, v in wanted.items()):
+                raise UsageError(f"{directory} was calibrated with other settings; move it away or give the "
+                                 "experiment another out directory")
         mine = run.config.to_dict()
         if _comparable(saved) != _comparable(mine):
             differing = sorted(k for k in set(saved) | set(mine) if k != "device" and saved.get(k) != mine.get(k))
@@ -59,7 +66,21 @@ def run_state(spec: ExperimentSpec, run: RunSpec) -> str:
             raise UsageError(f"{directory / 'eval'} was evaluated with other settings; move it away or give the "
                              "experiment another out directory")
         return "done"
+    if run.calibrate is not None:
+        return "calibrate"
     return "resume" if (staging_dir(directory) / STATE).is_file() else "train"
+
+
+CALIBRATE_DEFAULTS = {"max_avg_drop": 1.0, "temperature": False, "val_size": 2000, "steps": 10, "rounds": 3,
+                      "seed": 0}
+
+
+def calibration_settings(entry: dict[str, Any]) -> dict[str, Any]:
+    """What a calibrated checkpoint's meta records for an experiment's calibrate entry."""
+    s = {**CALIBRATE_DEFAULTS, **entry}
+    return {"max_avg_drop": s["max_avg_drop"] / 100, "temperature": s["temperature"], "val_size": s["val_size"],
+            "rounds": s["rounds"], "attack": {"name": "pgd", "steps": s["steps"], "seed": s["seed"],
+                                               "precision": "fp32"}}
 
 
 def _train(spec, run, *, device, data_dir, download, progress, log) -> None:
@@ -96,6 +117,18 @@ def ensure_run(spec, run, *, device=None, data_dir=None, download=False, progres
         log(f"{run.key}: complete, skipped")
         return state
     t0 = time.perf_counter()
+    if state == "calibrate":
+        from classrobust.cli.commands import calibrate_checkpoint
+
+        base = spec.out / "runs" / run.base_key / "model.safetensors"
+        if not base.is_file():
+            raise UsageError(f"{run.key} calibrates {run.base_key}, which has no checkpoint yet")
+        log(f"{run.key}: calibrating {run.base_key}")
+        c = {**CALIBRATE_DEFAULTS, **run.calibrate}
+        calibrate_checkpoint(base, run_dir(spec, run) / "model.safetensors", max_avg_drop=c["max_avg_drop"],
+                             temperature=c["temperature"], val_size=c["val_size"], steps=c["steps"],
+                             rounds=c["rounds"], seed=c["seed"], device=device, data_dir=data_dir,
+                             log=lambda m: log(f"  {m}"))
     if state in ("train", "resume"):
         log(f"{run.key}: {'resuming training' if state == 'resume' else 'training'}")
         _train(spec, run, device=device, data_dir=data_dir, download=download, progress=progress, log=log)
@@ -176,8 +209,9 @@ def check_experiment(spec: ExperimentSpec) -> list[str]:
             state = run_state(spec, run)
         except UsageError as exc:
             state = f"conflict: {exc}"
-        lines.append(f"  {run.key}: {c.model} {c.method} {c.epochs} epochs, eps "
-                     f"{'the dataset default' if eps is None else f'{eps:.4g}'} [{state}]")
+        what = (f"calibrate {run.base_key} ({run.calibrate or 'defaults'})" if run.calibrate is not None else
+                f"{c.model} {c.method}{' ' + c.classwise if c.classwise else ''} {c.epochs} epochs")
+        lines.append(f"  {run.key}: {what}, eps {'the dataset default' if eps is None else f'{eps:.4g}'} [{state}]")
     if spec.ablation:
         lines.append(f"  ablation: retrain {spec.ablation.method} without the class that absorbs most of the "
                      f"weakest class's {spec.ablation.attack} examples (seeds {list(spec.ablation.seeds)})")

@@ -13,6 +13,7 @@
       pgd-at: {}
       trades: {beta: 6.0}                          # TrainConfig overrides for this method
       trades-b1: {method: trades, beta: 1.0}       # an alias of a registry method
+      pgd-at-cal: {base: pgd-at, calibrate: {max_avg_drop: 1.0}}   # `classrobust calibrate` on pgd-at's runs
     eval: {attacks: "fgsm,pgd:steps=20,autoattack", limit: 2000}
     ablation:
       remove_confused_class: {method: pgd-at, attack: pgd}
@@ -35,6 +36,7 @@ DATASET_KEYS = {"name", "model", "model_kwargs", "eps", "alpha", "train"}
 EVAL_KEYS = {"attacks", "limit", "subset_seed", "seed", "batch_size", "precision", "mode", "eps"}
 ABLATION_KEYS = {"remove_confused_class"}
 CONFUSED_KEYS = {"method", "attack", "seeds"}
+CALIBRATE_KEYS = {"max_avg_drop", "temperature", "val_size", "steps", "rounds", "seed"}
 #: keys a run's TrainConfig takes from the file (device and precision come from the machine unless given)
 TRAIN_KEYS = {f.name for f in fields(TrainConfig)} - {"dataset", "model", "method", "seed", "device", "drop_classes"}
 EVAL_DEFAULTS = {"limit": None, "subset_seed": 0, "seed": 0, "batch_size": 256, "precision": "fp32",
@@ -50,6 +52,8 @@ class RunSpec:
     method: str  # the method alias in the file
     seed: int
     config: TrainConfig
+    calibrate: dict[str, Any] | None = None  # an inference-phase run: calibrate ``base``'s checkpoint
+    base_key: str | None = None
 
     @property
     def dataset_name(self) -> str:
@@ -190,10 +194,20 @@ def _parse(raw: dict[str, Any], path: Path, out: str | Path | None) -> Experimen
         _check_dataset(alias, datasets[alias])
     for alias, entry in methods.items():
         methods[alias] = entry = _mapping(entry, f"methods.{alias}")
-        _only(set(entry), TRAIN_KEYS | {"method"}, f"methods.{alias}")
-        METHODS.get(entry.get("method", alias))
         if "-without-" in alias or "/" in alias:
             raise UsageError(f"methods.{alias}: a method alias may not contain '/' or '-without-'")
+        if "calibrate" in entry:
+            _only(set(entry), {"calibrate", "base"}, f"methods.{alias}")
+            base = entry.get("base")
+            earlier = list(methods)[: list(methods).index(alias)]
+            if base not in earlier or "calibrate" in methods[base]:
+                raise UsageError(f"methods.{alias}: calibrate needs a base, one of the trained methods listed "
+                                 f"before it ({', '.join(a for a in earlier if 'calibrate' not in methods[a])})")
+            entry["calibrate"] = _mapping(entry["calibrate"], f"methods.{alias}.calibrate")
+            _only(set(entry["calibrate"]), CALIBRATE_KEYS, f"methods.{alias}.calibrate")
+            continue
+        _only(set(entry), TRAIN_KEYS | {"method"}, f"methods.{alias}")
+        METHODS.get(entry.get("method", alias))
     evaluation = _mapping(raw.get("eval"), "eval")
     _only(set(evaluation), EVAL_KEYS, "eval")
     if "attacks" not in evaluation:
@@ -232,6 +246,11 @@ def _parse(raw: dict[str, Any], path: Path, out: str | Path | None) -> Experimen
     for d_alias, d_entry in datasets.items():
         for m_alias, m_entry in methods.items():
             for seed in seeds:
+                if "calibrate" in m_entry:
+                    base = next(r for r in runs if (r.dataset, r.method, r.seed) == (d_alias, m_entry["base"], seed))
+                    runs.append(RunSpec(f"{_slug(d_alias)}/{m_alias}/seed{seed}", d_alias, m_alias, seed, base.config,
+                                        calibrate=dict(m_entry["calibrate"]), base_key=base.key))
+                    continue
                 settings = {**train, **(d_entry.get("train") or {}),
                             **{k: v for k, v in m_entry.items() if k != "method"}}
                 for key in ("eps", "alpha"):

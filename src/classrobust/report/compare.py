@@ -9,24 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from classrobust.analysis import mcnemar_exact, run_consistency
+from classrobust.analysis import holm, mcnemar_exact, run_consistency
 from classrobust.errors import UsageError
 from classrobust.evaluate.results import ClasswiseResult
 from classrobust.io import atomic_directory
 from classrobust.report.html import STYLE, resolve_eval_dir
 from classrobust.report.markdown import to_markdown
-
-
-def holm(pvalues: np.ndarray) -> np.ndarray:
-    """Holm-Bonferroni adjusted p-values (family-wise error control across the classes)."""
-    p = np.asarray(pvalues, dtype=float)
-    order = np.argsort(p)
-    adjusted = np.empty_like(p)
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, (len(p) - rank) * p[i])
-        adjusted[i] = min(1.0, running)
-    return adjusted
 
 
 def compare_results(a: ClasswiseResult, b: ClasswiseResult, alpha: float = 0.05) -> pd.DataFrame:

@@ -43,7 +43,7 @@ class Calibration:
 
     def to_meta(self, settings: dict[str, Any]) -> dict[str, Any]:
         return {"offsets": self.offsets, "temperatures": self.temperatures, "fitted_on": "validation",
-                **settings, "before": self.before, "after": self.after, "rounds": self.rounds}
+                **settings, "before": self.before, "after": self.after, "history": self.rounds}
 
 
 def _summary(result) -> dict[str, Any]:

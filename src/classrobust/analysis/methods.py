@@ -1,0 +1,79 @@
+"""Comparing training methods (or defenses) over seeds: average and worst-class accuracy with
+across-seed intervals, and paired McNemar tests on the baseline's worst class."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from classrobust.analysis.consistency import mcnemar_exact
+from classrobust.analysis.stats import holm, wilson_interval
+
+
+def seed_interval(values, confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): a Student-t interval over seeds (NaN bounds for a single seed)."""
+    v = np.asarray(values, dtype=float)
+    mean = float(v.mean())
+    if len(v) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    return mean, mean - half, mean + half
+
+
+def compare_methods(results: Mapping[tuple[str, int], object], baseline: str, attacks: list[str]) -> pd.DataFrame:
+    """One row per (method, attack): average and worst-class accuracy over seeds, and against ``baseline``.
+
+    ``results`` maps (method, seed) to a ClasswiseResult; all results are on the same test points.
+    The worst class is the baseline's (lowest accuracy pooled over its seeds, per attack), so every
+    method is measured on the same class; ``worst_any`` is each seed's own worst class, averaged.
+    McNemar pairs each point with itself in the baseline run of the same seed, pooled over seeds;
+    p-values are Holm-adjusted over the methods of one attack.
+    """
+    methods = list(dict.fromkeys(m for m, _ in results))
+    seeds = sorted({s for _, s in results})
+    rows = []
+    for attack in attacks:
+        base_correct = sum(results[(baseline, s)].attacks[attack].correct_per_class for s in seeds
+                           if (baseline, s) in results)
+        worst = int(np.argmin(base_correct))
+        block = []
+        for method in methods:
+            runs = [(s, results[(method, s)]) for s in seeds if (method, s) in results]
+            avg = seed_interval([r.attacks[attack].accuracy for _, r in runs])
+            on_worst = seed_interval([r.attacks[attack].accuracy_per_class[worst] for _, r in runs])
+            own_worst = seed_interval([np.nanmin(r.attacks[attack].accuracy_per_class) for _, r in runs])
+            correct = sum(int(r.attacks[attack].correct_per_class[worst]) for _, r in runs)
+            n = sum(int(r.attacks[attack].n_per_class[worst]) for _, r in runs)
+            lo, hi = wilson_interval(correct, n)
+            b = c = 0
+            for s, r in runs:
+                if (baseline, s) not in results:
+                    continue
+                base = results[(baseline, s)]
+                if not np.array_equal(base.indices, r.indices):
+                    raise ValueError(f"{method} seed {s} and {baseline} seed {s} are on different test points")
+                of_worst = r.labels == worst
+                ok_base = base.attacks[attack].predictions == base.labels
+                ok_new = r.attacks[attack].predictions == r.labels
+                b += int((of_worst & ok_base & ~ok_new).sum())
+                c += int((of_worst & ~ok_base & ok_new).sum())
+            block.append({"attack": attack, "method": method, "seeds": len(runs), "avg": avg[0], "avg_low": avg[1],
+                          "avg_high": avg[2], "worst_class": runs[0][1].classes[worst], "worst": on_worst[0],
+                          "worst_low": on_worst[1], "worst_high": on_worst[2], "worst_pooled_low": float(lo),
+                          "worst_pooled_high": float(hi), "worst_any": own_worst[0],
+                          "worst_any_low": own_worst[1], "worst_any_high": own_worst[2],
+                          "mcnemar_b": b, "mcnemar_c": c,
+                          "mcnemar_p": float("nan") if method == baseline else mcnemar_exact(b, c)})
+        table = pd.DataFrame(block)
+        others = table["method"] != baseline
+        table["mcnemar_p_holm"] = np.nan
+        if others.any():
+            table.loc[others, "mcnemar_p_holm"] = holm(table.loc[others, "mcnemar_p"].to_numpy())
+        base_row = table[table.method == baseline].iloc[0]
+        table["avg_vs_baseline"] = table["avg"] - base_row["avg"]
+        table["worst_vs_baseline"] = table["worst"] - base_row["worst"]
+        rows.append(table)
+    return pd.concat(rows, ignore_index=True)
