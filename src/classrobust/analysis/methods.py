@@ -48,6 +48,9 @@ def compare_methods(results: Mapping[tuple[str, int], object], baseline: str, at
             correct = sum(int(r.attacks[attack].correct_per_class[worst]) for _, r in runs)
             n = sum(int(r.attacks[attack].n_per_class[worst]) for _, r in runs)
             lo, hi = wilson_interval(correct, n)
+            all_correct = sum(int(r.attacks[attack].correct_per_class.sum()) for _, r in runs)
+            all_n = sum(len(r.labels) for _, r in runs)
+            alo, ahi = wilson_interval(all_correct, all_n)
             b = c = 0
             for s, r in runs:
                 if (baseline, s) not in results:
@@ -61,7 +64,8 @@ def compare_methods(results: Mapping[tuple[str, int], object], baseline: str, at
                 b += int((of_worst & ok_base & ~ok_new).sum())
                 c += int((of_worst & ~ok_base & ok_new).sum())
             block.append({"attack": attack, "method": method, "seeds": len(runs), "avg": avg[0], "avg_low": avg[1],
-                          "avg_high": avg[2], "worst_class": runs[0][1].classes[worst], "worst": on_worst[0],
+                          "avg_high": avg[2], "avg_pooled_low": float(alo), "avg_pooled_high": float(ahi),
+                          "worst_class": runs[0][1].classes[worst], "worst": on_worst[0],
                           "worst_low": on_worst[1], "worst_high": on_worst[2], "worst_pooled_low": float(lo),
                           "worst_pooled_high": float(hi), "worst_any": own_worst[0],
                           "worst_any_low": own_worst[1], "worst_any_high": own_worst[2],

@@ -67,10 +67,15 @@ def experiment_tables(index: dict, results: dict[str, ClasswiseResult]) -> dict[
                     att_cons.append({**ids, "attack_a": attacks[a], "attack_b": attacks[b],
                                      "spearman": sp.iloc[a, b], "kendall": kt.iloc[a, b]})
         if attacks:
-            g = gain_attribution(res)
-            gains.append(g.groupby(["from", "to"], sort=False).agg(
-                drop=("drop", "sum"), top3_vulnerable_share=("top3_vulnerable_share", "first"))
-                .reset_index().assign(**ids))
+            ladder = sorted(attacks, key=lambda n: -res.attacks[n].accuracy)
+            rungs = [(gain_attribution(res), "rung")]
+            if len(ladder) >= 2:  # the whole climb from the weakest to the strongest attack
+                rungs.append((gain_attribution(res, [ladder[0], ladder[-1]]).query("`from` != 'clean'"),
+                              "weakest to strongest"))
+            for g, kind in rungs:
+                gains.append(g.groupby(["from", "to"], sort=False).agg(
+                    drop=("drop", "sum"), top3_vulnerable_share=("top3_vulnerable_share", "first"))
+                    .reset_index().assign(**ids, step=kind))
         w = res.meta.get("classifier_weight_norms")
         if w is not None and len(w) == res.num_classes:
             for name, r in res.attacks.items():
@@ -155,18 +160,23 @@ def build_experiment_report(out_dir: str | Path) -> Path:
             def ci(v, lo, hi):
                 return f"{100 * v:.1f}" + ("" if pd.isna(lo) else f" [{100 * lo:.1f}, {100 * hi:.1f}]")
 
+            one_seed = bool((g["seeds"] == 1).all())  # no spread across seeds: Wilson on the test points
+            avg_lo, avg_hi = (g.avg_pooled_low, g.avg_pooled_high) if one_seed else (g.avg_low, g.avg_high)
+            w_lo, w_hi = (g.worst_pooled_low, g.worst_pooled_high) if one_seed else (g.worst_low, g.worst_high)
             shown = pd.DataFrame({
                 "method": g["method"], "seeds": g["seeds"],
-                "average": [ci(*v) for v in zip(g.avg, g.avg_low, g.avg_high)],
-                f"{g.worst_class.iloc[0]}": [ci(*v) for v in zip(g.worst, g.worst_low, g.worst_high)],
+                "average": [ci(*v) for v in zip(g.avg, avg_lo, avg_hi)],
+                f"{g.worst_class.iloc[0]}": [ci(*v) for v in zip(g.worst, w_lo, w_hi)],
                 "own worst class": [ci(*v) for v in zip(g.worst_any, g.worst_any_low, g.worst_any_high)],
                 "Δ average": [f"{100 * v:+.1f}" for v in g.avg_vs_baseline],
                 "Δ worst": [f"{100 * v:+.1f}" for v in g.worst_vs_baseline],
                 "McNemar b/c": [f"{b}/{c}" for b, c in zip(g.mcnemar_b, g.mcnemar_c)],
                 "p (Holm)": ["" if pd.isna(p) else f"{p:.3g}" for p in g.mcnemar_p_holm]})
             section(f"{dataset}: methods under {attack}", f"methods-{dataset}-{attack}",
-                    f"Accuracy (%) averaged over seeds with a 95% Student-t interval across seeds; "
-                    f"'{g.worst_class.iloc[0]}' is {baseline}'s worst class under {attack} (pooled over seeds), "
+                    ("Accuracy (%) of one seed with a 95% Wilson interval over the test points (one seed: no "
+                     "interval across seeds); " if one_seed else
+                     "Accuracy (%) averaged over seeds with a 95% Student-t interval across seeds; ")
+                    + f"'{g.worst_class.iloc[0]}' is {baseline}'s worst class under {attack} (pooled over seeds), "
                     f"'own worst class' each run's own worst class. Δ against {baseline}. McNemar: the worst "
                     f"class's points, paired with {baseline} of the same seed and pooled over seeds "
                     f"(b: right under {baseline} only, c: right under the method only), Holm-adjusted over "
@@ -223,6 +233,7 @@ def build_experiment_report(out_dir: str | Path) -> Path:
         if len(ac):
             for dataset, g in ac.groupby("dataset", sort=False):
                 m = _mean_matrix(g, "attack_a", "attack_b", "spearman")
+                m.index.name = "attack"
                 section(f"{dataset}: attack consistency", f"ac-{dataset}",
                         "Spearman rank correlation of per-class accuracy between attacks, averaged over runs "
                         "(methods and seeds); per-run values and Kendall tau in attack_consistency.csv.",
@@ -234,6 +245,7 @@ def build_experiment_report(out_dir: str | Path) -> Path:
             for dataset, g in dc.groupby("dataset", sort=False):
                 g = g[g.attack == strongest[dataset]]
                 m = _mean_matrix(g, "method_a", "method_b", "spearman")
+                m.index.name = "method"
                 section(f"{dataset}: defense consistency under {strongest[dataset]}", f"dc-{dataset}",
                         "Spearman rank correlation of per-class accuracy between training methods, averaged over "
                         "seeds (every attack in defense_consistency.csv).", m.round(3),
@@ -242,8 +254,11 @@ def build_experiment_report(out_dir: str | Path) -> Path:
         if len(gains):
             section("Stronger-attack gain attribution", "gain",
                     "Per run, the points lost at each rung of the attack ladder (weakest to strongest by overall "
-                    "accuracy) and the share taken by the 3 classes weakest under the first rung.",
-                    gains[["dataset", "method", "seed", "from", "to", "drop", "top3_vulnerable_share"]],
+                    "accuracy) and the share taken by the 3 classes weakest under the first rung; the last row of "
+                    "a run is the whole climb from the weakest attack to the strongest (the 3 classes weakest "
+                    "under the weakest attack). Shares of rungs that lose only a few points are noise, and can "
+                    "be negative or above 100%: the per-point worst case of two different attacks is not nested.",
+                    gains[["dataset", "method", "seed", "step", "from", "to", "drop", "top3_vulnerable_share"]],
                     "gain_summary", {"top3_vulnerable_share": _pct})
         norms = tables["weight_norms"]
         if len(norms):
@@ -253,14 +268,18 @@ def build_experiment_report(out_dir: str | Path) -> Path:
                     norms.round(3), "weight_norms_table")
         ab = tables["ablation"]
         if len(ab):
-            shown = ab.copy()
+            shown = ab.copy().astype(object)
             for c in [c for c in ab.columns if "accuracy" in c or "clean" in c]:
-                shown[c] = shown[c].map(_pct)
+                shown[c] = ab[c].map(_pct)
+            shown["mcnemar_p"] = ab["mcnemar_p"].map(lambda p: f"{p:.3g}")
+            shown.index = [f"{d} seed {s}" for d, s in zip(ab["dataset"], ab["seed"])]
+            shown = shown.drop(columns=["dataset", "seed"]).T
+            shown.index.name = "quantity"
             section("Remove-the-confused-class ablation", "ablation",
                     "The weakest class's points fooled in the base run, how many went into the dropped class, and "
                     "how many the model retrained without that class now classifies correctly under the same "
                     "attack; McNemar on the weakest class's points (base vs retrained).",
-                    shown, "ablation_table")
+                    shown, "ablation_table", index_=True)
         body = "\n".join(page.parts)
         (stage / "report.html").write_text(
             f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
