@@ -49,10 +49,11 @@ def test_generated_files_through_real_loader(synthetic_env):
     assert test.threat_model.eps == 0.1
 
 
-def test_missing_data_message(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name, package", [("fashion-mnist", "dataset-fashion-mnist"), ("mnist", "mnist")])
+def test_missing_data_message(name, package, tmp_path, monkeypatch):
     monkeypatch.setenv("CLASSROBUST_SYSTEM_DATA", str(tmp_path / "nothing"))
-    with pytest.raises(DataNotFoundError, match="apt-get install dataset-fashion-mnist.*--download"):
-        get_dataset("fashion-mnist", "test", root=tmp_path / "data")
+    with pytest.raises(DataNotFoundError, match=f"apt-get install {package}.*--download"):
+        get_dataset(name, "test", root=tmp_path / "data")
 
 
 def test_unknown_dataset_and_split():

@@ -136,7 +136,7 @@ def test_killed_experiment_resumes_half_trained_run(synthetic_env, tmp_path):
     ("datasets: [fashion-mnist]\nmethods: [pgd-at]\ntrain: {lr: -1}\neval: {attacks: pgd}\n",
      "learning rate must be > 0"),
     ("datasets: [fashion-mnist]\nmethods: [pgd-at]\neval: {attacks: pgd}\n"
-     "ablation: {remove_confused_class: {method: trades}}\n", "is not one of the methods"),
+     "ablation: {remove_confused_class: {method: trades}}\n", "is not one of the trained methods"),
     ("datasets: [fashion-mnist]\nmethods: [pgd-at]\neval: {attacks: pgd}\nseed: 3\n", "unknown key(s) seed"),
     ("datasets: [fashion-mnist\n", "not valid YAML"),
     ("- a\n- b\n", "an experiment file is a mapping"),

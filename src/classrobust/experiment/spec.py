@@ -229,9 +229,10 @@ def _parse(raw: dict[str, Any], path: Path, out: str | Path | None) -> Experimen
         entry = _mapping(abl["remove_confused_class"], "ablation.remove_confused_class")
         _only(set(entry), CONFUSED_KEYS, "ablation.remove_confused_class")
         method = entry.get("method", next(iter(methods)))
-        if method not in methods:
-            raise UsageError(f"ablation.remove_confused_class.method {method!r} is not one of the methods: "
-                             f"{', '.join(methods)}")
+        trained = [m for m in methods if "calibrate" not in methods[m]]
+        if method not in trained:
+            raise UsageError(f"ablation.remove_confused_class.method {method!r} is not one of the trained "
+                             f"methods: {', '.join(trained)}")
         names = [n for n, _ in parse_attack_specs(evaluation["attacks"])]
         attack = entry.get("attack", names[-1])
         if attack not in names:
