@@ -138,7 +138,9 @@ def test_compare_command(evaluated, tmp_path, capsys):
     assert "different test samples" in capsys.readouterr().err
 
 
-def test_report_in_headless_chromium(evaluated, tmp_path):
+def open_in_chromium(report: Path, tmp_path: Path) -> tuple[list, list[str], Path]:
+    """(images as [name, complete, width], h2 ids, screenshot) of ``report`` in headless Chromium;
+    fails on a SEVERE console message."""
     if not (CHROMIUM and CHROMEDRIVER):
         pytest.fail("chromium and chromedriver are needed: `make test` installs the Debian packages "
                     "chromium and chromium-driver")
@@ -151,21 +153,32 @@ def test_report_in_headless_chromium(evaluated, tmp_path):
     for flag in [*FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]:
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    report = evaluated / "eval" / "report.html"
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
         driver.get(report.resolve().as_uri())
         images = driver.execute_script(
             "return Array.from(document.images).map(i => [i.dataset.figure, i.complete, i.naturalWidth])")
-        assert len(images) >= 8
-        broken = [name for name, complete, width in images if not (complete and width > 0)]
-        assert not broken, f"figures that did not load: {broken}"
         ids = driver.execute_script("return Array.from(document.querySelectorAll('h2[id]')).map(h => h.id)")
-        assert set(SECTIONS) <= set(ids)
         errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         assert not errors, errors
         shot = tmp_path / "report.png"
         driver.save_screenshot(str(shot))
-        assert shot.stat().st_size > 10_000
     finally:
         driver.quit()
+    return images, ids, shot
+
+
+def test_report_in_headless_chromium(evaluated, tmp_path):
+    images, ids, shot = open_in_chromium(evaluated / "eval" / "report.html", tmp_path)
+    assert len(images) >= 8
+    broken = [name for name, complete, width in images if not (complete and width > 0)]
+    assert not broken, f"figures that did not load: {broken}"
+    assert set(SECTIONS) <= set(ids)
+    assert shot.stat().st_size > 10_000
+
+
+def test_committed_experiment_report_in_headless_chromium(tmp_path):
+    report = Path(__file__).resolve().parents[1] / "docs/results/quick-fashion-mnist/report.html"
+    images, ids, shot = open_in_chromium(report, tmp_path)
+    assert len(images) >= 2 and all(complete and width > 0 for _, complete, width in images)
+    assert {"overview", "into", "ac-fashion-mnist", "dc-fashion-mnist", "gain", "norms", "ablation"} <= set(ids)
