@@ -167,3 +167,12 @@ def test_compare_methods_by_hand():
     assert (table.loc["def", "mcnemar_b"], table.loc["def", "mcnemar_c"]) == (0, 4)
     assert table.loc["def", "mcnemar_p"] == pytest.approx(0.125)
     assert table.loc["base", "avg_low"] == table.loc["base", "avg_high"] == pytest.approx(0.625)  # no seed spread
+
+
+def test_seed_interval():
+    from classrobust.analysis import seed_interval
+
+    mean, lo, hi = seed_interval([0.5, 0.6, 0.7])
+    assert mean == pytest.approx(0.6) and lo == pytest.approx(0.6 - 4.303 * 0.1 / 3 ** 0.5, abs=1e-3)
+    assert seed_interval([0.0, 0.0, 0.3])[1] == 0.0  # clipped to the range of an accuracy
+    assert np.isnan(seed_interval([0.4])[1])

@@ -13,14 +13,16 @@ from classrobust.analysis.consistency import mcnemar_exact
 from classrobust.analysis.stats import holm, wilson_interval
 
 
-def seed_interval(values, confidence: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high): a Student-t interval over seeds (NaN bounds for a single seed)."""
+def seed_interval(values, confidence: float = 0.95, bounds: tuple[float, float] = (0.0, 1.0)
+                  ) -> tuple[float, float, float]:
+    """(mean, low, high): a Student-t interval over seeds, clipped to ``bounds`` (accuracies live in
+    [0, 1]); NaN bounds for a single seed."""
     v = np.asarray(values, dtype=float)
     mean = float(v.mean())
     if len(v) < 2:
         return mean, float("nan"), float("nan")
     half = float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
-    return mean, mean - half, mean + half
+    return mean, max(bounds[0], mean - half), min(bounds[1], mean + half)
 
 
 def compare_methods(results: Mapping[tuple[str, int], object], baseline: str, attacks: list[str]) -> pd.DataFrame:
