@@ -8,7 +8,9 @@ made with *other* settings stops the experiment (results are never overwritten).
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,10 +20,6 @@ from classrobust.errors import CheckpointError, UsageError
 from classrobust.experiment.spec import ExperimentSpec, RunSpec
 from classrobust.io import atomic_write_json, check_output_dir
 from classrobust.report.experiment import INDEX
-
-
-def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k != "device"}  # the same run may be trained on another device
 
 
 def eval_settings(spec: ExperimentSpec) -> dict[str, Any]:
@@ -51,16 +49,14 @@ def run_state(spec: ExperimentSpec, run: RunSpec) -> str:
             if any(fitted.get(k) != v for k, v in wanted.items()):
                 raise UsageError(f"{directory} was calibrated with other settings; move it away or give the "
                                  "experiment another out directory")
-        mine = run.config.to_dict()
-        if _comparable(saved) != _comparable(mine):
-            differing = sorted(k for k in set(saved) | set(mine) if k != "device" and saved.get(k) != mine.get(k))
+        # the same run may have been trained on another device
+        differing = [k for k in run.config.differences(saved) if k != "device"]
+        if differing:
             raise UsageError(f"{directory} was trained with other settings ({', '.join(differing)} differ); "
                              "move it away or give the experiment another out directory")
         summary = directory / "eval" / "summary.json"
         if not summary.is_file():
             return "evaluate"
-        import json
-
         saved_eval = json.loads(summary.read_text()).get("meta", {}).get("experiment_eval")
         if saved_eval != eval_settings(spec):
             raise UsageError(f"{directory / 'eval'} was evaluated with other settings; move it away or give the "
@@ -83,18 +79,13 @@ def calibration_settings(entry: dict[str, Any]) -> dict[str, Any]:
                                                "precision": "fp32"}}
 
 
-def _train(spec, run, *, device, data_dir, download, progress, log) -> None:
-    from classrobust.training import train
-
-    from dataclasses import replace
-
+def _train(spec, run, *, resume, device, data_dir, download, progress, log) -> None:
     from classrobust.cli.commands import resolve_device
+    from classrobust.training import train
 
     # precision stays the file's (default bf16) on every machine, so that runs stay comparable
     config = replace(run.config, device=str(resolve_device(device)))
-    directory = run_dir(spec, run)
-    resume = run_state(spec, run) == "resume"
-    train(config, directory, data_dir=data_dir, download=download, progress=progress, resume=resume,
+    train(config, run_dir(spec, run), data_dir=data_dir, download=download, progress=progress, resume=resume,
           log=lambda m: log(f"  {m}"))
 
 
@@ -131,7 +122,8 @@ def ensure_run(spec, run, *, device=None, data_dir=None, download=False, progres
                              log=lambda m: log(f"  {m}"))
     if state in ("train", "resume"):
         log(f"{run.key}: {'resuming training' if state == 'resume' else 'training'}")
-        _train(spec, run, device=device, data_dir=data_dir, download=download, progress=progress, log=log)
+        _train(spec, run, resume=state == "resume", device=device, data_dir=data_dir, download=download,
+               progress=progress, log=log)
     log(f"{run.key}: evaluating ({spec.eval['attacks']})")
     _evaluate(spec, run, device=device, data_dir=data_dir, download=download, progress=progress)
     log(f"{run.key}: done in {time.perf_counter() - t0:.0f}s")
