@@ -6,7 +6,7 @@ correctly classified points, drops a point at its first fooling iterate), fp32 a
 torchattacks attacks every point for every step (its design), fp32. Robust accuracy counts a
 point robust only if it is classified correctly both clean and attacked, for both.
 
-    python benchmarks/vs_torchattacks.py --checkpoint runs/demo/model.safetensors --limit 2000
+    python benchmarks/vs_torchattacks.py --checkpoint runs/demo/model.safetensors --seeds 0,1,2
 """
 
 from __future__ import annotations
@@ -43,30 +43,39 @@ def main() -> None:
 
     p = argparse.ArgumentParser()
     p.add_argument("--checkpoint", default="runs/demo/model.safetensors")
-    p.add_argument("--limit", type=int, default=2000)
+    p.add_argument("--limit", type=int, default=0, help="class-stratified test images (0: the whole test set)")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--seeds", default="0", help="comma-separated; each seeds both sides' random starts")
+    p.add_argument("--attacks", default="pgd,apgd", help="comma-separated subset of pgd,apgd")
     args = p.parse_args()
     model, meta = load_checkpoint(args.checkpoint)
     eps = meta["eps"]
-    data = stratified_subset(get_dataset(meta["dataset"], "test"), args.limit, seed=0)
+    data = get_dataset(meta["dataset"], "test")
+    if args.limit:
+        data = stratified_subset(data, args.limit, seed=0)
+    n = len(data)
     print(f"torch {torch.__version__}, torchattacks {torchattacks.__version__}, {torch.get_num_threads()} threads, "
-          f"{len(data)} test images, batch {args.batch_size}, eps {eps}")
-    print(f"| attack | ours fp32 (s) | ours bf16 (s) | torchattacks fp32 (s) | robust acc ours fp32 / bf16 / theirs "
-          f"| speed-up fp32 | speed-up bf16 |")
-    print("|---|---|---|---|---|---|---|")
-    cases = [
-        ("PGD-20", lambda prec: PGD(model, eps=eps, alpha=eps / 4, steps=20, precision=prec),
-         lambda: torchattacks.PGD(model, eps=eps, alpha=eps / 4, steps=20, random_start=True)),
-        ("APGD-CE-100", lambda prec: APGD(model, eps=eps, steps=100, loss="ce", precision=prec),
-         lambda: torchattacks.APGD(model, eps=eps, steps=100, n_restarts=1, loss="ce", seed=0)),
-    ]
-    for name, ours, theirs in cases:
-        torch.manual_seed(0)
-        acc_t, t_t = run_theirs(model, data, theirs(), args.batch_size)
-        acc_32, t_32 = run_ours(model, data, ours("fp32"), args.batch_size)
-        acc_16, t_16 = run_ours(model, data, ours("bf16"), args.batch_size)
-        print(f"| {name} | {t_32:.1f} | {t_16:.1f} | {t_t:.1f} | {acc_32:.2%} / {acc_16:.2%} / {acc_t:.2%} "
-              f"| {t_t / t_32:.2f}x | {t_t / t_16:.2f}x |", flush=True)
+          f"{n} test images, batch {args.batch_size}, eps {eps}")
+    print("| attack | seed | ours fp32 (s) | ours bf16 (s) | torchattacks fp32 (s) "
+          "| robust points ours fp32 / bf16 / theirs | speed-up fp32 | speed-up bf16 |")
+    print("|---|---|---|---|---|---|---|---|")
+    cases = {
+        "pgd": ("PGD-20", lambda prec, seed: PGD(model, eps=eps, alpha=eps / 4, steps=20, precision=prec, seed=seed),
+                lambda seed: torchattacks.PGD(model, eps=eps, alpha=eps / 4, steps=20, random_start=True)),
+        "apgd": ("APGD-CE-100", lambda prec, seed: APGD(model, eps=eps, steps=100, loss="ce", precision=prec,
+                                                        seed=seed),
+                 lambda seed: torchattacks.APGD(model, eps=eps, steps=100, n_restarts=1, loss="ce", seed=seed)),
+    }
+    for key in args.attacks.split(","):
+        name, ours, theirs = cases[key]
+        for seed in (int(s) for s in args.seeds.split(",")):
+            torch.manual_seed(seed)  # torchattacks' PGD draws its random start from the global RNG
+            acc_t, t_t = run_theirs(model, data, theirs(seed), args.batch_size)
+            acc_32, t_32 = run_ours(model, data, ours("fp32", seed), args.batch_size)
+            acc_16, t_16 = run_ours(model, data, ours("bf16", seed), args.batch_size)
+            counts = " / ".join(str(round(a * n)) for a in (acc_32, acc_16, acc_t))
+            print(f"| {name} | {seed} | {t_32:.1f} | {t_16:.1f} | {t_t:.1f} | {counts} "
+                  f"| {t_t / t_32:.2f}x | {t_t / t_16:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

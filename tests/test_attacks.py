@@ -248,3 +248,68 @@ def test_mode_restored_after_error(tiny_model, tiny_batch):
         PGD(tiny_model, eps=0.1)(tiny_batch[0], torch.full((6,), 9))
     assert tiny_model.training
     assert all(p.requires_grad for p in tiny_model.parameters())
+
+
+def test_bf16_search_takes_the_fp32_decision_at_every_iterate(trained_fmnist_model, fmnist_test_subset):
+    """bf16 logits only pre-select; the verdict 'this iterate fools the model' must be fp32's.
+
+    Points on segments from clean images to adversarial ones cross the decision boundary finely
+    enough that bf16 alone misjudges some of them (asserted, so the test stays sensitive)."""
+    from classrobust.attacks.base import wrong_by_margin
+
+    model = trained_fmnist_model
+    x, y = fmnist_test_subset[torch.arange(60)]
+    far = PGD(model, eps=0.3, steps=10, mode="last")(x, y)
+    t = torch.linspace(0, 1, 65).view(1, -1, 1, 1, 1)
+    pts = (x[:, None] + t * (far - x)[:, None]).flatten(0, 1)
+    ys = y.repeat_interleave(t.shape[1])
+    attack = PGD(model, eps=0.3, precision="bf16")
+    with torch.no_grad():
+        logits16 = attack.logits(pts)
+        want = wrong_by_margin(model(pts).float(), ys)
+    assert want.any() and not want.all()
+    assert ((logits16.argmax(1) == ys) & want).any(), "no fooled point that bf16 alone calls correct: too easy"
+    assert torch.equal(attack.fooled(pts, ys, logits16), want)
+
+
+class ViewingConv(nn.Conv2d):
+    """A user layer whose own forward needs a contiguous weight (``view``)."""
+
+    def forward(self, x):
+        w = self.weight.view(self.out_channels, -1).view_as(self.weight)
+        return nn.functional.conv2d(x, w, self.bias, padding=1)
+
+
+def _conv_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), ViewingConv(4, 4, 3, padding=1),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 4))
+
+
+@pytest.mark.parametrize("name", ["pgd", "square"])
+def test_fast_conv_layout_during_attack_and_model_restored_exactly(name, tiny_batch):
+    model = _conv_net()
+    plain, viewing = model[0], model[2]
+    before = {k: (v.data_ptr(), v.stride(), v.clone()) for k, v in model.state_dict().items()}
+    seen = []
+    plain.register_forward_pre_hook(
+        lambda m, inp: seen.append(m.weight.is_contiguous(memory_format=torch.channels_last)))
+    make(name, model)(*tiny_batch)
+    assert seen and all(seen), "plain convolutions run in channels-last during the attack"
+    assert viewing.weight.is_contiguous()
+    for k, v in model.state_dict().items():
+        ptr, stride, value = before[k]
+        assert v.data_ptr() == ptr and v.stride() == stride and torch.equal(v, value), k
+
+
+def test_model_layout_restored_after_an_error(tiny_batch):
+    model = _conv_net()
+    ptr, stride = model[0].weight.data_ptr(), model[0].weight.stride()
+
+    def boom(m, inp):
+        raise RuntimeError("boom")
+    model[2].register_forward_pre_hook(boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        PGD(model, eps=0.1, steps=2)(*tiny_batch)
+    w = model[0].weight
+    assert w.data_ptr() == ptr and w.stride() == stride and w.requires_grad and model.training
