@@ -17,6 +17,7 @@ import time
 import torch
 
 from classrobust.attacks import APGD, PGD
+from classrobust.attacks.base import fast_weights
 from classrobust.checkpoint import load_checkpoint
 from classrobust.data import get_dataset, make_loader, stratified_subset
 from classrobust.evaluate import evaluate_classwise
@@ -47,6 +48,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seeds", default="0", help="comma-separated; each seeds both sides' random starts")
     p.add_argument("--attacks", default="pgd,apgd", help="comma-separated subset of pgd,apgd")
+    p.add_argument("--peer-layout", action="store_true",
+                   help="also time torchattacks with the convolutions in channels-last, as our attacks run "
+                        "them, to separate the layout's gain from evaluation mode's")
     args = p.parse_args()
     model, meta = load_checkpoint(args.checkpoint)
     eps = meta["eps"]
@@ -56,9 +60,11 @@ def main() -> None:
     n = len(data)
     print(f"torch {torch.__version__}, torchattacks {torchattacks.__version__}, {torch.get_num_threads()} threads, "
           f"{n} test images, batch {args.batch_size}, eps {eps}")
+    peer_head = (" | torchattacks fp32, channels-last convs (s) (robust points) | speed-up fp32 vs it"
+                 if args.peer_layout else "")
     print("| attack | seed | ours fp32 (s) | ours bf16 (s) | torchattacks fp32 (s) "
-          "| robust points ours fp32 / bf16 / theirs | speed-up fp32 | speed-up bf16 |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"| robust points ours fp32 / bf16 / theirs | speed-up fp32 | speed-up bf16{peer_head} |")
+    print("|---|---|---|---|---|---|---|---|" + ("---|---|" if args.peer_layout else ""))
     cases = {
         "pgd": ("PGD-20", lambda prec, seed: PGD(model, eps=eps, alpha=eps / 4, steps=20, precision=prec, seed=seed),
                 lambda seed: torchattacks.PGD(model, eps=eps, alpha=eps / 4, steps=20, random_start=True)),
@@ -74,8 +80,14 @@ def main() -> None:
             acc_32, t_32 = run_ours(model, data, ours("fp32", seed), args.batch_size)
             acc_16, t_16 = run_ours(model, data, ours("bf16", seed), args.batch_size)
             counts = " / ".join(str(round(a * n)) for a in (acc_32, acc_16, acc_t))
+            peer = ""
+            if args.peer_layout:
+                torch.manual_seed(seed)
+                with fast_weights(model):
+                    acc_l, t_l = run_theirs(model, data, theirs(seed), args.batch_size)
+                peer = f" | {t_l:.1f} ({round(acc_l * n)}) | {t_l / t_32:.2f}x"
             print(f"| {name} | {seed} | {t_32:.1f} | {t_16:.1f} | {t_t:.1f} | {counts} "
-                  f"| {t_t / t_32:.2f}x | {t_t / t_16:.2f}x |", flush=True)
+                  f"| {t_t / t_32:.2f}x | {t_t / t_16:.2f}x{peer} |", flush=True)
 
 
 if __name__ == "__main__":

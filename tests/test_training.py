@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -201,6 +202,28 @@ def test_torchrun_two_processes(synthetic_env, tmp_path):
     s1 = pd.read_csv(tmp_path / "e1" / "samples.csv.gz")
     s2 = pd.read_csv(tmp_path / "e2" / "samples.csv.gz")
     pd.testing.assert_frame_equal(s1, s2)
+
+
+def test_torchrun_levers_update_from_every_process(synthetic_env, tmp_path):
+    """Under DDP each process sees half of each batch; the training statistics and the class-wise
+    levers must use the counts of both (all-reduced), not the main process's half."""
+    env = {**os.environ, "CLASSROBUST_SYSTEM_DATA": str(synthetic_env), "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "ddp-levers"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "classrobust", "train", "--train-subset", "300", "--epochs", "2",
+                           "--batch-size", "50", "--attack-steps", "2", "--val-size", "100", "--classwise",
+                           "class-eps", "--no-progress", "--out", str(run)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = pd.read_csv(run / "train_log.csv")
+    per_class = log[log.class_index >= 0].sort_values(["epoch", "class_index"])
+    first, second = per_class[per_class.epoch == 1], per_class[per_class.epoch == 2]
+    assert first["n_train"].sum() == 300  # both processes' shards, not 150
+    # class-eps sets each class's radius scale to lam (0.5) + its training robust accuracy
+    np.testing.assert_allclose(second["eps_scale"].to_numpy(), 0.5 + first["train_accuracy"].to_numpy(),
+                               rtol=1e-6)
+    overall = log[(log.class_index == -1) & (log.epoch == 1)]["train_accuracy"].item()
+    assert overall == pytest.approx((first["train_accuracy"] * first["n_train"]).sum() / 300)
 
 
 @pytest.mark.parametrize("method", METHODS.names())

@@ -64,10 +64,14 @@ def fast_weights(model: nn.Module):
             w = getattr(m, "weight", None)
             if (type(m).forward is nn.Conv2d.forward and isinstance(w, nn.Parameter) and w.dim() == 4
                     and w.device.type == "cpu" and not parametrize.is_parametrized(m)
-                    and not w.is_contiguous(memory_format=torch.channels_last)
                     and all(w is not p for p, _ in swapped)):
-                swapped.append((w, w.data))
-                w.data = w.data.contiguous(memory_format=torch.channels_last)
+                # .to, not .contiguous: a one-input-channel weight counts as channels-last already,
+                # but only .to gives it the strides that make the convolution pick that layout
+                # (measured: without it the first layer, and the whole gain, stayed behind)
+                fast = w.data.to(memory_format=torch.channels_last)
+                if fast.stride() != w.stride():
+                    swapped.append((w, w.data))
+                    w.data = fast
         yield model
     finally:
         for w, original in swapped:

@@ -192,7 +192,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_dir: str | Path | No
     for epoch in range(start_epoch, config.epochs + 1):
         model.train()
         t0 = time.perf_counter()
-        loss_sum, correct, seen = 0.0, 0, 0
+        loss_sum = 0.0
         class_correct = torch.zeros(len(classes), dtype=torch.long)  # on the trained-on (adversarial) inputs
         class_seen = torch.zeros(len(classes), dtype=torch.long)
         terms_used = levers.per_class() if levers else None
@@ -226,23 +226,29 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_dir: str | Path | No
             step += 1
             loss_sum += float(loss.detach()) * len(y)
             hit = logits.argmax(1) == y
-            correct += int(hit.sum())
-            seen += len(y)
             class_correct += torch.bincount(y[hit].cpu(), minlength=len(classes))
             class_seen += torch.bincount(y.cpu(), minlength=len(classes))
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.3g}")
+            if progress and main:
+                seen = int(class_seen.sum())
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{int(class_correct.sum()) / seen:.3f}",
+                                lr=f"{lr:.3g}")
         train_seconds = time.perf_counter() - t0
+        if distributed:  # the epoch's statistics over every process's shard; levers update from these
+            counts = torch.stack([class_correct, class_seen]).to(device)
+            torch.distributed.all_reduce(counts)
+            class_correct, class_seen = counts.cpu()
+            summed = torch.tensor([loss_sum], dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(summed)
+            loss_sum = float(summed)
+        correct, seen = int(class_correct.sum()), int(class_seen.sum())
+        with np.errstate(invalid="ignore", divide="ignore"):
+            train_robust = (class_correct / class_seen).numpy()  # on the trained-on inputs
         result = validate(net, val_set, config, eps, classes, device)
         stats = {"lr": lr, "eps": eps_now, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
                  "seconds": round(train_seconds, 2)}
-        epoch_rows = log_rows(epoch, result, stats, terms_used)
+        per_class = {"train_accuracy": train_robust, "n_train": class_seen.numpy(), **(terms_used or {})}
+        epoch_rows = log_rows(epoch, result, stats, per_class)
         if levers:
-            if distributed:  # every process updates its levers from the global counts
-                counts = torch.stack([class_correct, class_seen]).to(device)
-                torch.distributed.all_reduce(counts)
-                class_correct, class_seen = counts.cpu()
-            with np.errstate(invalid="ignore", divide="ignore"):
-                train_robust = (class_correct / class_seen).numpy()
             levers.end_epoch(epoch=epoch, train_robust=train_robust, model=net,
                              val_clean=result.attacks[CLEAN].accuracy_per_class,
                              val_robust=result.attacks.get(VAL_ATTACK, result.attacks[CLEAN]).accuracy_per_class)
