@@ -1,7 +1,8 @@
 """Evaluation speed against torchattacks: PGD-20 and APGD-CE (100 steps) on a PGD-AT smallcnn.
 
 Both sides evaluate the same class-stratified Fashion-MNIST test images with the same model,
-batch size, steps and eps, in this process. Ours runs in evaluation mode (attacks only the
+batch size, steps and eps, in this process, taking turns batch by batch so that the shared
+machine's slow and fast stretches fall on every side alike. Ours runs in evaluation mode (attacks only the
 correctly classified points, drops a point at its first fooling iterate), fp32 and bf16;
 torchattacks attacks every point for every step (its design), fp32. Robust accuracy counts a
 point robust only if it is classified correctly both clean and attacked, for both.
@@ -23,20 +24,29 @@ from classrobust.data import get_dataset, make_loader, stratified_subset
 from classrobust.evaluate import evaluate_classwise
 
 
-def run_ours(model, dataset, attack, batch_size):
-    t0 = time.perf_counter()
-    res = evaluate_classwise(model, make_loader(dataset, batch_size), {"a": attack}, progress=False)
-    return res.attacks["a"].accuracy, time.perf_counter() - t0
+def ours_on_batch(model, x, y, attack, classes) -> int:
+    """Robust points of one batch, evaluated the way `classrobust eval` does."""
+    res = evaluate_classwise(model, [(x, y)], {"a": attack}, classes=classes, progress=False)
+    return round(res.attacks["a"].accuracy * len(y))
 
 
-def run_theirs(model, dataset, attack, batch_size):
-    t0 = time.perf_counter()
-    robust = 0
+def theirs_on_batch(model, x, y, attack) -> int:
+    x_adv = attack(x, y)
+    with torch.no_grad():
+        return int(((model(x).argmax(1) == y) & (model(x_adv).argmax(1) == y)).sum())
+
+
+def interleaved(model, dataset, batch_size, runners):
+    """Each runner on every batch in turn, so a slower or faster stretch of a shared machine
+    falls on all of them alike. runners: name -> fn(x, y) -> robust points.
+    Returns name -> (robust points, seconds)."""
+    totals = {name: [0, 0.0] for name in runners}
     for x, y in make_loader(dataset, batch_size):
-        x_adv = attack(x, y)
-        with torch.no_grad():
-            robust += int(((model(x).argmax(1) == y) & (model(x_adv).argmax(1) == y)).sum())
-    return robust / len(dataset), time.perf_counter() - t0
+        for name, fn in runners.items():
+            t0 = time.perf_counter()
+            totals[name][0] += fn(x, y)
+            totals[name][1] += time.perf_counter() - t0
+    return {name: tuple(v) for name, v in totals.items()}
 
 
 def main() -> None:
@@ -76,16 +86,23 @@ def main() -> None:
         name, ours, theirs = cases[key]
         for seed in (int(s) for s in args.seeds.split(",")):
             torch.manual_seed(seed)  # torchattacks' PGD draws its random start from the global RNG
-            acc_t, t_t = run_theirs(model, data, theirs(seed), args.batch_size)
-            acc_32, t_32 = run_ours(model, data, ours("fp32", seed), args.batch_size)
-            acc_16, t_16 = run_ours(model, data, ours("bf16", seed), args.batch_size)
-            counts = " / ".join(str(round(a * n)) for a in (acc_32, acc_16, acc_t))
+            runners = {
+                "theirs": lambda x, y, a=theirs(seed): theirs_on_batch(model, x, y, a),
+                "fp32": lambda x, y, a=ours("fp32", seed): ours_on_batch(model, x, y, a, data.classes),
+                "bf16": lambda x, y, a=ours("bf16", seed): ours_on_batch(model, x, y, a, data.classes),
+            }
+            if args.peer_layout:
+                def theirs_fast(x, y, a=theirs(seed)):
+                    with fast_weights(model):
+                        return theirs_on_batch(model, x, y, a)
+                runners["theirs_fast"] = theirs_fast
+            got = interleaved(model, data, args.batch_size, runners)
+            (r_t, t_t), (r_32, t_32), (r_16, t_16) = got["theirs"], got["fp32"], got["bf16"]
+            counts = f"{r_32} / {r_16} / {r_t}"
             peer = ""
             if args.peer_layout:
-                torch.manual_seed(seed)
-                with fast_weights(model):
-                    acc_l, t_l = run_theirs(model, data, theirs(seed), args.batch_size)
-                peer = f" | {t_l:.1f} ({round(acc_l * n)}) | {t_l / t_32:.2f}x"
+                r_l, t_l = got["theirs_fast"]
+                peer = f" | {t_l:.1f} ({r_l}) | {t_l / t_32:.2f}x"
             print(f"| {name} | {seed} | {t_32:.1f} | {t_16:.1f} | {t_t:.1f} | {counts} "
                   f"| {t_t / t_32:.2f}x | {t_t / t_16:.2f}x{peer} |", flush=True)
 
