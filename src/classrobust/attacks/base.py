@@ -63,11 +63,11 @@ def fast_weights(model: nn.Module):
         for m in model.modules():
             w = getattr(m, "weight", None)
             if (type(m).forward is nn.Conv2d.forward and isinstance(w, nn.Parameter) and w.dim() == 4
-                    and w.device.type == "cpu" and not parametrize.is_parametrized(m)
-                    and all(w is not p for p, _ in swapped)):
+                    and w.device.type == "cpu" and not parametrize.is_parametrized(m)):
                 # .to, not .contiguous: a one-input-channel weight counts as channels-last already,
                 # but only .to gives it the strides that make the convolution pick that layout
                 # (measured: without it the first layer, and the whole gain, stayed behind)
+                # (a weight shared by two layers is converted once: the second time .to returns it as is)
                 fast = w.data.to(memory_format=torch.channels_last)
                 if fast.stride() != w.stride():
                     swapped.append((w, w.data))

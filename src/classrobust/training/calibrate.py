@@ -171,8 +171,7 @@ def calibrate(model: nn.Module, val_set, *, eps: float, steps: int = 10, seed: i
                 break
         if not accepted:
             break
-        adjusted.set(best[1], best[2])
-    adjusted.set(best[1], best[2])
+    adjusted.set(best[1], best[2])  # a rejected last candidate may still be set
     calibration = Calibration(offsets=[float(v) for v in best[1]], temperatures=[float(v) for v in best[2]],
                               before=before, after=best[0], rounds=history)
     return adjusted, calibration
