@@ -1,0 +1,186 @@
+"""Helpers of benchmarks/gpu_check.sh: synthetic data, host-sync counts, PGD-AT throughput.
+
+Needs no internet and no downloaded data. Subcommands:
+
+  data DIR --train N --test N        a 10-class ImageFolder tree of 32x32 RGB PNGs (learnable stripes)
+  syncs --device D                   host synchronisations per PGD step, counted two ways
+  throughput --device D --images N   PGD-10 adversarial-training epoch on N CIFAR-shaped images,
+                                     PreAct ResNet-18, bf16, with and without channels-last
+
+Everything prints one ``key: value`` line per result, so the shell script's log is the record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def make_data(root: Path, n_train: int, n_test: int, size: int = 32, classes: int = 10, seed: int = 0) -> None:
+    """Class k: a bright horizontal stripe at a class-specific height and hue, plus noise."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for k in range(classes):
+            d = root / split / f"class_{k:02d}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = rng.integers(0, 90, size=(size, size, 3))
+                row = 2 + (k * (size - 6)) // classes
+                img[row:row + 3, 3:size - 3, k % 3] += 150
+                Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(d / f"{i:05d}.png")
+    print(f"data: {root} ({classes} classes, {n_train}/{n_test} train/test images per class, {size}x{size} RGB)")
+
+
+class SyncCounter:
+    """Counts the tensor operations that force the host to wait for the device.
+
+    ``.item()``, ``bool(t)``, ``int(t)``, ``float(t)``, ``.tolist()``, ``.cpu()`` and ``nonzero``
+    are wrapped while inside; on CUDA each is a synchronisation, on the CPU they cost nothing but
+    are counted the same, so the count is a property of the code, not of the device.
+    """
+
+    NAMES = ("item", "__bool__", "__int__", "__float__", "tolist", "cpu", "nonzero")
+
+    def __init__(self):
+        self.counts = dict.fromkeys(self.NAMES, 0)
+
+    @contextlib.contextmanager
+    def counting(self):
+        originals = {name: getattr(torch.Tensor, name) for name in self.NAMES}
+
+        def wrap(name, fn):
+            def inner(*args, **kwargs):
+                self.counts[name] += 1
+                return fn(*args, **kwargs)
+            return inner
+
+        try:
+            for name, fn in originals.items():
+                setattr(torch.Tensor, name, wrap(name, fn))
+            yield self
+        finally:
+            for name, fn in originals.items():
+                setattr(torch.Tensor, name, fn)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def _model(device, num_classes=10, channels_last=False):
+    from classrobust.data.base import DatasetInfo, ThreatModel
+    from classrobust.models import create_model
+
+    info = DatasetInfo(name="synthetic-cifar", classes=tuple(f"class_{k}" for k in range(num_classes)),
+                       input_shape=(3, 32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+                       threat_model=ThreatModel(eps=8 / 255, step_size=2 / 255), splits=("train", "test"))
+    torch.manual_seed(0)
+    model = create_model("preact-resnet18", info).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def count_syncs(device: torch.device, batch: int = 64, steps: int = 10) -> None:
+    from classrobust.attacks import PGD
+
+    model = _model(device)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, 3, 32, 32, generator=g).to(device)
+    y = torch.randint(0, 10, (batch,), generator=g).to(device)
+    for mode in ("last", "best"):
+        attack = PGD(model, eps=8 / 255, steps=steps, seed=0, mode=mode)
+        attack(x, y)  # warm-up
+        counter = SyncCounter()
+        with counter.counting():
+            attack(x, y)
+        per_step = counter.total / steps
+        detail = ", ".join(f"{k} {v}" for k, v in counter.counts.items() if v)
+        print(f"syncs PGD-{steps} mode={mode}: {counter.total} in the call ({per_step:.1f} per step; {detail})")
+    if device.type == "cuda":  # CUDA's own count of synchronising calls, as a cross-check
+        import warnings
+
+        attack = PGD(model, eps=8 / 255, steps=steps, seed=0, mode="last")
+        torch.cuda.set_sync_debug_mode("warn")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            attack(x, y)
+        torch.cuda.set_sync_debug_mode("default")
+        n = sum("synchroniz" in str(w.message) for w in caught)
+        print(f"syncs PGD-{steps} mode=last, torch.cuda sync debug mode: {n} warnings ({n / steps:.1f} per step)")
+
+
+def throughput(device: torch.device, n_images: int, batch: int, steps: int, precision: str) -> None:
+    """One PGD-AT epoch (our PGDAT method, SGD step) over ``n_images`` random CIFAR-shaped images
+    already on the device: the compute path only, no data loading."""
+    from classrobust.training.methods import METHODS
+
+    g = torch.Generator().manual_seed(0)
+    data_x = torch.rand(n_images, 3, 32, 32, generator=g)
+    data_y = torch.randint(0, 10, (n_images,), generator=g)
+    for channels_last, autotune in ((False, False), (True, False), (True, True)):
+        torch.backends.cudnn.benchmark = autotune
+        model = _model(device, channels_last=channels_last).train()
+        method = METHODS.build("pgd-at", attack_steps=steps, alpha=2 / 255, precision=precision)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        xs = data_x.to(device).contiguous(memory_format=fmt)
+        ys = data_y.to(device)
+
+        def epoch(limit):
+            seen = 0
+            for i in range(0, limit, batch):
+                x, y = xs[i:i + batch], ys[i:i + batch]
+                loss, _ = method.loss(model, x, y, eps=8 / 255, seed=i)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                seen += len(y)
+            return seen
+
+        epoch(min(n_images, 4 * batch))  # warm-up (cuDNN autotuning, allocator)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        seen = epoch(n_images)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        layout = ("channels-last" if channels_last else "contiguous") + (", cudnn.benchmark" if autotune else "")
+        print(f"throughput PGD-{steps} AT epoch, preact-resnet18, {precision}, batch {batch}, {layout}: "
+              f"{seen} images in {seconds:.2f} s ({seen / seconds:.0f} img/s)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("data")
+    d.add_argument("root", type=Path)
+    d.add_argument("--train", type=int, default=100)
+    d.add_argument("--test", type=int, default=30)
+    s = sub.add_parser("syncs")
+    s.add_argument("--device", default="cuda")
+    t = sub.add_parser("throughput")
+    t.add_argument("--device", default="cuda")
+    t.add_argument("--images", type=int, default=50_000)
+    t.add_argument("--batch", type=int, default=512)
+    t.add_argument("--steps", type=int, default=10)
+    t.add_argument("--precision", default="bf16")
+    args = p.parse_args()
+    if args.command == "data":
+        make_data(args.root, args.train, args.test)
+    elif args.command == "syncs":
+        count_syncs(torch.device(args.device))
+    else:
+        throughput(torch.device(args.device), args.images, args.batch, args.steps, args.precision)
+
+
+if __name__ == "__main__":
+    main()
