@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import os
 import struct
 from pathlib import Path
 
@@ -15,6 +14,19 @@ from torch import nn
 from classrobust.data.mnist_like import SYSTEM_DIRS
 
 FMNIST_DIR = SYSTEM_DIRS["fashion-mnist"]
+
+#: a fast ``classrobust train`` on the generated data (``synthetic_env``)
+TRAIN = ["train", "--train-subset", "300", "--epochs", "1", "--val-size", "100", "--attack-steps", "2",
+         "--batch-size", "50", "--lr", "0.02", "--no-progress"]
+
+
+def run(argv, capsys):
+    """``classrobust ARGV`` in this process: (exit code, stdout, stderr)."""
+    from classrobust.cli.main import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> None:

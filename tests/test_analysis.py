@@ -9,7 +9,7 @@ from classrobust.analysis import (attack_consistency, attacked_into, bootstrap_d
                                   disparity_table, gain_attribution, mcnemar_exact, per_class_table,
                                   rank_correlations, row_normalised, strongest_pairs, top_destinations,
                                   weight_norm_correlation, wilson_interval)
-from classrobust.evaluate import CLEAN, AttackResult, ClasswiseResult
+from classrobust.evaluate import AttackResult, ClasswiseResult
 
 
 def test_wilson_by_hand():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -89,13 +88,6 @@ def test_autoattack_is_the_per_point_worst_case(at_fmnist_model, at_batch):
     expected = torch.stack(members).all(dim=0)
     assert torch.equal(robust_aa, expected)
     assert robust_aa.sum() <= min(int(m.sum()) for m in members)
-    # fooled_by names the first member that fooled each point
-    for i, name in enumerate(aa.fooled_by):
-        if name is None:
-            assert robust_aa[i]
-        else:
-            first = next(n for n, m in zip(aa.attacks, members) if not m[i])
-            assert name == first
 
 
 def test_autoattack_versions(tiny_model):
@@ -121,9 +113,10 @@ def test_apgd_t_needs_four_classes():
         APGDT(model, eps=0.1, steps=2)(torch.rand(2, 1, 8, 8), torch.tensor([0, 1]))
 
 
-def test_bf16_best_mode_confirms_in_fp32(at_fmnist_model, at_batch):
+def test_bf16_pgd_stays_in_the_ball_and_fools(at_fmnist_model, at_batch):
+    # that bf16 search takes fp32's verdict at every iterate is tested point by point across the
+    # decision boundary in test_attacks.py (test_bf16_search_takes_the_fp32_decision_at_every_iterate)
     x, y = at_batch
     x_adv = PGD(at_fmnist_model, eps=0.1, steps=10, precision="bf16")(x, y)
-    # every sample returned as fooled really is fooled in fp32, and the ball holds
     assert (x_adv - x).abs().max() <= 0.1 + 1e-6
-    assert robust(at_fmnist_model, x_adv, y).float().mean() < 1.0
+    assert robust(at_fmnist_model, x_adv, y).float().mean() < robust(at_fmnist_model, x, y).float().mean()

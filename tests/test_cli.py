@@ -14,14 +14,7 @@ import pytest
 from classrobust import __version__
 from classrobust.cli.main import main
 
-TRAIN = ["train", "--train-subset", "300", "--epochs", "1", "--val-size", "100", "--attack-steps", "2",
-         "--batch-size", "50", "--lr", "0.02", "--no-progress"]
-
-
-def run(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+from conftest import TRAIN, run
 
 
 @pytest.fixture

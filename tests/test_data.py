@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 
 import numpy as np
 import pytest
@@ -154,7 +153,6 @@ def test_folder_dataset_errors(tmp_path):
 
 def test_stratified_subset_and_split():
     targets = torch.arange(1000) % 10
-    ds_like = type("D", (), {})
     from classrobust.data.base import stratified_positions, stratified_split
 
     pos = stratified_positions(targets, 205, 10, seed=0)

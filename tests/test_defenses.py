@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from classrobust.cli.main import main
-from test_cli import TRAIN, run
+from conftest import TRAIN, run
 
 
 @pytest.fixture
@@ -21,7 +20,7 @@ def trained_run(synthetic_env, tmp_path, capsys):
 
 
 def test_search_adjustment_raises_the_worst_class_within_the_budget():
-    from classrobust.training.calibrate import _accuracies, search_adjustment
+    from classrobust.defenses.calibrate import _accuracies, search_adjustment
 
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(3), 100)
@@ -34,8 +33,32 @@ def test_search_adjustment_raises_the_worst_class_within_the_budget():
     assert per0.argmin() == 2 and offsets[2] > 0 and offsets[2] == offsets.max()
     assert per.min() > per0.min() + 0.05 and avg >= avg0 - 0.01
     assert np.all(temps == 1)
-    _, temps = search_adjustment(clean, adv, y, 3, avg0 - 0.01, np.zeros(3), np.ones(3), fit_temperature=True)
-    assert temps.min() <= 1
+
+
+def test_search_adjustment_fits_a_temperature_where_an_offset_cannot_help():
+    """Class 2's own logit is positive on its points and its rival is just ahead, while on the
+    other classes' points its logit is negative but close to theirs: an offset on class 2 also
+    flips those points, a temperature below 1 on class 2 does not (it pushes negatives down)."""
+    from classrobust.defenses.calibrate import _accuracies, search_adjustment
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 100)
+
+    def noise():
+        return 0.15 * rng.normal(size=300)
+
+    own = np.where(y == 2, 1.0, 0.3) + noise()
+    logits = np.stack([np.where(y == 0, own, -1.0 + noise()), np.where(y == 1, own, -1.0 + noise()),
+                       np.where(y == 2, own, -0.1 + noise())], axis=1)
+    logits[y == 2, 0] = 1.1 + noise()[:100]
+    per0, avg0 = _accuracies(logits, logits, y, np.zeros(3), np.ones(3), 3)
+    offsets, temps = search_adjustment(logits, logits, y, 3, avg0 - 0.01, np.zeros(3), np.ones(3))
+    per_offsets = _accuracies(logits, logits, y, offsets, temps, 3)[0]
+    offsets, temps = search_adjustment(logits, logits, y, 3, avg0 - 0.01, np.zeros(3), np.ones(3),
+                                       fit_temperature=True)
+    per, avg = _accuracies(logits, logits, y, offsets, temps, 3)
+    assert per0.argmin() == 2 and temps[2] < 0.8 and temps[0] == temps[1] == 1
+    assert per.min() > per_offsets.min() + 0.1 and avg >= avg0 - 0.01
 
 
 def test_calibrate_end_to_end(trained_run, tmp_path, capsys, monkeypatch):
@@ -43,7 +66,8 @@ def test_calibrate_end_to_end(trained_run, tmp_path, capsys, monkeypatch):
     from classrobust.checkpoint import load_checkpoint
     from classrobust.evaluate.sharded import evaluate_dataset
     from classrobust.attacks.pgd import PGD
-    from classrobust.training.calibrate import validation_split
+    from classrobust.data import run_splits
+    from classrobust.training import TrainConfig
 
     splits = []
     real = data.get_dataset
@@ -66,7 +90,7 @@ def test_calibrate_end_to_end(trained_run, tmp_path, capsys, monkeypatch):
     assert cal["fitted_on"] == "validation" and len(cal["offsets"]) == 10
     assert torch.allclose(model.offsets, torch.tensor(cal["offsets"]))
     # attacked end to end with the adjustment inside, the validation numbers are those reported
-    val = validation_split(meta, 60)
+    _, val = run_splits(TrainConfig.from_dict(meta["config"]), val_size=60)
     result = evaluate_dataset(model, val, {"pgd": PGD(model, eps=meta["eps"], steps=3, seed=0, mode="best")},
                               progress=False)
     assert result.attacks["pgd"].accuracy == pytest.approx(cal["after"]["robust_accuracy"])
@@ -91,7 +115,7 @@ def test_calibrate_refuses_to_overwrite(trained_run, tmp_path, capsys):
 
 # -- training-phase levers ---------------------------------------------------------
 def test_reweight_raises_the_weak_classes():
-    from classrobust.training.classwise import Reweight
+    from classrobust.defenses.levers import Reweight
 
     lever = Reweight(3, strength=2.0, smoothing=0.5)
     lever.end_epoch(epoch=1, train_robust=np.full(3, 0.5), val_clean=np.ones(3), val_robust=np.array([0.2, 0.8, 0.5]),
@@ -108,7 +132,7 @@ def test_reweight_raises_the_weak_classes():
 
 
 def test_class_eps_follows_training_robust_accuracy():
-    from classrobust.training.classwise import ClassEps
+    from classrobust.defenses.levers import ClassEps
 
     lever = ClassEps(3, lam=0.5, beta_lam=0.3)
     assert np.all(lever.eps_scale == 1)  # before any epoch: the nominal budget
@@ -118,7 +142,7 @@ def test_class_eps_follows_training_robust_accuracy():
 
 
 def test_frl_penalises_violating_classes():
-    from classrobust.training.classwise import FRL
+    from classrobust.defenses.levers import FRL
 
     lever = FRL(3, tau=0.0, weight_step=1.0, eps_step=0.5)
     # class 0: high natural error; class 2: large boundary error (clean right, attacked wrong)
@@ -131,7 +155,7 @@ def test_frl_penalises_violating_classes():
 
 
 def test_fawa_admits_only_good_epochs():
-    from classrobust.training.classwise import FAWA
+    from classrobust.defenses.levers import FAWA
 
     model = torch.nn.Linear(2, 2, bias=False)
     lever = FAWA(2, decay=0.5, threshold=0.3, start_epoch=1)
@@ -139,13 +163,13 @@ def test_fawa_admits_only_good_epochs():
         model.weight.fill_(1.0)
     lever.after_step(model)  # EMA starts from the current weights
     lever.end_epoch(epoch=1, val_robust=np.array([0.5, 0.4]))  # admitted
-    assert lever.admitted == [1] and torch.equal(lever.final_state_dict()["weight"], torch.ones(2, 2))
+    assert lever.admitted == [1] and torch.equal(lever.final_weights()[0]["weight"], torch.ones(2, 2))
     with torch.no_grad():
         model.weight.fill_(3.0)
     lever.after_step(model)
     assert torch.equal(lever.candidate["weight"], torch.full((2, 2), 2.0))  # 0.5 * 1 + 0.5 * 3
     lever.end_epoch(epoch=2, val_robust=np.array([0.1, 0.9]))  # worst class below the threshold: discarded
-    assert lever.admitted == [1] and torch.equal(lever.final_state_dict()["weight"], torch.ones(2, 2))
+    assert lever.admitted == [1] and torch.equal(lever.final_weights()[0]["weight"], torch.ones(2, 2))
 
 
 def test_weighted_pgd_at_and_trades_losses():
@@ -181,7 +205,7 @@ def test_per_sample_eps_equals_separate_attacks(tiny_model):
     (["--classwise", "reweight,frl"], "reweight and frl cannot be combined"),
     (["--classwise", "class-eps,frl"], "class-eps and frl cannot be combined"),
     (["--classwise", "fawa", "--select", "avg"], "use it with --select last"),
-    (["--classwise", "reweight", "--method", "mart"], "combine with pgd-at or trades, not 'mart'"),
+    (["--classwise", "reweight", "--method", "mart"], "training method 'mart' does not support class-wise levers"),
     (["--classwise", "reweight:strenght=2"], "has no parameter 'strenght'"),
     (["--classwise", "rewieght"], "unknown class-wise lever 'rewieght'"),
 ])

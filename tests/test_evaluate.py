@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch import nn
 
 from classrobust.attacks import FGSM, PGD
 from classrobust.data import make_loader

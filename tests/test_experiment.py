@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from classrobust.cli.main import main
-from classrobust.experiment import load_spec
+from classrobust.workflows.spec import load_spec
+from conftest import run
 from classrobust.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,10 +40,6 @@ def write(tmp_path, text, name="exp.yaml"):
     return path
 
 
-def run(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_two_run_experiment_end_to_end_then_skipped(synthetic_env, tmp_path, capsys):

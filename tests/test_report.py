@@ -14,7 +14,7 @@ from classrobust.cli.main import main
 from classrobust.evaluate import ClasswiseResult
 from classrobust.analysis import holm
 from classrobust.report.compare import compare_results
-from test_cli import TRAIN
+from conftest import TRAIN
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",

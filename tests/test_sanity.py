@@ -113,7 +113,7 @@ def test_more_steps_rising_accuracy_is_flagged(trained_fmnist_model, data):
 
 def test_cli_sanity_lands_in_summary(synthetic_env, tmp_path, capsys):
     from classrobust.cli.main import main
-    from test_cli import TRAIN
+    from conftest import TRAIN
 
     assert main([*TRAIN, "--out", str(tmp_path / "run")]) == 0
     code = main(["eval", "--checkpoint", str(tmp_path / "run" / "model.safetensors"), "--attacks", "fgsm,pgd:steps=2",

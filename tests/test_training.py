@@ -22,7 +22,7 @@ from classrobust.training import METHODS, TrainConfig
 from classrobust.training.methods.mart import mart_loss
 from classrobust.training.methods.trades import trades_loss
 from classrobust.training.schedules import lr_multiplier
-from test_cli import TRAIN
+from conftest import TRAIN
 
 LOGITS_CLEAN = [[2.0, 0.0], [0.0, 1.0]]
 LOGITS_ADV = [[1.0, 1.0], [0.0, 2.0]]
@@ -76,6 +76,13 @@ def test_each_method_improves_its_own_objective(name, fmnist_test_subset):
     after = float(method.loss(model, x, y, eps=0.1, seed=1)[0].detach())
     assert model.training
     assert after < before - 0.1, (before, after)
+    # the objective is the adversarial one: a method that ignored its inner attack would score the
+    # same at eps 0.1 as at eps 0 (only standard training does)
+    at_zero = float(method.loss(model, x, y, eps=0.0, seed=1)[0].detach())
+    if name == "standard":
+        assert after == pytest.approx(at_zero)
+    else:
+        assert after > at_zero + 0.05, (after, at_zero)
 
 
 def test_schedules():
@@ -285,7 +292,7 @@ def test_compile_option_trains(synthetic_env, tmp_path, capsys):
 
 def test_drop_classes_leaves_them_out_of_training_and_validation(synthetic_env, tmp_path, capsys):
     from classrobust.data import get_dataset
-    from classrobust.training.loop import without_classes
+    from classrobust.data import without_classes
 
     train = get_dataset("fashion-mnist", "train")
     kept = without_classes(train, ("Shirt", "Coat"))

@@ -8,10 +8,9 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import save_file
-from torch import nn
 
 from classrobust.cli.main import main
-from classrobust.data import get_dataset, stratified_subset
+from classrobust.data import get_dataset
 from classrobust.errors import CheckpointError
 from classrobust.models import create_model
 

@@ -1,13 +1,14 @@
 """Analyses: pure functions over saved per-sample results (no model is run here)."""
 
 from classrobust.analysis.confusion import attacked_into, row_normalised, strongest_pairs, top_destinations
-from classrobust.analysis.consistency import (attack_consistency, confused_class_ablation, gain_attribution, mcnemar_exact,
+from classrobust.analysis.consistency import (attack_consistency, confused_class_ablation, discordant_pairs,
+                                              gain_attribution, mcnemar_exact,
                                               rank_correlations, run_consistency, weight_norm_correlation)
 from classrobust.analysis.methods import compare_methods, seed_interval
 from classrobust.analysis.stats import (bootstrap_disparity, disparity, disparity_table, holm, per_class_table,
                                         wilson_interval)
 
 __all__ = ["compare_methods", "seed_interval", "holm", "confused_class_ablation", "attacked_into", "row_normalised", "strongest_pairs", "top_destinations", "attack_consistency",
-           "gain_attribution", "mcnemar_exact", "rank_correlations", "run_consistency",
+           "gain_attribution", "mcnemar_exact", "discordant_pairs", "rank_correlations", "run_consistency",
            "weight_norm_correlation", "bootstrap_disparity", "disparity", "disparity_table",
            "per_class_table", "wilson_interval"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from classrobust.evaluate.results import CLEAN
+from classrobust.results import CLEAN
 
 
 def attacked_into(result, attack: str) -> np.ndarray:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from classrobust.evaluate.results import CLEAN
+from classrobust.results import CLEAN
 
 
 def _constant(v: np.ndarray) -> bool:
@@ -89,6 +89,13 @@ def mcnemar_exact(b: int, c: int) -> float:
     return float(min(1.0, 2 * stats.binom.cdf(min(b, c), b + c, 0.5)))
 
 
+def discordant_pairs(ok_a: np.ndarray, ok_b: np.ndarray, mask: np.ndarray | None = None) -> tuple[int, int]:
+    """McNemar's discordant counts over paired per-point outcomes (bool, (N,)), within ``mask``:
+    (b = A right and B wrong, c = A wrong and B right)."""
+    m = np.ones_like(ok_a, dtype=bool) if mask is None else mask
+    return int((ok_a & ~ok_b & m).sum()), int((~ok_a & ok_b & m).sum())
+
+
 def confused_class_ablation(base, retrained, attack: str, weak: str, dropped: str) -> dict[str, float]:
     """What retraining without class ``dropped`` did to class ``weak`` under ``attack``.
 
@@ -109,8 +116,7 @@ def confused_class_ablation(base, retrained, attack: str, weak: str, dropped: st
     fooled = of_i & ~base_ok
     into_j = fooled & (base_adv == j)
     kept = labels != j
-    b = int((of_i & base_ok & ~new_ok).sum())  # robust before, not after
-    c = int((of_i & ~base_ok & new_ok).sum())
+    b, c = discordant_pairs(base_ok, new_ok, of_i)  # b: robust before, not after
     return {
         "attack": attack, "weakest_class": weak, "dropped_class": dropped, "n_weakest": int(of_i.sum()),
         "formerly_fooled": int(fooled.sum()), "formerly_fooled_into_dropped": int(into_j.sum()),

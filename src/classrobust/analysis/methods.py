@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from classrobust.analysis.consistency import mcnemar_exact
+from classrobust.analysis.consistency import discordant_pairs, mcnemar_exact
 from classrobust.analysis.stats import holm, wilson_interval
 
 
@@ -60,11 +60,9 @@ def compare_methods(results: Mapping[tuple[str, int], object], baseline: str, at
                 base = results[(baseline, s)]
                 if not np.array_equal(base.indices, r.indices):
                     raise ValueError(f"{method} seed {s} and {baseline} seed {s} are on different test points")
-                of_worst = r.labels == worst
-                ok_base = base.attacks[attack].predictions == base.labels
-                ok_new = r.attacks[attack].predictions == r.labels
-                b += int((of_worst & ok_base & ~ok_new).sum())
-                c += int((of_worst & ~ok_base & ok_new).sum())
+                pair = discordant_pairs(base.attacks[attack].predictions == base.labels,
+                                        r.attacks[attack].predictions == r.labels, r.labels == worst)
+                b, c = b + pair[0], c + pair[1]
             block.append({"attack": attack, "method": method, "seeds": len(runs), "avg": avg[0], "avg_low": avg[1],
                           "avg_high": avg[2], "avg_pooled_low": float(alo), "avg_pooled_high": float(ahi),
                           "worst_class": runs[0][1].classes[worst], "worst": on_worst[0],

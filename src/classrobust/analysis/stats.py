@@ -57,15 +57,11 @@ def bootstrap_disparity(correct: np.ndarray, n: np.ndarray, reps: int = 2000, co
 
 
 def per_class_table(result, confidence: float = 0.95) -> pd.DataFrame:
-    """Long table: attack, class, n, correct, accuracy, Wilson interval."""
-    rows = []
-    for name, res in result.attacks.items():
-        lo, hi = wilson_interval(res.correct_per_class, res.n_per_class, confidence)
-        for k, cls in enumerate(result.classes):
-            rows.append({"attack": name, "class_index": k, "class_name": cls, "n": int(res.n_per_class[k]),
-                         "correct": int(res.correct_per_class[k]), "accuracy": float(res.accuracy_per_class[k]),
-                         "ci_low": float(lo[k]), "ci_high": float(hi[k])})
-    return pd.DataFrame(rows)
+    """The result's long per-class table (attack, class, n, correct, accuracy) with each row's
+    Wilson interval (``ci_low``, ``ci_high``)."""
+    table = result.per_class_table()
+    lo, hi = wilson_interval(table["correct"].to_numpy(), table["n"].to_numpy(), confidence)
+    return table.assign(ci_low=np.asarray(lo, dtype=float), ci_high=np.asarray(hi, dtype=float))
 
 
 def disparity_table(result, reps: int = 2000, seed: int = 0) -> pd.DataFrame:

@@ -13,12 +13,13 @@ from torch import nn
 
 from classrobust.attacks.apgd import APGD, APGDT
 from classrobust.attacks.autoattack import AutoAttack
-from classrobust.attacks.base import MODES, PRECISIONS, Attack
+from classrobust.attacks.base import MODES, Attack
 from classrobust.attacks.pgd import CW, FGSM, PGD
 from classrobust.attacks.square import Square
 from classrobust.attacks.temperature_pgd import DEFAULT_TEMPERATURE, TemperaturePGD
-from classrobust.errors import UsageError
-from classrobust.registry import Registry, parse_specs
+from classrobust.attacks.specs import attack_kwargs, build_attacks, parse_attack_specs
+from classrobust.registry import Registry
+from classrobust.runtime import PRECISIONS
 
 ATTACKS: Registry[Attack] = Registry("attack")
 
@@ -46,19 +47,6 @@ def create_attack(name: str, model: nn.Module, **kwargs: Any) -> Attack:
     return attack
 
 
-def parse_attack_specs(text: str) -> list[tuple[str, dict[str, Any]]]:
-    """Parse ``"fgsm,pgd:steps=50,alpha=0.005,temp-pgd"`` into ``[(name, overrides)]``.
-
-    Commas separate attacks; a ``key=value`` item belongs to the attack before it.
-    """
-    specs = parse_specs(text, ATTACKS)
-    if not specs:
-        raise UsageError("no attack given")
-    if "clean" in (s[0] for s in specs):
-        raise UsageError("'clean' is always evaluated; do not list it as an attack")
-    return specs
-
-
 __all__ = ["ATTACKS", "Attack", "FGSM", "PGD", "CW", "TemperaturePGD", "APGD", "APGDT", "Square",
            "AutoAttack", "DEFAULT_TEMPERATURE", "PRECISIONS", "MODES", "create_attack",
-           "parse_attack_specs"]
+           "parse_attack_specs", "build_attacks", "attack_kwargs"]

@@ -9,6 +9,7 @@ while its step was unchanged; such a sample restarts from its best point.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 import torch
@@ -92,74 +93,109 @@ class APGD(Attack):
         out_loss = torch.full((n,), -float("inf"), device=x.device)
         done = torch.zeros(n, dtype=torch.bool, device=x.device)
         drop = self.mode == "best"
-        threat = self.threat
 
-        def evaluate(s, xs):
-            a = s["aux"]
-            g, logits = self.loss_grad(xs, s["y"], lambda lg, yy: loss(lg, yy, a))
-            return g, logits, loss(logits, s["y"], a).detach()
+        def evaluate(s: _APGDState, xs):
+            g, logits = self.loss_grad(xs, s.y, lambda lg, yy: loss(lg, yy, s.aux))
+            return g, logits, loss(logits, s.y, s.aux).detach()
 
-        x_start = threat.project(x + threat.random_init(x, seed), x) if self.eps > 0 else x
-        s: dict[str, Any] = {"idx": torch.arange(n, device=x.device), "x0": x, "y": y, "aux": aux}
-        g, logits, lv = evaluate(s, x_start)
-        eta = torch.full((n,), 2.0 * self.eps, device=x.device)
-        s.update(x=x_start, x_prev=x_start, g=g, loss=lv, x_best=x_start, g_best=g, loss_best=lv,
-                 eta=eta, succ=torch.zeros(n, device=x.device),
-                 loss_best_ck=lv.clone(), reduced_last=torch.zeros(n, dtype=torch.bool, device=x.device))
-
-        def retire(s, xs, logits):
-            fooled = self.fooled(xs, s["y"], logits)
+        def retire(s: _APGDState, xs, logits) -> _APGDState:  # evaluation mode: fooled samples leave
+            fooled = self.fooled(xs, s.y, logits)
             if not fooled.any():
                 return s
-            out[s["idx"][fooled]] = xs[fooled]
-            done[s["idx"][fooled]] = True
-            keep = ~fooled
-            return {k: (v[keep] if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == len(keep) else v)
-                    for k, v in s.items()}
+            out[s.idx[fooled]] = xs[fooled]
+            done[s.idx[fooled]] = True
+            return s.keep(~fooled)
 
+        x_start = self.ball.project(x + self.ball.random_init(x, seed), x) if self.eps > 0 else x
+        s = _APGDState.start(x, y, aux, x_start, 2.0 * self.eps)
+        s.g, logits, s.loss = evaluate(s, x_start)
+        s.g_best, s.loss_best, s.loss_best_ck = s.g, s.loss, s.loss.clone()
         if drop:
             s = retire(s, x_start, logits)
         last_ck = 0
         for k in range(self.steps):
-            if len(s["idx"]) == 0:
+            if len(s.idx) == 0:
                 break
-            shape = (-1,) + (1,) * (x.dim() - 1)
-            eta_b = s["eta"].view(shape)
-            z = threat.project(threat.step(s["x"], s["g"], eta_b), s["x0"])
-            if k == 0:
-                x_new = z
-            else:
-                x_new = threat.project(s["x"] + MOMENTUM * (z - s["x"]) + (1 - MOMENTUM) * (s["x"] - s["x_prev"]),
-                                       s["x0"])
+            x_new = self._next_point(s, first=k == 0)
             g_new, logits, l_new = evaluate(s, x_new)
-            s["succ"] += (l_new > s["loss"]).float()
-            better = l_new > s["loss_best"]
-            s["x_best"] = torch.where(better.view(shape), x_new, s["x_best"])
-            s["g_best"] = torch.where(better.view(shape), g_new, s["g_best"])
-            s["loss_best"] = torch.where(better, l_new, s["loss_best"])
-            s["x_prev"], s["x"], s["g"], s["loss"] = s["x"], x_new, g_new, l_new
+            s.record(x_new, g_new, l_new)
             if drop:
                 s = retire(s, x_new, logits)
-            if k + 1 in self.checkpoints and len(s["idx"]):
-                span = k + 1 - last_ck
-                stalled = (~s["reduced_last"]) & (s["loss_best"] <= s["loss_best_ck"])
-                reduce = (s["succ"] < self.rho * span) | stalled
-                s["eta"] = torch.where(reduce, s["eta"] / 2, s["eta"])
-                r = reduce.view(shape)
-                s["x"] = torch.where(r, s["x_best"], s["x"])
-                s["x_prev"] = torch.where(r, s["x_best"], s["x_prev"])
-                s["g"] = torch.where(r, s["g_best"], s["g"])
-                s["reduced_last"] = reduce
-                s["loss_best_ck"] = s["loss_best"].clone()
-                s["succ"].zero_()
+            if k + 1 in self.checkpoints and len(s.idx):
+                s.checkpoint(self.rho * (k + 1 - last_ck))
                 last_ck = k + 1
-        remaining = s["idx"]
-        if len(remaining):
-            out[remaining] = s["x_best"]
-            out_loss[remaining] = s["loss_best"]
+        if len(s.idx):
+            out[s.idx] = s.x_best
+            out_loss[s.idx] = s.loss_best
             if not drop:  # the highest-loss point may or may not fool; say which
-                done[remaining] = self.fooled(s["x_best"], s["y"])
+                done[s.idx] = self.fooled(s.x_best, s.y)
         return out, done, out_loss
+
+    def _next_point(self, s: "_APGDState", *, first: bool) -> torch.Tensor:
+        """The step of size eta along the gradient, then (after the first) the momentum mix."""
+        z = self.ball.project(self.ball.step(s.x, s.g, s.eta.view(s.shape)), s.x0)
+        if first:
+            return z
+        return self.ball.project(s.x + MOMENTUM * (z - s.x) + (1 - MOMENTUM) * (s.x - s.x_prev), s.x0)
+
+
+@dataclass
+class _APGDState:
+    """The per-sample state of one APGD run, for the samples still attacked (all tensors (M, ...))."""
+
+    idx: torch.Tensor  # positions in the run's batch
+    x0: torch.Tensor  # clean inputs
+    y: torch.Tensor
+    aux: torch.Tensor | None
+    x: torch.Tensor  # current iterate
+    x_prev: torch.Tensor
+    eta: torch.Tensor  # step size per sample
+    succ: torch.Tensor  # loss increases since the last checkpoint
+    reduced_last: torch.Tensor  # step size halved at the last checkpoint
+    g: torch.Tensor | None = None
+    loss: torch.Tensor | None = None
+    x_best: torch.Tensor | None = None
+    g_best: torch.Tensor | None = None
+    loss_best: torch.Tensor | None = None
+    loss_best_ck: torch.Tensor | None = None  # best loss at the last checkpoint
+
+    @classmethod
+    def start(cls, x0, y, aux, x_start, eta0: float) -> "_APGDState":
+        n, dev = len(x0), x0.device
+        return cls(idx=torch.arange(n, device=dev), x0=x0, y=y, aux=aux, x=x_start, x_prev=x_start,
+                   x_best=x_start, eta=torch.full((n,), eta0, device=dev), succ=torch.zeros(n, device=dev),
+                   reduced_last=torch.zeros(n, dtype=torch.bool, device=dev))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (-1,) + (1,) * (self.x0.dim() - 1)
+
+    def keep(self, mask: torch.Tensor) -> "_APGDState":
+        return _APGDState(**{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[mask])
+                             for f in fields(self)})
+
+    def record(self, x_new, g_new, l_new) -> None:
+        """Count the loss increase, keep the best point so far, advance the iterate."""
+        self.succ += (l_new > self.loss).float()
+        better = l_new > self.loss_best
+        self.x_best = torch.where(better.view(self.shape), x_new, self.x_best)
+        self.g_best = torch.where(better.view(self.shape), g_new, self.g_best)
+        self.loss_best = torch.where(better, l_new, self.loss_best)
+        self.x_prev, self.x, self.g, self.loss = self.x, x_new, g_new, l_new
+
+    def checkpoint(self, min_successes: float) -> None:
+        """Halve eta where too few steps raised the loss or the best loss stalled (and eta was not
+        halved at the last checkpoint); those samples restart from their best point."""
+        stalled = (~self.reduced_last) & (self.loss_best <= self.loss_best_ck)
+        reduce = (self.succ < min_successes) | stalled
+        self.eta = torch.where(reduce, self.eta / 2, self.eta)
+        r = reduce.view(self.shape)
+        self.x = torch.where(r, self.x_best, self.x)
+        self.x_prev = torch.where(r, self.x_best, self.x_prev)
+        self.g = torch.where(r, self.g_best, self.g)
+        self.reduced_last = reduce
+        self.loss_best_ck = self.loss_best.clone()
+        self.succ.zero_()
 
 
 class APGDT(APGD):

@@ -27,13 +27,11 @@ VERSIONS = ("standard", "fast")
 
 
 class AutoAttack(Attack):
-    """Per-point worst case over a fixed cascade of attacks.
-
-    After each call, ``fooled_by`` holds, per sample, the name of the attack that
-    first fooled it (``None`` if none did): the gradient-masking check reads it.
-    """
+    """Per-point worst case over a fixed cascade of attacks."""
 
     name = "autoattack"
+    #: the members keep their own (the reference's) settings: the global --steps does not reach them
+    reserved_options = ("steps",)
 
     def __init__(self, model: nn.Module, *, eps: float, version: str = "standard", steps: int = 100,
                  n_targets: int = 9, n_queries: int = 5000, norm: str = "linf", seed: int = 0,
@@ -49,7 +47,6 @@ class AutoAttack(Attack):
         }
         if version == "standard" and norm == "linf":
             self.attacks["square"] = Square(model, n_queries=n_queries, **common)
-        self.fooled_by: list[str | None] = []
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "version": self.version,
@@ -57,7 +54,6 @@ class AutoAttack(Attack):
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         out = x.clone()
-        fooled_by: list[str | None] = [None] * len(x)
         todo = torch.arange(len(x), device=x.device)
         for name, attack in self.attacks.items():
             if len(todo) == 0:
@@ -65,8 +61,5 @@ class AutoAttack(Attack):
             x_adv = attack(x[todo], y[todo])
             fooled = self.fooled(x_adv, y[todo])
             out[todo[fooled]] = x_adv[fooled]
-            for i in todo[fooled].tolist():
-                fooled_by[i] = name
             todo = todo[~fooled]
-        self.fooled_by = fooled_by
         return out

@@ -23,11 +23,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from classrobust.attacks.losses import LossFn
-from classrobust.attacks.threat import make_threat_model
+from classrobust.attacks.losses import LossFn, margin
+from classrobust.attacks.balls import make_ball
 from classrobust.errors import ClassrobustError, NonFiniteError, UsageError
-
-PRECISIONS = ("fp32", "bf16")
+from classrobust.runtime import autocast, check_precision, model_mode
 
 
 @contextlib.contextmanager
@@ -35,18 +34,16 @@ def frozen_eval(model: nn.Module):
     """The model in eval mode with parameters not requiring gradients, and its convolutions in
     the CPU's fast layout (:func:`fast_weights`); all restored on exit, also after an error.
     Input gradients then cost no parameter-gradient work."""
-    was_training = model.training
     frozen = [p for p in model.parameters() if p.requires_grad]
     try:
-        model.eval()
-        for p in frozen:
-            p.requires_grad_(False)
-        with fast_weights(model):
-            yield model
+        with model_mode(model, False):
+            for p in frozen:
+                p.requires_grad_(False)
+            with fast_weights(model):
+                yield model
     finally:
         for p in frozen:
             p.requires_grad_(True)
-        model.train(was_training)
 
 
 @contextlib.contextmanager
@@ -98,15 +95,9 @@ FOOL_MARGIN = 1e-4
 BF16_CANDIDATE_SLACK = 1 / 32
 
 
-def fooling_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(N,): largest other logit minus the true logit (> 0: misclassified). logits: (N, K)."""
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    return logits.scatter(1, y[:, None], float("-inf")).amax(dim=1) - true
-
-
 def wrong_by_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(N,) bool: the largest other logit exceeds the true logit by more than FOOL_MARGIN."""
-    return fooling_margin(logits, y) > FOOL_MARGIN
+    return margin(logits, y) > FOOL_MARGIN
 
 
 class Attack:
@@ -146,14 +137,13 @@ class Attack:
             raise UsageError(f"eps must be >= 0, got {eps}")
         if norm == "linf" and eps > 1:
             raise UsageError(f"L-inf eps {eps} is larger than the image range [0, 1]")
-        if precision not in PRECISIONS:
-            raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        check_precision(precision)
         if mode not in MODES:
             raise UsageError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.model = model
         self.eps = float(eps)  # the largest radius when eps is per sample
         self.norm = norm
-        self.threat = make_threat_model(norm, self.eps if self.eps_per_sample is None else radius)
+        self.ball = make_ball(norm, self.eps if self.eps_per_sample is None else radius)
         self.seed = int(seed)
         self.precision = precision
         self.mode = mode
@@ -170,7 +160,7 @@ class Attack:
             return x
         with frozen_eval(self.model):
             x_adv = self.perturb(x, y)
-        return self.threat.project(x_adv.detach().to(x.dtype), x)
+        return self.ball.project(x_adv.detach().to(x.dtype), x)
 
     def config(self) -> dict[str, Any]:
         """Hyperparameters as recorded next to results."""
@@ -185,14 +175,9 @@ class Attack:
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def autocast(self, device: torch.device):
-        if self.precision == "bf16":
-            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Model output as fp32 logits, checked for shape."""
-        with self.autocast(x.device):
+        with autocast(x.device, self.precision):
             out = self.model(fast_layout(x))
         if out.dim() != 2 or out.shape[0] != x.shape[0]:
             raise ClassrobustError(
@@ -230,7 +215,7 @@ class Attack:
             return wrong_by_margin(self.model(fast_layout(x_adv)).float(), y)
         if self.precision == "fp32":
             return wrong_by_margin(logits, y)
-        candidates = fooling_margin(logits, y) > -BF16_CANDIDATE_SLACK * logits.abs().amax(dim=1)
+        candidates = margin(logits, y) > -BF16_CANDIDATE_SLACK * logits.abs().amax(dim=1)
         if not candidates.any():
             return candidates
         confirmed = torch.zeros_like(candidates)

@@ -29,7 +29,7 @@ def tempered_ce(temperature: float) -> LossFn:
 
 
 def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Carlini-Wagner margin: the largest other logit minus the true logit."""
+    """Carlini-Wagner margin (N,): the largest other logit minus the true logit (> 0: misclassified)."""
     true = logits.gather(1, y[:, None]).squeeze(1)
     other = logits.scatter(1, y[:, None], float("-inf")).amax(dim=1)
     return other - true

@@ -55,11 +55,11 @@ class PGD(Attack):
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x_adv = x
         if self.random_start and self.eps > 0:
-            x_adv = self.threat.project(x + self.threat.random_init(x, self.seed), x)
+            x_adv = self.ball.project(x + self.ball.random_init(x, self.seed), x)
         if self.mode == "last":
             for _ in range(self.steps):
                 grad, _ = self.loss_grad(x_adv, y, self.loss_fn)
-                x_adv = self.threat.project(self.threat.step(x_adv, grad, self.alpha), x)
+                x_adv = self.ball.project(self.ball.step(x_adv, grad, self.alpha), x)
             return x_adv
         out = x_adv.clone()
         active = torch.arange(len(x), device=x.device)
@@ -73,7 +73,7 @@ class PGD(Attack):
                 active, xa, x0, ya, grad = active[keep], xa[keep], x0[keep], ya[keep], grad[keep]
                 if len(active) == 0:
                     return out
-            xa = self.threat.project(self.threat.step(xa, grad, self.alpha), x0)
+            xa = self.ball.project(self.ball.step(xa, grad, self.alpha), x0)
         out[active] = xa
         return out
 

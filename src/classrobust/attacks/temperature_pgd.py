@@ -25,9 +25,9 @@ class TemperaturePGD(PGD):
     def __init__(self, model: nn.Module, *, eps: float, alpha: float | None = None,
                  steps: int = 10, temperature: float = DEFAULT_TEMPERATURE,
                  random_start: bool = True, norm: str = "linf", seed: int = 0,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", mode: str = "best"):
         super().__init__(model, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
-                         norm=norm, loss=tempered_ce(temperature), seed=seed, precision=precision)
+                         norm=norm, loss=tempered_ce(temperature), seed=seed, precision=precision, mode=mode)
         self.temperature = float(temperature)
         self.loss_name = "tempered-ce"
 

@@ -1,4 +1,5 @@
-"""``classrobust`` command line: parse, build from registries, call the layers, print.
+"""``classrobust`` command line: parse (parsers built from the config dataclasses), call one
+workflow or library function, print.
 
 Errors the user can fix are printed as one line ``classrobust: error: ...``
 with exit code 2 for usage errors (as argparse does) and 1 for the rest.
@@ -13,58 +14,15 @@ from pathlib import Path
 from typing import Sequence
 
 from classrobust import __version__
+from classrobust.cli.parsers import add_config_options, add_data_options, config_from_args, positive_int
 from classrobust.errors import ClassrobustError, UsageError
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _common_data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help="data directory (default ~/.cache/classrobust/data or $CLASSROBUST_DATA_DIR)")
-    p.add_argument("--download", action="store_true", help="allow downloading missing data")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def _common_attack(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--eps", type=_non_negative_float, default=None,
-                   help="perturbation budget (default: the checkpoint's training eps)")
-    p.add_argument("--steps", type=_positive_int, default=None, help="steps for every iterative attack")
-    p.add_argument("--alpha", type=_non_negative_float, default=None,
-                   help="step size for every iterative attack (default 2.5 * eps / steps)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="attack arithmetic (predictions are always checked in fp32)")
-    p.add_argument("--mode", choices=["best", "last"], default="best",
-                   help="best: stop attacking a sample at its first fooling iterate (evaluation mode); "
-                        "last: run every iteration and return the attack's final output")
-    p.add_argument("--batch-size", type=_positive_int, default=256)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=_positive_int, default=None,
-                   help="evaluate a class-stratified subset of N test images")
-    p.add_argument("--subset-seed", type=int, default=0,
-                   help="seed of the --limit subset (kept apart from --seed so that evaluations of "
-                        "different models pair up for `compare`)")
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from classrobust.defenses.calibrate import CalibrateConfig
+    from classrobust.training.config import TrainConfig
+    from classrobust.workflows.evaluate import EvalConfig
+
     parser = argparse.ArgumentParser(
         prog="classrobust", description="Class-wise robustness in adversarial training.")
     parser.add_argument("--version", action="version", version=f"classrobust {__version__}")
@@ -74,43 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("train", help="adversarially train a model and save a checkpoint")
-    p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--model", default="smallcnn")
-    p.add_argument("--method", default="pgd-at")
-    p.add_argument("--eps", type=_non_negative_float, default=None, help="default: the dataset's")
-    p.add_argument("--alpha", type=_non_negative_float, default=None, help="inner attack step size")
-    p.add_argument("--attack-steps", type=_positive_int, default=5, help="inner PGD steps")
-    p.add_argument("--eps-warmup-epochs", type=_non_negative_float, default=1.0,
-                   help="ramp eps linearly from 0 over this many epochs")
-    p.add_argument("--epochs", type=_positive_int, default=10)
-    p.add_argument("--batch-size", type=_positive_int, default=128)
-    p.add_argument("--lr", type=float, default=0.03)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--schedule", default="piecewise", choices=["piecewise", "cosine", "cyclic", "constant"],
-                   help="learning-rate schedule (cyclic: the one-cycle schedule of fast AT)")
-    p.add_argument("--lr-warmup-epochs", type=_non_negative_float, default=0.25,
-                   help="ramp the learning rate linearly from 0 over this many epochs")
-    p.add_argument("--beta", type=_non_negative_float, default=6.0, help="TRADES / MART trade-off")
-    p.add_argument("--select", choices=["last", "avg", "worst-class"], default="last",
-                   help="keep the last epoch, or the one with the best average or best worst-class "
-                        "validation PGD accuracy")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (first steps are slow)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run from its last completed epoch")
-    p.add_argument("--val-size", type=_positive_int, default=1000,
-                   help="validation images evaluated per epoch (from the held-out split)")
-    p.add_argument("--train-subset", type=_positive_int, default=None,
-                   help="train on a class-stratified subset of N images")
-    p.add_argument("--classwise", default="", metavar="LEVER[:k=v,...][,LEVER...]",
-                   help="class-wise levers with pgd-at or trades: reweight, class-eps, frl, fawa "
-                        "(e.g. 'reweight:strength=2,fawa'); see docs/defenses.md")
-    p.add_argument("--drop-classes", default="", metavar="NAME[,NAME]",
-                   help="leave these classes out of training and validation (the model keeps all outputs)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default=None,
-                   help="default: bf16 autocast where supported, else fp32")
-    p.add_argument("--seed", type=int, default=0)
+    add_config_options(p, TrainConfig)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last completed epoch")
     p.add_argument("--out", type=Path, required=True, help="run directory (replaced only on success)")
-    _common_data(p)
+    add_data_options(p, device=False)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="class-wise evaluation of a model under attacks (test split)")
@@ -123,17 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --model: .safetensors or a state dict (loaded with weights_only=True)")
     p.add_argument("--normalize", action="store_true",
                    help="with a python: model: wrap it with the dataset's mean/std (it then takes [0, 1] images)")
-    p.add_argument("--attacks", default="fgsm,pgd,temp-pgd",
-                   help="comma-separated, with per-attack parameters: fgsm,pgd:steps=50,alpha=0.005")
     p.add_argument("--out", type=Path, default=None, help="default: eval/ beside the checkpoint")
-    p.add_argument("--sanity", action="store_true",
-                   help="also run the evaluation sanity checks (more steps, large eps, black-box, "
-                        "randomness, zero gradients); results in summary.json")
-    p.add_argument("--sanity-queries", type=_positive_int, default=1000,
-                   help="Square queries for the black-box sanity check")
-    p.add_argument("--no-report", action="store_true", help="skip building report.html")
-    _common_attack(p)
-    _common_data(p)
+    add_config_options(p, EvalConfig)
+    add_data_options(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("report", help="build report.html from saved evaluation results (runs no model)")
@@ -145,23 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_a", type=Path)
     p.add_argument("run_b", type=Path)
     p.add_argument("--out", type=Path, default=None, help="default: compare/ beside run B's evaluation")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level (Holm-adjusted)")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level (Holm-adjusted; default 0.05)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("calibrate", help="fit per-class logit offsets on the validation split to raise the "
-                                         "worst class's robust accuracy; writes a new checkpoint")
+                                         "worst class's PGD accuracy; writes a new checkpoint. This shifts the "
+                                         "decision thresholds between classes; it does not make the network "
+                                         "more robust (docs/defenses.md)")
     p.add_argument("--checkpoint", type=Path, required=True, help="a classrobust checkpoint (never modified)")
     p.add_argument("--out", type=Path, required=True, help="the new checkpoint (.safetensors; must not exist)")
-    p.add_argument("--max-avg-drop", type=_non_negative_float, default=1.0,
-                   help="largest allowed loss of average validation robust accuracy, in points (default 1)")
-    p.add_argument("--temperature", action="store_true", help="also fit a per-class temperature")
-    p.add_argument("--val-size", type=_positive_int, default=2000, help="validation images used for the fit")
-    p.add_argument("--steps", type=_positive_int, default=10, help="PGD steps of the fit's attack")
-    p.add_argument("--rounds", type=_positive_int, default=3, help="attack-and-refit rounds")
-    p.add_argument("--eps", type=_non_negative_float, default=None, help="default: the checkpoint's eps")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--seed", type=int, default=0, help="attack seed")
-    _common_data(p)
+    add_config_options(p, CalibrateConfig)
+    add_data_options(p)
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("experiment", help="run a grid of datasets x methods x seeds from a YAML file, "
@@ -171,17 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validate the file and show the plan (and what is already done); reads no data")
     p.add_argument("--out", type=Path, default=None, help="default: the file's out, else runs/experiments/NAME")
     p.add_argument("--report-only", action="store_true", help="rebuild the combined report from saved results")
-    _common_data(p)
+    add_data_options(p)
     p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("demo", help="train (or reuse) a PGD-AT smallcnn on Fashion-MNIST and evaluate it")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--retrain", action="store_true", help="train even if a matching model exists")
-    p.add_argument("--epochs", type=_positive_int, default=None)
-    p.add_argument("--train-subset", type=_positive_int, default=None)
-    p.add_argument("--limit", type=_positive_int, default=2000, help="test images to evaluate")
+    p.add_argument("--epochs", type=positive_int, default=None)
+    p.add_argument("--train-subset", type=positive_int, default=None)
+    p.add_argument("--limit", type=positive_int, default=2000, help="test images to evaluate")
     p.add_argument("--seed", type=int, default=0)
-    _common_data(p)
+    add_data_options(p)
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -204,19 +115,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("classrobust: interrupted", file=sys.stderr)
         return 130
     finally:
-        from classrobust.distributed import shutdown
+        from classrobust.runtime import shutdown
 
         shutdown()
 
 
-# -- commands -------------------------------------------------------------------
+# -- commands: parse -> one library call -> print ---------------------------------
 def cmd_list(args) -> int:
     from classrobust.attacks import ATTACKS
     from classrobust.data import DATASETS
+    from classrobust.defenses import LEVERS
     from classrobust.models import MODELS
     from classrobust.training import METHODS
-
-    from classrobust.training.classwise import LEVERS
 
     for title, registry in (("datasets", DATASETS), ("models", MODELS), ("attacks", ATTACKS),
                             ("training methods", METHODS), ("class-wise levers (train --classwise)", LEVERS)):
@@ -229,17 +139,45 @@ def cmd_list(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from classrobust.cli.commands import run_train
+    from classrobust.runtime import is_main
+    from classrobust.training import TrainConfig, train
 
-    run_train(args)
+    config = config_from_args(TrainConfig, args)
+    path = train(config, args.out, data_dir=args.data_dir, progress=not args.no_progress, resume=args.resume,
+                 download=args.download)
+    if is_main():
+        print(f"checkpoint: {path}")
+        print(f"training log: {Path(args.out) / 'train_log.csv'}")
     return 0
 
 
 def cmd_eval(args) -> int:
-    from classrobust.cli.commands import run_eval
+    from classrobust.runtime import is_main
+    from classrobust.workflows.evaluate import EvalConfig, evaluate_checkpoint
 
-    run_eval(args)
+    if args.checkpoint is not None and (args.dataset or args.weights or args.normalize):
+        raise UsageError("--dataset, --weights and --normalize go with --model, not --checkpoint")
+    result, out = evaluate_checkpoint(
+        args.checkpoint, args.out, config=config_from_args(EvalConfig, args), model=args.model,
+        dataset=args.dataset, weights=args.weights, normalize=args.normalize, device=args.device,
+        data_dir=args.data_dir, download=args.download, progress=not args.no_progress)
+    if is_main():
+        print_result(result, out)
     return 0
+
+
+def print_result(result, out: Path) -> None:
+    from classrobust.report import format_classwise_table, format_warnings
+
+    eps = result.meta.get("eps")
+    print(f"\nclass-wise accuracy on {len(result.labels)} test images of {result.meta.get('dataset')}"
+          f" (eps = {eps:g}):\n")
+    print(format_classwise_table(result))
+    for line in format_warnings(result):
+        print(line)
+    print(f"\nresults: {out}/ (per_class.csv, confusion_<attack>.csv, samples.csv.gz, summary.json)")
+    if (out / "report.html").is_file():
+        print(f"report: {out / 'report.html'}")
 
 
 def cmd_report(args) -> int:
@@ -250,22 +188,53 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from classrobust.cli.commands import run_compare
+    import pandas as pd
 
-    run_compare(args)
+    from classrobust.io import check_output_dir
+    from classrobust.report.compare import write_comparison
+    from classrobust.report.html import resolve_eval_dir
+
+    out = args.out if args.out is not None else resolve_eval_dir(args.run_b) / "compare"
+    check_output_dir(out)
+    table, out = write_comparison(args.run_a, args.run_b, out, alpha=args.alpha)
+    print(f"A = {args.run_a}\nB = {args.run_b}\n")
+    print(f"{'attack':<12}{'class':<14}{'A':>8}{'B':>8}{'B-A':>8}{'p':>10}{'p_holm':>10}")
+    for r in table.itertuples():
+        mark = "  *" if r.significant else ""
+        print(f"{r.attack:<12}{str(r.class_name)[:13]:<14}{100 * r.accuracy_a:>7.1f}%{100 * r.accuracy_b:>7.1f}%"
+              f"{100 * r.difference:>+8.1f}{r.p_value:>10.3g}{r.p_holm:>10.3g}{mark}")
+    print(f"\n* significant at {args.alpha} (exact McNemar, Holm-adjusted over classes)")
+    consistency = pd.read_csv(out / "consistency.csv")
+    print("rank consistency of per-class accuracy between A and B: " + ", ".join(
+        f"{r.attack} Spearman {r.spearman:.2f} / Kendall {r.kendall:.2f}" for r in consistency.itertuples()))
+    print(f"comparison: {out}/ (compare.csv, compare.md, compare.html)")
     return 0
 
 
 def cmd_calibrate(args) -> int:
-    from classrobust.cli.commands import run_calibrate
+    from classrobust.checkpoint import read_checkpoint_meta
+    from classrobust.defenses.calibrate import CalibrateConfig
+    from classrobust.workflows.calibrate import calibrate_checkpoint
 
-    run_calibrate(args)
+    config = config_from_args(CalibrateConfig, args)
+    out, fit = calibrate_checkpoint(args.checkpoint, args.out, config=config, device=args.device,
+                                    data_dir=args.data_dir)
+    b, a = fit.before, fit.after
+    classes = read_checkpoint_meta(out)["classes"]
+    print(f"{'class':<14}{'offset':>8}{'temp':>7}{'before':>9}{'after':>9}")
+    for name, off, t, rb, ra in zip(classes, fit.offsets, fit.temperatures, b["robust_per_class"],
+                                    a["robust_per_class"]):
+        print(f"{str(name)[:13]:<14}{off:>8.2f}{t:>7.2f}{100 * rb:>8.1f}%{100 * ra:>8.1f}%")
+    print(f"{'all':<14}{'':>15}{100 * b['robust_accuracy']:>8.1f}%{100 * a['robust_accuracy']:>8.1f}%")
+    print(f"validation worst class: {b['worst_class']} {100 * b['worst_robust_accuracy']:.1f}% -> "
+          f"{a['worst_class']} {100 * a['worst_robust_accuracy']:.1f}% (PGD-{config.steps}, measured end to end)")
+    print(f"calibrated checkpoint: {out}")
     return 0
 
 
 def cmd_experiment(args) -> int:
-    from classrobust.cli.experiment import check_experiment, run_experiment
-    from classrobust.experiment import load_spec
+    from classrobust.workflows.experiment import check_experiment, run_experiment
+    from classrobust.workflows.spec import load_spec
 
     spec = load_spec(args.file, out=args.out)
     if args.check:
@@ -284,9 +253,14 @@ def cmd_experiment(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from classrobust.cli.commands import run_demo
+    from classrobust.workflows.demo import run_demo
 
-    run_demo(args)
+    demo = run_demo(args.out, retrain=args.retrain, epochs=args.epochs, train_subset=args.train_subset,
+                    limit=args.limit, seed=args.seed, device=args.device, data_dir=args.data_dir,
+                    progress=not args.no_progress)
+    print_result(demo.result, demo.eval_dir)
+    print(f"\nmodel: {demo.checkpoint} (+ model.json, train_log.csv)")
+    print(f"time: training {demo.train_seconds:.0f}s, evaluation {demo.result.meta['seconds']:.0f}s")
     return 0
 
 

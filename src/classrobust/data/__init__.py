@@ -80,6 +80,36 @@ def train_val_split(train: ClassificationDataset, val_fraction: float = 0.1, see
     return train.subset(tr), train.subset(va)
 
 
+def without_classes(ds: ClassificationDataset, names: tuple[str, ...] | list[str]) -> ClassificationDataset:
+    """``ds`` without the samples of the named classes (the model keeps all outputs)."""
+    unknown = [n for n in names if n not in ds.classes]
+    if unknown:
+        raise UsageError(f"cannot drop unknown class(es) {', '.join(map(repr, unknown))}; "
+                         f"{ds.info.name} has: {', '.join(ds.classes)}")
+    if len(set(names)) >= len(ds.classes) - 1:
+        raise UsageError("dropping these classes leaves fewer than two to train on")
+    dropped = torch.tensor([ds.classes.index(n) for n in names])
+    return ds.subset(torch.nonzero(~torch.isin(ds.targets, dropped)).flatten())
+
+
+def run_splits(config, root: str | os.PathLike | None = None, download: bool = False, *,
+               val_size: int | None = None) -> tuple[ClassificationDataset, ClassificationDataset]:
+    """The (training, validation) sets of a training run, both carved out of the training split.
+
+    ``config`` is a :class:`~classrobust.training.TrainConfig` (or anything with its ``dataset``,
+    ``val_fraction``, ``seed``, ``drop_classes``, ``train_subset`` and ``val_size``): the training
+    loop and the calibration of its checkpoint read the same validation images through this one
+    function, never the test split. ``val_size`` overrides the config's validation subset size.
+    """
+    full = get_dataset(config.dataset, "train", root=root, download=download)
+    train, val = train_val_split(full, config.val_fraction, seed=config.seed)
+    if config.drop_classes:
+        train, val = without_classes(train, config.drop_classes), without_classes(val, config.drop_classes)
+    if config.train_subset is not None:
+        train = stratified_subset(train, config.train_subset, seed=config.seed)
+    return train, stratified_subset(val, config.val_size if val_size is None else val_size, seed=config.seed)
+
+
 def stratified_subset(ds: ClassificationDataset, n: int, seed: int = 0) -> ClassificationDataset:
     """A class-stratified subset of ``n`` samples (all of ``ds`` if ``n >= len(ds)``)."""
     return ds.subset(stratified_positions(ds.targets, n, ds.info.num_classes, seed))
@@ -105,4 +135,4 @@ def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool = False, seed: in
 
 
 __all__ = ["DATASETS", "ClassificationDataset", "DatasetInfo", "ImageTensorDataset", "ImageFolderDataset", "ThreatModel", "get_dataset",
-           "get_dataset_info", "train_val_split", "stratified_subset", "make_loader"]
+           "get_dataset_info", "train_val_split", "stratified_subset", "make_loader", "run_splits", "without_classes"]

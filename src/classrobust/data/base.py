@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,7 +31,6 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     splits: tuple[str, ...] = ("train", "test")
-    notes: str = ""
 
     @property
     def num_classes(self) -> int:

@@ -106,8 +106,7 @@ def imagenet_classes() -> tuple[str, ...]:
 
 
 IMAGENET = DatasetInfo("imagenet", imagenet_classes(), (3, 224, 224), ThreatModel(eps=4 / 255, step_size=1 / 255),
-                       _IMAGENET_MEAN, _IMAGENET_STD,
-                       notes="ImageFolder root with train/ and val/ (val serves as test); resize 256, crop 224")
+                       _IMAGENET_MEAN, _IMAGENET_STD)
 _IMAGENET_DIRS = {"train": "train", "test": "val"}
 
 
@@ -162,8 +161,7 @@ def folder_info(name: str) -> DatasetInfo:
     channels = 1 if grey else 3
     mean, std = (0.5,) * channels, (0.5,) * channels  # a neutral normalisation, inside the model
     return DatasetInfo(name, tuple(classes), (channels, h, w), FOLDER_THREAT, mean, std,
-                       splits=tuple(s for s in ("train", "test") if s in splits),
-                       notes=f"ImageFolder tree at {path}")
+                       splits=tuple(s for s in ("train", "test") if s in splits))
 
 
 def load_folder(info: DatasetInfo, split: str, root: Path, download: bool) -> ImageFolderDataset:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
 
 from classrobust.data.base import DatasetInfo, ImageTensorDataset, ThreatModel
 from classrobust.data.idx import read_idx
@@ -18,7 +17,6 @@ FASHION_MNIST = DatasetInfo(
     input_shape=(1, 28, 28),
     threat_model=ThreatModel(eps=0.1, step_size=0.01),
     mean=(0.2860,), std=(0.3530,),
-    notes="Zalando article images, 60k train / 10k test",
 )
 
 MNIST = DatasetInfo(
@@ -27,7 +25,6 @@ MNIST = DatasetInfo(
     input_shape=(1, 28, 28),
     threat_model=ThreatModel(eps=0.3, step_size=0.01),
     mean=(0.1307,), std=(0.3081,),
-    notes="handwritten digits, 60k train / 10k test",
 )
 
 _FILES = {

@@ -19,13 +19,11 @@ _CIFAR_MEAN, _CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 EPS_8 = ThreatModel(eps=8 / 255, step_size=2 / 255)
 
 CIFAR10 = DatasetInfo("cifar10", ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                                  "ship", "truck"), (3, 32, 32), EPS_8, _CIFAR_MEAN, _CIFAR_STD,
-                      notes="50k train / 10k test")
+                                  "ship", "truck"), (3, 32, 32), EPS_8, _CIFAR_MEAN, _CIFAR_STD)
 SVHN = DatasetInfo("svhn", tuple(str(d) for d in range(10)), (3, 32, 32), EPS_8,
-                   (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), notes="73k train / 26k test")
+                   (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
 STL10 = DatasetInfo("stl10", ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"),
-                    (3, 96, 96), EPS_8, (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713),
-                    notes="labelled splits: 5k train / 8k test")
+                    (3, 96, 96), EPS_8, (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713))
 
 # (torchvision class, folder torchvision creates under root, how the split is named)
 _SOURCES = {"cifar10": ("CIFAR10", "cifar-10-batches-py"), "cifar100": ("CIFAR100", "cifar-100-python"),
@@ -68,7 +66,7 @@ def cifar100_info() -> DatasetInfo:
              "sweet_pepper table tank telephone television tiger tractor train trout tulip turtle wardrobe whale "
              "willow_tree wolf woman worm").split()
     return DatasetInfo("cifar100", tuple(names), (3, 32, 32), EPS_8, (0.5071, 0.4865, 0.4409),
-                       (0.2673, 0.2564, 0.2762), notes="fine labels, 50k train / 10k test")
+                       (0.2673, 0.2564, 0.2762))
 
 
 CIFAR100 = cifar100_info()

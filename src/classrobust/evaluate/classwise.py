@@ -12,8 +12,9 @@ from tqdm.auto import tqdm
 
 from classrobust.attacks.base import Attack, fast_layout, fast_weights
 from classrobust.errors import UsageError
+from classrobust.runtime import model_mode
 from classrobust.models import final_linear
-from classrobust.evaluate.results import CLEAN, AttackResult, ClasswiseResult
+from classrobust.results import CLEAN, AttackResult, ClasswiseResult
 
 
 @torch.no_grad()
@@ -46,30 +47,25 @@ def evaluate_classwise(model: nn.Module, loader: Iterable, attacks: Mapping[str,
     k = len(classes)
     labels, preds = [], {name: [] for name in (CLEAN, *attacks)}
     seconds = dict.fromkeys(preds, 0.0)
-    was_training = model.training
-    model.eval()
-    try:
-        with fast_weights(model):  # attacks inside find it already converted
-            for x, y in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
-                x, y = x.to(device), y.to(device)
-                if int(y.min()) < 0 or int(y.max()) >= k:
-                    raise UsageError(f"labels must lie in [0, {k}); got {int(y.min())}..{int(y.max())}")
+    with model_mode(model, False), fast_weights(model):  # attacks inside find it already converted
+        for x, y in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
+            x, y = x.to(device), y.to(device)
+            if int(y.min()) < 0 or int(y.max()) >= k:
+                raise UsageError(f"labels must lie in [0, {k}); got {int(y.min())}..{int(y.max())}")
+            t0 = time.perf_counter()
+            clean = predict(model, x)
+            seconds[CLEAN] += time.perf_counter() - t0
+            correct = clean == y
+            labels.append(y.cpu())
+            preds[CLEAN].append(clean.cpu())
+            for name, attack in attacks.items():
                 t0 = time.perf_counter()
-                clean = predict(model, x)
-                seconds[CLEAN] += time.perf_counter() - t0
-                correct = clean == y
-                labels.append(y.cpu())
-                preds[CLEAN].append(clean.cpu())
-                for name, attack in attacks.items():
-                    t0 = time.perf_counter()
-                    pred = clean.clone()
-                    if correct.any():
-                        x_adv = attack(x[correct], y[correct])
-                        pred[correct] = predict(model, x_adv)
-                    seconds[name] += time.perf_counter() - t0
-                    preds[name].append(pred.cpu())
-    finally:
-        model.train(was_training)
+                pred = clean.clone()
+                if correct.any():
+                    x_adv = attack(x[correct], y[correct])
+                    pred[correct] = predict(model, x_adv)
+                seconds[name] += time.perf_counter() - t0
+                preds[name].append(pred.cpu())
     if not labels:
         raise UsageError("the loader yielded no samples")
     y_all = torch.cat(labels).numpy().astype(np.int64)

@@ -20,7 +20,8 @@ from classrobust.attacks.base import Attack, fast_layout, frozen_eval
 from classrobust.data import make_loader
 from classrobust.evaluate.classwise import evaluate_classwise
 from classrobust.errors import UsageError
-from classrobust.evaluate.results import CLEAN, ClasswiseResult
+from classrobust.runtime import model_mode
+from classrobust.results import CLEAN, ClasswiseResult
 
 #: attacks that are not (only) white-box gradient attacks
 BLACK_BOX = ("square", "autoattack")
@@ -112,12 +113,8 @@ def check_randomness(model: nn.Module, dataset, device, batch_size: int) -> dict
     """Two identical forward passes in eval mode must give identical predictions."""
     x, _ = next(iter(make_loader(dataset, batch_size)))
     x = fast_layout(x.to(device))
-    was = model.training
-    model.eval()
-    try:
+    with model_mode(model, False):
         a, b = model(x), model(x)
-    finally:
-        model.train(was)
     diff = float((a - b).abs().max())
     same_pred = bool((a.argmax(1) == b.argmax(1)).all())
     return {"check": "randomised model", "passed": diff <= 1e-4 and same_pred,

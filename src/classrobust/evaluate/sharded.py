@@ -9,9 +9,9 @@ import torch
 
 from classrobust.attacks.base import Attack
 from classrobust.data import make_loader
-from classrobust.distributed import gather, world
+from classrobust.runtime import gather, world
 from classrobust.evaluate.classwise import evaluate_classwise
-from classrobust.evaluate.results import AttackResult, ClasswiseResult
+from classrobust.results import AttackResult, ClasswiseResult
 
 
 def evaluate_dataset(model, dataset, attacks: Mapping[str, Attack], *, batch_size: int = 256,

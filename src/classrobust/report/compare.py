@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from classrobust.analysis import holm, mcnemar_exact, run_consistency
+from classrobust.analysis import discordant_pairs, holm, mcnemar_exact, run_consistency
 from classrobust.errors import UsageError
-from classrobust.evaluate.results import ClasswiseResult
+from classrobust.results import ClasswiseResult
 from classrobust.io import atomic_directory
-from classrobust.report.html import STYLE, resolve_eval_dir
+from classrobust.report.html import resolve_eval_dir
+from classrobust.report.page import html_document
 from classrobust.report.markdown import to_markdown
 
 
@@ -37,8 +38,7 @@ def compare_results(a: ClasswiseResult, b: ClasswiseResult, alpha: float = 0.05)
         group = []
         for k, cls in enumerate([*a.classes, "all"]):
             m = (a.labels == k) if k < len(a.classes) else np.ones_like(ok_a)
-            n_b = int((ok_a & ~ok_b & m).sum())  # A right, B wrong
-            n_c = int((~ok_a & ok_b & m).sum())
+            n_b, n_c = discordant_pairs(ok_a, ok_b, m)  # (A right B wrong, A wrong B right)
             group.append({"attack": name, "class_name": cls, "n": int(m.sum()),
                           "accuracy_a": float(ok_a[m].mean()), "accuracy_b": float(ok_b[m].mean()),
                           "difference": float(ok_b[m].mean() - ok_a[m].mean()),
@@ -84,7 +84,5 @@ def write_comparison(path_a: str | Path, path_b: str | Path, out: str | Path, al
                    f"paired per-sample outcomes; p_holm adjusts over the classes of each attack; significant at "
                    f"{alpha}.</p>{body}<h3>Consistency of the per-class ordering between A and B</h3>"
                    f"{consistency.round(3).to_html(index=False, border=0)}</section>")
-        (stage / "compare.html").write_text(f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-                                            f"<title>classrobust compare</title><style>{STYLE}</style></head>"
-                                            f"<body>{section}</body></html>\n")
+        (stage / "compare.html").write_text(html_document("classrobust compare", section))
     return table, Path(out)

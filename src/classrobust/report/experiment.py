@@ -19,10 +19,11 @@ from classrobust.analysis import (attack_consistency, compare_methods, confused_
                                   per_class_table,
                                   rank_correlations, top_destinations, weight_norm_correlation, wilson_interval)
 from classrobust.errors import UsageError
-from classrobust.evaluate.results import CLEAN, ClasswiseResult
+from classrobust.results import CLEAN, ClasswiseResult
 from classrobust.io import atomic_directory
 from classrobust.report import figures
-from classrobust.report.html import STYLE, _Page, _pct
+from classrobust.report.page import Page as _Page
+from classrobust.report.page import html_document, pct as _pct
 from classrobust.report.markdown import to_markdown
 
 INDEX = "experiment.json"
@@ -123,56 +124,77 @@ def _mean_matrix(long: pd.DataFrame, a: str, b: str, value: str) -> pd.DataFrame
     return m
 
 
+class _Sections:
+    """The report page and its Markdown twin, written section by section."""
+
+    def __init__(self, page: _Page):
+        self.page = page
+        self.md: list[str] = []
+
+    def section(self, heading: str, anchor: str, note: str, df: pd.DataFrame, name: str, fmt=None, index_=False):
+        self.page.h2(heading, anchor)
+        self.page.text(note)
+        self.page.table(df, name, fmt, index=index_)
+        shown = df.copy()
+        for col, f in (fmt or {}).items():
+            if col in shown:
+                shown[col] = shown[col].map(f)
+        self.md.extend([f"## {heading}", "", note, "", to_markdown(shown, index=index_), ""])
+
+
 def build_experiment_report(out_dir: str | Path) -> Path:
     """Write ``<out_dir>/report/`` from the experiment's saved results; returns ``report.html``'s path."""
     out_dir = Path(out_dir)
     index, results = load_runs(out_dir)
     tables = experiment_tables(index, results)
     with atomic_directory(out_dir / "report") as stage:
-        page = _Page(stage)
-        md: list[str] = [f"# Experiment {index['name']}", ""]
+        out = _Sections(_Page(stage))
         title = f"Experiment {index['name']}"
-        page.parts.append(f"<h1>{html.escape(title)}</h1>")
+        out.md += [f"# {title}", ""]
+        out.page.parts.append(f"<h1>{html.escape(title)}</h1>")
         if index.get("description"):
-            page.text(index["description"])
+            out.page.text(index["description"])
         first = next(iter(results.values()))
         meta_line = (f"{len(index['runs'])} runs from {index['source']}; attacks {index['eval']['attacks']}; "
                      f"{len(first.labels)} test images per run; classrobust {__version__}")
-        page.text(meta_line, "meta")
-        md += [meta_line, ""]
+        out.page.text(meta_line, "meta")
+        out.md += [meta_line, ""]
         for name, df in tables.items():
             df.to_csv(stage / f"{name}.csv", index=False)
+        _methods_sections(out, tables)
+        _overview_section(out, tables)
+        strongest = _per_class_sections(out, tables)
+        _attacked_into_section(out, tables, strongest)
+        _consistency_sections(out, tables, strongest)
+        _gain_section(out, tables)
+        _weight_norm_section(out, tables)
+        _ablation_section(out, tables)
+        (stage / "report.html").write_text(html_document(title, "\n".join(out.page.parts)))
+        (stage / "report.md").write_text("\n".join(out.md))
+    return out_dir / "report" / "report.html"
 
-        def section(heading: str, anchor: str, note: str, df: pd.DataFrame, name: str, fmt=None, index_=False):
-            page.h2(heading, anchor)
-            page.text(note)
-            page.table(df, name, fmt, index=index_)
-            shown = df.copy()
-            for col, f in (fmt or {}).items():
-                if col in shown:
-                    shown[col] = shown[col].map(f)
-            md.extend([f"## {heading}", "", note, "", to_markdown(shown, index=index_), ""])
 
-        mc = tables["methods"]
-        for (dataset, attack), g in (mc.groupby(["dataset", "attack"], sort=False) if len(mc) else []):
-            baseline = g["method"].iloc[0]
+def _methods_sections(out: _Sections, tables):
+    mc = tables["methods"]
+    for (dataset, attack), g in (mc.groupby(["dataset", "attack"], sort=False) if len(mc) else []):
+        baseline = g["method"].iloc[0]
 
-            def ci(v, lo, hi):
-                return f"{100 * v:.1f}" + ("" if pd.isna(lo) else f" [{100 * lo:.1f}, {100 * hi:.1f}]")
+        def ci(v, lo, hi):
+            return f"{100 * v:.1f}" + ("" if pd.isna(lo) else f" [{100 * lo:.1f}, {100 * hi:.1f}]")
 
-            one_seed = bool((g["seeds"] == 1).all())  # no spread across seeds: Wilson on the test points
-            avg_lo, avg_hi = (g.avg_pooled_low, g.avg_pooled_high) if one_seed else (g.avg_low, g.avg_high)
-            w_lo, w_hi = (g.worst_pooled_low, g.worst_pooled_high) if one_seed else (g.worst_low, g.worst_high)
-            shown = pd.DataFrame({
-                "method": g["method"], "seeds": g["seeds"],
-                "average": [ci(*v) for v in zip(g.avg, avg_lo, avg_hi)],
-                f"{g.worst_class.iloc[0]}": [ci(*v) for v in zip(g.worst, w_lo, w_hi)],
-                "own worst class": [ci(*v) for v in zip(g.worst_any, g.worst_any_low, g.worst_any_high)],
-                "Δ average": [f"{100 * v:+.1f}" for v in g.avg_vs_baseline],
-                "Δ worst": [f"{100 * v:+.1f}" for v in g.worst_vs_baseline],
-                "McNemar b/c": [f"{b}/{c}" for b, c in zip(g.mcnemar_b, g.mcnemar_c)],
-                "p (Holm)": ["" if pd.isna(p) else f"{p:.3g}" for p in g.mcnemar_p_holm]})
-            section(f"{dataset}: methods under {attack}", f"methods-{dataset}-{attack}",
+        one_seed = bool((g["seeds"] == 1).all())  # no spread across seeds: Wilson on the test points
+        avg_lo, avg_hi = (g.avg_pooled_low, g.avg_pooled_high) if one_seed else (g.avg_low, g.avg_high)
+        w_lo, w_hi = (g.worst_pooled_low, g.worst_pooled_high) if one_seed else (g.worst_low, g.worst_high)
+        shown = pd.DataFrame({
+            "method": g["method"], "seeds": g["seeds"],
+            "average": [ci(*v) for v in zip(g.avg, avg_lo, avg_hi)],
+            f"{g.worst_class.iloc[0]}": [ci(*v) for v in zip(g.worst, w_lo, w_hi)],
+            "own worst class": [ci(*v) for v in zip(g.worst_any, g.worst_any_low, g.worst_any_high)],
+            "Δ average": [f"{100 * v:+.1f}" for v in g.avg_vs_baseline],
+            "Δ worst": [f"{100 * v:+.1f}" for v in g.worst_vs_baseline],
+            "McNemar b/c": [f"{b}/{c}" for b, c in zip(g.mcnemar_b, g.mcnemar_c)],
+            "p (Holm)": ["" if pd.isna(p) else f"{p:.3g}" for p in g.mcnemar_p_holm]})
+        out.section(f"{dataset}: methods under {attack}", f"methods-{dataset}-{attack}",
                     ("Accuracy (%) of one seed with a 95% Wilson interval over the test points (one seed: no "
                      "interval across seeds); " if one_seed else
                      "Accuracy (%) averaged over seeds with a 95% Student-t interval across seeds; ")
@@ -182,77 +204,93 @@ def build_experiment_report(out_dir: str | Path) -> Path:
                     f"(b: right under {baseline} only, c: right under the method only), Holm-adjusted over "
                     "methods.", shown, f"methods_{dataset}_{attack}")
 
-        ov = tables["overview"]
-        shown = ov.assign(accuracy=[_cell(*v) for v in zip(ov.accuracy, ov.ci_low, ov.ci_high)],
-                          worst=[f"{c}: {_cell(*v)}" for c, *v in zip(ov.worst_class, ov.worst_accuracy,
-                                                                     ov.worst_ci_low, ov.worst_ci_high)])
-        section("Overview", "overview", "Average and worst-class accuracy (%) per run and attack, with 95% Wilson "
+
+
+def _overview_section(out: _Sections, tables):
+    ov = tables["overview"]
+    shown = ov.assign(accuracy=[_cell(*v) for v in zip(ov.accuracy, ov.ci_low, ov.ci_high)],
+                      worst=[f"{c}: {_cell(*v)}" for c, *v in zip(ov.worst_class, ov.worst_accuracy,
+                                                                 ov.worst_ci_low, ov.worst_ci_high)])
+    out.section("Overview", "overview", "Average and worst-class accuracy (%) per run and attack, with 95% Wilson "
                 "intervals.", shown[["dataset", "method", "seed", "attack", "accuracy", "worst"]], "overview_table")
 
-        pc = tables["per_class"]
-        strongest = {}
-        for dataset, g in pc.groupby("dataset", sort=False):
-            pooled = g.groupby(["method", "attack", "class_index", "class_name"], sort=False)[["correct", "n"]].sum()
-            pooled = pooled.reset_index()
-            lo, hi = wilson_interval(pooled["correct"], pooled["n"])
-            pooled = pooled.assign(accuracy=pooled["correct"] / pooled["n"], ci_low=lo, ci_high=hi)
-            attacks = [a for a in dict.fromkeys(pooled["attack"]) if a != CLEAN]
-            strongest[dataset] = min(attacks, key=lambda a: pooled[pooled.attack == a]["correct"].sum()) \
-                if attacks else CLEAN
-            for attack in [CLEAN, strongest[dataset]]:
-                sel = pooled[pooled.attack == attack]
-                wide = sel.assign(cell=[_cell(*v) for v in zip(sel.accuracy, sel.ci_low, sel.ci_high)]).pivot(
-                    index="class_name", columns="method", values="cell")
-                wide = wide.reindex(index=list(dict.fromkeys(sel["class_name"])),
-                                    columns=list(dict.fromkeys(sel["method"])))
-                wide.index.name, wide.columns.name = "class", None
-                section(f"{dataset}: per-class accuracy under {attack}", f"pc-{dataset}-{attack}",
+
+
+def _per_class_sections(out: _Sections, tables):
+    pc = tables["per_class"]
+    strongest = {}
+    for dataset, g in pc.groupby("dataset", sort=False):
+        pooled = g.groupby(["method", "attack", "class_index", "class_name"], sort=False)[["correct", "n"]].sum()
+        pooled = pooled.reset_index()
+        lo, hi = wilson_interval(pooled["correct"], pooled["n"])
+        pooled = pooled.assign(accuracy=pooled["correct"] / pooled["n"], ci_low=lo, ci_high=hi)
+        attacks = [a for a in dict.fromkeys(pooled["attack"]) if a != CLEAN]
+        strongest[dataset] = min(attacks, key=lambda a: pooled[pooled.attack == a]["correct"].sum()) \
+            if attacks else CLEAN
+        for attack in [CLEAN, strongest[dataset]]:
+            sel = pooled[pooled.attack == attack]
+            wide = sel.assign(cell=[_cell(*v) for v in zip(sel.accuracy, sel.ci_low, sel.ci_high)]).pivot(
+                index="class_name", columns="method", values="cell")
+            wide = wide.reindex(index=list(dict.fromkeys(sel["class_name"])),
+                                columns=list(dict.fromkeys(sel["method"])))
+            wide.index.name, wide.columns.name = "class", None
+            out.section(f"{dataset}: per-class accuracy under {attack}", f"pc-{dataset}-{attack}",
                         "Per-class accuracy (%) with 95% Wilson intervals, pooled over seeds; every attack's "
                         "table is in per_class.csv.", wide, f"per_class_{dataset}_{attack}", index_=True)
-                heat = sel.pivot(index="class_name", columns="method", values="accuracy").reindex(
-                    index=list(dict.fromkeys(sel["class_name"])))
-                if attack != CLEAN and len(heat) <= 20:
-                    page.figure(figures.accuracy_heatmap(heat, f"{dataset}: per-class {attack} accuracy"),
+            heat = sel.pivot(index="class_name", columns="method", values="accuracy").reindex(
+                index=list(dict.fromkeys(sel["class_name"])))
+            if attack != CLEAN and len(heat) <= 20:
+                out.page.figure(figures.accuracy_heatmap(heat, f"{dataset}: per-class {attack} accuracy"),
                                 f"per_class_{dataset}_{attack}", f"per-class {attack} accuracy on {dataset}")
 
-        into = tables["attacked_into"]
-        if len(into):
-            rows = []
-            for dataset, g in into.groupby("dataset", sort=False):
-                g = g[(g.attack == strongest[dataset])]
-                first_run = g[(g.method == g.method.iloc[0]) & (g.seed == g.seed.iloc[0])]
-                rows.append(first_run)
-            shown = pd.concat(rows)[["dataset", "method", "seed", "attack", "class_name", "fooled", "into_1",
-                                     "share_1", "into_2", "share_2", "top3_share"]]
-            section("Where each class's adversarial examples land", "into",
+    return strongest
+
+
+def _attacked_into_section(out: _Sections, tables, strongest):
+    into = tables["attacked_into"]
+    if len(into):
+        rows = []
+        for dataset, g in into.groupby("dataset", sort=False):
+            g = g[(g.attack == strongest[dataset])]
+            first_run = g[(g.method == g.method.iloc[0]) & (g.seed == g.seed.iloc[0])]
+            rows.append(first_run)
+        shown = pd.concat(rows)[["dataset", "method", "seed", "attack", "class_name", "fooled", "into_1",
+                                 "share_1", "into_2", "share_2", "top3_share"]]
+        out.section("Where each class's adversarial examples land", "into",
                     "For the first method and seed under the strongest attack: the two classes receiving most of a "
                     "class's fooled points, and the share the top three receive (all runs: attacked_into.csv).",
                     shown, "attacked_into_first", {c: _pct for c in ("share_1", "share_2", "top3_share")})
 
-        ac = tables["attack_consistency"]
-        if len(ac):
-            for dataset, g in ac.groupby("dataset", sort=False):
-                m = _mean_matrix(g, "attack_a", "attack_b", "spearman")
-                m.index.name = "attack"
-                section(f"{dataset}: attack consistency", f"ac-{dataset}",
+
+
+def _consistency_sections(out: _Sections, tables, strongest):
+    ac = tables["attack_consistency"]
+    if len(ac):
+        for dataset, g in ac.groupby("dataset", sort=False):
+            m = _mean_matrix(g, "attack_a", "attack_b", "spearman")
+            m.index.name = "attack"
+            out.section(f"{dataset}: attack consistency", f"ac-{dataset}",
                         "Spearman rank correlation of per-class accuracy between attacks, averaged over runs "
                         "(methods and seeds); per-run values and Kendall tau in attack_consistency.csv.",
                         m.round(3), f"attack_consistency_{dataset}", index_=True)
-                page.figure(figures.matrix_heatmap(m, f"{dataset}: attack consistency (Spearman)"),
+            out.page.figure(figures.matrix_heatmap(m, f"{dataset}: attack consistency (Spearman)"),
                             f"attack_consistency_{dataset}", "attack consistency")
-        dc = tables["defense_consistency"]
-        if len(dc):
-            for dataset, g in dc.groupby("dataset", sort=False):
-                g = g[g.attack == strongest[dataset]]
-                m = _mean_matrix(g, "method_a", "method_b", "spearman")
-                m.index.name = "method"
-                section(f"{dataset}: defense consistency under {strongest[dataset]}", f"dc-{dataset}",
+    dc = tables["defense_consistency"]
+    if len(dc):
+        for dataset, g in dc.groupby("dataset", sort=False):
+            g = g[g.attack == strongest[dataset]]
+            m = _mean_matrix(g, "method_a", "method_b", "spearman")
+            m.index.name = "method"
+            out.section(f"{dataset}: defense consistency under {strongest[dataset]}", f"dc-{dataset}",
                         "Spearman rank correlation of per-class accuracy between training methods, averaged over "
                         "seeds (every attack in defense_consistency.csv).", m.round(3),
                         f"defense_consistency_{dataset}", index_=True)
-        gains = tables["gain_attribution"]
-        if len(gains):
-            section("Stronger-attack gain attribution", "gain",
+
+
+def _gain_section(out: _Sections, tables):
+    gains = tables["gain_attribution"]
+    if len(gains):
+        out.section("Stronger-attack gain attribution", "gain",
                     "Per run, the points lost at each rung of the attack ladder (weakest to strongest by overall "
                     "accuracy) and the share taken by the 3 classes weakest under the first rung; the last row of "
                     "a run is the whole climb from the weakest attack to the strongest (the 3 classes weakest "
@@ -260,29 +298,29 @@ def build_experiment_report(out_dir: str | Path) -> Path:
                     "be negative or above 100%: the per-point worst case of two different attacks is not nested.",
                     gains[["dataset", "method", "seed", "step", "from", "to", "drop", "top3_vulnerable_share"]],
                     "gain_summary", {"top3_vulnerable_share": _pct})
-        norms = tables["weight_norms"]
-        if len(norms):
-            section("Classifier weight norms against per-class accuracy", "norms",
+
+
+def _weight_norm_section(out: _Sections, tables):
+    norms = tables["weight_norms"]
+    if len(norms):
+        out.section("Classifier weight norms against per-class accuracy", "norms",
                     "Pearson and Spearman correlation (with p-values, 10 classes give wide uncertainty) of the "
                     "final layer's per-class weight norm with each attack's per-class accuracy.",
                     norms.round(3), "weight_norms_table")
-        ab = tables["ablation"]
-        if len(ab):
-            shown = ab.copy().astype(object)
-            for c in [c for c in ab.columns if "accuracy" in c or "clean" in c]:
-                shown[c] = ab[c].map(_pct)
-            shown["mcnemar_p"] = ab["mcnemar_p"].map(lambda p: f"{p:.3g}")
-            shown.index = [f"{d} seed {s}" for d, s in zip(ab["dataset"], ab["seed"])]
-            shown = shown.drop(columns=["dataset", "seed"]).T
-            shown.index.name = "quantity"
-            section("Remove-the-confused-class ablation", "ablation",
+
+
+def _ablation_section(out: _Sections, tables):
+    ab = tables["ablation"]
+    if len(ab):
+        shown = ab.copy().astype(object)
+        for c in [c for c in ab.columns if "accuracy" in c or "clean" in c]:
+            shown[c] = ab[c].map(_pct)
+        shown["mcnemar_p"] = ab["mcnemar_p"].map(lambda p: f"{p:.3g}")
+        shown.index = [f"{d} seed {s}" for d, s in zip(ab["dataset"], ab["seed"])]
+        shown = shown.drop(columns=["dataset", "seed"]).T
+        shown.index.name = "quantity"
+        out.section("Remove-the-confused-class ablation", "ablation",
                     "The weakest class's points fooled in the base run, how many went into the dropped class, and "
                     "how many the model retrained without that class now classifies correctly under the same "
                     "attack; McNemar on the weakest class's points (base vs retrained).",
                     shown, "ablation_table", index_=True)
-        body = "\n".join(page.parts)
-        (stage / "report.html").write_text(
-            f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
-        (stage / "report.md").write_text("\n".join(md))
-    return out_dir / "report" / "report.html"

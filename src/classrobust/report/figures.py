@@ -6,8 +6,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from classrobust.analysis import attacked_into, row_normalised, wilson_interval
-from classrobust.evaluate.results import CLEAN
+from classrobust.analysis import row_normalised, wilson_interval
 
 PALETTE = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c",
            "#ccb974", "#64b5cd"]

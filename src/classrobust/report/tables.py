@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from classrobust.evaluate.results import CLEAN, ClasswiseResult, collapsed_classes
+from classrobust.results import CLEAN, ClasswiseResult, collapsed_classes
 
 
 def format_classwise_table(result: ClasswiseResult) -> str:

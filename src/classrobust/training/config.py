@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from classrobust.errors import UsageError
+from classrobust.options import check_choice, option
+from classrobust.runtime import PRECISIONS
+from classrobust.training.schedules import SCHEDULES
 
 
 #: which epoch's weights a run keeps: the last, the best average or the best worst-class
@@ -20,38 +23,44 @@ class TrainConfig:
     ``eps``/``alpha`` default to the dataset's threat model when None; the inner
     attack's step is ``alpha`` if given, else ``2.5 * eps / attack_steps``.
     ``drop_classes`` names classes left out of training and validation (the model keeps
-    all outputs; the remove-the-confused-class ablation uses it).
+    all outputs; the remove-the-confused-class ablation uses it). ``device`` None means cuda
+    if available, else cpu. ``classrobust train`` builds its options from these fields, so
+    ``train(TrainConfig(...))`` and the command with the same options are the same run.
     """
 
-    dataset: str = "fashion-mnist"
-    model: str = "smallcnn"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    method: str = "pgd-at"
-    classwise: str = ""
-    beta: float = 6.0
-    eps: float | None = None
-    alpha: float | None = None
-    attack_steps: int = 5
-    eps_warmup_epochs: float = 0.0
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.03
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "piecewise"
-    lr_milestones: tuple[float, ...] = (0.5, 0.75)
-    lr_decay: float = 0.1
-    lr_warmup_epochs: float = 0.25
-    select: str = "last"
-    val_fraction: float = 0.1
-    val_size: int = 1000
-    val_attack_steps: int = 10
-    train_subset: int | None = None
-    drop_classes: tuple[str, ...] = ()
-    seed: int = 0
-    precision: str = "bf16"
-    compile: bool = False
-    device: str = "cpu"
+    dataset: str = option("fashion-mnist", "dataset name, or folder:PATH")
+    model: str = option("smallcnn", "model name, or python:package.module:factory")
+    model_kwargs: dict[str, Any] = option({}, "keyword arguments of the model builder", cli=False)
+    method: str = option("pgd-at", "training method (classrobust list)")
+    classwise: str = option("", "class-wise levers, e.g. 'reweight:strength=2,fawa' (docs/defenses.md)",
+                            metavar="LEVER[:k=v,...][,LEVER...]")
+    beta: float = option(6.0, "TRADES / MART trade-off")
+    eps: float | None = option(None, "perturbation budget of the inner attack (default: the dataset's)")
+    alpha: float | None = option(None, "inner attack step size (default: 2.5 * eps / attack steps)")
+    attack_steps: int = option(5, "inner PGD steps")
+    eps_warmup_epochs: float = option(1.0, "ramp eps linearly from 0 over this many epochs")
+    epochs: int = option(10, "training epochs")
+    batch_size: int = option(128, "global batch size (split across torchrun processes)")
+    lr: float = option(0.03, "peak learning rate (SGD, Nesterov momentum)")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(5e-4, "weight decay (not on biases and norm layers)")
+    schedule: str = option("piecewise", "learning-rate schedule (cyclic: the one-cycle schedule of fast AT)",
+                           choices=SCHEDULES)
+    lr_milestones: tuple[float, ...] = option((0.5, 0.75), "piecewise schedule: decay points, fractions of the run")
+    lr_decay: float = option(0.1, "piecewise schedule: factor at each milestone")
+    lr_warmup_epochs: float = option(0.25, "ramp the learning rate linearly from 0 over this many epochs")
+    select: str = option("last", "keep the last epoch, or the best average or worst-class validation PGD epoch",
+                         choices=SELECT)
+    val_fraction: float = option(0.1, "fraction of the training split held out for validation")
+    val_size: int = option(1000, "validation images evaluated per epoch (from the held-out split)")
+    val_attack_steps: int = option(10, "PGD steps of the per-epoch validation attack")
+    train_subset: int | None = option(None, "train on a class-stratified subset of N images")
+    drop_classes: tuple[str, ...] = option((), "leave these classes out of training and validation "
+                                               "(the model keeps all outputs)", metavar="NAME[,NAME]")
+    seed: int = option(0, "seed of weight init, data order, splits and inner attacks")
+    precision: str = option("bf16", "autocast precision of training (bf16 or fp32)", choices=PRECISIONS)
+    compile: bool = option(False, "torch.compile the model (first steps are slow)")
+    device: str | None = option(None, "cpu, cuda, cuda:1, ... (default: cuda if available)")
 
     def __post_init__(self):
         checks = [
@@ -67,18 +76,20 @@ class TrainConfig:
             (self.eps_warmup_epochs >= 0, "eps warm-up epochs must be >= 0"),
             (self.train_subset is None or self.train_subset >= 1,
              f"train subset must be >= 1, got {self.train_subset}"),
-            (self.precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, got {self.precision!r}"),
-            (self.select in SELECT, f"select must be one of {', '.join(SELECT)}, got {self.select!r}"),
             (self.beta >= 0, f"beta must be >= 0, got {self.beta}"),
             (self.lr_warmup_epochs >= 0, "learning-rate warm-up epochs must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+        for name in ("schedule", "select", "precision"):
+            check_choice(TrainConfig, name, getattr(self, name))
         if self.classwise:
-            from classrobust.training.classwise import check_levers
+            from classrobust.defenses.levers import check_levers
+            from classrobust.training.methods import METHODS
 
-            check_levers(self.classwise, self.method, self.select)
+            check_levers(self.classwise, method=self.method, select=self.select,
+                         supports_levers=METHODS.get(self.method).builder.supports_levers)
 
     def differences(self, other: dict[str, Any]) -> list[str]:
         """Keys whose values differ from ``other`` (a saved config), for a refused resume."""

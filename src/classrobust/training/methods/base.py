@@ -1,17 +1,12 @@
-"""The training-method contract: ``loss(model, x, y, eps=..., seed=...) -> (loss, logits)``."""
+"""The training-method contract: ``loss(model, x, y, eps=..., seed=..., terms=...) -> (loss, logits)``."""
 
 from __future__ import annotations
-
-import contextlib
 
 import torch
 from torch import nn
 
-
-def autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+from classrobust.attacks.losses import LossFn
+from classrobust.attacks.pgd import PGD
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -44,17 +39,34 @@ class TrainingMethod:
     The loop owns optimisation, schedules, logging and checkpoints; a method
     only says what loss a batch gives. ``model`` is in train mode on entry and
     must be on exit; inner attacks switch to eval mode themselves.
+
+    ``supports_levers``: whether the class-wise levers (:mod:`classrobust.defenses.levers`)
+    can act on this objective, i.e. whether :meth:`loss` honours per-sample ``terms``.
     """
 
     name = "method"
-    adversarial = True
+    supports_levers = False
 
     def __init__(self, *, attack_steps: int, alpha: float | None, precision: str):
         self.attack_steps = attack_steps
         self.alpha = alpha
         self.precision = precision
 
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (B, C, H, W) in [0, 1], y: (B,) -> (scalar loss, logits (B, K) of the trained-on input)."""
+    def inner_attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int,
+                     terms: dict[str, torch.Tensor] | None = None, loss: str | LossFn = "ce",
+                     alpha: float | None = None, steps: int | None = None) -> torch.Tensor:
+        """The training-time PGD example of every method: random start, the search's last iterate
+        (``mode="last"``: train on the max-loss search, not its first success), on the unwrapped
+        network, with per-sample budgets when a lever scales them. x: (B, C, H, W) in [0, 1]."""
+        eps_, alpha_ = per_sample_budget(eps, self.alpha if alpha is None else alpha, terms)
+        attack = PGD(unwrap(model), eps=eps_, alpha=alpha_, steps=steps or self.attack_steps, random_start=True,
+                     loss=loss, seed=seed, precision=self.precision, mode="last")
+        return attack(x, y)
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int,
+             terms: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, C, H, W) in [0, 1], y: (B,) -> (scalar loss, logits (B, K) of the trained-on input).
+
+        ``terms`` (only for methods that support levers): per-sample ``weights``, ``reg_weights``
+        and ``eps_scale``, each (B,)."""
         raise NotImplementedError

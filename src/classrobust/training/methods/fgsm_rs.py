@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from classrobust.attacks.pgd import PGD
-from classrobust.training.methods.base import TrainingMethod, autocast, unwrap
+from classrobust.runtime import autocast
+from classrobust.training.methods.base import TrainingMethod
 
 STEP_FACTOR = 1.25
 
@@ -14,11 +14,10 @@ STEP_FACTOR = 1.25
 class FGSMRS(TrainingMethod):
     name = "fgsm-rs"
 
-    def loss(self, model, x, y, *, eps, seed):
+    def loss(self, model, x, y, *, eps, seed, terms=None):
         if eps > 0:
             alpha = self.alpha if self.alpha is not None else STEP_FACTOR * eps
-            x = PGD(unwrap(model), eps=eps, alpha=alpha, steps=1, random_start=True, seed=seed,
-                    precision=self.precision, mode="last")(x, y)
+            x = self.inner_attack(model, x, y, eps=eps, seed=seed, alpha=alpha, steps=1)
         with autocast(x.device, self.precision):
             logits = model(x)
         return F.cross_entropy(logits.float(), y), logits

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from classrobust.attacks.pgd import PGD
-from classrobust.training.methods.base import TrainingMethod, autocast, unwrap
+from classrobust.runtime import autocast
+from classrobust.training.methods.base import TrainingMethod
 from classrobust.training.methods.trades import kl_per_sample
 
 
@@ -31,11 +31,10 @@ class MART(TrainingMethod):
         super().__init__(attack_steps=attack_steps, alpha=alpha, precision=precision)
         self.beta = beta
 
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int):
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int, terms=None):
         x_adv = x
         if eps > 0:
-            x_adv = PGD(unwrap(model), eps=eps, alpha=self.alpha, steps=self.attack_steps, random_start=True,
-                        seed=seed, precision=self.precision, mode="last")(x, y)
+            x_adv = self.inner_attack(model, x, y, eps=eps, seed=seed)
         with autocast(x.device, self.precision):  # two passes: BatchNorm must not mix clean and adversarial
             logits_clean, logits_adv = model(x), model(x_adv)
         return mart_loss(logits_clean, logits_adv, y, self.beta), logits_adv

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from classrobust.attacks.pgd import PGD
-from classrobust.training.methods.base import TrainingMethod, autocast, per_sample_budget, unwrap, weighted_mean
+from classrobust.runtime import autocast, model_mode
+from classrobust.training.methods.base import TrainingMethod, unwrap, weighted_mean
 
 
 def kl_per_sample(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -29,6 +29,7 @@ def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.T
 
 class TRADES(TrainingMethod):
     name = "trades"
+    supports_levers = True
 
     def __init__(self, *, attack_steps: int, alpha: float | None, precision: str, beta: float = 6.0):
         super().__init__(attack_steps=attack_steps, alpha=alpha, precision=precision)
@@ -37,20 +38,14 @@ class TRADES(TrainingMethod):
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int,
              terms: dict[str, torch.Tensor] | None = None):
         if eps > 0:
-            eps_, alpha = per_sample_budget(eps, self.alpha, terms)
-            net = unwrap(model)
-            with torch.no_grad():
-                was = net.training
-                net.eval()
-                log_clean = F.log_softmax(net(x).float(), dim=1)
-                net.train(was)
+            with torch.no_grad(), model_mode(unwrap(model), False):
+                log_clean = F.log_softmax(unwrap(model)(x).float(), dim=1)
 
             def kl_to_clean(logits, _y):  # the adversary's objective: move away from the clean prediction
                 return kl_per_sample(log_clean, F.log_softmax(logits, dim=1))
 
             # a random start is needed: at x itself the KL and its gradient are zero
-            x_adv = PGD(unwrap(model), eps=eps_, alpha=alpha, steps=self.attack_steps, random_start=True,
-                        loss=kl_to_clean, seed=seed, precision=self.precision, mode="last")(x, y)
+            x_adv = self.inner_attack(model, x, y, eps=eps, seed=seed, terms=terms, loss=kl_to_clean)
         else:
             x_adv = x
         with autocast(x.device, self.precision):  # two passes: BatchNorm must not mix clean and adversarial

@@ -26,13 +26,50 @@ import torch
 from torch import nn
 
 from classrobust.attacks.pgd import PGD
+from classrobust.defenses.adjust import ClassLogitAdjust
 from classrobust.errors import UsageError
 from classrobust.evaluate.sharded import evaluate_dataset
-from classrobust.models.adjust import ClassLogitAdjust
+from classrobust.options import check_choice, option
+from classrobust.runtime import PRECISIONS
 
 ATTACK = "pgd"
 #: fractions of a round's proposed change tried, largest first, until the re-attacked model is within budget
 BACKOFF = (1.0, 0.5, 0.25, 0.125)
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    """Settings of a calibration fit (``classrobust calibrate`` builds its options from these).
+
+    What calibration is: a per-class shift (and optionally scale) of the logits, i.e. a change of
+    the decision thresholds between classes, fitted so that the worst class's PGD accuracy on the
+    validation split rises. It does not make the network itself more robust.
+    """
+
+    max_avg_drop: float = option(1.0, "largest allowed loss of average validation robust accuracy, in points")
+    temperature: bool = option(False, "also fit a per-class temperature")
+    val_size: int = option(2000, "validation images used for the fit")
+    steps: int = option(10, "PGD steps of the fit's attack")
+    rounds: int = option(3, "attack-and-refit rounds")
+    eps: float | None = option(None, "perturbation budget (default: the checkpoint's eps)")
+    precision: str = option("fp32", "attack arithmetic during the fit", choices=PRECISIONS)
+    seed: int = option(0, "attack seed")
+
+    def __post_init__(self):
+        if not 0 <= self.max_avg_drop < 100:
+            raise UsageError(f"max average drop must be in [0, 100) points, got {self.max_avg_drop}")
+        for name in ("val_size", "steps", "rounds"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name.replace('_', ' ')} must be >= 1, got {getattr(self, name)}")
+        if self.eps is not None and not self.eps >= 0:
+            raise UsageError(f"eps must be >= 0, got {self.eps}")
+        check_choice(CalibrateConfig, "precision", self.precision)
+
+    def recorded(self) -> dict[str, Any]:
+        """The settings a calibrated checkpoint records (and an experiment compares)."""
+        return {"max_avg_drop": self.max_avg_drop / 100, "temperature": self.temperature, "val_size": self.val_size,
+                "rounds": self.rounds, "attack": {"name": ATTACK, "steps": self.steps, "seed": self.seed,
+                                                   "precision": self.precision}}
 
 
 @dataclass
@@ -175,17 +212,3 @@ def calibrate(model: nn.Module, val_set, *, eps: float, steps: int = 10, seed: i
     calibration = Calibration(offsets=[float(v) for v in best[1]], temperatures=[float(v) for v in best[2]],
                               before=before, after=best[0], rounds=history)
     return adjusted, calibration
-
-
-def validation_split(meta: dict[str, Any], size: int, data_dir=None):
-    """The validation images of a classrobust checkpoint: the held-out part of the training split its
-    run carved out (its fraction and seed), as a stratified subset of ``size``. Never the test split."""
-    from classrobust.data import get_dataset, stratified_subset, train_val_split
-
-    config = meta.get("config")
-    if not config:
-        raise UsageError("calibration needs a checkpoint trained by classrobust (its config names the "
-                         "validation split); this one has no training config")
-    full = get_dataset(meta["dataset"], "train", root=data_dir)
-    _, val = train_val_split(full, config.get("val_fraction", 0.1), seed=config.get("seed", 0))
-    return stratified_subset(val, size, seed=config.get("seed", 0))

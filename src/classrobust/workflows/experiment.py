@@ -1,4 +1,5 @@
-"""``classrobust experiment FILE.yaml``: train and attack every run of a grid, then one combined report.
+"""The experiment workflow (``classrobust experiment FILE.yaml``): train and attack every run of a
+grid, then one combined report.
 
 Each run lives in ``<out>/runs/<dataset>/<method>/seed<s>/`` (checkpoint, training log, ``eval/``).
 A run whose checkpoint was made with the same training config and whose evaluation used the
@@ -16,10 +17,14 @@ from typing import Any, Callable
 
 import numpy as np
 
+from classrobust.defenses.calibrate import CalibrateConfig
 from classrobust.errors import CheckpointError, UsageError
-from classrobust.experiment.spec import ExperimentSpec, RunSpec
 from classrobust.io import atomic_write_json, check_output_dir
 from classrobust.report.experiment import INDEX
+from classrobust.runtime import resolve_device
+from classrobust.workflows.calibrate import calibrate_checkpoint
+from classrobust.workflows.evaluate import EvalConfig, evaluate_checkpoint
+from classrobust.workflows.spec import ExperimentSpec, RunSpec
 
 
 def eval_settings(spec: ExperimentSpec) -> dict[str, Any]:
@@ -67,20 +72,12 @@ def run_state(spec: ExperimentSpec, run: RunSpec) -> str:
     return "resume" if (staging_dir(directory) / STATE).is_file() else "train"
 
 
-CALIBRATE_DEFAULTS = {"max_avg_drop": 1.0, "temperature": False, "val_size": 2000, "steps": 10, "rounds": 3,
-                      "seed": 0}
-
-
 def calibration_settings(entry: dict[str, Any]) -> dict[str, Any]:
     """What a calibrated checkpoint's meta records for an experiment's calibrate entry."""
-    s = {**CALIBRATE_DEFAULTS, **entry}
-    return {"max_avg_drop": s["max_avg_drop"] / 100, "temperature": s["temperature"], "val_size": s["val_size"],
-            "rounds": s["rounds"], "attack": {"name": "pgd", "steps": s["steps"], "seed": s["seed"],
-                                               "precision": "fp32"}}
+    return CalibrateConfig(**entry).recorded()
 
 
 def _train(spec, run, *, resume, device, data_dir, download, progress, log) -> None:
-    from classrobust.cli.commands import resolve_device
     from classrobust.training import train
 
     # precision stays the file's (default bf16) on every machine, so that runs stay comparable
@@ -90,14 +87,10 @@ def _train(spec, run, *, resume, device, data_dir, download, progress, log) -> N
 
 
 def _evaluate(spec, run, *, device, data_dir, download, progress) -> None:
-    from classrobust.cli.commands import evaluate_checkpoint
-
     directory = run_dir(spec, run)
-    e = spec.eval
-    evaluate_checkpoint(directory / "model.safetensors", directory / "eval", attacks=e["attacks"], eps=e["eps"],
-                        precision=e["precision"], mode=e["mode"], batch_size=e["batch_size"], seed=e["seed"],
-                        limit=e["limit"], subset_seed=e["subset_seed"], device=device, data_dir=data_dir, download=download,
-                        progress=progress, report=True, extra_meta={"experiment_eval": eval_settings(spec)})
+    evaluate_checkpoint(directory / "model.safetensors", directory / "eval", config=EvalConfig(**spec.eval),
+                        device=device, data_dir=data_dir, download=download, progress=progress,
+                        extra_meta={"experiment_eval": eval_settings(spec)})
 
 
 def ensure_run(spec, run, *, device=None, data_dir=None, download=False, progress=True,
@@ -109,17 +102,12 @@ def ensure_run(spec, run, *, device=None, data_dir=None, download=False, progres
         return state
     t0 = time.perf_counter()
     if state == "calibrate":
-        from classrobust.cli.commands import calibrate_checkpoint
-
         base = spec.out / "runs" / run.base_key / "model.safetensors"
         if not base.is_file():
             raise UsageError(f"{run.key} calibrates {run.base_key}, which has no checkpoint yet")
         log(f"{run.key}: calibrating {run.base_key}")
-        c = {**CALIBRATE_DEFAULTS, **run.calibrate}
-        calibrate_checkpoint(base, run_dir(spec, run) / "model.safetensors", max_avg_drop=c["max_avg_drop"],
-                             temperature=c["temperature"], val_size=c["val_size"], steps=c["steps"],
-                             rounds=c["rounds"], seed=c["seed"], device=device, data_dir=data_dir,
-                             log=lambda m: log(f"  {m}"))
+        calibrate_checkpoint(base, run_dir(spec, run) / "model.safetensors", config=CalibrateConfig(**run.calibrate),
+                             device=device, data_dir=data_dir, log=lambda m: log(f"  {m}"))
     if state in ("train", "resume"):
         log(f"{run.key}: {'resuming training' if state == 'resume' else 'training'}")
         _train(spec, run, resume=state == "resume", device=device, data_dir=data_dir, download=download,
@@ -132,7 +120,7 @@ def ensure_run(spec, run, *, device=None, data_dir=None, download=False, progres
 
 def confused_class(eval_dir: Path, attack: str) -> tuple[str, str]:
     """(weakest class under ``attack``, the class its adversarial examples are most often assigned to)."""
-    from classrobust.evaluate.results import ClasswiseResult
+    from classrobust.results import ClasswiseResult
 
     result = ClasswiseResult.load(eval_dir)
     weakest = result.attacks[attack].worst_class
@@ -155,10 +143,15 @@ def ablation_runs(spec: ExperimentSpec) -> list[tuple[RunSpec, RunSpec, str, str
     return out
 
 
-def run_experiment(spec: ExperimentSpec, *, device: str | None = None, data_dir: Path | None = None,
+def run_experiment(spec: ExperimentSpec | str | Path, *, device: str | None = None, data_dir: Path | None = None,
                    download: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> Path:
-    """Run the grid (skipping complete runs), the ablation, and write ``<out>/report``; returns the report path."""
+    """Run the grid of ``spec`` (an experiment file or its loaded spec), skipping complete runs, then the
+    ablation, and write ``<out>/report``; returns the report path."""
     from classrobust.report.experiment import build_experiment_report
+    from classrobust.workflows.spec import load_spec
+
+    if not isinstance(spec, ExperimentSpec):
+        spec = load_spec(spec)
 
     check_output_dir(spec.out)
     spec.out.mkdir(parents=True, exist_ok=True)

@@ -28,19 +28,22 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from classrobust.defenses.calibrate import CalibrateConfig
 from classrobust.errors import UsageError
+from classrobust.options import defaults
 from classrobust.training.config import TrainConfig
+from classrobust.workflows.evaluate import EvalConfig
 
 TOP_KEYS = {"name", "description", "out", "seeds", "train", "datasets", "methods", "eval", "ablation"}
 DATASET_KEYS = {"name", "model", "model_kwargs", "eps", "alpha", "train"}
+#: the evaluation settings an experiment file may set (EvalConfig fields; their defaults come from there)
 EVAL_KEYS = {"attacks", "limit", "subset_seed", "seed", "batch_size", "precision", "mode", "eps"}
 ABLATION_KEYS = {"remove_confused_class"}
 CONFUSED_KEYS = {"method", "attack", "seeds"}
-CALIBRATE_KEYS = {"max_avg_drop", "temperature", "val_size", "steps", "rounds", "seed"}
-#: keys a run's TrainConfig takes from the file (device and precision come from the machine unless given)
+CALIBRATE_KEYS = {f.name for f in fields(CalibrateConfig)} - {"eps", "precision"}
+#: keys a run's TrainConfig takes from the file (the device comes from the machine)
 TRAIN_KEYS = {f.name for f in fields(TrainConfig)} - {"dataset", "model", "method", "seed", "device", "drop_classes"}
-EVAL_DEFAULTS = {"limit": None, "subset_seed": 0, "seed": 0, "batch_size": 256, "precision": "fp32",
-                 "mode": "best", "eps": None}
+EVAL_DEFAULTS = {k: v for k, v in defaults(EvalConfig).items() if k in EVAL_KEYS - {"attacks"}}
 
 
 @dataclass(frozen=True)
@@ -171,27 +174,20 @@ def load_spec(path: str | Path, out: str | Path | None = None) -> ExperimentSpec
         raise UsageError(f"{path}: {exc}") from None
 
 
-def _parse(raw: dict[str, Any], path: Path, out: str | Path | None) -> ExperimentSpec:
-    from classrobust.attacks import parse_attack_specs
-    from classrobust.training import METHODS
-
-    _only(set(raw), TOP_KEYS, "experiment")
-    name = str(raw.get("name") or path.stem)
+def _parse_seeds(raw: dict[str, Any]) -> list[int]:
     seeds = raw.get("seeds", [0])
     seeds = [seeds] if isinstance(seeds, int) else seeds
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise UsageError("seeds must be a non-empty list of integers")
     if len(set(seeds)) != len(seeds):
         raise UsageError("seeds are listed twice")
-    train = _mapping(raw.get("train"), "train")
-    _only(set(train), TRAIN_KEYS, "train")
-    datasets = _mapping(raw.get("datasets"), "datasets")
+    return seeds
+
+
+def _parse_methods(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    from classrobust.training import METHODS
+
     methods = _mapping(raw.get("methods"), "methods")
-    if not datasets or not methods:
-        raise UsageError("an experiment needs at least one entry under datasets and under methods")
-    for alias, entry in datasets.items():
-        datasets[alias] = _mapping(entry, f"datasets.{alias}")
-        _check_dataset(alias, datasets[alias])
     for alias, entry in methods.items():
         methods[alias] = entry = _mapping(entry, f"methods.{alias}")
         if "-without-" in alias or "/" in alias:
@@ -205,44 +201,81 @@ def _parse(raw: dict[str, Any], path: Path, out: str | Path | None) -> Experimen
                                  f"before it ({', '.join(a for a in earlier if 'calibrate' not in methods[a])})")
             entry["calibrate"] = _mapping(entry["calibrate"], f"methods.{alias}.calibrate")
             _only(set(entry["calibrate"]), CALIBRATE_KEYS, f"methods.{alias}.calibrate")
+            try:
+                CalibrateConfig(**entry["calibrate"])
+            except (UsageError, TypeError) as exc:
+                raise UsageError(f"methods.{alias}.calibrate: {exc}") from None
             continue
         _only(set(entry), TRAIN_KEYS | {"method"}, f"methods.{alias}")
         METHODS.get(entry.get("method", alias))
+    return methods
+
+
+def _parse_eval(raw: dict[str, Any]) -> dict[str, Any]:
     evaluation = _mapping(raw.get("eval"), "eval")
     _only(set(evaluation), EVAL_KEYS, "eval")
     if "attacks" not in evaluation:
         raise UsageError("eval.attacks is required (e.g. \"fgsm,pgd:steps=20,autoattack\")")
     _check_attacks(evaluation["attacks"])
     evaluation = {**EVAL_DEFAULTS, **evaluation}
-    if evaluation["precision"] not in ("fp32", "bf16"):
-        raise UsageError(f"eval.precision must be fp32 or bf16, got {evaluation['precision']!r}")
-    if evaluation["mode"] not in ("best", "last"):
-        raise UsageError(f"eval.mode must be best or last, got {evaluation['mode']!r}")
     for key in ("limit", "batch_size"):
         if evaluation[key] is not None and (not isinstance(evaluation[key], int) or evaluation[key] < 1):
             raise UsageError(f"eval.{key} must be a positive integer, got {evaluation[key]!r}")
+    try:
+        EvalConfig(**evaluation)
+    except UsageError as exc:
+        raise UsageError(f"eval.{exc}") from None
+    return evaluation
 
-    ablation = None
+
+def _parse_ablation(raw: dict[str, Any], methods, evaluation, seeds) -> ConfusedClassAblation | None:
+    from classrobust.attacks import parse_attack_specs
+
     abl = _mapping(raw.get("ablation"), "ablation")
     _only(set(abl), ABLATION_KEYS, "ablation")
-    if "remove_confused_class" in abl:
-        entry = _mapping(abl["remove_confused_class"], "ablation.remove_confused_class")
-        _only(set(entry), CONFUSED_KEYS, "ablation.remove_confused_class")
-        method = entry.get("method", next(iter(methods)))
-        trained = [m for m in methods if "calibrate" not in methods[m]]
-        if method not in trained:
-            raise UsageError(f"ablation.remove_confused_class.method {method!r} is not one of the trained "
-                             f"methods: {', '.join(trained)}")
-        names = [n for n, _ in parse_attack_specs(evaluation["attacks"])]
-        attack = entry.get("attack", names[-1])
-        if attack not in names:
-            raise UsageError(f"ablation.remove_confused_class.attack {attack!r} is not in eval.attacks "
-                             f"({', '.join(names)})")
-        abl_seeds = entry.get("seeds", seeds)
-        if not set(abl_seeds) <= set(seeds):
-            raise UsageError("ablation.remove_confused_class.seeds must be among the experiment's seeds")
-        ablation = ConfusedClassAblation(method, attack, tuple(abl_seeds))
+    if "remove_confused_class" not in abl:
+        return None
+    entry = _mapping(abl["remove_confused_class"], "ablation.remove_confused_class")
+    _only(set(entry), CONFUSED_KEYS, "ablation.remove_confused_class")
+    method = entry.get("method", next(iter(methods)))
+    trained = [m for m in methods if "calibrate" not in methods[m]]
+    if method not in trained:
+        raise UsageError(f"ablation.remove_confused_class.method {method!r} is not one of the trained "
+                         f"methods: {', '.join(trained)}")
+    names = [n for n, _ in parse_attack_specs(evaluation["attacks"])]
+    attack = entry.get("attack", names[-1])
+    if attack not in names:
+        raise UsageError(f"ablation.remove_confused_class.attack {attack!r} is not in eval.attacks "
+                         f"({', '.join(names)})")
+    abl_seeds = entry.get("seeds", seeds)
+    if not set(abl_seeds) <= set(seeds):
+        raise UsageError("ablation.remove_confused_class.seeds must be among the experiment's seeds")
+    return ConfusedClassAblation(method, attack, tuple(abl_seeds))
 
+
+def _parse(raw: dict[str, Any], path: Path, out: str | Path | None) -> ExperimentSpec:
+    _only(set(raw), TOP_KEYS, "experiment")
+    name = str(raw.get("name") or path.stem)
+    seeds = _parse_seeds(raw)
+    train = _mapping(raw.get("train"), "train")
+    _only(set(train), TRAIN_KEYS, "train")
+    datasets = _mapping(raw.get("datasets"), "datasets")
+    if not datasets or not raw.get("methods"):
+        raise UsageError("an experiment needs at least one entry under datasets and under methods")
+    for alias, entry in datasets.items():
+        datasets[alias] = _mapping(entry, f"datasets.{alias}")
+        _check_dataset(alias, datasets[alias])
+    methods = _parse_methods(raw)
+    evaluation = _parse_eval(raw)
+    ablation = _parse_ablation(raw, methods, evaluation, seeds)
+    runs = _build_runs(datasets, methods, train, seeds)
+    out_dir = Path(out) if out is not None else Path(raw.get("out") or f"runs/experiments/{_slug(name)}")
+    return ExperimentSpec(name=name, description=str(raw.get("description", "")), out=out_dir,
+                          seeds=tuple(seeds), datasets=datasets, methods=methods, train=train, eval=evaluation,
+                          ablation=ablation, source=path, runs=tuple(runs))
+
+
+def _build_runs(datasets, methods, train, seeds) -> list[RunSpec]:
     runs = []
     for d_alias, d_entry in datasets.items():
         for m_alias, m_entry in methods.items():
@@ -265,7 +298,4 @@ def _parse(raw: dict[str, Any], path: Path, out: str | Path | None) -> Experimen
                 except TypeError as exc:
                     raise UsageError(f"bad training settings for {d_alias}/{m_alias}: {exc}") from None
                 runs.append(RunSpec(f"{_slug(d_alias)}/{m_alias}/seed{seed}", d_alias, m_alias, seed, config))
-    out_dir = Path(out) if out is not None else Path(raw.get("out") or f"runs/experiments/{_slug(name)}")
-    return ExperimentSpec(name=name, description=str(raw.get("description", "")), out=out_dir,
-                          seeds=tuple(seeds), datasets=datasets, methods=methods, train=train, eval=evaluation,
-                          ablation=ablation, source=path, runs=tuple(runs))
+    return runs

@@ -1,4 +1,4 @@
-"""Class-wise training levers, combinable with pgd-at and trades (``--classwise SPEC``).
+"""Class-wise training levers, for the training methods that support them (``--classwise SPEC``).
 
 A lever keeps per-class state and updates it at the end of every epoch from that epoch's
 per-class numbers; the loop turns the state into per-sample terms of the next epoch's loss:
@@ -22,6 +22,9 @@ Levers:
 
 ``reweight`` and ``frl`` both set loss weights, ``class-eps`` and ``frl`` both set budgets, and
 ``fawa`` picks the final weights as ``--select`` does: those combinations are refused.
+
+A lever may also supply the run's final weights (:meth:`Lever.final_weights`, with metadata for
+the checkpoint), so the training loop never needs to know which lever it runs.
 """
 
 from __future__ import annotations
@@ -34,8 +37,6 @@ import torch
 
 from classrobust.errors import UsageError
 from classrobust.registry import Registry
-
-SUPPORTED_METHODS = ("pgd-at", "trades")
 
 
 class Lever:
@@ -66,7 +67,8 @@ class Lever:
     def after_step(self, model: torch.nn.Module) -> None:
         pass
 
-    def final_state_dict(self) -> dict[str, torch.Tensor] | None:
+    def final_weights(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """``(state_dict, metadata)`` if this lever chooses the run's final weights, else None."""
         return None
 
 
@@ -170,9 +172,10 @@ class FAWA(Lever):
             return
         current = model.state_dict()
         if self.candidate is None:
+            # a resumed run's committed average comes back on the CPU: follow the model's device
             base = self.committed if self.committed is not None else current
-            self.candidate = {k: v.detach().clone().float() if v.is_floating_point() else v.detach().clone()
-                              for k, v in base.items()}
+            self.candidate = {k: (v.detach().float() if v.is_floating_point() else v.detach()).to(
+                current[k].device, copy=True) for k, v in base.items()}
         with torch.no_grad():
             for k, v in current.items():
                 if v.is_floating_point():
@@ -190,8 +193,10 @@ class FAWA(Lever):
         self.best_worst = max(self.best_worst, worst)
         self.epoch = epoch + 1
 
-    def final_state_dict(self):
-        return self.committed
+    def final_weights(self):
+        if self.committed is None:
+            return None
+        return self.committed, {"fawa_admitted_epochs": list(self.admitted)}
 
     def state(self):
         return {**super().state(), "committed": self.committed, "best_worst": self.best_worst,
@@ -217,13 +222,15 @@ def parse_levers(spec: str) -> list[tuple[str, dict[str, Any]]]:
     return parse_specs(spec, LEVERS) if spec.strip() else []
 
 
-def check_levers(spec: str, method: str, select: str) -> list[tuple[str, dict[str, Any]]]:
-    """Validate a lever spec against the method and selection rule; one-line reasons when refused."""
+def check_levers(spec: str, *, method: str, supports_levers: bool, select: str) -> list[tuple[str, dict[str, Any]]]:
+    """Validate a lever spec against the training method (named ``method``; ``supports_levers`` is
+    what it declares) and the selection rule; one-line reasons when refused."""
     levers = parse_levers(spec)
     if not levers:
         return levers
-    if method not in SUPPORTED_METHODS:
-        raise UsageError(f"class-wise levers combine with {' or '.join(SUPPORTED_METHODS)}, not {method!r}")
+    if not supports_levers:
+        raise UsageError(f"training method {method!r} does not support class-wise levers "
+                         "(pgd-at and trades do)")
     for name, params in levers:
         LEVERS.check_kwargs(name, {"num_classes": 2, **params})
     names = [n for n, _ in levers]
@@ -239,8 +246,9 @@ def check_levers(spec: str, method: str, select: str) -> list[tuple[str, dict[st
 class ClasswiseTerms:
     """The levers of one run together: per-sample loss weights and budgets for a batch."""
 
-    def __init__(self, spec: str, num_classes: int, method: str, select: str):
-        self.levers = [LEVERS.build(n, num_classes, **p) for n, p in check_levers(spec, method, select)]
+    def __init__(self, spec: str, num_classes: int, *, method: str, supports_levers: bool, select: str):
+        self.levers = [LEVERS.build(n, num_classes, **p)
+                       for n, p in check_levers(spec, method=method, supports_levers=supports_levers, select=select)]
         self.k = num_classes
 
     def __bool__(self) -> bool:
@@ -267,11 +275,12 @@ class ClasswiseTerms:
         for lever in self.levers:
             lever.end_epoch(**stats)
 
-    def final_state_dict(self):
+    def final_weights(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """The first lever's choice of final weights and its metadata (check_levers allows one)."""
         for lever in self.levers:
-            sd = lever.final_state_dict()
-            if sd is not None:
-                return sd
+            chosen = lever.final_weights()
+            if chosen is not None:
+                return chosen
         return None
 
     def state(self) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Threat models as objects: random start, steepest-ascent step, projection.
+"""Perturbation balls as objects: random start, steepest-ascent step, projection.
 
 After the threat-model/attack-loop split of MadryLab's ``robustness``: the
 attack loop is norm-agnostic; a threat model says what a step and a
@@ -34,8 +34,6 @@ class LinfBall:
     def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp_(0, 1)
 
-    def distance(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return (x_adv - x).flatten(1).abs().amax(dim=1)
 
 
 class L2Ball:
@@ -62,14 +60,13 @@ class L2Ball:
         scale = (self.eps / _flat_norm(delta, 2).clamp_min(1e-12)).clamp(max=1.0)
         return (x + delta * scale).clamp_(0, 1)
 
-    def distance(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return (x_adv - x).flatten(1).norm(p=2, dim=1)
+
+BALLS = {"linf": LinfBall, "l2": L2Ball}
 
 
-THREAT_MODELS = {"linf": LinfBall, "l2": L2Ball}
-
-
-def make_threat_model(norm: str, eps: float):
-    if norm not in THREAT_MODELS:
-        raise UsageError(f"unknown norm {norm!r}; choose one of: {', '.join(THREAT_MODELS)}")
-    return THREAT_MODELS[norm](eps)
+def make_ball(norm: str, eps: float | torch.Tensor) -> LinfBall | L2Ball:
+    """The perturbation set of an attack (not to be confused with a dataset's
+    :class:`~classrobust.data.base.ThreatModel`, which only holds the default eps and step)."""
+    if norm not in BALLS:
+        raise UsageError(f"unknown norm {norm!r}; choose one of: {', '.join(BALLS)}")
+    return BALLS[norm](eps)

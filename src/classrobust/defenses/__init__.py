@@ -1,0 +1,13 @@
+"""Class-wise defenses: training-phase levers (:mod:`~classrobust.defenses.levers`), the
+inference-phase calibration (:mod:`~classrobust.defenses.calibrate`) and the per-class logit
+adjustment it installs inside the model (:class:`~classrobust.defenses.adjust.ClassLogitAdjust`).
+
+The training loop drives the levers through :class:`ClasswiseTerms` and never names one.
+"""
+
+from classrobust.defenses.adjust import ClassLogitAdjust
+from classrobust.defenses.calibrate import CalibrateConfig, Calibration, calibrate
+from classrobust.defenses.levers import LEVERS, ClasswiseTerms, Lever, check_levers, parse_levers
+
+__all__ = ["ClassLogitAdjust", "CalibrateConfig", "Calibration", "calibrate", "LEVERS", "ClasswiseTerms", "Lever",
+           "check_levers", "parse_levers"]

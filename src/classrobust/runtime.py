@@ -1,0 +1,114 @@
+"""Where and how code runs: device and precision resolution, autocast, model modes, and the
+multi-process helpers (torchrun).
+
+Under ``torchrun --nproc_per_node=N -m classrobust ...`` every process runs the same command;
+gloo on the CPU, nccl on GPUs. Only rank 0 writes files and prints results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from classrobust.errors import UsageError
+
+#: the arithmetic choices of training and attacks (predictions are always judged in fp32)
+PRECISIONS = ("fp32", "bf16")
+
+
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """``None`` -> cuda if available, else cpu; a bad or unavailable name is a one-line error."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("device cuda requested but CUDA is not available")
+    return device
+
+
+def default_precision(device: torch.device) -> str:
+    """bf16 where the hardware runs it natively (AVX-512 BF16 / AMX on CPU, Ampere+ on GPU)."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    try:
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    except (AttributeError, RuntimeError):
+        return "fp32"
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast for ``precision="bf16"``, nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def model_mode(model: nn.Module, training: bool) -> Iterator[nn.Module]:
+    """``model`` in train (``True``) or eval mode inside; its previous mode restored on exit, also
+    after an error."""
+    was_training = model.training
+    try:
+        model.train(training)
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main() -> bool:
+    return world()[0] == 0
+
+
+def init_from_env(device: torch.device) -> bool:
+    """Join the process group torchrun describes in the environment; False when not under torchrun."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend)
+    return True
+
+
+def local_device(device: torch.device) -> torch.device:
+    """On GPUs each process takes the GPU of its local rank."""
+    if device.type == "cuda" and dist.is_initialized():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def gather(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (just ``[obj]`` in a single process)."""
+    rank, size = world()
+    if size == 1:
+        return [obj]
+    out: list[Any] = [None] * size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,60 @@
+"""Calibrate a checkpoint into a new one: the workflow behind ``classrobust calibrate``."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+from classrobust.defenses.calibrate import CalibrateConfig, Calibration, calibrate
+from classrobust.errors import UsageError
+from classrobust.runtime import resolve_device
+
+#: checkpoint-meta keys that describe the file, not the model, and are rewritten for the new one
+_FILE_KEYS = ("format", "classrobust_version", "torch_version", "sha256")
+
+
+def calibrate_checkpoint(src: str | Path, out: str | Path, *, config: CalibrateConfig | None = None,
+                         device: str | None = None, data_dir: str | Path | None = None,
+                         log: Callable[[str], None] = print, **settings: Any) -> tuple[Path, Calibration]:
+    """Fit per-class logit offsets for checkpoint ``src`` on its validation split (never the test
+    split) and save the calibrated model as the new checkpoint ``out``; ``src`` is never modified.
+
+    ``settings`` (any :class:`CalibrateConfig` field) override ``config``. Returns ``(out, Calibration)``.
+    """
+    from classrobust.checkpoint import load_checkpoint, save_checkpoint
+    from classrobust.data import run_splits
+    from classrobust.training import TrainConfig
+
+    config = replace(config or CalibrateConfig(), **settings)
+    src, out = Path(src), Path(out)
+    if out.suffix != ".safetensors":
+        out = out.with_suffix(".safetensors")
+    if out.resolve() == src.with_suffix(".safetensors").resolve():
+        raise UsageError("--out is the input checkpoint; calibration writes a new checkpoint")
+    if out.exists() or out.with_suffix(".json").exists():
+        raise UsageError(f"{out} already exists; choose another --out (nothing is overwritten)")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise UsageError(f"{out.parent} is not a directory")
+    dev = resolve_device(device)
+    model, meta = load_checkpoint(src, map_location=dev)
+    if meta.get("calibration") is not None:
+        raise UsageError(f"{src} is already calibrated; calibrate the original checkpoint")
+    if not meta.get("config"):
+        raise UsageError("calibration needs a checkpoint trained by classrobust (its config names the "
+                         "validation split); this one has no training config")
+    # the training run's own validation split (its fraction, seed and dropped classes)
+    _, val = run_splits(TrainConfig.from_dict(meta["config"]), root=data_dir, val_size=config.val_size)
+    eps = config.eps if config.eps is not None else meta.get("eps")
+    log(f"calibrating {src} on {len(val)} validation images (PGD-{config.steps}, eps {eps:g}); "
+        f"allowed average loss {config.max_avg_drop:g} points")
+    adjusted, fit = calibrate(model, val, eps=eps, steps=config.steps, seed=config.seed, precision=config.precision,
+                              max_avg_drop=config.max_avg_drop / 100, fit_temperature=config.temperature,
+                              rounds=config.rounds, device=dev, log=log)
+    settings_meta = {"source": str(src), "source_sha256": meta["sha256"], "eps": eps, **config.recorded(),
+                     "val_size": len(val)}
+    new_meta = {k: v for k, v in meta.items() if k not in _FILE_KEYS}
+    new_meta["calibration"] = fit.to_meta(settings_meta)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out, adjusted.cpu(), new_meta)
+    return out, fit

@@ -1,0 +1,164 @@
+"""Evaluate a checkpoint (or any model) on the test split under attacks, save the results and
+write the report: the workflow behind ``classrobust eval``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from classrobust.attacks import MODES, build_attacks, parse_attack_specs
+from classrobust.errors import CheckpointError, UsageError
+from classrobust.io import check_output_dir
+from classrobust.options import check_choice, option
+from classrobust.results import ClasswiseResult
+from classrobust.runtime import PRECISIONS, init_from_env, is_main, local_device, resolve_device
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The settings of an evaluation (``classrobust eval`` builds its options from these)."""
+
+    attacks: str = option("fgsm,pgd,temp-pgd", "comma-separated attacks with per-attack parameters: "
+                                                "fgsm,pgd:steps=50,alpha=0.005")
+    eps: float | None = option(None, "perturbation budget (default: the checkpoint's training eps, else the "
+                                     "dataset's)")
+    steps: int | None = option(None, "steps of every iterative attack that takes them")
+    alpha: float | None = option(None, "step size of every iterative attack that takes one "
+                                       "(default 2.5 * eps / steps)")
+    precision: str = option("fp32", "attack arithmetic (predictions are always judged in fp32)",
+                            choices=PRECISIONS)
+    mode: str = option("best", "best: stop attacking a sample at its first fooling iterate (evaluation mode); "
+                               "last: run every iteration and return the attack's final output", choices=MODES)
+    batch_size: int = option(256, "evaluation batch size")
+    seed: int = option(0, "attack seed (random starts)")
+    limit: int | None = option(None, "evaluate a class-stratified subset of N test images")
+    subset_seed: int = option(0, "seed of the --limit subset (kept apart from --seed so that evaluations of "
+                                 "different models pair up for `compare`)")
+    sanity: bool = option(False, "also run the evaluation sanity checks (more steps, large eps, black-box, "
+                                 "randomness, zero gradients); results in summary.json")
+    sanity_queries: int = option(1000, "Square queries of the black-box sanity check")
+    report: bool = option(True, "build report.html")
+
+    def __post_init__(self):
+        for name in ("batch_size", "sanity_queries"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name.replace('_', ' ')} must be >= 1, got {getattr(self, name)}")
+        for name in ("limit", "steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("eps", "alpha"):
+            if getattr(self, name) is not None and not getattr(self, name) >= 0:
+                raise UsageError(f"{name} must be >= 0, got {getattr(self, name)}")
+        check_choice(EvalConfig, "precision", self.precision)
+        check_choice(EvalConfig, "mode", self.mode)
+        parse_attack_specs(self.attacks)
+
+    def global_attack_options(self, eps: float) -> dict[str, Any]:
+        return {"eps": eps, "steps": self.steps, "alpha": self.alpha, "mode": self.mode,
+                "precision": self.precision, "seed": self.seed}
+
+
+def default_eval_dir(checkpoint: Path | None, weights: Path | None) -> Path:
+    if checkpoint is not None:
+        return Path(checkpoint).parent / "eval"
+    return (Path(weights).parent if weights else Path("runs")) / "eval"
+
+
+def load_model(checkpoint: Path | None, device: torch.device, *, model_name: str | None = None,
+               dataset: str | None = None, weights: Path | None = None, normalize: bool = False
+               ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """``(model in eval mode on device, meta)`` from a classrobust checkpoint, or from a model name (registry
+    or ``python:pkg.mod:factory``) with its dataset and optional weights."""
+    from classrobust.checkpoint import load_checkpoint
+
+    if checkpoint is not None:
+        return load_checkpoint(checkpoint, map_location=device)
+    if model_name is None or dataset is None:
+        raise UsageError("evaluate a --checkpoint, or a --model with its --dataset")
+    from classrobust.data import get_dataset_info
+    from classrobust.models import create_model
+
+    info = get_dataset_info(dataset)
+    model = create_model(model_name, info, weights=str(weights) if weights else None,
+                         normalize=normalize).to(device).eval()
+    return model, {"model": model_name, "dataset": dataset, "classes": list(info.classes),
+                   "weights": str(weights) if weights else None}
+
+
+def _test_set(meta: dict[str, Any], config: EvalConfig, data_dir, download: bool, checkpoint):
+    from classrobust.data import get_dataset, stratified_subset
+
+    test = get_dataset(meta["dataset"], "test", root=data_dir, download=download)
+    if list(test.classes) != list(meta["classes"]):
+        raise CheckpointError(f"{checkpoint} was trained on classes {meta['classes']}, "
+                              f"but dataset {meta['dataset']!r} has {test.classes}")
+    return stratified_subset(test, config.limit, seed=config.subset_seed) if config.limit is not None else test
+
+
+def evaluate_checkpoint(checkpoint: str | Path | None = None, out: str | Path | None = None, *,
+                        config: EvalConfig | None = None, model: str | None = None, dataset: str | None = None,
+                        weights: str | Path | None = None, normalize: bool = False, device: str | None = None,
+                        data_dir: str | Path | None = None, download: bool = False, progress: bool = True,
+                        extra_meta: dict[str, Any] | None = None, **settings: Any
+                        ) -> tuple[ClasswiseResult, Path]:
+    """Class-wise evaluation of a checkpoint on the test split, saved to ``out`` with its report.
+
+    Args:
+        checkpoint: a classrobust checkpoint; or None with ``model`` (a registry name or
+            ``python:pkg.mod:factory``), ``dataset`` and optional ``weights``.
+        out: result directory (default: ``eval/`` beside the checkpoint).
+        config: the evaluation settings; ``settings`` (any :class:`EvalConfig` field) override it.
+    Returns ``(result, out)``. Under torchrun every process evaluates its shard; rank 0 writes.
+    """
+    from classrobust.evaluate.sharded import evaluate_dataset
+
+    config = replace(config or EvalConfig(), **settings)
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    out = check_output_dir(Path(out) if out is not None else default_eval_dir(checkpoint, weights))
+    dev = resolve_device(device)
+    init_from_env(dev)
+    dev = local_device(dev)
+    net, meta = load_model(checkpoint, dev, model_name=model, dataset=dataset,
+                           weights=Path(weights) if weights else None, normalize=normalize)
+    test = _test_set(meta, config, data_dir, download, checkpoint)
+    eps = config.eps if config.eps is not None else meta.get("eps", test.threat_model.eps)
+    globals_ = config.global_attack_options(eps)
+    attacks = build_attacks(config.attacks, net, **globals_)
+    run_meta = {"checkpoint": str(checkpoint) if checkpoint else None, "weights": meta.get("weights"),
+                "dataset": meta["dataset"], "split": "test", "model": meta["model"], "eps": eps,
+                "limit": config.limit, "subset_seed": config.subset_seed, "seed": config.seed,
+                "precision": config.precision, "batch_size": config.batch_size, "device": str(dev),
+                "torch_version": torch.__version__, "mode": config.mode, **(extra_meta or {})}
+    t0 = time.perf_counter()
+    result = evaluate_dataset(net, test, attacks, batch_size=config.batch_size, device=dev, progress=progress,
+                              meta=run_meta)
+    result.meta["seconds"] = round(time.perf_counter() - t0, 2)
+    if config.sanity:
+        _sanity(net, test, result, attacks, config, globals_, dev)
+    if not is_main():
+        return result, out
+    result.save(out)
+    if config.report:
+        from classrobust.report import build_report
+
+        build_report(out)
+    return result, out
+
+
+def _sanity(net, test, result: ClasswiseResult, attacks, config: EvalConfig, globals_: dict[str, Any], device):
+    from classrobust.evaluate.sanity import run_sanity_checks
+
+    specs = dict(parse_attack_specs(config.attacks))
+
+    def rebuild(name, changes):  # attack ``name`` as evaluated, with ``changes`` on top
+        return build_attacks([(name, specs[name])], net, overrides={name: changes}, **globals_)[name]
+
+    t1 = time.perf_counter()
+    result.sanity = run_sanity_checks(net, test, result, attacks, rebuild, eps=globals_["eps"],
+                                      precision=config.precision, seed=config.seed, device=device,
+                                      batch_size=config.batch_size, n_queries=config.sanity_queries)
+    result.meta["sanity_seconds"] = round(time.perf_counter() - t1, 2)
