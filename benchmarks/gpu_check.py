@@ -13,7 +13,6 @@ Everything prints one ``key: value`` line per result, so the shell script's log 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 from pathlib import Path
 
@@ -38,42 +37,6 @@ def make_data(root: Path, n_train: int, n_test: int, size: int = 32, classes: in
     print(f"data: {root} ({classes} classes, {n_train}/{n_test} train/test images per class, {size}x{size} RGB)")
 
 
-class SyncCounter:
-    """Counts the tensor operations that force the host to wait for the device.
-
-    ``.item()``, ``bool(t)``, ``int(t)``, ``float(t)``, ``.tolist()``, ``.cpu()`` and ``nonzero``
-    are wrapped while inside; on CUDA each is a synchronisation, on the CPU they cost nothing but
-    are counted the same, so the count is a property of the code, not of the device.
-    """
-
-    NAMES = ("item", "__bool__", "__int__", "__float__", "tolist", "cpu", "nonzero")
-
-    def __init__(self):
-        self.counts = dict.fromkeys(self.NAMES, 0)
-
-    @contextlib.contextmanager
-    def counting(self):
-        originals = {name: getattr(torch.Tensor, name) for name in self.NAMES}
-
-        def wrap(name, fn):
-            def inner(*args, **kwargs):
-                self.counts[name] += 1
-                return fn(*args, **kwargs)
-            return inner
-
-        try:
-            for name, fn in originals.items():
-                setattr(torch.Tensor, name, wrap(name, fn))
-            yield self
-        finally:
-            for name, fn in originals.items():
-                setattr(torch.Tensor, name, fn)
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-
 def _model(device, num_classes=10, channels_last=False):
     from classrobust.data.base import DatasetInfo, ThreatModel
     from classrobust.models import create_model
@@ -89,7 +52,9 @@ def _model(device, num_classes=10, channels_last=False):
 
 
 def count_syncs(device: torch.device, batch: int = 64, steps: int = 10) -> None:
+    """Host synchronisations in one PGD call on PreAct ResNet-18 (see runtime.SyncCounter)."""
     from classrobust.attacks import PGD
+    from classrobust.runtime import SyncCounter
 
     model = _model(device)
     g = torch.Generator().manual_seed(0)
@@ -167,6 +132,8 @@ def main() -> None:
     d.add_argument("--test", type=int, default=30)
     s = sub.add_parser("syncs")
     s.add_argument("--device", default="cuda")
+    s.add_argument("--batch", type=int, default=64)
+    s.add_argument("--steps", type=int, default=10)
     t = sub.add_parser("throughput")
     t.add_argument("--device", default="cuda")
     t.add_argument("--images", type=int, default=50_000)
@@ -177,7 +144,7 @@ def main() -> None:
     if args.command == "data":
         make_data(args.root, args.train, args.test)
     elif args.command == "syncs":
-        count_syncs(torch.device(args.device))
+        count_syncs(torch.device(args.device), args.batch, args.steps)
     else:
         throughput(torch.device(args.device), args.images, args.batch, args.steps, args.precision)
 

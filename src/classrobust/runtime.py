@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from datetime import timedelta
 from typing import Any, Iterator
 
 import torch
@@ -35,13 +36,27 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
 
 
 def default_precision(device: torch.device) -> str:
-    """bf16 where the hardware runs it natively (AVX-512 BF16 / AMX on CPU, Ampere+ on GPU)."""
+    """bf16 where the hardware runs it natively (AVX-512 BF16 / AMX on CPU, Ampere+ on GPU); a GPU
+    that only emulates bf16 (pre-Ampere) gets fp32."""
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        try:
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch before the argument existed counted emulation as support
+            native = torch.cuda.get_device_capability(device)[0] >= 8
+        return "bf16" if native else "fp32"
     try:
         return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
     except (AttributeError, RuntimeError):
         return "fp32"
+
+
+def set_tf32(allowed: bool) -> dict[str, bool]:
+    """Allow or forbid TF32 in CUDA matmuls and convolutions (Ampere and newer round fp32 inputs to
+    10 mantissa bits there, far coarser than the attacks' fooling margin). Returns the setting, for
+    the results' metadata. Off unless asked for: an "fp32" verdict is then fp32."""
+    torch.backends.cuda.matmul.allow_tf32 = allowed
+    torch.backends.cudnn.allow_tf32 = allowed
+    return {"tf32": allowed}
 
 
 def check_precision(precision: str) -> str:
@@ -88,7 +103,9 @@ def init_from_env(device: torch.device) -> bool:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend=backend)
+        # sharded AutoAttack work is uneven across ranks: wait longer than NCCL's default 10 minutes
+        minutes = float(os.environ.get("CLASSROBUST_DIST_TIMEOUT_MIN", "180"))
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=minutes))
     return True
 
 
@@ -109,6 +126,59 @@ def gather(obj: Any) -> list[Any]:
     return out
 
 
+def barrier() -> None:
+    """Wait for every process (nothing outside torchrun): files rank 0 wrote are then complete."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def any_rank(flag: torch.Tensor) -> bool:
+    """True if ``flag`` (a bool tensor, 0-d) is true on any process; one synchronisation."""
+    if dist.is_available() and dist.is_initialized():
+        flag = flag.to(torch.int32).clone()
+        dist.all_reduce(flag)
+    return bool(flag)
+
+
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+class SyncCounter:
+    """Counts the tensor reads that make the host wait for a GPU, on any device.
+
+    ``.item()``, ``bool(t)``, ``int(t)``, ``float(t)``, ``.tolist()``, ``.cpu()`` and ``.nonzero()``
+    are wrapped while inside ``counting()``; on CUDA each is a host synchronisation, on the CPU
+    they cost nothing but are counted the same, so the count is a property of the code and a CPU
+    test can bound it. Not counted: synchronisations inside torch operators (boolean-mask
+    indexing, ``torch.nonzero`` called as a function); CUDA's own
+    ``torch.cuda.set_sync_debug_mode("warn")`` sees those too (benchmarks/gpu_check.sh).
+    """
+
+    NAMES = ("item", "__bool__", "__int__", "__float__", "tolist", "cpu", "nonzero")
+
+    def __init__(self):
+        self.counts = dict.fromkeys(self.NAMES, 0)
+
+    @contextlib.contextmanager
+    def counting(self):
+        originals = {name: getattr(torch.Tensor, name) for name in self.NAMES}
+
+        def wrap(name, fn):
+            def inner(*args, **kwargs):
+                self.counts[name] += 1
+                return fn(*args, **kwargs)
+            return inner
+
+        try:
+            for name, fn in originals.items():
+                setattr(torch.Tensor, name, wrap(name, fn))
+            yield self
+        finally:
+            for name, fn in originals.items():
+                setattr(torch.Tensor, name, fn)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())

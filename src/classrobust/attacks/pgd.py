@@ -46,7 +46,8 @@ class PGD(Attack):
             self.alpha = 2.5 * self.eps_per_sample.view(-1, 1, 1, 1) / self.steps
         else:
             self.alpha = float(alpha) if alpha is not None else 2.5 * self.eps / self.steps
-        if not bool((torch.as_tensor(self.alpha) >= 0).all()):
+        alpha_ok = bool((self.alpha >= 0).all()) if isinstance(self.alpha, torch.Tensor) else self.alpha >= 0
+        if not alpha_ok:
             raise UsageError(f"alpha must be >= 0, got {alpha}")
         self.random_start = bool(random_start)
         self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
 from classrobust.errors import UsageError
@@ -60,6 +60,8 @@ class TrainConfig:
     seed: int = option(0, "seed of weight init, data order, splits and inner attacks")
     precision: str = option("bf16", "autocast precision of training (bf16 or fp32)", choices=PRECISIONS)
     compile: bool = option(False, "torch.compile the model (first steps are slow)")
+    allow_tf32: bool = option(False, "allow TF32 in CUDA matmuls and convolutions of fp32 training "
+                                     "(off: fp32 means fp32)")
     device: str | None = option(None, "cpu, cuda, cuda:1, ... (default: cuda if available)")
 
     def __post_init__(self):
@@ -92,9 +94,11 @@ class TrainConfig:
                          supports_levers=METHODS.get(self.method).builder.supports_levers)
 
     def differences(self, other: dict[str, Any]) -> list[str]:
-        """Keys whose values differ from ``other`` (a saved config), for a refused resume."""
+        """Keys whose values differ from ``other`` (a saved config), for a refused resume. A key the
+        saved config lacks (saved before the option existed) counts as its default."""
         mine = self.to_dict()
-        return sorted(k for k in set(mine) | set(other) if mine.get(k) != other.get(k))
+        defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+        return sorted(k for k in set(mine) | set(other) if mine.get(k) != other.get(k, defaults.get(k)))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -25,13 +25,15 @@ from classrobust.evaluate.sharded import evaluate_dataset
 from classrobust.io import atomic_write_bytes, atomic_write_text, check_output_dir, replace_directory
 from classrobust.models import MODELS, create_model
 from classrobust.results import CLEAN
-from classrobust.runtime import init_from_env, local_device, resolve_device, world
+from classrobust.runtime import any_rank, init_from_env, local_device, resolve_device, set_tf32, world
 from classrobust.training.config import TrainConfig
 from classrobust.training.methods import METHODS
 from classrobust.training.schedules import lr_multiplier
 
 VAL_ATTACK = "pgd"
 STATE = "train_state.pt"
+#: steps between checks that the loss is finite (each check is one host synchronisation)
+CHECK_EVERY = 25
 
 
 def staging_dir(out_dir: Path) -> Path:
@@ -127,6 +129,14 @@ class _Run:
         return self.rank == 0
 
 
+def use_sync_batchnorm(net: torch.nn.Module, device: torch.device, distributed: bool) -> bool:
+    """BatchNorm statistics synchronised across processes under torchrun on GPUs (each process would
+    otherwise normalise with the statistics of its own share of the batch). Not on the CPU, where
+    torch's SyncBatchNorm does not run; there each process keeps its own statistics."""
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    return distributed and device.type == "cuda" and has_bn
+
+
 def _prepare(config: TrainConfig, out_dir: str | Path, data_dir, download: bool) -> _Run:
     method_entry = METHODS.get(config.method)
     if not config.model.startswith("python:"):  # a bad name fails before any data is read
@@ -143,10 +153,16 @@ def _prepare(config: TrainConfig, out_dir: str | Path, data_dir, download: bool)
     if config.batch_size < size:
         raise UsageError(f"batch size {config.batch_size} is smaller than the {size} processes")
 
+    set_tf32(config.allow_tf32)
+    if device.type == "cuda":  # fixed shapes: let cuDNN pick its fastest kernels
+        torch.backends.cudnn.benchmark = True
     torch.manual_seed(config.seed)  # weight init and dropout
     net = create_model(config.model, info, **config.model_kwargs).to(device)
-    if device.type == "cpu":  # oneDNN trains convolutions faster in channels-last (24 s vs 30 s per demo epoch)
-        net = net.to(memory_format=torch.channels_last)
+    # channels-last convolutions: oneDNN on the CPU (24 s vs 30 s per demo epoch), tensor cores on GPUs
+    # (PGD-10 AT epoch of PreAct ResNet-18 on an H200: 9.9 s vs 11.6 s, benchmarks/README.md)
+    net = net.to(memory_format=torch.channels_last)
+    if use_sync_batchnorm(net, device, distributed):
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     model = net
     if config.compile:  # the training forward/backward and the inner attacks run compiled
         model = torch.compile(model)
@@ -185,6 +201,8 @@ def _restore(run: _Run, resume: bool, log) -> tuple[list[dict[str, Any]], int, i
         run.net.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") is not None and run.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], run.device)
         run.levers.load_state(state.get("classwise", []))
         log(f"resuming {run.out_dir} after epoch {state['epoch']}")
         return state["rows"], state["step"], state["epoch"] + 1, state["best"]
@@ -200,16 +218,22 @@ def _train_epoch(run: _Run, epoch: int, step: int, progress: bool) -> tuple[int,
     config, k = run.config, len(run.classes)
     run.model.train()
     t0 = time.perf_counter()
-    loss_sum = 0.0
-    class_correct = torch.zeros(k, dtype=torch.long)  # on the trained-on (adversarial) inputs
-    class_seen = torch.zeros(k, dtype=torch.long)
+    # the epoch's statistics stay on the device and are read once at its end (on a GPU every
+    # read is a host synchronisation); the loss's finiteness is checked every CHECK_EVERY steps
+    loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
+    class_correct = torch.zeros(k, dtype=torch.long, device=run.device)  # on the trained-on (adversarial) inputs
+    class_seen = torch.zeros(k, dtype=torch.long, device=run.device)
+    nonfinite = torch.zeros((), dtype=torch.bool, device=run.device)
     terms_used = run.levers.per_class() if run.levers else None
+    # the levers' per-class terms change only between epochs: copied to the device once
+    terms_table = {key: torch.as_tensor(v, dtype=torch.float32).to(run.device) for key, v in terms_used.items()
+                   if not (key == "eps_scale" and np.all(v == 1))} if terms_used else None
     # the order depends on (seed, epoch) only, so a resumed epoch sees the same batches
     loader = make_loader(run.train_set, config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch,
                          drop_last=run.drop_last)
     bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", disable=not (progress and run.main), leave=False)
     lr = eps_now = 0.0
-    for x, y in bar:
+    for batch_index, (x, y) in enumerate(bar):
         if run.distributed:  # this process's share of the global batch
             x, y = x[run.rank::run.size], y[run.rank::run.size]
         x, y = fast_layout(x.to(run.device, non_blocking=True)), y.to(run.device, non_blocking=True)
@@ -219,36 +243,36 @@ def _train_epoch(run: _Run, epoch: int, step: int, progress: bool) -> tuple[int,
         eps_now = run.eps * min(1.0, (step + 1) / run.eps_warmup_steps) if run.eps_warmup_steps > 0 else run.eps
         seed = config.seed * 1_000_003 + step * 7 + run.rank
         try:
-            extra = {"terms": run.levers.batch(y)} if run.levers else {}
+            extra = {"terms": {key: t[y] for key, t in terms_table.items()}} if terms_table else {}
             loss, logits = run.method.loss(run.model, x, y, eps=eps_now, seed=seed, **extra)
-            if not torch.isfinite(loss):
-                raise NonFiniteError(f"loss is {float(loss.detach())}")
         except NonFiniteError as exc:
-            kept = f"; epoch {epoch - 1} is kept in {run.stage} for --resume" if epoch > 1 else ""
-            raise NonFiniteError(f"training diverged at epoch {epoch}, step {step} ({exc}){kept}; "
-                                 "try a lower --lr") from None
+            _diverged(run, epoch, step, str(exc))
+        nonfinite |= ~torch.isfinite(loss.detach())
+        if (batch_index + 1) % CHECK_EVERY == 0 and any_rank(nonfinite):
+            _diverged(run, epoch, step, "non-finite loss")  # every process stops at the same step
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         run.optimizer.step()
         if run.levers:
             run.levers.after_step(run.net)
         step += 1
-        loss_sum += float(loss.detach()) * len(y)
+        loss_sum += loss.detach().double() * len(y)
         hit = logits.argmax(1) == y
-        class_correct += torch.bincount(y[hit].cpu(), minlength=k)
-        class_seen += torch.bincount(y.cpu(), minlength=k)
-        if progress and run.main:
+        class_correct += torch.bincount(y, weights=hit.to(torch.float32), minlength=k).long()
+        class_seen += torch.bincount(y, minlength=k)
+        if progress and run.main and batch_index % 10 == 0:  # a terminal's progress bar: a read every 10 steps
             seen = int(class_seen.sum())
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{int(class_correct.sum()) / seen:.3f}",
+            bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{int(class_correct.sum()) / seen:.3f}",
                             lr=f"{lr:.3g}")
+    if any_rank(nonfinite):
+        _diverged(run, epoch, step, "non-finite loss")
     train_seconds = time.perf_counter() - t0
+    counts = torch.stack([class_correct, class_seen])
     if run.distributed:  # the epoch's statistics over every process's shard; levers update from these
-        counts = torch.stack([class_correct, class_seen]).to(run.device)
         torch.distributed.all_reduce(counts)
-        class_correct, class_seen = counts.cpu()
-        summed = torch.tensor([loss_sum], dtype=torch.float64, device=run.device)
-        torch.distributed.all_reduce(summed)
-        loss_sum = float(summed)
+        torch.distributed.all_reduce(loss_sum)
+    class_correct, class_seen = counts.cpu()
+    loss_sum = float(loss_sum)
     correct, seen = int(class_correct.sum()), int(class_seen.sum())
     with np.errstate(invalid="ignore", divide="ignore"):
         train_robust = (class_correct / class_seen).numpy()  # on the trained-on inputs
@@ -256,6 +280,12 @@ def _train_epoch(run: _Run, epoch: int, step: int, progress: bool) -> tuple[int,
              "seconds": round(train_seconds, 2)}
     per_class = {"train_accuracy": train_robust, "n_train": class_seen.numpy(), **(terms_used or {})}
     return step, stats, per_class
+
+
+def _diverged(run: _Run, epoch: int, step: int, what: str):
+    kept = f"; epoch {epoch - 1} is kept in {run.stage} for --resume" if epoch > 1 else ""
+    raise NonFiniteError(f"training diverged at epoch {epoch}, by step {step} ({what}){kept}; "
+                         "try a lower --lr") from None
 
 
 def _publish(run: _Run, rows: list[dict[str, Any]], best: dict[str, Any]) -> None:
@@ -279,7 +309,7 @@ def _publish(run: _Run, rows: list[dict[str, Any]], best: dict[str, Any]) -> Non
     meta = {
         "model": config.model, "dataset": config.dataset, "classes": run.classes,
         "model_kwargs": dict(config.model_kwargs), "eps": run.eps, "seed": config.seed, "config": config.to_dict(),
-        "selected_epoch": selected, "processes": run.size,
+        "selected_epoch": selected, "processes": run.size, "device": str(run.device), "tf32": config.allow_tf32,
         "metrics": {"val_clean_accuracy": final[-1]["val_clean_accuracy"],
                     "val_pgd_accuracy": final[-1]["val_pgd_accuracy"],
                     "val_pgd_accuracy_per_class": [r["val_pgd_accuracy"] for r in final[:-1]],
@@ -329,6 +359,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_dir: str | Path | No
             _save_state(run.stage / STATE, {"config": config.to_dict(), "epoch": epoch, "step": step,
                                             "model": run.net.state_dict(), "optimizer": run.optimizer.state_dict(),
                                             "rng": torch.get_rng_state(), "rows": rows, "best": best,
+                                            "cuda_rng": torch.cuda.get_rng_state(run.device)
+                                            if run.device.type == "cuda" else None,
                                             "classwise": run.levers.state()})
             clean, robust = epoch_rows[-1]["val_clean_accuracy"], epoch_rows[-1]["val_pgd_accuracy"]
             worst = min(r["val_pgd_accuracy"] for r in epoch_rows[:-1] if r["n"] > 0)

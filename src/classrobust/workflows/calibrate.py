@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from classrobust.defenses.calibrate import CalibrateConfig, Calibration, calibrate
 from classrobust.errors import UsageError
-from classrobust.runtime import resolve_device
+from classrobust.runtime import barrier, init_from_env, is_main, local_device, resolve_device, set_tf32
 
 #: checkpoint-meta keys that describe the file, not the model, and are rewritten for the new one
 _FILE_KEYS = ("format", "classrobust_version", "torch_version", "sha256")
@@ -37,6 +37,9 @@ def calibrate_checkpoint(src: str | Path, out: str | Path, *, config: CalibrateC
     if out.parent.exists() and not out.parent.is_dir():
         raise UsageError(f"{out.parent} is not a directory")
     dev = resolve_device(device)
+    init_from_env(dev)  # under torchrun the validation attacks are sharded; rank 0 alone writes
+    dev = local_device(dev)
+    set_tf32(False)
     model, meta = load_checkpoint(src, map_location=dev)
     if meta.get("calibration") is not None:
         raise UsageError(f"{src} is already calibrated; calibrate the original checkpoint")
@@ -55,6 +58,8 @@ def calibrate_checkpoint(src: str | Path, out: str | Path, *, config: CalibrateC
                      "val_size": len(val)}
     new_meta = {k: v for k, v in meta.items() if k not in _FILE_KEYS}
     new_meta["calibration"] = fit.to_meta(settings_meta)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out, adjusted.cpu(), new_meta)
+    if is_main():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(out, adjusted.cpu(), new_meta)
+    barrier()
     return out, fit

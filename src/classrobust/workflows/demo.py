@@ -55,7 +55,8 @@ def run_demo(out: str | Path = "runs/demo", *, retrain: bool = False, epochs: in
     reuse = False
     if checkpoint.exists() and not retrain:
         try:
-            reuse = read_checkpoint_meta(checkpoint).get("config") == config.to_dict()
+            saved = read_checkpoint_meta(checkpoint).get("config")
+            reuse = saved is not None and not config.differences(saved)
         except CheckpointError:
             reuse = False
         log(f"reusing {checkpoint} (pass --retrain to train again)" if reuse

@@ -15,7 +15,7 @@ from classrobust.errors import CheckpointError, UsageError
 from classrobust.io import check_output_dir
 from classrobust.options import check_choice, option
 from classrobust.results import ClasswiseResult
-from classrobust.runtime import PRECISIONS, init_from_env, is_main, local_device, resolve_device
+from classrobust.runtime import PRECISIONS, barrier, init_from_env, is_main, local_device, resolve_device, set_tf32
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class EvalConfig:
                                  "randomness, zero gradients); results in summary.json")
     sanity_queries: int = option(1000, "Square queries of the black-box sanity check")
     report: bool = option(True, "build report.html")
+    allow_tf32: bool = option(False, "allow TF32 in CUDA matmuls and convolutions (off: fp32 verdicts are fp32)")
 
     def __post_init__(self):
         for name in ("batch_size", "sanity_queries"):
@@ -122,6 +123,7 @@ def evaluate_checkpoint(checkpoint: str | Path | None = None, out: str | Path | 
     dev = resolve_device(device)
     init_from_env(dev)
     dev = local_device(dev)
+    tf32 = set_tf32(config.allow_tf32)
     net, meta = load_model(checkpoint, dev, model_name=model, dataset=dataset,
                            weights=Path(weights) if weights else None, normalize=normalize)
     test = _test_set(meta, config, data_dir, download, checkpoint)
@@ -132,20 +134,20 @@ def evaluate_checkpoint(checkpoint: str | Path | None = None, out: str | Path | 
                 "dataset": meta["dataset"], "split": "test", "model": meta["model"], "eps": eps,
                 "limit": config.limit, "subset_seed": config.subset_seed, "seed": config.seed,
                 "precision": config.precision, "batch_size": config.batch_size, "device": str(dev),
-                "torch_version": torch.__version__, "mode": config.mode, **(extra_meta or {})}
+                "torch_version": torch.__version__, "mode": config.mode, **tf32, **(extra_meta or {})}
     t0 = time.perf_counter()
     result = evaluate_dataset(net, test, attacks, batch_size=config.batch_size, device=dev, progress=progress,
                               meta=run_meta)
     result.meta["seconds"] = round(time.perf_counter() - t0, 2)
     if config.sanity:
         _sanity(net, test, result, attacks, config, globals_, dev)
-    if not is_main():
-        return result, out
-    result.save(out)
-    if config.report:
-        from classrobust.report import build_report
+    if is_main():
+        result.save(out)
+        if config.report:
+            from classrobust.report import build_report
 
-        build_report(out)
+            build_report(out)
+    barrier()  # under torchrun, the other processes return only once the files are complete
     return result, out
 
 

@@ -1,0 +1,136 @@
+"""The GPU path, checked on the CPU where the logic allows: host synchronisations per attack and
+training step (counted), bf16 detection, SyncBatchNorm, rank-0-only writes and barriers, TF32 off
+and recorded, and the CPU path of benchmarks/gpu_check.sh."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from classrobust.runtime import SyncCounter
+from conftest import TRAIN, run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _count(fn) -> SyncCounter:
+    counter = SyncCounter()
+    with counter.counting():
+        fn()
+    return counter
+
+
+@pytest.mark.parametrize("steps", [5, 20])
+def test_pgd_reads_the_device_a_fixed_number_of_times_whatever_its_steps(steps, tiny_model, tiny_batch):
+    from classrobust.attacks import PGD
+
+    x, y = tiny_batch
+    attack = PGD(tiny_model, eps=0.1, steps=steps, mode="last")
+    # checked inputs: the image range (one read for min and max), the label range, finiteness at the end
+    assert _count(lambda: attack(x, y)).total <= 4
+    # the training loop's inner attack checks nothing per call
+    assert _count(lambda: attack(x, y, validate=False)).total == 0
+
+
+def test_nan_logits_still_stop_the_attack(tiny_batch):
+    from classrobust.attacks import PGD
+    from classrobust.errors import NonFiniteError
+
+    class NaNNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(64, 4)
+
+        def forward(self, x):
+            return self.lin(x.flatten(1)) * float("nan")
+
+    with pytest.raises(NonFiniteError, match="NaN or infinite logits"):
+        PGD(NaNNet(), eps=0.1, steps=3, mode="last")(*tiny_batch)
+
+
+def test_a_training_epoch_reads_the_device_only_every_few_steps(synthetic_env, tmp_path):
+    from classrobust.training import TrainConfig
+    from classrobust.training.loop import CHECK_EVERY, _prepare, _train_epoch
+
+    config = TrainConfig(train_subset=600, epochs=1, batch_size=10, attack_steps=2, val_size=20, precision="fp32",
+                         classwise="reweight")
+    run_ = _prepare(config, tmp_path / "run", None, False)
+    assert run_.steps_per_epoch >= 50
+    counter = _count(lambda: _train_epoch(run_, 1, 0, progress=False))
+    # the finiteness check every CHECK_EVERY steps, then a handful of reads of the epoch's statistics
+    assert counter.total <= run_.steps_per_epoch // CHECK_EVERY + 10, counter.counts  # measured: 11 for 54 steps
+
+
+def test_bf16_is_the_default_only_where_it_is_native(monkeypatch):
+    from classrobust.runtime import default_precision
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert default_precision(torch.device("cuda")) == "fp32"  # emulated only (pre-Ampere)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert default_precision(torch.device("cuda")) == "bf16"
+
+
+def test_sync_batchnorm_only_for_batchnorm_models_under_torchrun_on_gpus():
+    from classrobust.models import create_model
+    from classrobust.training.loop import use_sync_batchnorm
+
+    resnet = create_model("preact-resnet18", "cifar10")
+    smallcnn = create_model("smallcnn", "fashion-mnist")
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert use_sync_batchnorm(resnet, cuda, True)
+    assert not use_sync_batchnorm(resnet, cuda, False) and not use_sync_batchnorm(resnet, cpu, True)
+    assert not use_sync_batchnorm(smallcnn, cuda, True)
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(resnet)
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules())
+
+
+@pytest.fixture
+def trained(synthetic_env, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run([*TRAIN, "--out", out], capsys)
+    assert code == 0, err
+    return out / "model.safetensors"
+
+
+def test_only_rank_0_writes_and_every_rank_waits(trained, tmp_path, monkeypatch):
+    import classrobust.workflows.calibrate as cal
+    import classrobust.workflows.evaluate as ev
+
+    waits = []
+    for module in (ev, cal):
+        monkeypatch.setattr(module, "is_main", lambda: False)
+        monkeypatch.setattr(module, "barrier", lambda name=module.__name__: waits.append(name))
+    ev.evaluate_checkpoint(trained, tmp_path / "eval", attacks="fgsm", limit=20, progress=False)
+    cal.calibrate_checkpoint(trained, tmp_path / "cal.safetensors", val_size=20, steps=1, rounds=1, log=lambda m: None)
+    assert not (tmp_path / "eval").exists() and not (tmp_path / "cal.safetensors").exists()
+    assert waits == [ev.__name__, cal.__name__]
+
+
+def test_tf32_is_off_and_recorded(trained, tmp_path):
+    from classrobust.checkpoint import read_checkpoint_meta
+    from classrobust.workflows.evaluate import evaluate_checkpoint
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    result, out = evaluate_checkpoint(trained, tmp_path / "eval", attacks="fgsm", limit=20, progress=False,
+                                      report=False)
+    assert torch.backends.cuda.matmul.allow_tf32 is False and torch.backends.cudnn.allow_tf32 is False
+    assert json.loads((out / "summary.json").read_text())["meta"]["tf32"] is False
+    assert read_checkpoint_meta(trained)["tf32"] is False
+
+
+@pytest.mark.slow
+def test_gpu_check_script_cpu_path(tmp_path):
+    env = {**os.environ, "GPU_CHECK_DEVICE": "cpu", "GPU_CHECK_TINY": "1"}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(tmp_path / "gc")], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    for step in ("train", "eval", "calibrate", "report", "torchrun", "syncs", "throughput"):
+        assert f"time {step}:" in done.stdout
+    assert "gpu_check: all steps passed" in done.stdout
+    syncs = [line for line in done.stdout.splitlines() if line.startswith("syncs PGD-")]
+    assert syncs and all("per step" in line for line in syncs)
