@@ -76,6 +76,9 @@ def test_list_and_version(capsys):
     ([*TRAIN, "--eps", "-0.1"], 2, "must be >= 0"),
     ([*TRAIN, "--attack-steps", "0"], 2, "must be >= 1"),
     ([*TRAIN, "--batch-size", "0"], 2, "must be >= 1"),
+    ([*TRAIN, "--classwise", "reweight:strength=abc"], 2,
+     "lever 'reweight': strength must be a number or a fraction like 8/255, got 'abc'"),
+    ([*TRAIN, "--epochs", "x"], 2, "expected an integer, got 'x' (see `classrobust train --help`)"),
 ])
 def test_train_bad_input(argv, code, message, synthetic_env, tmp_path, capsys):
     got, out, err = _run_catching_exit([*argv, "--out", tmp_path / "r"], capsys)
@@ -102,13 +105,48 @@ def _run_catching_exit(argv, capsys):
     (["--batch-size", "0"], 2, "must be >= 1"),
     (["--limit", "0"], 2, "must be >= 1"),
     (["--device", "tpu:9"], 2, "device"),
+    (["--attacks", "pgd:steps=abc"], 2, "attack 'pgd': steps must be an integer, got 'abc'"),
+    (["--attacks", "pgd:random_start=no"], 2, "attack 'pgd': random_start must be true or false, got 'no'"),
+    (["--attacks", "temp-pgd:temperature=abc"], 2, "temperature must be a number or a fraction"),
+    (["--attacks", "fgsm,pgd", "--steps", "5"], 2, "attack 'fgsm' does not take the global --steps"),
+    (["--mode", "sometimes"], 2, "invalid choice: 'sometimes'"),
 ])
 def test_eval_bad_input(extra, code, message, trained_run, tmp_path, capsys):
     got, _, err = _run_catching_exit(["eval", "--checkpoint", trained_run / "model.safetensors",
                                       "--limit", "20", "--no-progress", "--out", tmp_path / "e", *extra], capsys)
     assert got == code
     assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1  # one line, no usage block
     assert not (tmp_path / "e").exists()
+
+
+def test_fractions_and_typed_values_are_accepted(trained_run, tmp_path, capsys):
+    import json
+
+    code, _, err = run(["eval", "--checkpoint", trained_run / "model.safetensors", "--limit", "20", "--no-progress",
+                        "--no-report", "--out", tmp_path / "e", "--eps", "8/255",
+                        "--attacks", "fgsm:eps=4/255,pgd:steps=3,random_start=false"], capsys)
+    assert code == 0, err
+    attacks = json.loads((tmp_path / "e" / "summary.json").read_text())["attacks"]
+    assert attacks["fgsm"]["config"]["eps"] == pytest.approx(4 / 255)
+    assert attacks["pgd"]["config"]["eps"] == pytest.approx(8 / 255)
+    assert attacks["pgd"]["config"]["random_start"] is False and attacks["pgd"]["config"]["steps"] == 3
+
+
+def test_table_layout_at_any_name_length_and_limit():
+    import numpy as np
+
+    from classrobust.report import format_classwise_table
+    from classrobust.results import AttackResult, ClasswiseResult
+
+    classes = ["a-very-long-class-name-indeed", "b", "c"]
+    labels = np.array([0, 0, 1, 1])  # class c has no evaluated samples
+    attacks = {name: AttackResult(name, labels, labels.copy(), 3) for name in ("clean", "pgd", "autoattack-standard")}
+    text = format_classwise_table(ClasswiseResult(classes, np.arange(4), labels, attacks))
+    header = text.splitlines()[0]
+    assert "a-very-long-class-name-indeed" in text and "pgd autoattack-standard" in " ".join(header.split())
+    assert "nan" not in text
+    assert len({len(line) for line in text.splitlines()}) == 1  # every line the same width
 
 
 def test_eval_corrupt_and_missing_checkpoint(trained_run, tmp_path, capsys):
@@ -145,8 +183,8 @@ def test_failed_run_keeps_earlier_checkpoint(trained_run, capsys, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(loop, "validate", explode)
-    code, _, err = run([*TRAIN, "--out", trained_run], capsys)
-    assert code == 130
+    code, _, err = run([*TRAIN, "--out", trained_run, "--overwrite"], capsys)
+    assert code == 130 and "--resume" in err
     assert (trained_run / "model.safetensors").read_bytes() == before
     # the interrupted run waits beside it for --resume; nothing else is left
     assert [p.name for p in trained_run.parent.iterdir() if p.name.startswith(".")] == [".run.partial"]
@@ -154,7 +192,7 @@ def test_failed_run_keeps_earlier_checkpoint(trained_run, capsys, monkeypatch):
 
 def test_diverging_training_stops_cleanly(trained_run, capsys):
     before = (trained_run / "model.safetensors").read_bytes()
-    code, _, err = run([*TRAIN, "--lr", "1e30", "--out", trained_run], capsys)
+    code, _, err = run([*TRAIN, "--lr", "1e30", "--out", trained_run, "--overwrite"], capsys)
     assert code == 1 and "training diverged" in err and "Traceback" not in err
     assert (trained_run / "model.safetensors").read_bytes() == before
 

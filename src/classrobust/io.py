@@ -90,6 +90,37 @@ def check_output_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+def check_writable(path: str | os.PathLike) -> Path:
+    """Refuse, before any work, an output path whose nearest existing folder cannot be written."""
+    path = check_output_dir(path)
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write to {str(existing)!r} (for {str(path)!r}); choose another output path")
+    return path
+
+
+def check_own_directory(path: str | os.PathLike, marker: str, flag: str = "--out") -> Path:
+    """Refuse an existing, non-empty ``path`` that lacks ``marker`` (the file this command writes
+    there): it holds someone else's files, which a rerun must never delete."""
+    path = check_writable(path)
+    if path.is_dir() and any(path.iterdir()) and not (path / marker).is_file():
+        raise UsageError(f"{str(path)!r} already holds files that classrobust did not write there; choose "
+                         f"another {flag} (nothing there is touched)")
+    return path
+
+
+def publish_files(stage: Path, out_dir: Path, stale: list[str] | tuple[str, ...] = ()) -> None:
+    """Move every file of the staging folder ``stage`` into ``out_dir`` (each by an atomic rename),
+    then delete the named ``stale`` files of an earlier result there. Other files in ``out_dir``
+    (a user's notes, folders other commands wrote) are left alone."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for f in sorted(stage.iterdir()):
+        os.replace(f, out_dir / f.name)
+    for name in stale:
+        (out_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(stage, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a staging directory that replaces ``path`` only if the block succeeds.

@@ -80,28 +80,55 @@ class Registry(Generic[T]):
                 f"valid: {', '.join(valid)}"
             )
 
+    def coerce(self, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``kwargs`` with each string value converted to its parameter's annotated type (as written
+        in a CLI spec: ``steps=50``, ``eps=8/255``, ``random_start=false``); a value that does not
+        fit is a one-line error naming the entry, the parameter and the expected type."""
+        params = inspect.signature(self.get(name).builder).parameters
+        out = dict(kwargs)
+        for key, value in kwargs.items():
+            if isinstance(value, str) and key in params:
+                out[key] = _typed_value(value, str(params[key].annotation),
+                                        f"{self.kind} {name!r}: {key}")
+        return out
+
     def build(self, name: str, *args: Any, **kwargs: Any) -> T:
         """Call the builder of ``name`` with its registered defaults overridden by ``kwargs``."""
         entry = self.get(name)
-        merged = {**entry.defaults, **kwargs}
+        merged = self.coerce(name, {**entry.defaults, **kwargs})
         self.check_kwargs(name, merged)
         return entry.builder(*args, **merged)
 
 
-def _convert(value: str) -> Any:
-    low = value.lower()
-    if low in ("true", "false"):
+def _typed_value(text: str, annotation: str, what: str) -> Any:
+    """``text`` as the type ``annotation`` names (a string, e.g. ``"float | None"``): booleans
+    strictly ``true``/``false``, integers, numbers or fractions (``8/255``), ``none`` where allowed."""
+    from classrobust.options import parse_number
+
+    kinds = {k.strip() for k in annotation.replace("Optional[", "").replace("]", "").split("|")}
+    low = text.strip().lower()
+    if "None" in kinds and low == "none":
+        return None
+    if "bool" in kinds:
+        if low not in ("true", "false"):
+            raise UsageError(f"{what} must be true or false, got {text!r}")
         return low == "true"
-    for cast in (int, float):
+    if "int" in kinds and "float" not in kinds:
         try:
-            return cast(value)
+            return int(text)
         except ValueError:
-            pass
-    return value
+            raise UsageError(f"{what} must be an integer, got {text!r}") from None
+    if "float" in kinds:
+        try:
+            return parse_number(text)
+        except UsageError:
+            raise UsageError(f"{what} must be a number or a fraction like 8/255, got {text!r}") from None
+    return text
 
 
 def parse_specs(text: str, registry: Registry) -> list[tuple[str, dict[str, Any]]]:
-    """Parse ``"a,b:k=1,j=2,c"`` into ``[(name, params)]`` with names checked against ``registry``.
+    """Parse ``"a,b:k=1,j=2,c"`` into ``[(name, params)]`` with names checked against ``registry``
+    and each value converted to its parameter's type (:meth:`Registry.coerce`).
 
     Commas separate entries; a ``key=value`` item belongs to the entry before it.
     """
@@ -113,7 +140,7 @@ def parse_specs(text: str, registry: Registry) -> list[tuple[str, dict[str, Any]
             if not specs:
                 raise UsageError(f"{registry.kind} parameter {item!r} comes before any {registry.kind} name")
             key, _, value = item.partition("=")
-            specs[-1][1][key.strip()] = _convert(value.strip())
+            specs[-1][1][key.strip()] = value.strip()
             continue
         name, _, first = item.partition(":")
         name = name.strip()
@@ -123,8 +150,8 @@ def parse_specs(text: str, registry: Registry) -> list[tuple[str, dict[str, Any]
             if "=" not in first:
                 raise UsageError(f"{registry.kind} parameter {first!r} must look like key=value")
             key, _, value = first.partition("=")
-            params[key.strip()] = _convert(value.strip())
+            params[key.strip()] = value.strip()
         if name in (s[0] for s in specs):
             raise UsageError(f"{registry.kind} {name!r} is listed twice")
         specs.append((name, params))
-    return specs
+    return [(name, registry.coerce(name, params)) for name, params in specs]

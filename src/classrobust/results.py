@@ -7,6 +7,8 @@ matrix (true x predicted), then n (row sums), correct (diagonal) and accuracy.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,9 +16,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from classrobust.io import atomic_directory, atomic_write_json
+from classrobust.io import atomic_write_json, check_own_directory, publish_files
 
 CLEAN = "clean"
+#: the file that marks a folder as an evaluation result
+SUMMARY = "summary.json"
 
 
 @dataclass
@@ -138,15 +142,29 @@ class ClasswiseResult:
         return table
 
     def save(self, out_dir: str | Path) -> Path:
-        """Write all result files into ``out_dir`` atomically (an earlier result survives a failure)."""
-        with atomic_directory(out_dir) as stage:
+        """Write the result files into ``out_dir``, replacing only an earlier result's files there.
+
+        Every file is written to a staging folder first and then renamed into place, so a failure
+        leaves the earlier result intact; confusion files of attacks the new result lacks are
+        removed; anything else in ``out_dir`` stays. A non-empty ``out_dir`` without a
+        ``summary.json`` is refused (it holds someone else's files).
+        """
+        out_dir = check_own_directory(out_dir, SUMMARY)
+        before = out_dir / SUMMARY
+        old = json.loads(before.read_text()).get("attacks", {}) if before.is_file() else {}
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+        try:
             self.per_class_table().to_csv(stage / "per_class.csv", index=False)
             for name, res in self.attacks.items():
                 pd.DataFrame(res.confusion, index=self.classes, columns=self.classes).rename_axis(
                     "true\\predicted").to_csv(stage / f"confusion_{name}.csv")
             self.samples_table().to_csv(stage / "samples.csv.gz", index=False)
-            atomic_write_json(stage / "summary.json", self.summary())
-        return Path(out_dir)
+            atomic_write_json(stage / SUMMARY, self.summary())
+            publish_files(stage, out_dir, [f"confusion_{n}.csv" for n in old if n not in self.attacks])
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        return out_dir
 
     @classmethod
     def load(cls, out_dir: str | Path) -> "ClasswiseResult":

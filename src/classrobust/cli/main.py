@@ -18,12 +18,19 @@ from classrobust.cli.parsers import add_config_options, add_data_options, config
 from classrobust.errors import ClassrobustError, UsageError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (no usage block), pointing to --help."""
+
+    def error(self, message: str):
+        self.exit(2, f"classrobust: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from classrobust.defenses.calibrate import CalibrateConfig
     from classrobust.training.config import TrainConfig
     from classrobust.workflows.evaluate import EvalConfig
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="classrobust", description="Class-wise robustness in adversarial training.")
     parser.add_argument("--version", action="version", version=f"classrobust {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -34,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="adversarially train a model and save a checkpoint")
     add_config_options(p, TrainConfig)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last completed epoch")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing run in --out (or discard an interrupted one)")
     p.add_argument("--out", type=Path, required=True, help="run directory (replaced only on success)")
     add_data_options(p, device=False)
     p.set_defaults(func=cmd_train)
@@ -61,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="per-class differences of two evaluations on the same test samples")
     p.add_argument("run_a", type=Path)
     p.add_argument("run_b", type=Path)
-    p.add_argument("--out", type=Path, default=None, help="default: compare/ beside run B's evaluation")
+    p.add_argument("--out", type=Path, default=None,
+                   help="default: compare/ beside run B's evaluation folder (never inside it)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (Holm-adjusted; default 0.05)")
     p.set_defaults(func=cmd_compare)
 
@@ -112,7 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"classrobust: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("classrobust: interrupted", file=sys.stderr)
+        hint = ("; the last completed epoch is kept: rerun with --resume to continue"
+                if getattr(args, "command", None) == "train" else "")
+        print(f"classrobust: interrupted{hint}", file=sys.stderr)
         return 130
     finally:
         from classrobust.runtime import shutdown
@@ -144,7 +156,7 @@ def cmd_train(args) -> int:
 
     config = config_from_args(TrainConfig, args)
     path = train(config, args.out, data_dir=args.data_dir, progress=not args.no_progress, resume=args.resume,
-                 download=args.download)
+                 download=args.download, overwrite=args.overwrite)
     if is_main():
         print(f"checkpoint: {path}")
         print(f"training log: {Path(args.out) / 'train_log.csv'}")
@@ -190,13 +202,9 @@ def cmd_report(args) -> int:
 def cmd_compare(args) -> int:
     import pandas as pd
 
-    from classrobust.io import check_output_dir
     from classrobust.report.compare import write_comparison
-    from classrobust.report.html import resolve_eval_dir
 
-    out = args.out if args.out is not None else resolve_eval_dir(args.run_b) / "compare"
-    check_output_dir(out)
-    table, out = write_comparison(args.run_a, args.run_b, out, alpha=args.alpha)
+    table, out = write_comparison(args.run_a, args.run_b, args.out, alpha=args.alpha)
     print(f"A = {args.run_a}\nB = {args.run_b}\n")
     print(f"{'attack':<12}{'class':<14}{'A':>8}{'B':>8}{'B-A':>8}{'p':>10}{'p_holm':>10}")
     for r in table.itertuples():

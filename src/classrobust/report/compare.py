@@ -4,6 +4,8 @@ with exact McNemar tests on the paired per-sample outcomes."""
 from __future__ import annotations
 
 import html
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ import pandas as pd
 from classrobust.analysis import discordant_pairs, holm, mcnemar_exact, run_consistency
 from classrobust.errors import UsageError
 from classrobust.results import ClasswiseResult
-from classrobust.io import atomic_directory
+from classrobust.io import check_own_directory, publish_files
 from classrobust.report.html import resolve_eval_dir
 from classrobust.report.page import html_document
 from classrobust.report.markdown import to_markdown
@@ -25,7 +27,7 @@ def compare_results(a: ClasswiseResult, b: ClasswiseResult, alpha: float = 0.05)
         raise UsageError(f"the runs have different classes: {a.classes} vs {b.classes}")
     if len(a.indices) != len(b.indices) or not np.array_equal(a.indices, b.indices):
         raise UsageError("the runs were evaluated on different test samples (compare needs the same "
-                         "--limit and --seed, so each sample is paired with itself)")
+                         "--limit and --subset-seed, so each sample is paired with itself)")
     if not np.array_equal(a.labels, b.labels):
         raise UsageError("the runs disagree on the labels of the same test samples")
     common = [n for n in a.attacks if n in b.attacks]
@@ -60,13 +62,23 @@ def consistency_between(a: ClasswiseResult, b: ClasswiseResult) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_comparison(path_a: str | Path, path_b: str | Path, out: str | Path, alpha: float = 0.05
+def default_compare_dir(path_b: str | Path) -> Path:
+    """``compare/`` beside run B's evaluation folder (never inside a folder another command writes)."""
+    return resolve_eval_dir(path_b).parent / "compare"
+
+
+def write_comparison(path_a: str | Path, path_b: str | Path, out: str | Path | None = None, alpha: float = 0.05
                      ) -> tuple[pd.DataFrame, Path]:
+    """Compare evaluations A and B class by class and write compare.{csv,md,html} and consistency.csv
+    into ``out`` (default: :func:`default_compare_dir`); returns ``(table, out)``."""
     dir_a, dir_b = resolve_eval_dir(path_a), resolve_eval_dir(path_b)
     result_a, result_b = ClasswiseResult.load(dir_a), ClasswiseResult.load(dir_b)
     table = compare_results(result_a, result_b, alpha)
     consistency = consistency_between(result_a, result_b)
-    with atomic_directory(out) as stage:
+    out = check_own_directory(out if out is not None else default_compare_dir(path_b), "compare.csv")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
         table.to_csv(stage / "compare.csv", index=False)
         consistency.to_csv(stage / "consistency.csv", index=False)
         (stage / "compare.md").write_text(f"A = {dir_a}, B = {dir_b}\n\n" + to_markdown(table)
@@ -85,4 +97,7 @@ def write_comparison(path_a: str | Path, path_b: str | Path, out: str | Path, al
                    f"{alpha}.</p>{body}<h3>Consistency of the per-class ordering between A and B</h3>"
                    f"{consistency.round(3).to_html(index=False, border=0)}</section>")
         (stage / "compare.html").write_text(html_document("classrobust compare", section))
+        publish_files(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return table, Path(out)

@@ -7,23 +7,33 @@ import numpy as np
 from classrobust.results import CLEAN, ClasswiseResult, collapsed_classes
 
 
+def _pct(value: float, width: int) -> str:
+    """``value`` in [0, 1] as a percentage right-aligned in ``width``; a class without samples shows '-'."""
+    return f"{'-':>{width}}" if np.isnan(value) else f"{100 * value:>{width - 1}.1f}%"
+
+
 def format_classwise_table(result: ClasswiseResult) -> str:
-    """Classes as rows, clean and each attack as columns (accuracy in %), then summary rows."""
+    """Classes as rows, clean and each attack as columns (accuracy in %), then summary rows.
+
+    Columns widen to the longest class and attack names (nothing is cut or run together); a
+    class with no evaluated samples shows '-'."""
     table = result.wide_table()
     names = list(result.attacks)
-    header = f"{'class':<14}{'n':>6}" + "".join(f"{n:>10}" for n in names)
+    worst = [result.classes[result.attacks[n].worst_class] for n in names]
+    first = max(14, max(len(str(c)) for c in result.classes) + 2)
+    cols = [max(10, len(n) + 2, len(w) + 2) for n, w in zip(names, worst)]
+    header = f"{'class':<{first}}{'n':>6}" + "".join(f"{n:>{w}}" for n, w in zip(names, cols))
     lines = [header, "-" * len(header)]
     for _, row in table.iterrows():
-        lines.append(f"{str(row['class'])[:13]:<14}{int(row['n']):>6}"
-                     + "".join(f"{100 * row[n]:>9.1f}%" for n in names))
+        lines.append(f"{str(row['class']):<{first}}{int(row['n']):>6}"
+                     + "".join(_pct(row[n], w) for n, w in zip(names, cols)))
     lines.append("-" * len(header))
-    lines.append(f"{'all':<14}{len(result.labels):>6}"
-                 + "".join(f"{100 * result.attacks[n].accuracy:>9.1f}%" for n in names))
-    worst = [result.attacks[n].worst_class for n in names]
-    lines.append(f"{'worst class':<20}" + "".join(f"{result.classes[w][:9]:>10}" for w in worst))
+    lines.append(f"{'all':<{first}}{len(result.labels):>6}"
+                 + "".join(_pct(result.attacks[n].accuracy, w) for n, w in zip(names, cols)))
+    lines.append(f"{'worst class':<{first + 6}}" + "".join(f"{c:>{w}}" for c, w in zip(worst, cols)))
     gaps = [np.nanmax(result.attacks[n].accuracy_per_class) - np.nanmin(result.attacks[n].accuracy_per_class)
             for n in names]
-    lines.append(f"{'best-worst gap':<20}" + "".join(f"{100 * g:>9.1f}%" for g in gaps))
+    lines.append(f"{'best-worst gap':<{first + 6}}" + "".join(_pct(g, w) for g, w in zip(gaps, cols)))
     return "\n".join(lines)
 
 

@@ -22,7 +22,7 @@ from classrobust.data import make_loader, run_splits
 from classrobust.defenses.levers import ClasswiseTerms
 from classrobust.errors import NonFiniteError, UsageError
 from classrobust.evaluate.sharded import evaluate_dataset
-from classrobust.io import atomic_write_bytes, atomic_write_text, check_output_dir, replace_directory
+from classrobust.io import atomic_write_bytes, atomic_write_text, check_output_dir, check_writable, replace_directory
 from classrobust.models import MODELS, create_model
 from classrobust.results import CLEAN
 from classrobust.runtime import any_rank, init_from_env, local_device, resolve_device, set_tf32, world
@@ -135,6 +135,19 @@ def use_sync_batchnorm(net: torch.nn.Module, device: torch.device, distributed: 
     torch's SyncBatchNorm does not run; there each process keeps its own statistics."""
     has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
     return distributed and device.type == "cuda" and has_bn
+
+
+def check_run_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse, before any work, to replace an existing run or discard an interrupted one unasked."""
+    if overwrite:
+        return
+    stage = staging_dir(out_dir)
+    if (stage / STATE).is_file() and not resume:
+        raise UsageError(f"an interrupted run of {out_dir} is saved in {stage}; pass --resume to continue it, "
+                         "or --overwrite to start over")
+    if not (stage / STATE).is_file() and out_dir.is_dir() and any(out_dir.iterdir()):
+        raise UsageError(f"{out_dir} already exists and is not empty; pass --overwrite to replace it (with "
+                         "everything inside, e.g. its eval/), or choose another --out")
 
 
 def _prepare(config: TrainConfig, out_dir: str | Path, data_dir, download: bool) -> _Run:
@@ -328,7 +341,7 @@ def _publish(run: _Run, rows: list[dict[str, Any]], best: dict[str, Any]) -> Non
 
 def train(config: TrainConfig, out_dir: str | Path, *, data_dir: str | Path | None = None,
           progress: bool = True, log: Callable[[str], None] = print, resume: bool = False,
-          download: bool = False) -> Path:
+          download: bool = False, overwrite: bool = False) -> Path:
     """Train per ``config`` and publish ``out_dir/{model.safetensors, model.json, train_log.csv}``.
 
     The run lives in ``.NAME.partial`` beside ``out_dir`` and saves its full state there after
@@ -337,7 +350,12 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_dir: str | Path | No
     continues a killed run from its last completed epoch. Under torchrun the model is wrapped
     in DistributedDataParallel and every global batch is split across the processes; only
     rank 0 writes. Returns the path of the checkpoint's weights.
+
+    An existing non-empty ``out_dir`` is replaced only with ``overwrite=True``; an interrupted run
+    staged for ``out_dir`` is continued with ``resume=True`` or discarded with ``overwrite=True``,
+    never silently.
     """
+    check_run_dir(check_writable(out_dir), resume=resume, overwrite=overwrite)
     run = _prepare(config, out_dir, data_dir, download)
     rows, step, start_epoch, best = _restore(run, resume, log)
     for epoch in range(start_epoch, config.epochs + 1):

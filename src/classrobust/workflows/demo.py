@@ -65,7 +65,7 @@ def run_demo(out: str | Path = "runs/demo", *, retrain: bool = False, epochs: in
     if not reuse:
         log(f"training PGD-AT smallcnn on Fashion-MNIST, eps 0.1, {config.epochs} epochs "
             f"({config.precision}, {config.device})")
-        train(config, out, data_dir=data_dir, progress=progress, log=log)
+        train(config, out, data_dir=data_dir, progress=progress, log=log, overwrite=True)  # the demo's own folder
     train_seconds = time.perf_counter() - t0
     # attack seed and test subset fixed: demos trained with different --seed compare sample by sample
     result, eval_dir = evaluate_checkpoint(checkpoint, out / "eval", attacks=DEMO_ATTACKS, limit=limit, seed=0,

@@ -12,9 +12,9 @@ import torch
 
 from classrobust.attacks import MODES, build_attacks, parse_attack_specs
 from classrobust.errors import CheckpointError, UsageError
-from classrobust.io import check_output_dir
+from classrobust.io import check_own_directory
 from classrobust.options import check_choice, option
-from classrobust.results import ClasswiseResult
+from classrobust.results import SUMMARY, ClasswiseResult
 from classrobust.runtime import PRECISIONS, barrier, init_from_env, is_main, local_device, resolve_device, set_tf32
 
 
@@ -64,8 +64,12 @@ class EvalConfig:
 
 
 def default_eval_dir(checkpoint: Path | None, weights: Path | None) -> Path:
+    """``eval/`` beside a run's ``model.safetensors``; ``eval-NAME/`` beside any other checkpoint
+    ``NAME.safetensors`` (a calibrated copy in the same folder), so two never share one."""
     if checkpoint is not None:
-        return Path(checkpoint).parent / "eval"
+        checkpoint = Path(checkpoint)
+        stem = checkpoint.name.removesuffix(".safetensors").removesuffix(".json")
+        return checkpoint.parent / ("eval" if stem == "model" else f"eval-{stem}")
     return (Path(weights).parent if weights else Path("runs")) / "eval"
 
 
@@ -119,7 +123,8 @@ def evaluate_checkpoint(checkpoint: str | Path | None = None, out: str | Path | 
 
     config = replace(config or EvalConfig(), **settings)
     checkpoint = Path(checkpoint) if checkpoint is not None else None
-    out = check_output_dir(Path(out) if out is not None else default_eval_dir(checkpoint, weights))
+    # checked before any work: an unwritable or foreign folder fails now, not after the attacks
+    out = check_own_directory(Path(out) if out is not None else default_eval_dir(checkpoint, weights), SUMMARY)
     dev = resolve_device(device)
     init_from_env(dev)
     dev = local_device(dev)
