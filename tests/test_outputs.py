@@ -89,3 +89,66 @@ def test_train_never_replaces_a_run_or_discards_an_interrupted_one_unasked(train
     code, _, err = run([*TRAIN, "--out", trained, "--overwrite"], capsys)
     assert code == 0, err
     assert not (trained / "eval").exists() and (trained / "model.safetensors").is_file()
+
+
+def test_compare_refuses_evaluations_with_other_settings(trained, tmp_path, capsys):
+    checkpoint = trained / "model.safetensors"
+    for name, eps in (("a", "0.1"), ("b", "0.2")):
+        code, _, err = _eval(checkpoint, capsys, "--attacks", "fgsm,pgd:steps=2", "--eps", eps, "--out", tmp_path / name)
+        assert code == 0, err
+    code, _, err = run(["compare", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "c"], capsys)
+    assert code == 2 and "fgsm: alpha, eps" in err and "pgd: alpha, eps" in err and "--allow-different-settings" in err
+    assert not (tmp_path / "c").exists()
+    code, _, err = run(["compare", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "c",
+                        "--allow-different-settings"], capsys)
+    assert code == 0, err
+
+
+def test_every_attack_setting_is_printed_and_saved(trained, tmp_path, capsys):
+    import pandas as pd
+
+    code, out, err = run(["eval", "--checkpoint", trained / "model.safetensors", "--limit", "20", "--no-progress",
+                          "--no-report", "--out", tmp_path / "e", "--eps", "8/255",
+                          "--attacks", "pgd:steps=3,autoattack:version=fast,steps=2"], capsys)
+    assert code == 0, err
+    assert "pgd: eps 8/255 (linf), 3 steps" in out and "mode best" in out
+    assert "autoattack: eps 8/255 (linf), version fast, members apgd-ce 2 steps + apgd-t 2 steps 9 targets" in out
+    table = pd.read_csv(tmp_path / "e" / "per_class.csv")
+    assert set(table.loc[table.attack == "pgd", "settings"]) == {line.strip() for line in out.splitlines()
+                                                                 if line.strip().startswith("pgd:")}
+
+
+def test_a_closed_pipe_ends_the_output_not_the_work(synthetic_env, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    out = tmp_path / "r"
+    argv = [sys.executable, "-m", "classrobust", *[str(a) for a in TRAIN], "--epochs", "2", "--out", str(out)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    assert proc.stdout.readline().startswith("epoch 1/2")
+    proc.stdout.close()  # `| head -1`
+    code = proc.wait(timeout=300)
+    err = proc.stderr.read()
+    assert code == 0, err
+    assert "Broken pipe" not in err and "Traceback" not in err
+    assert (out / "model.safetensors").is_file()  # epoch 2 ran and the run was published
+
+
+def test_result_files_get_the_modes_of_any_new_file(trained, tmp_path, capsys):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        code, _, err = _eval(trained / "model.safetensors", capsys, "--attacks", "fgsm", "--out", tmp_path / "e",
+                             "--limit", "20000")
+    finally:
+        os.umask(mask)
+    assert code == 0, err
+    for name in ("summary.json", "per_class.csv", "samples.csv.gz"):
+        assert stat.S_IMODE((tmp_path / "e" / name).stat().st_mode) == 0o644, name
+    assert stat.S_IMODE((trained / "model.safetensors").stat().st_mode) == 0o644
+    meta = json.loads((tmp_path / "e" / "summary.json").read_text())["meta"]
+    assert meta["limit"] == 200  # what was evaluated (the whole generated test split), not what was asked

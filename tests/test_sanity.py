@@ -123,3 +123,13 @@ def test_cli_sanity_lands_in_summary(synthetic_env, tmp_path, capsys):
     names = [c["check"] for c in summary["sanity"]["checks"]]
     assert names == ["randomised model", "zero gradients", "more steps: pgd", "large eps", "black-box"]
     assert "sanity_seconds" in summary["meta"]
+
+
+def test_only_attacks_that_ran_square_count_as_gradient_free(tiny_model):
+    from classrobust.attacks import build_attacks
+    from classrobust.evaluate.sanity import ran_gradient_free
+
+    attacks = {**build_attacks("pgd,square,autoattack", tiny_model, eps=0.1),
+               "fast": build_attacks("autoattack:version=fast", tiny_model, eps=0.1)["autoattack"]}
+    verdicts = {name: ran_gradient_free(a.config()) for name, a in attacks.items()}
+    assert verdicts == {"pgd": False, "square": True, "autoattack": True, "fast": False}

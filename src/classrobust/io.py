@@ -13,10 +13,25 @@ from typing import Any, Iterator
 from classrobust.errors import UsageError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _tmp_sibling(path: Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: results get the modes of any new file
     return Path(tmp)
+
+
+def make_stage(path: Path) -> Path:
+    """A new staging folder beside ``path`` with the mode of any new folder (mkdtemp makes 0700)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    os.chmod(stage, 0o777 & ~_umask())
+    return stage
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -129,8 +144,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     is left exactly as it was.
     """
     path = check_output_dir(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    stage = make_stage(path)
     try:
         yield stage
     except BaseException:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from classrobust.io import atomic_write_json, check_own_directory, publish_files
+from classrobust.io import atomic_write_json, check_own_directory, make_stage, publish_files
 
 CLEAN = "clean"
 #: the file that marks a folder as an evaluation result
@@ -152,10 +151,11 @@ class ClasswiseResult:
         out_dir = check_own_directory(out_dir, SUMMARY)
         before = out_dir / SUMMARY
         old = json.loads(before.read_text()).get("attacks", {}) if before.is_file() else {}
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+        stage = make_stage(out_dir)
         try:
-            self.per_class_table().to_csv(stage / "per_class.csv", index=False)
+            table = self.per_class_table()
+            settings = {name: describe_attack(res.config) for name, res in self.attacks.items()}
+            table.assign(settings=table["attack"].map(settings)).to_csv(stage / "per_class.csv", index=False)
             for name, res in self.attacks.items():
                 pd.DataFrame(res.confusion, index=self.classes, columns=self.classes).rename_axis(
                     "true\\predicted").to_csv(stage / f"confusion_{name}.csv")
@@ -179,6 +179,42 @@ class ClasswiseResult:
                    for name, info in summary["attacks"].items()}
         return cls(summary["classes"], samples["index"].to_numpy(), labels, attacks, summary.get("meta", {}),
                    summary.get("sanity"))
+
+
+def format_eps(eps: float | None) -> str:
+    """An eps as people write it: ``8/255`` when it is a whole number of 255ths, else ``0.1``."""
+    if eps is None:
+        return "?"
+    steps = eps * 255
+    if eps > 0 and abs(steps - round(steps)) < 1e-6 and round(steps) < 255:
+        return f"{round(steps)}/255"
+    return f"{eps:g}"
+
+
+def describe_attack(config: dict[str, Any]) -> str:
+    """One line of an attack's resolved settings, from its recorded config (``AttackResult.config``):
+    e.g. ``pgd: eps 8/255 (linf), 20 steps, alpha 2/255, random start, mode best, fp32, seed 0``."""
+    if config.get("attack") == CLEAN:
+        return "clean: no attack"
+    parts = [f"eps {format_eps(config.get('eps'))} ({config.get('norm', 'linf')})"]
+    if "version" in config:
+        parts.append(f"version {config['version']}")
+        members = config.get("attacks", {})
+        parts.append("members " + " + ".join(
+            f"{n}" + (f" {m['steps']} steps" if "steps" in m else "") + (f" {m['n_targets']} targets"
+                                                                         if "n_targets" in m else "")
+            + (f" {m['n_queries']} queries" if "n_queries" in m else "") for n, m in members.items()))
+    if "steps" in config:
+        parts.append(f"{config['steps']} steps")
+    if config.get("alpha") is not None:
+        parts.append(f"alpha {format_eps(config['alpha'])}")
+    for key in ("restarts", "n_targets", "n_queries", "temperature", "loss"):
+        if key in config:
+            parts.append(f"{key.replace('_', ' ')} {config[key]}")
+    if config.get("random_start"):
+        parts.append("random start")
+    parts += [f"mode {config.get('mode', '?')}", str(config.get("precision", "?")), f"seed {config.get('seed', '?')}"]
+    return f"{config.get('attack', '?')}: " + ", ".join(parts)
 
 
 def collapsed_classes(result: ClasswiseResult, factor: float = 2.0) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ with exit code 2 for usage errors (as argparse does) and 1 for the rest.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -73,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None,
                    help="default: compare/ beside run B's evaluation folder (never inside it)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (Holm-adjusted; default 0.05)")
+    p.add_argument("--allow-different-settings", action="store_true",
+                   help="compare attacks whose recorded settings (eps, steps, mode, ...) differ between the runs")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("calibrate", help="fit per-class logit offsets on the validation split to raise the "
@@ -107,7 +110,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _ClosedPipeSafe:
+    """stdout that, once its reader has gone (``classrobust train ... | head``), drops further output
+    instead of failing: a closed pipe ends the output, not the work."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._closed = False
+
+    def write(self, text: str) -> int:
+        if not self._closed:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._closed = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._closed:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._closed = True
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    stdout = sys.stdout
+    sys.stdout = _ClosedPipeSafe(stdout)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout = stdout
+        try:
+            stdout.flush()
+        except BrokenPipeError:  # the reader left with output still buffered: drop it quietly at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -180,10 +223,13 @@ def cmd_eval(args) -> int:
 
 def print_result(result, out: Path) -> None:
     from classrobust.report import format_classwise_table, format_warnings
+    from classrobust.results import describe_attack
 
-    eps = result.meta.get("eps")
-    print(f"\nclass-wise accuracy on {len(result.labels)} test images of {result.meta.get('dataset')}"
-          f" (eps = {eps:g}):\n")
+    print(f"\nclass-wise accuracy (%) on {len(result.labels)} test images of {result.meta.get('dataset')}:")
+    for res in result.attacks.values():
+        if res.config.get("attack") != "clean":
+            print(f"  {describe_attack(res.config)}")
+    print()
     print(format_classwise_table(result))
     for line in format_warnings(result):
         print(line)
@@ -204,7 +250,8 @@ def cmd_compare(args) -> int:
 
     from classrobust.report.compare import write_comparison
 
-    table, out = write_comparison(args.run_a, args.run_b, args.out, alpha=args.alpha)
+    table, out = write_comparison(args.run_a, args.run_b, args.out, alpha=args.alpha,
+                                  allow_different_settings=args.allow_different_settings)
     print(f"A = {args.run_a}\nB = {args.run_b}\n")
     print(f"{'attack':<12}{'class':<14}{'A':>8}{'B':>8}{'B-A':>8}{'p':>10}{'p_holm':>10}")
     for r in table.itertuples():

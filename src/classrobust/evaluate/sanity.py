@@ -25,6 +25,12 @@ from classrobust.results import CLEAN, ClasswiseResult
 
 #: attacks that are not (only) white-box gradient attacks
 BLACK_BOX = ("square", "autoattack")
+
+
+def ran_gradient_free(config: dict[str, Any]) -> bool:
+    """Whether an evaluated attack (its recorded config) included a gradient-free search: Square
+    itself, or an ensemble with Square among its members (not ``autoattack:version=fast``)."""
+    return config.get("attack") == "square" or "square" in config.get("attacks", {})
 #: large-eps check: robust accuracy should fall to about 0
 LARGE_EPS_LINF = 0.5
 LARGE_EPS_MAX_ACCURACY = 0.02
@@ -84,7 +90,7 @@ def check_large_eps(model, dataset, result: ClasswiseResult, eps: float, precisi
 def check_black_box(model, dataset, result: ClasswiseResult, eps: float, precision: str, seed: int,
                     n_queries: int, batch_size: int) -> dict:
     """Square (gradient-free) run on the points every white-box attack left robust."""
-    white = [n for n in result.attacks if n != CLEAN and n not in BLACK_BOX]
+    white = [n for n in result.attacks if n != CLEAN and not ran_gradient_free(result.attacks[n].config)]
     k = result.num_classes
     if not white:
         return {"check": "black-box", "passed": True, "detail": "no white-box attack evaluated; skipped",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import html
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,16 +12,32 @@ import pandas as pd
 
 from classrobust.analysis import discordant_pairs, holm, mcnemar_exact, run_consistency
 from classrobust.errors import UsageError
-from classrobust.results import ClasswiseResult
-from classrobust.io import check_own_directory, publish_files
+from classrobust.results import CLEAN, ClasswiseResult
+from classrobust.io import check_own_directory, make_stage, publish_files
 from classrobust.report.html import resolve_eval_dir
 from classrobust.report.page import html_document
 from classrobust.report.markdown import to_markdown
 
 
-def compare_results(a: ClasswiseResult, b: ClasswiseResult, alpha: float = 0.05) -> pd.DataFrame:
+def differing_settings(a: ClasswiseResult, b: ClasswiseResult) -> dict[str, list[str]]:
+    """Per attack evaluated in both: the recorded settings (eps, steps, mode, precision, seed, ...)
+    whose values differ between A and B."""
+    out = {}
+    for name in (n for n in a.attacks if n in b.attacks and n != CLEAN):
+        ca, cb = a.attacks[name].config, b.attacks[name].config
+        keys = sorted(k for k in set(ca) | set(cb) if ca.get(k) != cb.get(k))
+        if keys:
+            out[name] = keys
+    return out
+
+
+def compare_results(a: ClasswiseResult, b: ClasswiseResult, alpha: float = 0.05, *,
+                    allow_different_settings: bool = False) -> pd.DataFrame:
     """One row per (attack, class) and per attack overall (class ``all``): accuracies of A and B,
-    B - A, discordant counts, exact McNemar p-value, Holm-adjusted over classes, significance."""
+    B - A, discordant counts, exact McNemar p-value, Holm-adjusted over classes, significance.
+
+    Attacks are paired by name; unless ``allow_different_settings``, an attack whose recorded
+    settings differ between A and B (another eps, other steps, ...) is refused, naming them."""
     if list(a.classes) != list(b.classes):
         raise UsageError(f"the runs have different classes: {a.classes} vs {b.classes}")
     if len(a.indices) != len(b.indices) or not np.array_equal(a.indices, b.indices):
@@ -30,6 +45,11 @@ def compare_results(a: ClasswiseResult, b: ClasswiseResult, alpha: float = 0.05)
                          "--limit and --subset-seed, so each sample is paired with itself)")
     if not np.array_equal(a.labels, b.labels):
         raise UsageError("the runs disagree on the labels of the same test samples")
+    differing = differing_settings(a, b)
+    if differing and not allow_different_settings:
+        what = "; ".join(f"{n}: {', '.join(keys)}" for n, keys in differing.items())
+        raise UsageError(f"the runs evaluated attacks with different settings ({what}); their accuracies do not "
+                         "compare (pass --allow-different-settings to compare them anyway)")
     common = [n for n in a.attacks if n in b.attacks]
     if not common:
         raise UsageError(f"no attack in common: {list(a.attacks)} vs {list(b.attacks)}")
@@ -67,17 +87,16 @@ def default_compare_dir(path_b: str | Path) -> Path:
     return resolve_eval_dir(path_b).parent / "compare"
 
 
-def write_comparison(path_a: str | Path, path_b: str | Path, out: str | Path | None = None, alpha: float = 0.05
-                     ) -> tuple[pd.DataFrame, Path]:
+def write_comparison(path_a: str | Path, path_b: str | Path, out: str | Path | None = None, alpha: float = 0.05,
+                     *, allow_different_settings: bool = False) -> tuple[pd.DataFrame, Path]:
     """Compare evaluations A and B class by class and write compare.{csv,md,html} and consistency.csv
     into ``out`` (default: :func:`default_compare_dir`); returns ``(table, out)``."""
     dir_a, dir_b = resolve_eval_dir(path_a), resolve_eval_dir(path_b)
     result_a, result_b = ClasswiseResult.load(dir_a), ClasswiseResult.load(dir_b)
-    table = compare_results(result_a, result_b, alpha)
+    table = compare_results(result_a, result_b, alpha, allow_different_settings=allow_different_settings)
     consistency = consistency_between(result_a, result_b)
     out = check_own_directory(out if out is not None else default_compare_dir(path_b), "compare.csv")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    stage = make_stage(out)
     try:
         table.to_csv(stage / "compare.csv", index=False)
         consistency.to_csv(stage / "consistency.csv", index=False)

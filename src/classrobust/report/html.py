@@ -13,7 +13,7 @@ from classrobust import __version__
 from classrobust.analysis import (attack_consistency, disparity_table, gain_attribution, per_class_table,
                                   strongest_pairs, top_destinations, weight_norm_correlation)
 from classrobust.errors import UsageError
-from classrobust.results import CLEAN, ClasswiseResult
+from classrobust.results import CLEAN, ClasswiseResult, describe_attack, format_eps
 from classrobust.io import atomic_directory, atomic_write_text
 from classrobust.report import figures
 from classrobust.report.markdown import to_markdown
@@ -47,10 +47,12 @@ def build_report(path: str | Path, *, train_log: str | Path | None = None, boots
         page = _Page(stage)
         title = f"Class-wise robustness: {meta.get('model', 'model')} on {meta.get('dataset', 'data')}"
         page.parts.append(f"<h1>{html.escape(title)}</h1>")
-        page.text(f"{len(result.labels)} test images, eps {meta.get('eps', '?')}, attacks: "
+        page.text(f"{len(result.labels)} test images, eps {format_eps(meta.get('eps'))}, attacks: "
                   f"{', '.join(attacks) or 'none'}; mode {meta.get('mode', '?')}, precision "
                   f"{meta.get('precision', '?')}, seed {meta.get('seed', '?')}; checkpoint "
                   f"{meta.get('checkpoint', '?')}; classrobust {__version__}", "meta")
+        for name in attacks:  # each attack's resolved settings, as recorded
+            page.text(describe_attack(result.attacks[name].config), "meta")
         warnings = format_warnings(result)
         page.h2("Warnings", "warnings")
         if warnings:

@@ -137,7 +137,8 @@ def evaluate_checkpoint(checkpoint: str | Path | None = None, out: str | Path | 
     attacks = build_attacks(config.attacks, net, **globals_)
     run_meta = {"checkpoint": str(checkpoint) if checkpoint else None, "weights": meta.get("weights"),
                 "dataset": meta["dataset"], "split": "test", "model": meta["model"], "eps": eps,
-                "limit": config.limit, "subset_seed": config.subset_seed, "seed": config.seed,
+                # the number of test images actually evaluated (a --limit above the split's size is all of it)
+                "limit": len(test) if config.limit is not None else None, "subset_seed": config.subset_seed, "seed": config.seed,
                 "precision": config.precision, "batch_size": config.batch_size, "device": str(dev),
                 "torch_version": torch.__version__, "mode": config.mode, **tf32, **(extra_meta or {})}
     t0 = time.perf_counter()
