@@ -152,3 +152,41 @@ def test_result_files_get_the_modes_of_any_new_file(trained, tmp_path, capsys):
     assert stat.S_IMODE((trained / "model.safetensors").stat().st_mode) == 0o644
     meta = json.loads((tmp_path / "e" / "summary.json").read_text())["meta"]
     assert meta["limit"] == 200  # what was evaluated (the whole generated test split), not what was asked
+
+
+def test_run_folders_sidecars_shapes_and_factories_from_the_current_folder(trained, tmp_path, capsys, monkeypatch):
+    # a run folder stands for its model.safetensors
+    code, _, err = _eval(trained, capsys, "--attacks", "fgsm")
+    assert code == 0, err
+    assert (trained / "eval" / "summary.json").is_file()
+    # a classrobust checkpoint given as --weights keeps its own dataset
+    code, _, err = run(["eval", "--model", "smallcnn", "--dataset", "mnist", "--weights", trained / "model.safetensors",
+                        "--attacks", "fgsm", "--limit", "20", "--no-progress", "--out", tmp_path / "m"], capsys)
+    assert code == 2 and "trained on 'fashion-mnist', not 'mnist'" in err
+    # a python: factory from the current folder; a model that does not take the images: one line, both shapes
+    (tmp_path / "shapes_mod.py").write_text("from torch import nn\n\ndef build():\n"
+                                            "    return nn.Sequential(nn.Flatten(), nn.Linear(100, 10))\n")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(["eval", "--model", "python:shapes_mod:build", "--dataset", "fashion-mnist", "--attacks", "fgsm",
+                        "--limit", "20", "--no-progress", "--out", tmp_path / "s"], capsys)
+    assert code == 2 and "shape (1, 28, 28)" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "s").exists()
+
+
+def test_l2_attacks_take_the_datasets_l2_radius(trained, tmp_path, capsys):
+    from classrobust.data import DATASETS, get_dataset_info
+
+    code, out, err = _eval(trained / "model.safetensors", capsys, "--attacks", "pgd:steps=2,pgd-l2:steps=2",
+                           "--out", tmp_path / "e")
+    assert code == 0, err
+    attacks = json.loads((tmp_path / "e" / "summary.json").read_text())["attacks"]
+    assert attacks["pgd"]["config"]["eps"] == pytest.approx(0.1)
+    assert attacks["pgd-l2"]["config"]["eps"] == get_dataset_info("fashion-mnist").threat_model.eps_l2 == 1.0
+    assert "pgd-l2: eps 1 (l2)" in out
+    # an explicit eps wins, per attack or for all
+    code, _, err = _eval(trained / "model.safetensors", capsys, "--attacks", "pgd-l2:steps=2,eps=0.3",
+                         "--out", tmp_path / "f")
+    assert json.loads((tmp_path / "f" / "summary.json").read_text())["attacks"]["pgd-l2"]["config"]["eps"] == 0.3
+    assert {name: entry.info.threat_model.eps_l2 for name, entry in zip(DATASETS.names(), DATASETS)} == {
+        "fashion-mnist": 1.0, "mnist": 2.0, "cifar10": 0.5, "cifar100": 0.5, "svhn": 0.5, "stl10": 1.5,
+        "imagenet": 3.0}

@@ -13,10 +13,13 @@ from classrobust.errors import UsageError
 
 @dataclass(frozen=True)
 class ThreatModel:
-    """The field's default L-inf threat model for a dataset (images in [0, 1])."""
+    """A dataset's default threat models (images in [0, 1]): the L-inf budget ``eps`` with the
+    step size experiment files use for it, and the L2 radius ``eps_l2`` that L2 attacks (``pgd-l2``,
+    ``autoattack:norm=l2``) take by default. Sources and choices: docs/attacks.md."""
 
     eps: float
     step_size: float
+    eps_l2: float = 0.5
     norm: str = "linf"
 
 

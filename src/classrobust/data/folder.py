@@ -28,7 +28,7 @@ from classrobust.errors import DataNotFoundError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-FOLDER_THREAT = ThreatModel(eps=8 / 255, step_size=2 / 255)
+FOLDER_THREAT = ThreatModel(eps=8 / 255, step_size=2 / 255, eps_l2=0.5)
 
 
 class ImageFolderDataset(ClassificationDataset):
@@ -105,7 +105,7 @@ def imagenet_classes() -> tuple[str, ...]:
     return tuple(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-IMAGENET = DatasetInfo("imagenet", imagenet_classes(), (3, 224, 224), ThreatModel(eps=4 / 255, step_size=1 / 255),
+IMAGENET = DatasetInfo("imagenet", imagenet_classes(), (3, 224, 224), ThreatModel(eps=4 / 255, step_size=1 / 255, eps_l2=3.0),
                        _IMAGENET_MEAN, _IMAGENET_STD)
 _IMAGENET_DIRS = {"train": "train", "test": "val"}
 

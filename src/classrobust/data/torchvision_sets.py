@@ -16,14 +16,16 @@ from classrobust.data.base import DatasetInfo, ImageTensorDataset, ThreatModel
 from classrobust.errors import DataNotFoundError
 
 _CIFAR_MEAN, _CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-EPS_8 = ThreatModel(eps=8 / 255, step_size=2 / 255)
+EPS_8 = ThreatModel(eps=8 / 255, step_size=2 / 255, eps_l2=0.5)
+#: STL-10's 96x96 images: the 32x32 radius scaled by the square root of the pixel ratio (our choice)
+EPS_8_STL = ThreatModel(eps=8 / 255, step_size=2 / 255, eps_l2=1.5)
 
 CIFAR10 = DatasetInfo("cifar10", ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                                   "ship", "truck"), (3, 32, 32), EPS_8, _CIFAR_MEAN, _CIFAR_STD)
 SVHN = DatasetInfo("svhn", tuple(str(d) for d in range(10)), (3, 32, 32), EPS_8,
                    (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
 STL10 = DatasetInfo("stl10", ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"),
-                    (3, 96, 96), EPS_8, (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713))
+                    (3, 96, 96), EPS_8_STL, (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713))
 
 # (torchvision class, folder torchvision creates under root, how the split is named)
 _SOURCES = {"cifar10": ("CIFAR10", "cifar-10-batches-py"), "cifar100": ("CIFAR100", "cifar-100-python"),

@@ -9,6 +9,8 @@ pickled code.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 import pickle
 from pathlib import Path
 
@@ -30,10 +32,16 @@ def build_user_model(spec: str) -> nn.Module:
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         raise UsageError(f"user model {spec!r} must look like python:package.module:factory")
+    # found from the current folder, as `python -m classrobust` would (the console script's
+    # sys.path does not hold it)
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise UsageError(f"cannot import {module_name!r} for {spec!r}: {exc}") from None
+        raise UsageError(f"cannot import {module_name!r} for {spec!r}: {exc} (looked in the current folder "
+                         f"{cwd} and on PYTHONPATH)") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise UsageError(f"{module_name!r} has no callable {attr!r}")

@@ -27,7 +27,9 @@ def calibrate_checkpoint(src: str | Path, out: str | Path, *, config: CalibrateC
     from classrobust.training import TrainConfig
 
     config = replace(config or CalibrateConfig(), **settings)
-    src, out = Path(src), Path(out)
+    from classrobust.workflows.evaluate import resolve_checkpoint
+
+    src, out = resolve_checkpoint(src), Path(out)
     if out.suffix != ".safetensors":
         out = out.with_suffix(".safetensors")
     if out.resolve() == src.with_suffix(".safetensors").resolve():

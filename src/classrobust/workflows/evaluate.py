@@ -63,6 +63,46 @@ class EvalConfig:
                 "precision": self.precision, "seed": self.seed}
 
 
+def with_l2_radius(config: EvalConfig, eps_l2: float) -> list[tuple[str, dict[str, Any]]]:
+    """The attack specs with the dataset's L2 radius for every L2 attack that sets no eps of its own,
+    unless ``--eps`` gives one for all: an L-inf budget (0.1) is no L2 radius."""
+    from classrobust.attacks import ATTACKS
+
+    specs = []
+    for name, own in parse_attack_specs(config.attacks):
+        norm = own.get("norm", ATTACKS.get(name).defaults.get("norm", "linf"))
+        if norm == "l2" and "eps" not in own and config.eps is None:
+            own = {**own, "eps": eps_l2}
+        specs.append((name, own))
+    return specs
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder holding ``model.safetensors`` (as ``report`` and ``compare`` take)."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "model.safetensors").is_file():
+            raise UsageError(f"{path} is a folder without model.safetensors; give the checkpoint file")
+        return path / "model.safetensors"
+    return path
+
+
+def check_model_fits(net: torch.nn.Module, test, device: torch.device) -> None:
+    """One forward pass on one test image before any attack: a model that does not take the data's
+    images, or does not give one logit per class, is a one-line error naming both shapes."""
+    x, _ = test[[0]]
+    shape = tuple(x.shape[1:])
+    try:
+        with torch.no_grad():
+            out = net.eval()(x.to(device))
+    except RuntimeError as exc:
+        raise UsageError(f"the model does not take this dataset's images of shape {shape} (C, H, W): "
+                         f"{str(exc).splitlines()[0]}") from None
+    if out.dim() != 2 or out.shape[1] != len(test.classes):
+        raise UsageError(f"the model maps images of shape {shape} to outputs of shape {tuple(out.shape[1:])}; "
+                         f"expected one logit per class ({len(test.classes)})")
+
+
 def default_eval_dir(checkpoint: Path | None, weights: Path | None) -> Path:
     """``eval/`` beside a run's ``model.safetensors``; ``eval-NAME/`` beside any other checkpoint
     ``NAME.safetensors`` (a calibrated copy in the same folder), so two never share one."""
@@ -78,10 +118,18 @@ def load_model(checkpoint: Path | None, device: torch.device, *, model_name: str
                ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """``(model in eval mode on device, meta)`` from a classrobust checkpoint, or from a model name (registry
     or ``python:pkg.mod:factory``) with its dataset and optional weights."""
-    from classrobust.checkpoint import load_checkpoint
+    from classrobust.checkpoint import load_checkpoint, read_checkpoint_meta
 
     if checkpoint is not None:
         return load_checkpoint(checkpoint, map_location=device)
+    if weights is not None and Path(weights).with_suffix(".json").is_file():
+        try:  # the weights are a classrobust checkpoint: its sidecar knows its dataset
+            own = read_checkpoint_meta(weights)
+        except Exception:  # noqa: BLE001 - a user's own JSON beside the weights: not ours to judge
+            own = None
+        if own is not None and dataset is not None and own["dataset"] != dataset:
+            raise UsageError(f"{weights} is a classrobust checkpoint trained on {own['dataset']!r}, not "
+                             f"{dataset!r}; evaluate it with --checkpoint {weights}")
     if model_name is None or dataset is None:
         raise UsageError("evaluate a --checkpoint, or a --model with its --dataset")
     from classrobust.data import get_dataset_info
@@ -122,7 +170,7 @@ def evaluate_checkpoint(checkpoint: str | Path | None = None, out: str | Path | 
     from classrobust.evaluate.sharded import evaluate_dataset
 
     config = replace(config or EvalConfig(), **settings)
-    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    checkpoint = resolve_checkpoint(checkpoint) if checkpoint is not None else None
     # checked before any work: an unwritable or foreign folder fails now, not after the attacks
     out = check_own_directory(Path(out) if out is not None else default_eval_dir(checkpoint, weights), SUMMARY)
     dev = resolve_device(device)
@@ -132,15 +180,17 @@ def evaluate_checkpoint(checkpoint: str | Path | None = None, out: str | Path | 
     net, meta = load_model(checkpoint, dev, model_name=model, dataset=dataset,
                            weights=Path(weights) if weights else None, normalize=normalize)
     test = _test_set(meta, config, data_dir, download, checkpoint)
+    check_model_fits(net, test, dev)
     eps = config.eps if config.eps is not None else meta.get("eps", test.threat_model.eps)
     globals_ = config.global_attack_options(eps)
-    attacks = build_attacks(config.attacks, net, **globals_)
+    attacks = build_attacks(with_l2_radius(config, test.threat_model.eps_l2), net, **globals_)
     run_meta = {"checkpoint": str(checkpoint) if checkpoint else None, "weights": meta.get("weights"),
                 "dataset": meta["dataset"], "split": "test", "model": meta["model"], "eps": eps,
                 # the number of test images actually evaluated (a --limit above the split's size is all of it)
                 "limit": len(test) if config.limit is not None else None, "subset_seed": config.subset_seed, "seed": config.seed,
                 "precision": config.precision, "batch_size": config.batch_size, "device": str(dev),
-                "torch_version": torch.__version__, "mode": config.mode, **tf32, **(extra_meta or {})}
+                "eps_l2": test.threat_model.eps_l2, "torch_version": torch.__version__, "mode": config.mode,
+                **tf32, **(extra_meta or {})}
     t0 = time.perf_counter()
     result = evaluate_dataset(net, test, attacks, batch_size=config.batch_size, device=dev, progress=progress,
                               meta=run_meta)
@@ -160,7 +210,7 @@ def evaluate_checkpoint(checkpoint: str | Path | None = None, out: str | Path | 
 def _sanity(net, test, result: ClasswiseResult, attacks, config: EvalConfig, globals_: dict[str, Any], device):
     from classrobust.evaluate.sanity import run_sanity_checks
 
-    specs = dict(parse_attack_specs(config.attacks))
+    specs = dict(with_l2_radius(config, test.threat_model.eps_l2))
 
     def rebuild(name, changes):  # attack ``name`` as evaluated, with ``changes`` on top
         return build_attacks([(name, specs[name])], net, overrides={name: changes}, **globals_)[name]
