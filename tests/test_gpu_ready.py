@@ -134,3 +134,21 @@ def test_gpu_check_script_cpu_path(tmp_path):
     assert "gpu_check: all steps passed" in done.stdout
     syncs = [line for line in done.stdout.splitlines() if line.startswith("syncs PGD-")]
     assert syncs and all("per step" in line for line in syncs)
+
+
+def test_deterministic_sets_the_flags_and_refuses_compile(monkeypatch):
+    from classrobust.errors import UsageError
+    from classrobust.runtime import set_deterministic
+    from classrobust.training import TrainConfig
+
+    with pytest.raises(UsageError, match="--deterministic and --compile"):
+        TrainConfig(deterministic=True, compile=True)
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    try:
+        set_deterministic(True)
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert torch.are_deterministic_algorithms_enabled() and os.environ["CUBLAS_WORKSPACE_CONFIG"]
+    finally:
+        torch.use_deterministic_algorithms(False)

@@ -205,7 +205,7 @@ def describe_attack(config: dict[str, Any]) -> str:
                                                                          if "n_targets" in m else "")
             + (f" {m['n_queries']} queries" if "n_queries" in m else "") for n, m in members.items()))
     if "steps" in config:
-        parts.append(f"{config['steps']} steps")
+        parts.append(f"{config['steps']} step{'' if config['steps'] == 1 else 's'}")
     if config.get("alpha") is not None:
         parts.append(f"alpha {format_eps(config['alpha'])}")
     for key in ("restarts", "n_targets", "n_queries", "temperature", "loss"):

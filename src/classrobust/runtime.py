@@ -59,6 +59,18 @@ def set_tf32(allowed: bool) -> dict[str, bool]:
     return {"tf32": allowed}
 
 
+def set_deterministic(on: bool) -> None:
+    """Deterministic kernels where asked (``--deterministic``): cuDNN deterministic and not
+    benchmarking, cuBLAS with a fixed workspace, and torch's deterministic algorithms (a warning,
+    not an error, where an operation has none). Off leaves torch's defaults."""
+    if not on:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")

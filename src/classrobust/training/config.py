@@ -62,6 +62,8 @@ class TrainConfig:
     compile: bool = option(False, "torch.compile the model (first steps are slow)")
     allow_tf32: bool = option(False, "allow TF32 in CUDA matmuls and convolutions of fp32 training "
                                      "(off: fp32 means fp32)")
+    deterministic: bool = option(False, "deterministic kernels on GPUs (cuDNN deterministic, no cudnn.benchmark, "
+                                        "cuBLAS workspace config; not with --compile): slower, resumable bitwise")
     device: str | None = option(None, "cpu, cuda, cuda:1, ... (default: cuda if available)")
 
     def __post_init__(self):
@@ -84,6 +86,9 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+        if self.deterministic and self.compile:
+            raise UsageError("--deterministic and --compile do not combine (compiled kernels are not "
+                             "guaranteed deterministic)")
         for name in ("schedule", "select", "precision"):
             check_choice(TrainConfig, name, getattr(self, name))
         if self.classwise:

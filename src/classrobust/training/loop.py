@@ -25,7 +25,8 @@ from classrobust.evaluate.sharded import evaluate_dataset
 from classrobust.io import atomic_write_bytes, atomic_write_text, check_output_dir, check_writable, replace_directory
 from classrobust.models import MODELS, create_model
 from classrobust.results import CLEAN
-from classrobust.runtime import any_rank, init_from_env, local_device, resolve_device, set_tf32, world
+from classrobust.runtime import (any_rank, init_from_env, local_device, resolve_device, set_deterministic, set_tf32,
+                                 world)
 from classrobust.training.config import TrainConfig
 from classrobust.training.methods import METHODS
 from classrobust.training.schedules import lr_multiplier
@@ -167,7 +168,8 @@ def _prepare(config: TrainConfig, out_dir: str | Path, data_dir, download: bool)
         raise UsageError(f"batch size {config.batch_size} is smaller than the {size} processes")
 
     set_tf32(config.allow_tf32)
-    if device.type == "cuda":  # fixed shapes: let cuDNN pick its fastest kernels
+    set_deterministic(config.deterministic)
+    if device.type == "cuda" and not config.deterministic:  # fixed shapes: let cuDNN pick its fastest kernels
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(config.seed)  # weight init and dropout
     net = create_model(config.model, info, **config.model_kwargs).to(device)
