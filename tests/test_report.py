@@ -13,7 +13,7 @@ import pytest
 from classrobust.cli.main import main
 from classrobust.evaluate import ClasswiseResult
 from classrobust.analysis import holm
-from classrobust.report.compare import compare_results
+from classrobust.analysis.compare import compare_results
 from conftest import TRAIN
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")

@@ -1,4 +1,7 @@
-"""Analyses: pure functions over saved per-sample results (no model is run here)."""
+"""Analyses: pure functions over saved per-sample results (no model is run here, no torch is loaded).
+
+``analysis.compare`` (two evaluations, class by class) and ``analysis.experiment`` (the combined
+tables of an experiment grid) build on the functions exported here."""
 
 from classrobust.analysis.confusion import attacked_into, row_normalised, strongest_pairs, top_destinations
 from classrobust.analysis.consistency import (attack_consistency, confused_class_ablation, discordant_pairs,

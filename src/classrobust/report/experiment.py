@@ -15,9 +15,8 @@ import numpy as np
 import pandas as pd
 
 from classrobust import __version__
-from classrobust.analysis import (attack_consistency, compare_methods, confused_class_ablation, gain_attribution,
-                                  per_class_table,
-                                  rank_correlations, top_destinations, weight_norm_correlation, wilson_interval)
+from classrobust.analysis import wilson_interval
+from classrobust.analysis.experiment import experiment_tables
 from classrobust.errors import UsageError
 from classrobust.results import CLEAN, ClasswiseResult
 from classrobust.io import atomic_directory
@@ -43,77 +42,6 @@ def load_runs(out_dir: Path) -> tuple[dict, dict[str, ClasswiseResult]]:
     for run in [*index["runs"], *({"key": a["retrained"], "dir": a["dir"]} for a in index["ablation"])]:
         results[run["key"]] = ClasswiseResult.load(out_dir / run["dir"] / "eval")
     return index, results
-
-
-def experiment_tables(index: dict, results: dict[str, ClasswiseResult]) -> dict[str, pd.DataFrame]:
-    """All the combined tables, long format, from saved results only."""
-    runs = pd.DataFrame(index["runs"])
-    per_class, overview, att_cons, gains, norms, into = [], [], [], [], [], []
-    for run in index["runs"]:
-        res = results[run["key"]]
-        ids = {"dataset": run["dataset"], "method": run["method"], "seed": run["seed"]}
-        per_class.append(per_class_table(res).assign(**ids))
-        for name, r in res.attacks.items():
-            lo, hi = wilson_interval(int((r.predictions == r.labels).sum()), len(r.labels))
-            worst = r.worst_class
-            wlo, whi = wilson_interval(r.correct_per_class[worst], r.n_per_class[worst])
-            overview.append({**ids, "attack": name, "accuracy": r.accuracy, "ci_low": float(lo), "ci_high": float(hi),
-                             "worst_class": res.classes[worst], "worst_accuracy": r.accuracy_per_class[worst],
-                             "worst_ci_low": float(wlo), "worst_ci_high": float(whi)})
-        attacks = [n for n in res.attacks if n != CLEAN]
-        if len(attacks) >= 2:
-            sp, kt = attack_consistency(res)
-            for a in range(len(attacks)):
-                for b in range(a + 1, len(attacks)):
-                    att_cons.append({**ids, "attack_a": attacks[a], "attack_b": attacks[b],
-                                     "spearman": sp.iloc[a, b], "kendall": kt.iloc[a, b]})
-        if attacks:
-            ladder = sorted(attacks, key=lambda n: -res.attacks[n].accuracy)
-            rungs = [(gain_attribution(res), "rung")]
-            if len(ladder) >= 2:  # the whole climb from the weakest to the strongest attack
-                rungs.append((gain_attribution(res, [ladder[0], ladder[-1]]).query("`from` != 'clean'"),
-                              "weakest to strongest"))
-            for g, kind in rungs:
-                gains.append(g.groupby(["from", "to"], sort=False).agg(
-                    drop=("drop", "sum"), top3_vulnerable_share=("top3_vulnerable_share", "first"))
-                    .reset_index().assign(**ids, step=kind))
-        w = res.meta.get("classifier_weight_norms")
-        if w is not None and len(w) == res.num_classes:
-            for name, r in res.attacks.items():
-                norms.append({**ids, "attack": name, **weight_norm_correlation(np.asarray(w), r.accuracy_per_class)})
-        for name in attacks:
-            into.append(top_destinations(res, name).assign(**ids))
-
-    def_cons = []
-    for dataset, group in runs.groupby("dataset", sort=False):
-        for seed, g in group.groupby("seed"):
-            if len(g) < 2:
-                continue
-            first = results[g["key"].iloc[0]]
-            for name in first.attacks:
-                sp, kt = rank_correlations({m: results[k].attacks[name].accuracy_per_class
-                                            for m, k in zip(g["method"], g["key"])})
-                methods = list(g["method"])
-                for a in range(len(methods)):
-                    for b in range(a + 1, len(methods)):
-                        def_cons.append({"dataset": dataset, "seed": seed, "attack": name, "method_a": methods[a],
-                                         "method_b": methods[b], "spearman": sp.iloc[a, b], "kendall": kt.iloc[a, b]})
-    ablation = []
-    for a in index["ablation"]:
-        row = confused_class_ablation(results[a["base"]], results[a["retrained"]], a["attack"], a["weakest_class"],
-                                      a["dropped_class"])
-        ablation.append({"dataset": a["dataset"], "seed": a["seed"], **row})
-    comparisons = []
-    for dataset, group in runs.groupby("dataset", sort=False):
-        if group["method"].nunique() < 2:
-            continue
-        keyed = {(m, s): results[k] for m, s, k in zip(group["method"], group["seed"], group["key"])}
-        names = list(results[group["key"].iloc[0]].attacks)
-        comparisons.append(compare_methods(keyed, group["method"].iloc[0], names).assign(dataset=dataset))
-    cat = lambda frames: pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()  # noqa: E731
-    return {"methods": cat(comparisons),"per_class": cat(per_class), "overview": pd.DataFrame(overview), "attack_consistency": pd.DataFrame(att_cons),
-            "defense_consistency": pd.DataFrame(def_cons), "gain_attribution": cat(gains),
-            "weight_norms": pd.DataFrame(norms), "attacked_into": cat(into), "ablation": pd.DataFrame(ablation)}
 
 
 def _mean_matrix(long: pd.DataFrame, a: str, b: str, value: str) -> pd.DataFrame:
