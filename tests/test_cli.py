@@ -241,3 +241,13 @@ def test_train_and_eval_on_an_image_folder(tmp_path, capsys):
     per_class = pd.read_csv(tmp_path / "run" / "eval" / "per_class.csv")
     assert set(per_class["class_name"]) == set(classes)
     assert json.loads((tmp_path / "run" / "eval" / "summary.json").read_text())["meta"]["eps"] == pytest.approx(8 / 255)
+
+
+def test_list_shows_an_attacks_parameters(capsys):
+    code, out, _ = run(["list", "--attack", "temp-pgd"], capsys)
+    assert code == 0 and out.startswith("attack temp-pgd:")
+    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert {"eps", "alpha", "steps", "temperature", "mode", "precision", "seed"} <= set(lines)
+    assert "default 0.4" in lines["temperature"] and "default 20" in lines["steps"] and "int" in lines["steps"]
+    code, _, err = run(["list", "--attack", "nope"], capsys)
+    assert code == 2 and "unknown attack 'nope'" in err

@@ -63,6 +63,17 @@ class Registry(Generic[T]):
     def __iter__(self) -> Iterator[Entry[T]]:
         return iter(self._entries.values())
 
+    def parameters(self, name: str) -> list[tuple[str, str, Any]]:
+        """(name, type, default) of each keyword parameter of ``name``'s builder, registered
+        defaults applied; the model and class count the builder is given are left out."""
+        entry = self.get(name)
+        out = []
+        for p in inspect.signature(entry.builder).parameters.values():
+            if p.kind is p.KEYWORD_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD and p.default is not p.empty):
+                default = entry.defaults.get(p.name, None if p.default is p.empty else p.default)
+                out.append((p.name, str(p.annotation).replace("'", ""), default))
+        return out
+
     def valid_kwargs(self, name: str) -> list[str]:
         params = inspect.signature(self.get(name).builder).parameters.values()
         return [p.name for p in params

@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"classrobust {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("list", help="list datasets, models, attacks and training methods")
+    p = sub.add_parser("list", help="list datasets, models, attacks, training methods and levers")
+    p.add_argument("--attack", default=None, metavar="NAME", help="show one attack's parameters")
+    p.add_argument("--lever", default=None, metavar="NAME", help="show one class-wise lever's parameters")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("train", help="adversarially train a model and save a checkpoint")
@@ -182,6 +184,15 @@ def cmd_list(args) -> int:
     from classrobust.defenses import LEVERS
     from classrobust.models import MODELS
     from classrobust.training import METHODS
+
+    for registry, name in ((ATTACKS, args.attack), (LEVERS, args.lever)):
+        if name is not None:
+            print(f"{registry.kind} {name}: {registry.get(name).summary}")
+            for param, annotation, default in registry.parameters(name):
+                shown = ("the dataset's eps (L2 attacks: its L2 radius), or --eps" if param == "eps" and default is None
+                         else repr(default))
+                print(f"  {param:<14}{annotation:<22}default {shown}")
+            return 0
 
     for title, registry in (("datasets", DATASETS), ("models", MODELS), ("attacks", ATTACKS),
                             ("training methods", METHODS), ("class-wise levers (train --classwise)", LEVERS)):
