@@ -6,8 +6,10 @@ The training loop drives the levers through :class:`ClasswiseTerms` and never na
 """
 
 from classrobust.defenses.adjust import ClassLogitAdjust
-from classrobust.defenses.calibrate import CalibrateConfig, Calibration, calibrate
+# (the fitting function is ``classrobust.defenses.calibrate.calibrate``, also ``cr.calibrate``; it is not
+# re-exported here, where its name would hide the module of the same name)
+from classrobust.defenses.calibrate import CalibrateConfig, Calibration
 from classrobust.defenses.levers import LEVERS, ClasswiseTerms, Lever, check_levers, parse_levers
 
-__all__ = ["ClassLogitAdjust", "CalibrateConfig", "Calibration", "calibrate", "LEVERS", "ClasswiseTerms", "Lever",
+__all__ = ["ClassLogitAdjust", "CalibrateConfig", "Calibration", "LEVERS", "ClasswiseTerms", "Lever",
            "check_levers", "parse_levers"]
