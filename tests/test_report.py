@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -56,6 +58,17 @@ def test_eval_builds_the_report(evaluated):
     assert {"index", "label", "pred_clean", "pred_pgd", "fooled_pgd", "fooled_cw"} <= set(samples.columns)
     summary = json.loads((eval_dir / "summary.json").read_text())
     assert len(summary["meta"]["classifier_weight_norms"]) == 10
+    # the class table ends with the whole set and its interval; every attack's settings are stated
+    section = page[page.index('id="table"'):]
+    rows = re.findall(r"<tr>(.*?)</tr>", section[:section.index("</table>")], re.S)
+    cells = re.findall(r"<t[hd]>(.*?)</t[hd]>", rows[-1], re.S)
+    assert cells[0] == "all" and cells[1] == "100" and all(re.fullmatch(r"[\d.]+ \[[\d.]+, [\d.]+\]", c)
+                                                          for c in cells[2:])
+    assert "pgd: eps 0.1 (linf), 3 steps" in page
+    # the gain section names the 3 most vulnerable classes
+    gains = pd.read_csv(eval_dir / "report_files" / "tables" / "gain_attribution.csv")
+    named = list(dict.fromkeys(gains.loc[gains["vulnerable"], "class_name"]))
+    assert len(named) == 3 and f"first rung: {', '.join(named)}." in html.unescape(page)
 
 
 def test_report_command_rebuilds_without_a_model(evaluated, capsys, monkeypatch):

@@ -11,7 +11,7 @@ import pandas as pd
 
 from classrobust import __version__
 from classrobust.analysis import (attack_consistency, disparity_table, gain_attribution, per_class_table,
-                                  strongest_pairs, top_destinations, weight_norm_correlation)
+                                  strongest_pairs, top_destinations, weight_norm_correlation, wilson_interval)
 from classrobust.errors import UsageError
 from classrobust.results import CLEAN, ClasswiseResult, describe_attack, format_eps
 from classrobust.io import atomic_directory, atomic_write_text
@@ -72,6 +72,12 @@ def build_report(path: str | Path, *, train_log: str | Path | None = None, boots
         shown.index.name = None
         shown.columns.name = None
         shown.insert(0, "n", result.attacks[CLEAN].n_per_class if CLEAN in result.attacks else "")
+        overall = {"n": len(result.labels)}  # the whole evaluated set, with its own Wilson interval
+        for name, res in result.attacks.items():
+            correct = int(res.correct_per_class.sum())
+            lo, hi = wilson_interval(correct, len(result.labels))
+            overall[name] = f"{100 * res.accuracy:.1f} [{100 * float(lo):.1f}, {100 * float(hi):.1f}]"
+        shown.loc["all"] = pd.Series(overall)
         long.to_csv(stage / "tables" / "per_class_intervals.csv", index=False)
         wide.to_csv(stage / "tables" / "per_class_wide.csv")
         page.text("Accuracy in % with its 95% Wilson interval; attacks count a point robust only if it is "
@@ -111,9 +117,10 @@ def build_report(path: str | Path, *, train_log: str | Path | None = None, boots
         if len(attacks) >= 1:
             page.h2("Stronger-attack gain attribution", "gain")
             gains = gain_attribution(result)
+            named = list(dict.fromkeys(gains.loc[gains["vulnerable"], "class_name"])) if len(gains) else []
             page.text("Ladder from weakest to strongest attack (by overall accuracy): how many points each class "
                       "newly loses at each rung; the 3 most vulnerable classes are those weakest under the first "
-                      "rung.")
+                      f"rung{': ' + ', '.join(named) if named else ''}.")
             page.figure(figures.gain_chart(gains), "gain_attribution", "gain attribution")
             summary = gains.groupby(["from", "to"], sort=False).agg(
                 drop=("drop", "sum"), top3_vulnerable_share=("top3_vulnerable_share", "first")).reset_index()
