@@ -48,6 +48,15 @@ def synthetic_mnist_like(n: int, seed: int, num_classes: int = 10) -> tuple[np.n
     return images.clip(0, 255).astype(np.uint8), labels.astype(np.uint8)
 
 
+@pytest.fixture
+def trained_run(synthetic_env, tmp_path, capsys) -> Path:
+    """A run folder trained by ``classrobust train`` (TRAIN, one epoch) on the generated data."""
+    out = tmp_path / "run"
+    code, _, err = run([*TRAIN, "--out", out], capsys)
+    assert code == 0, err
+    return out
+
+
 @pytest.fixture(scope="session")
 def synthetic_data_root(tmp_path_factory) -> Path:
     """A system-data directory with generated fashion-mnist IDX files (600 train / 200 test)."""

@@ -17,14 +17,6 @@ from classrobust.cli.main import main
 from conftest import TRAIN, run
 
 
-@pytest.fixture
-def trained_run(synthetic_env, tmp_path, capsys):
-    out = tmp_path / "run"
-    code, stdout, err = run([*TRAIN, "--out", out], capsys)
-    assert code == 0, err
-    return out
-
-
 def test_train_then_eval(trained_run, tmp_path, capsys):
     assert {p.name for p in trained_run.iterdir()} == {"model.safetensors", "model.json", "train_log.csv"}
     log = pd.read_csv(trained_run / "train_log.csv")

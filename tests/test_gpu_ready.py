@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from classrobust.runtime import SyncCounter
-from conftest import TRAIN, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,11 +89,8 @@ def test_sync_batchnorm_only_for_batchnorm_models_under_torchrun_on_gpus():
 
 
 @pytest.fixture
-def trained(synthetic_env, tmp_path, capsys):
-    out = tmp_path / "run"
-    code, _, err = run([*TRAIN, "--out", out], capsys)
-    assert code == 0, err
-    return out / "model.safetensors"
+def trained(trained_run):
+    return trained_run / "model.safetensors"
 
 
 def test_only_rank_0_writes_and_every_rank_waits(trained, tmp_path, monkeypatch):

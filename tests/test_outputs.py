@@ -10,25 +10,17 @@ import pytest
 from conftest import TRAIN, run
 
 
-@pytest.fixture
-def trained(synthetic_env, tmp_path, capsys):
-    out = tmp_path / "run"
-    code, _, err = run([*TRAIN, "--out", out], capsys)
-    assert code == 0, err
-    return out
-
-
 def _eval(checkpoint, capsys, *extra):
     return run(["eval", "--checkpoint", checkpoint, "--limit", "20", "--no-progress", "--no-report", *extra], capsys)
 
 
-def test_rerunning_eval_replaces_only_its_own_files(trained, capsys):
-    eval_dir = trained / "eval"
-    code, _, err = _eval(trained / "model.safetensors", capsys, "--attacks", "fgsm,pgd:steps=2")
+def test_rerunning_eval_replaces_only_its_own_files(trained_run, capsys):
+    eval_dir = trained_run / "eval"
+    code, _, err = _eval(trained_run / "model.safetensors", capsys, "--attacks", "fgsm,pgd:steps=2")
     assert code == 0, err
     (eval_dir / "notes.txt").write_text("mine")
     (eval_dir / "extra").mkdir()
-    code, _, err = _eval(trained / "model.safetensors", capsys, "--attacks", "fgsm")
+    code, _, err = _eval(trained_run / "model.safetensors", capsys, "--attacks", "fgsm")
     assert code == 0, err
     assert (eval_dir / "notes.txt").read_text() == "mine" and (eval_dir / "extra").is_dir()
     assert (eval_dir / "confusion_fgsm.csv").is_file()
@@ -36,63 +28,63 @@ def test_rerunning_eval_replaces_only_its_own_files(trained, capsys):
     assert list(json.loads((eval_dir / "summary.json").read_text())["attacks"]) == ["clean", "fgsm"]
 
 
-def test_eval_refuses_a_foreign_folder_before_any_work(trained, tmp_path, capsys, monkeypatch):
+def test_eval_refuses_a_foreign_folder_before_any_work(trained_run, tmp_path, capsys, monkeypatch):
     import classrobust.workflows.evaluate as ev
 
     foreign = tmp_path / "theirs"
     foreign.mkdir()
     (foreign / "data.bin").write_bytes(b"keep")
     monkeypatch.setattr(ev, "load_model", lambda *a, **k: pytest.fail("work started"))
-    code, _, err = _eval(trained / "model.safetensors", capsys, "--out", foreign)
+    code, _, err = _eval(trained_run / "model.safetensors", capsys, "--out", foreign)
     assert code == 2 and "did not write" in err and "--out" in err
     assert [p.name for p in foreign.iterdir()] == ["data.bin"] and (foreign / "data.bin").read_bytes() == b"keep"
 
 
-def test_each_checkpoint_has_its_own_evaluation_folder(trained, capsys):
-    code, _, err = _eval(trained / "model.safetensors", capsys, "--attacks", "fgsm")
+def test_each_checkpoint_has_its_own_evaluation_folder(trained_run, capsys):
+    code, _, err = _eval(trained_run / "model.safetensors", capsys, "--attacks", "fgsm")
     assert code == 0, err
-    before = (trained / "eval" / "summary.json").read_bytes()
-    code, _, err = run(["calibrate", "--checkpoint", trained / "model.safetensors", "--out", trained / "cal",
+    before = (trained_run / "eval" / "summary.json").read_bytes()
+    code, _, err = run(["calibrate", "--checkpoint", trained_run / "model.safetensors", "--out", trained_run / "cal",
                         "--val-size", "20", "--steps", "1", "--rounds", "1"], capsys)
     assert code == 0, err
-    code, _, err = _eval(trained / "cal.safetensors", capsys, "--attacks", "fgsm")
+    code, _, err = _eval(trained_run / "cal.safetensors", capsys, "--attacks", "fgsm")
     assert code == 0, err
-    assert (trained / "eval-cal" / "summary.json").is_file()
-    assert (trained / "eval" / "summary.json").read_bytes() == before
-    meta = json.loads((trained / "eval-cal" / "summary.json").read_text())["meta"]
+    assert (trained_run / "eval-cal" / "summary.json").is_file()
+    assert (trained_run / "eval" / "summary.json").read_bytes() == before
+    meta = json.loads((trained_run / "eval-cal" / "summary.json").read_text())["meta"]
     assert meta["checkpoint"].endswith("cal.safetensors")
 
 
-def test_compare_writes_beside_the_evaluations(trained, tmp_path, capsys):
-    code, _, err = _eval(trained / "model.safetensors", capsys, "--attacks", "fgsm")
+def test_compare_writes_beside_the_evaluations(trained_run, tmp_path, capsys):
+    code, _, err = _eval(trained_run / "model.safetensors", capsys, "--attacks", "fgsm")
     assert code == 0, err
-    code, _, err = run(["compare", trained, trained], capsys)
+    code, _, err = run(["compare", trained_run, trained_run], capsys)
     assert code == 0, err
-    assert (trained / "compare" / "compare.csv").is_file() and not (trained / "eval" / "compare").exists()
-    (trained / "compare" / "mine.txt").write_text("mine")
-    assert run(["compare", trained, trained], capsys)[0] == 0
-    assert (trained / "compare" / "mine.txt").read_text() == "mine"
+    assert (trained_run / "compare" / "compare.csv").is_file() and not (trained_run / "eval" / "compare").exists()
+    (trained_run / "compare" / "mine.txt").write_text("mine")
+    assert run(["compare", trained_run, trained_run], capsys)[0] == 0
+    assert (trained_run / "compare" / "mine.txt").read_text() == "mine"
 
 
-def test_train_never_replaces_a_run_or_discards_an_interrupted_one_unasked(trained, capsys):
-    (trained / "eval").mkdir()
-    (trained / "eval" / "notes.txt").write_text("mine")
-    code, _, err = run([*TRAIN, "--out", trained], capsys)
+def test_train_never_replaces_a_run_or_discards_an_interrupted_one_unasked(trained_run, capsys):
+    (trained_run / "eval").mkdir()
+    (trained_run / "eval" / "notes.txt").write_text("mine")
+    code, _, err = run([*TRAIN, "--out", trained_run], capsys)
     assert code == 2 and "--overwrite" in err
-    assert (trained / "eval" / "notes.txt").read_text() == "mine"
-    stage = trained.parent / f".{trained.name}.partial"
+    assert (trained_run / "eval" / "notes.txt").read_text() == "mine"
+    stage = trained_run.parent / f".{trained_run.name}.partial"
     stage.mkdir()
     (stage / "train_state.pt").write_bytes(b"an interrupted run")
-    code, _, err = run([*TRAIN, "--out", trained], capsys)
+    code, _, err = run([*TRAIN, "--out", trained_run], capsys)
     assert code == 2 and "--resume" in err and "--overwrite" in err
     assert (stage / "train_state.pt").read_bytes() == b"an interrupted run"
-    code, _, err = run([*TRAIN, "--out", trained, "--overwrite"], capsys)
+    code, _, err = run([*TRAIN, "--out", trained_run, "--overwrite"], capsys)
     assert code == 0, err
-    assert not (trained / "eval").exists() and (trained / "model.safetensors").is_file()
+    assert not (trained_run / "eval").exists() and (trained_run / "model.safetensors").is_file()
 
 
-def test_compare_refuses_evaluations_with_other_settings(trained, tmp_path, capsys):
-    checkpoint = trained / "model.safetensors"
+def test_compare_refuses_evaluations_with_other_settings(trained_run, tmp_path, capsys):
+    checkpoint = trained_run / "model.safetensors"
     for name, eps in (("a", "0.1"), ("b", "0.2")):
         code, _, err = _eval(checkpoint, capsys, "--attacks", "fgsm,pgd:steps=2", "--eps", eps, "--out", tmp_path / name)
         assert code == 0, err
@@ -104,10 +96,10 @@ def test_compare_refuses_evaluations_with_other_settings(trained, tmp_path, caps
     assert code == 0, err
 
 
-def test_every_attack_setting_is_printed_and_saved(trained, tmp_path, capsys):
+def test_every_attack_setting_is_printed_and_saved(trained_run, tmp_path, capsys):
     import pandas as pd
 
-    code, out, err = run(["eval", "--checkpoint", trained / "model.safetensors", "--limit", "20", "--no-progress",
+    code, out, err = run(["eval", "--checkpoint", trained_run / "model.safetensors", "--limit", "20", "--no-progress",
                           "--no-report", "--out", tmp_path / "e", "--eps", "8/255",
                           "--attacks", "pgd:steps=3,autoattack:version=fast,steps=2"], capsys)
     assert code == 0, err
@@ -136,31 +128,31 @@ def test_a_closed_pipe_ends_the_output_not_the_work(synthetic_env, tmp_path):
     assert (out / "model.safetensors").is_file()  # epoch 2 ran and the run was published
 
 
-def test_result_files_get_the_modes_of_any_new_file(trained, tmp_path, capsys):
+def test_result_files_get_the_modes_of_any_new_file(trained_run, tmp_path, capsys):
     import os
     import stat
 
     mask = os.umask(0o022)
     try:
-        code, _, err = _eval(trained / "model.safetensors", capsys, "--attacks", "fgsm", "--out", tmp_path / "e",
+        code, _, err = _eval(trained_run / "model.safetensors", capsys, "--attacks", "fgsm", "--out", tmp_path / "e",
                              "--limit", "20000")
     finally:
         os.umask(mask)
     assert code == 0, err
     for name in ("summary.json", "per_class.csv", "samples.csv.gz"):
         assert stat.S_IMODE((tmp_path / "e" / name).stat().st_mode) == 0o644, name
-    assert stat.S_IMODE((trained / "model.safetensors").stat().st_mode) == 0o644
+    assert stat.S_IMODE((trained_run / "model.safetensors").stat().st_mode) == 0o644
     meta = json.loads((tmp_path / "e" / "summary.json").read_text())["meta"]
     assert meta["limit"] == 200  # what was evaluated (the whole generated test split), not what was asked
 
 
-def test_run_folders_sidecars_shapes_and_factories_from_the_current_folder(trained, tmp_path, capsys, monkeypatch):
+def test_run_folders_sidecars_shapes_and_factories_from_the_current_folder(trained_run, tmp_path, capsys, monkeypatch):
     # a run folder stands for its model.safetensors
-    code, _, err = _eval(trained, capsys, "--attacks", "fgsm")
+    code, _, err = _eval(trained_run, capsys, "--attacks", "fgsm")
     assert code == 0, err
-    assert (trained / "eval" / "summary.json").is_file()
+    assert (trained_run / "eval" / "summary.json").is_file()
     # a classrobust checkpoint given as --weights keeps its own dataset
-    code, _, err = run(["eval", "--model", "smallcnn", "--dataset", "mnist", "--weights", trained / "model.safetensors",
+    code, _, err = run(["eval", "--model", "smallcnn", "--dataset", "mnist", "--weights", trained_run / "model.safetensors",
                         "--attacks", "fgsm", "--limit", "20", "--no-progress", "--out", tmp_path / "m"], capsys)
     assert code == 2 and "trained on 'fashion-mnist', not 'mnist'" in err
     # a python: factory from the current folder; a model that does not take the images: one line, both shapes
@@ -173,10 +165,10 @@ def test_run_folders_sidecars_shapes_and_factories_from_the_current_folder(train
     assert not (tmp_path / "s").exists()
 
 
-def test_l2_attacks_take_the_datasets_l2_radius(trained, tmp_path, capsys):
+def test_l2_attacks_take_the_datasets_l2_radius(trained_run, tmp_path, capsys):
     from classrobust.data import DATASETS, get_dataset_info
 
-    code, out, err = _eval(trained / "model.safetensors", capsys, "--attacks", "pgd:steps=2,pgd-l2:steps=2",
+    code, out, err = _eval(trained_run / "model.safetensors", capsys, "--attacks", "pgd:steps=2,pgd-l2:steps=2",
                            "--out", tmp_path / "e")
     assert code == 0, err
     attacks = json.loads((tmp_path / "e" / "summary.json").read_text())["attacks"]
@@ -184,7 +176,7 @@ def test_l2_attacks_take_the_datasets_l2_radius(trained, tmp_path, capsys):
     assert attacks["pgd-l2"]["config"]["eps"] == get_dataset_info("fashion-mnist").threat_model.eps_l2 == 1.0
     assert "pgd-l2: eps 1 (l2)" in out
     # an explicit eps wins, per attack or for all
-    code, _, err = _eval(trained / "model.safetensors", capsys, "--attacks", "pgd-l2:steps=2,eps=0.3",
+    code, _, err = _eval(trained_run / "model.safetensors", capsys, "--attacks", "pgd-l2:steps=2,eps=0.3",
                          "--out", tmp_path / "f")
     assert json.loads((tmp_path / "f" / "summary.json").read_text())["attacks"]["pgd-l2"]["config"]["eps"] == 0.3
     assert {name: entry.info.threat_model.eps_l2 for name, entry in zip(DATASETS.names(), DATASETS)} == {

@@ -124,16 +124,22 @@ def check_own_directory(path: str | os.PathLike, marker: str, flag: str = "--out
     return path
 
 
-def publish_files(stage: Path, out_dir: Path, stale: list[str] | tuple[str, ...] = ()) -> None:
-    """Move every file of the staging folder ``stage`` into ``out_dir`` (each by an atomic rename),
-    then delete the named ``stale`` files of an earlier result there. Other files in ``out_dir``
-    (a user's notes, folders other commands wrote) are left alone."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for f in sorted(stage.iterdir()):
-        os.replace(f, out_dir / f.name)
-    for name in stale:
-        (out_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(stage, ignore_errors=True)
+@contextlib.contextmanager
+def staged_files(out_dir: Path, stale: list[str] | tuple[str, ...] = ()) -> Iterator[Path]:
+    """Yield a staging folder; when the block succeeds, move each of its files into ``out_dir`` (an
+    atomic rename each) and delete the named ``stale`` files of an earlier result there. Other files
+    in ``out_dir`` (a user's notes, folders other commands wrote) are left alone; on an error nothing
+    in ``out_dir`` changes. (:func:`atomic_directory` replaces a whole folder instead.)"""
+    stage = make_stage(out_dir)
+    try:
+        yield stage
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for f in sorted(stage.iterdir()):
+            os.replace(f, out_dir / f.name)
+        for name in stale:
+            (out_dir / name).unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -7,7 +7,6 @@ matrix (true x predicted), then n (row sums), correct (diagonal) and accuracy.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from classrobust.io import atomic_write_json, check_own_directory, make_stage, publish_files
+from classrobust.io import atomic_write_json, check_own_directory, staged_files
 
 CLEAN = "clean"
 #: the file that marks a folder as an evaluation result
@@ -151,8 +150,7 @@ class ClasswiseResult:
         out_dir = check_own_directory(out_dir, SUMMARY)
         before = out_dir / SUMMARY
         old = json.loads(before.read_text()).get("attacks", {}) if before.is_file() else {}
-        stage = make_stage(out_dir)
-        try:
+        with staged_files(out_dir, [f"confusion_{n}.csv" for n in old if n not in self.attacks]) as stage:
             table = self.per_class_table()
             settings = {name: describe_attack(res.config) for name, res in self.attacks.items()}
             table.assign(settings=table["attack"].map(settings)).to_csv(stage / "per_class.csv", index=False)
@@ -161,16 +159,13 @@ class ClasswiseResult:
                     "true\\predicted").to_csv(stage / f"confusion_{name}.csv")
             self.samples_table().to_csv(stage / "samples.csv.gz", index=False)
             atomic_write_json(stage / SUMMARY, self.summary())
-            publish_files(stage, out_dir, [f"confusion_{n}.csv" for n in old if n not in self.attacks])
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
         return out_dir
 
     @classmethod
     def load(cls, out_dir: str | Path) -> "ClasswiseResult":
         """Rebuild a result from ``samples.csv.gz`` and ``summary.json``, without re-attacking."""
         out_dir = Path(out_dir)
-        summary = json.loads((out_dir / "summary.json").read_text())
+        summary = json.loads((out_dir / SUMMARY).read_text())
         samples = pd.read_csv(out_dir / "samples.csv.gz")
         labels = samples["label"].to_numpy()
         k = len(summary["classes"])

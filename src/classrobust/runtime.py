@@ -121,6 +121,14 @@ def init_from_env(device: torch.device) -> bool:
     return True
 
 
+def setup_device(name: str | torch.device | None) -> tuple[torch.device, bool]:
+    """(this process's device, whether it runs under torchrun): ``name`` resolved, the process group
+    joined when torchrun launched the command, and on GPUs the GPU of the local rank."""
+    device = resolve_device(name)
+    distributed = init_from_env(device)
+    return local_device(device), distributed
+
+
 def local_device(device: torch.device) -> torch.device:
     """On GPUs each process takes the GPU of its local rank."""
     if device.type == "cuda" and dist.is_initialized():

@@ -151,6 +151,9 @@ class Attack:
         self.seed = int(seed)
         self.precision = precision
         self.mode = mode
+        # set for the duration of a __call__: the label maximum and the device-side finiteness flag
+        self._label_max: int | None = None
+        self._nonfinite: torch.Tensor | None = None
 
     # -- public -----------------------------------------------------------------
     def __call__(self, x: torch.Tensor, y: torch.Tensor, *, validate: bool = True) -> torch.Tensor:
@@ -211,7 +214,7 @@ class Attack:
         Summing per-sample losses keeps each sample's gradient independent of the batch.
         """
         x_adv = x_adv.detach().requires_grad_(True)
-        inside_call = getattr(self, "_nonfinite", None) is not None
+        inside_call = self._nonfinite is not None
         with torch.enable_grad():
             logits = self.logits(x_adv)
             label_max = self._label_max if inside_call else int(y.max())

@@ -4,14 +4,13 @@ with exact McNemar tests on the paired per-sample outcomes."""
 from __future__ import annotations
 
 import html
-import shutil
 from pathlib import Path
 
 import pandas as pd
 
 from classrobust.analysis.compare import compare_results, consistency_between
 from classrobust.results import ClasswiseResult
-from classrobust.io import check_own_directory, make_stage, publish_files
+from classrobust.io import check_own_directory, staged_files
 from classrobust.report.html import resolve_eval_dir
 from classrobust.report.page import html_document
 from classrobust.report.markdown import to_markdown
@@ -31,8 +30,7 @@ def write_comparison(path_a: str | Path, path_b: str | Path, out: str | Path | N
     table = compare_results(result_a, result_b, alpha, allow_different_settings=allow_different_settings)
     consistency = consistency_between(result_a, result_b)
     out = check_own_directory(out if out is not None else default_compare_dir(path_b), "compare.csv")
-    stage = make_stage(out)
-    try:
+    with staged_files(out) as stage:
         table.to_csv(stage / "compare.csv", index=False)
         consistency.to_csv(stage / "consistency.csv", index=False)
         (stage / "compare.md").write_text(f"A = {dir_a}, B = {dir_b}\n\n" + to_markdown(table)
@@ -51,7 +49,4 @@ def write_comparison(path_a: str | Path, path_b: str | Path, out: str | Path | N
                    f"{alpha}.</p>{body}<h3>Consistency of the per-class ordering between A and B</h3>"
                    f"{consistency.round(3).to_html(index=False, border=0)}</section>")
         (stage / "compare.html").write_text(html_document("classrobust compare", section))
-        publish_files(stage, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     return table, Path(out)

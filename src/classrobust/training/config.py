@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from classrobust.errors import UsageError
@@ -102,7 +102,7 @@ class TrainConfig:
         """Keys whose values differ from ``other`` (a saved config), for a refused resume. A key the
         saved config lacks (saved before the option existed) counts as its default."""
         mine = self.to_dict()
-        defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+        defaults = TrainConfig().to_dict()  # in the saved (to_dict) form
         return sorted(k for k in set(mine) | set(other) if mine.get(k) != other.get(k, defaults.get(k)))
 
     def to_dict(self) -> dict[str, Any]:

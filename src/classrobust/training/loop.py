@@ -22,11 +22,10 @@ from classrobust.data import make_loader, run_splits
 from classrobust.defenses.levers import ClasswiseTerms
 from classrobust.errors import NonFiniteError, UsageError
 from classrobust.evaluate.sharded import evaluate_dataset
-from classrobust.io import atomic_write_bytes, atomic_write_text, check_output_dir, check_writable, replace_directory
+from classrobust.io import atomic_write_bytes, atomic_write_text, check_writable, replace_directory
 from classrobust.models import MODELS, create_model
 from classrobust.results import CLEAN
-from classrobust.runtime import (any_rank, init_from_env, local_device, resolve_device, set_deterministic, set_tf32,
-                                 world)
+from classrobust.runtime import any_rank, set_deterministic, set_tf32, setup_device, world
 from classrobust.training.config import TrainConfig
 from classrobust.training.methods import METHODS
 from classrobust.training.schedules import lr_multiplier
@@ -155,11 +154,9 @@ def _prepare(config: TrainConfig, out_dir: str | Path, data_dir, download: bool)
     method_entry = METHODS.get(config.method)
     if not config.model.startswith("python:"):  # a bad name fails before any data is read
         MODELS.get(config.model)
-    device = resolve_device(config.device)
-    distributed = init_from_env(device)
-    device = local_device(device)
+    device, distributed = setup_device(config.device)
     rank, size = world()
-    out_dir = check_output_dir(out_dir)
+    out_dir = Path(out_dir)  # checked by train() before any work
     train_set, val_set = run_splits(config, root=data_dir, download=download)
     info = train_set.info
     drop_last = len(train_set) > config.batch_size

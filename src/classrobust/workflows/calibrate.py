@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from classrobust.defenses.calibrate import CalibrateConfig, Calibration, calibrate
 from classrobust.errors import UsageError
-from classrobust.runtime import barrier, init_from_env, is_main, local_device, resolve_device, set_tf32
+from classrobust.runtime import barrier, is_main, set_tf32, setup_device
 
 #: checkpoint-meta keys that describe the file, not the model, and are rewritten for the new one
 _FILE_KEYS = ("format", "classrobust_version", "torch_version", "sha256")
@@ -38,9 +38,7 @@ def calibrate_checkpoint(src: str | Path, out: str | Path, *, config: CalibrateC
         raise UsageError(f"{out} already exists; choose another --out (nothing is overwritten)")
     if out.parent.exists() and not out.parent.is_dir():
         raise UsageError(f"{out.parent} is not a directory")
-    dev = resolve_device(device)
-    init_from_env(dev)  # under torchrun the validation attacks are sharded; rank 0 alone writes
-    dev = local_device(dev)
+    dev, _ = setup_device(device)  # under torchrun the validation attacks are sharded; rank 0 alone writes
     set_tf32(False)
     model, meta = load_checkpoint(src, map_location=dev)
     if meta.get("calibration") is not None:

@@ -15,7 +15,8 @@ from classrobust.errors import CheckpointError, UsageError
 from classrobust.io import check_own_directory
 from classrobust.options import check_choice, option
 from classrobust.results import SUMMARY, ClasswiseResult
-from classrobust.runtime import PRECISIONS, barrier, init_from_env, is_main, local_device, resolve_device, set_tf32
+from classrobust.attacks.specs import GLOBAL_OPTIONS
+from classrobust.runtime import PRECISIONS, barrier, is_main, set_tf32, setup_device
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,12 @@ class EvalConfig:
     steps: int | None = option(None, "steps of every iterative attack that takes them")
     alpha: float | None = option(None, "step size of every iterative attack that takes one "
                                        "(default 2.5 * eps / steps)")
-    precision: str = option("fp32", "attack arithmetic (predictions are always judged in fp32)",
+    precision: str = option(GLOBAL_OPTIONS["precision"], "attack arithmetic (predictions are always judged in fp32)",
                             choices=PRECISIONS)
-    mode: str = option("best", "best: stop attacking a sample at its first fooling iterate (evaluation mode); "
+    mode: str = option(GLOBAL_OPTIONS["mode"], "best: stop attacking a sample at its first fooling iterate (evaluation mode); "
                                "last: run every iteration and return the attack's final output", choices=MODES)
     batch_size: int = option(256, "evaluation batch size")
-    seed: int = option(0, "attack seed (random starts)")
+    seed: int = option(GLOBAL_OPTIONS["seed"], "attack seed (random starts)")
     limit: int | None = option(None, "evaluate a class-stratified subset of N test images")
     subset_seed: int = option(0, "seed of the --limit subset (kept apart from --seed so that evaluations of "
                                  "different models pair up for `compare`)")
@@ -173,9 +174,7 @@ def evaluate_checkpoint(checkpoint: str | Path | None = None, out: str | Path | 
     checkpoint = resolve_checkpoint(checkpoint) if checkpoint is not None else None
     # checked before any work: an unwritable or foreign folder fails now, not after the attacks
     out = check_own_directory(Path(out) if out is not None else default_eval_dir(checkpoint, weights), SUMMARY)
-    dev = resolve_device(device)
-    init_from_env(dev)
-    dev = local_device(dev)
+    dev, _ = setup_device(device)
     tf32 = set_tf32(config.allow_tf32)
     net, meta = load_model(checkpoint, dev, model_name=model, dataset=dataset,
                            weights=Path(weights) if weights else None, normalize=normalize)
