@@ -19,6 +19,10 @@ from classrobust.io import atomic_write_json, check_own_directory, staged_files
 CLEAN = "clean"
 #: the file that marks a folder as an evaluation result
 SUMMARY = "summary.json"
+#: files written only when a minimal-norm attack ran (robustness curves, median distances)
+DISTANCE_FILES = ("curves.csv", "distances.csv")
+#: the fixed grid of curves.csv, in multiples of the attack's eps (eps itself is on it)
+CURVE_GRID = np.linspace(0.0, 3.0, 31)
 
 
 @dataclass
@@ -36,6 +40,9 @@ class AttackResult:
     num_classes: int
     config: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    #: (N,) smallest adversarial distance in the attack's norm, for minimal-norm attacks only:
+    #: 0 for clean errors, inf where none was found within the attack's budget
+    distances: np.ndarray | None = None
 
     @property
     def confusion(self) -> np.ndarray:
@@ -120,6 +127,8 @@ class ClasswiseResult:
                 "seconds": round(res.seconds, 3),
                 "config": res.config,
             }
+            if res.distances is not None:
+                out["attacks"][name]["records_distance"] = True
         out["collapsed_classes"] = collapsed_classes(self)
         if self.sanity is not None:
             out["sanity"] = self.sanity
@@ -127,11 +136,15 @@ class ClasswiseResult:
         return out
 
     def samples_table(self) -> pd.DataFrame:
-        """Per-sample records: index, label, each attack's (worst-case) prediction ``pred_<attack>``
+        """Per-sample records: index, label, each attack's (worst-case) prediction ``pred_<attack>``,
+        a minimal-norm attack's distance ``distance_<attack>`` (0: clean error, inf: none found),
         and whether the attack fooled a correctly classified point ``fooled_<attack>``."""
         table = pd.DataFrame({"index": self.indices, "label": self.labels})
         for name, res in self.attacks.items():
             table[f"pred_{name}"] = res.predictions
+        for name, res in self.attacks.items():
+            if res.distances is not None:
+                table[f"distance_{name}"] = res.distances
         if CLEAN in self.attacks:
             clean_ok = self.attacks[CLEAN].predictions == self.labels
             for name, res in self.attacks.items():
@@ -150,7 +163,16 @@ class ClasswiseResult:
         out_dir = check_own_directory(out_dir, SUMMARY)
         before = out_dir / SUMMARY
         old = json.loads(before.read_text()).get("attacks", {}) if before.is_file() else {}
-        with staged_files(out_dir, [f"confusion_{n}.csv" for n in old if n not in self.attacks]) as stage:
+        stale = [f"confusion_{n}.csv" for n in old if n not in self.attacks]
+        curves = self.curve_table()
+        if curves.empty and any(info.get("records_distance") for info in old.values()):
+            stale += list(DISTANCE_FILES)  # the earlier result's curves, which this one has no data for
+        with staged_files(out_dir, stale) as stage:
+            if not curves.empty:
+                settings = {name: describe_attack(res.config) for name, res in self.attacks.items()}
+                curves.assign(settings=curves["attack"].map(settings)).to_csv(stage / DISTANCE_FILES[0], index=False)
+                medians = self.distance_table()
+                medians.assign(settings=medians["attack"].map(settings)).to_csv(stage / DISTANCE_FILES[1], index=False)
             table = self.per_class_table()
             settings = {name: describe_attack(res.config) for name, res in self.attacks.items()}
             table.assign(settings=table["attack"].map(settings)).to_csv(stage / "per_class.csv", index=False)
@@ -161,6 +183,60 @@ class ClasswiseResult:
             atomic_write_json(stage / SUMMARY, self.summary())
         return out_dir
 
+    def curve_table(self) -> pd.DataFrame:
+        """Per-class robustness curves of every minimal-norm attack, long format: robust accuracy
+        (share of the class's points whose smallest adversarial distance exceeds r) at each
+        distance r where it changes (``kind="step"``, starting at r = 0) and on a fixed grid of
+        0 to 3 eps (``kind="grid"``); ``class_index`` -1 is the whole set."""
+        rows = []
+        for name, res in self.attacks.items():
+            if res.distances is None:
+                continue
+            eps, norm = res.config.get("eps"), res.config.get("norm", "linf")
+            grid = CURVE_GRID * eps if eps else CURVE_GRID[:1]
+            for k, cls_name, d in self._per_class_distances(res):
+                steps = np.unique(np.concatenate([[0.0], d[np.isfinite(d)]]))
+                for kind, radii in (("step", steps), ("grid", grid)):
+                    robust = (d[None, :] > radii[:, None]).mean(axis=1) if len(d) else np.full(len(radii), np.nan)
+                    rows += [{"attack": name, "norm": norm, "eps": eps, "class_index": k, "class_name": cls_name,
+                              "kind": kind, "distance": float(r), "robust_accuracy": float(a), "n": len(d)}
+                             for r, a in zip(radii, robust)]
+        return pd.DataFrame(rows)
+
+    def distance_table(self, confidence: float = 0.95) -> pd.DataFrame:
+        """Per class and minimal-norm attack: median smallest adversarial distance with a
+        distribution-free ``confidence`` interval (order statistics; inf where over half the points
+        were never broken), the share broken within eps, and the share never broken."""
+        from scipy.stats import binom
+
+        rows = []
+        for name, res in self.attacks.items():
+            if res.distances is None:
+                continue
+            eps = res.config.get("eps")
+            for k, cls_name, d in self._per_class_distances(res):
+                n = len(d)
+                d = np.sort(d)
+                # the interval [d_(j), d_(n+1-j)] covers the median with probability 1 - 2 P(B <= j - 1),
+                # B ~ Binomial(n, 1/2): the largest j that keeps that at least `confidence` (j >= 1)
+                j = 1
+                while j < n // 2 and 2 * binom.cdf(j, n, 0.5) <= 1 - confidence:
+                    j += 1
+                rows.append({"attack": name, "norm": res.config.get("norm", "linf"), "eps": eps,
+                             "class_index": k, "class_name": cls_name, "n": n,
+                             "median": float(np.median(d)) if n else np.nan,
+                             "ci_low": float(d[j - 1]) if n else np.nan,
+                             "ci_high": float(d[n - j]) if n else np.nan,
+                             "ci_coverage": float(1 - 2 * binom.cdf(j - 1, n, 0.5)) if n else np.nan,
+                             "broken_within_eps": float((d <= eps).mean()) if n and eps is not None else np.nan,
+                             "never_broken": float(np.isinf(d).mean()) if n else np.nan})
+        return pd.DataFrame(rows)
+
+    def _per_class_distances(self, res: AttackResult):
+        yield -1, "all", res.distances
+        for k, cls_name in enumerate(self.classes):
+            yield k, cls_name, res.distances[self.labels == k]
+
     @classmethod
     def load(cls, out_dir: str | Path) -> "ClasswiseResult":
         """Rebuild a result from ``samples.csv.gz`` and ``summary.json``, without re-attacking."""
@@ -170,7 +246,9 @@ class ClasswiseResult:
         labels = samples["label"].to_numpy()
         k = len(summary["classes"])
         attacks = {name: AttackResult(name, labels, samples[f"pred_{name}"].to_numpy(), k,
-                                      info.get("config", {}), info.get("seconds", 0.0))
+                                      info.get("config", {}), info.get("seconds", 0.0),
+                                      samples[f"distance_{name}"].to_numpy(dtype=np.float64)
+                                      if f"distance_{name}" in samples else None)
                    for name, info in summary["attacks"].items()}
         return cls(summary["classes"], samples["index"].to_numpy(), labels, attacks, summary.get("meta", {}),
                    summary.get("sanity"))
@@ -194,6 +272,9 @@ def describe_attack(config: dict[str, Any]) -> str:
     parts = [f"eps {format_eps(config.get('eps'))} ({config.get('norm', 'linf')})"]
     if "version" in config:
         parts.append(f"version {config['version']}")
+        if "standard" in config:
+            parts.append("standard AutoAttack" if config["standard"] else
+                         "NOT standard AutoAttack (" + ", ".join(config.get("deviations", [])) + ")")
         members = config.get("attacks", {})
         parts.append("members " + " + ".join(
             f"{n}" + (f" {m['steps']} steps" if "steps" in m else "") + (f" {m['n_targets']} targets"
@@ -203,6 +284,10 @@ def describe_attack(config: dict[str, Any]) -> str:
         parts.append(f"{config['steps']} step{'' if config['steps'] == 1 else 's'}")
     if config.get("alpha") is not None:
         parts.append(f"alpha {format_eps(config['alpha'])}")
+    if config.get("targeted"):
+        parts.append("targeted")
+    if config.get("rescale_schedule"):
+        parts.append("p schedule rescaled to the queries")
     for key in ("restarts", "n_targets", "n_queries", "temperature", "loss"):
         if key in config:
             parts.append(f"{key.replace('_', ' ')} {config[key]}")

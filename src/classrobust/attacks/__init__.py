@@ -14,6 +14,9 @@ from torch import nn
 from classrobust.attacks.apgd import APGD, APGDT
 from classrobust.attacks.autoattack import AutoAttack
 from classrobust.attacks.base import MODES, Attack
+from classrobust.attacks.fab import FAB
+from classrobust.attacks.fmn import FMN
+from classrobust.attacks.minimal import MinimalNormAttack
 from classrobust.attacks.pgd import CW, FGSM, PGD
 from classrobust.attacks.square import Square
 from classrobust.attacks.temperature_pgd import DEFAULT_TEMPERATURE, TemperaturePGD
@@ -35,9 +38,14 @@ ATTACKS.register("apgd-ce", summary="APGD-100 on cross-entropy (Croce & Hein 202
                  defaults={"loss": "ce"})(APGD)
 ATTACKS.register("apgd-dlr", summary="APGD-100 on the DLR loss", defaults={"loss": "dlr"})(APGD)
 ATTACKS.register("apgd-t", summary="targeted APGD-100, targeted DLR over the top-9 other classes")(APGDT)
-ATTACKS.register("square", summary="Square attack, L-inf, 5000 queries, gradient-free")(Square)
-ATTACKS.register("autoattack", summary="ensemble, per-point worst case: APGD-CE, APGD-T, Square "
-                 "(version=fast: no Square)")(AutoAttack)
+ATTACKS.register("square", summary="Square attack, 5000 queries, gradient-free (L-inf; norm=l2 for L2)")(Square)
+ATTACKS.register("fab", summary="FAB, minimal-norm, untargeted, 100 steps; records each point's distance")(FAB)
+ATTACKS.register("fab-t", summary="FAB-T, minimal-norm, targeted over the top-9 other classes, 100 steps",
+                 defaults={"targeted": True})(FAB)
+ATTACKS.register("fmn", summary="Fast Minimum-Norm, 100 steps; records each point's distance "
+                 "(robustness curves)")(FMN)
+ATTACKS.register("autoattack", summary="standard AutoAttack, per-point worst case: APGD-CE, APGD-T, FAB-T, "
+                 "Square (version=fast: APGD only; version=rand: EOT)")(AutoAttack)
 
 
 def create_attack(name: str, model: nn.Module, **kwargs: Any) -> Attack:
@@ -48,5 +56,5 @@ def create_attack(name: str, model: nn.Module, **kwargs: Any) -> Attack:
 
 
 __all__ = ["ATTACKS", "Attack", "FGSM", "PGD", "CW", "TemperaturePGD", "APGD", "APGDT", "Square",
-           "AutoAttack", "DEFAULT_TEMPERATURE", "PRECISIONS", "MODES", "create_attack",
+           "AutoAttack", "FAB", "FMN", "MinimalNormAttack", "DEFAULT_TEMPERATURE", "PRECISIONS", "MODES", "create_attack",
            "parse_attack_specs", "build_attacks", "attack_kwargs"]

@@ -1,9 +1,11 @@
 """Auto-PGD (Croce & Hein, ICML 2020, arXiv:2003.01690): APGD with CE or DLR loss, and targeted APGD-T.
 
 APGD needs no step size: it starts at ``2 * eps``, adds momentum (0.75), and at
-checkpoints ``w_j`` halves the step of every sample whose loss rose in fewer than
-``rho`` of the steps since the last checkpoint, or whose best loss did not move
-while its step was unchanged; such a sample restarts from its best point.
+checkpoints ``w_j`` halves the step of every sample whose loss rose in at most ``rho``
+of the steps since the last checkpoint, or whose best loss did not move while its step
+was unchanged; such a sample continues from its best point, its momentum term then being
+``x_best - x_previous`` (as in the reference implementation, fra31/auto-attack).
+Deviations from the reference are listed in docs/attacks.md.
 """
 
 from __future__ import annotations
@@ -42,17 +44,20 @@ class APGD(Attack):
         loss: ``"ce"`` or ``"dlr"`` (or any registered loss name).
         restarts: further runs from new random starts for the samples not yet fooled.
         rho: the checkpoint success-rate threshold (0.75 in the paper).
-    Returns, per sample, the first iterate that fools the model (``mode="best"``) or
-    the highest-loss iterate found (both modes, for samples never fooled).
+        eot: gradients averaged per step over this many forward passes (expectation over
+            transformation, for randomised models; AutoAttack's ``rand`` version uses 20).
+    Returns, per sample, a fooling iterate if one was found (``mode="best"``: the first, and the
+    sample stops there; ``mode="last"``: the last one of the full run), else the highest-loss iterate.
     """
 
     name = "apgd"
 
     def __init__(self, model: nn.Module, *, eps: float, steps: int = 100, loss: str = "ce",
-                 restarts: int = 1, rho: float = 0.75, norm: str = "linf", seed: int = 0,
+                 restarts: int = 1, rho: float = 0.75, eot: int = 1, norm: str = "linf", seed: int = 0,
                  precision: str = "fp32", mode: str = "best"):
         super().__init__(model, eps=eps, norm=norm, seed=seed, precision=precision, mode=mode)
         self.steps = check_steps(steps)
+        self.eot = check_steps(eot, "eot")
         self.restarts = check_steps(restarts, "restarts")
         if not 0 < rho <= 1:
             raise UsageError(f"rho must be in (0, 1], got {rho}")
@@ -63,7 +68,7 @@ class APGD(Attack):
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "steps": self.steps, "loss": self.loss_name,
-                "restarts": self.restarts, "rho": self.rho}
+                "restarts": self.restarts, "rho": self.rho, **({"eot": self.eot} if self.eot > 1 else {})}
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         out = x.clone()
@@ -96,7 +101,15 @@ class APGD(Attack):
 
         def evaluate(s: _APGDState, xs):
             g, logits = self.loss_grad(xs, s.y, lambda lg, yy: loss(lg, yy, s.aux))
+            for _ in range(self.eot - 1):  # a randomised model: the expected gradient, the last draw's logits
+                g_more, logits = self.loss_grad(xs, s.y, lambda lg, yy: loss(lg, yy, s.aux))
+                g = g + g_more
             return g, logits, loss(logits, s.y, s.aux).detach()
+
+        def remember(s: _APGDState, xs, logits) -> None:  # mode last: keep the latest fooling iterate
+            fooled = self.fooled(xs, s.y, logits)
+            out[s.idx[fooled]] = xs[fooled]
+            done[s.idx[fooled]] = True
 
         def retire(s: _APGDState, xs, logits) -> _APGDState:  # evaluation mode: fooled samples leave
             fooled = self.fooled(xs, s.y, logits)
@@ -112,6 +125,8 @@ class APGD(Attack):
         s.g_best, s.loss_best, s.loss_best_ck = s.g, s.loss, s.loss.clone()
         if drop:
             s = retire(s, x_start, logits)
+        else:
+            remember(s, x_start, logits)
         last_ck = 0
         for k in range(self.steps):
             if len(s.idx) == 0:
@@ -121,14 +136,15 @@ class APGD(Attack):
             s.record(x_new, g_new, l_new)
             if drop:
                 s = retire(s, x_new, logits)
+            else:
+                remember(s, x_new, logits)
             if k + 1 in self.checkpoints and len(s.idx):
                 s.checkpoint(self.rho * (k + 1 - last_ck))
                 last_ck = k + 1
         if len(s.idx):
-            out[s.idx] = s.x_best
             out_loss[s.idx] = s.loss_best
-            if not drop:  # the highest-loss point may or may not fool; say which
-                done[s.idx] = self.fooled(s.x_best, s.y)
+            unfooled = ~done[s.idx]  # mode last: samples with a fooling iterate keep it
+            out[s.idx[unfooled]] = s.x_best[unfooled]
         return out, done, out_loss
 
     def _next_point(self, s: "_APGDState", *, first: bool) -> torch.Tensor:
@@ -164,7 +180,8 @@ class _APGDState:
         n, dev = len(x0), x0.device
         return cls(idx=torch.arange(n, device=dev), x0=x0, y=y, aux=aux, x=x_start, x_prev=x_start,
                    x_best=x_start, eta=torch.full((n,), eta0, device=dev), succ=torch.zeros(n, device=dev),
-                   reduced_last=torch.zeros(n, dtype=torch.bool, device=dev))
+                   # as the reference: no sample counts as "not halved last time" at the first checkpoint
+                   reduced_last=torch.ones(n, dtype=torch.bool, device=dev))
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -184,14 +201,14 @@ class _APGDState:
         self.x_prev, self.x, self.g, self.loss = self.x, x_new, g_new, l_new
 
     def checkpoint(self, min_successes: float) -> None:
-        """Halve eta where too few steps raised the loss or the best loss stalled (and eta was not
-        halved at the last checkpoint); those samples restart from their best point."""
+        """Halve eta where at most ``min_successes`` steps raised the loss, or the best loss stalled
+        (and eta was not halved at the last checkpoint); those samples continue from their best
+        point. ``x_prev`` stays: the next momentum term is ``x_best - x_prev``, as in the reference."""
         stalled = (~self.reduced_last) & (self.loss_best <= self.loss_best_ck)
-        reduce = (self.succ < min_successes) | stalled
+        reduce = (self.succ <= min_successes) | stalled
         self.eta = torch.where(reduce, self.eta / 2, self.eta)
         r = reduce.view(self.shape)
         self.x = torch.where(r, self.x_best, self.x)
-        self.x_prev = torch.where(r, self.x_best, self.x_prev)
         self.g = torch.where(r, self.g_best, self.g)
         self.reduced_last = reduce
         self.loss_best_ck = self.loss_best.clone()

@@ -34,6 +34,16 @@ class LinfBall:
     def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp_(0, 1)
 
+    @staticmethod
+    def distance(x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(N,) L-inf norm of ``x_adv - x``."""
+        return (x_adv - x).flatten(1).abs().amax(dim=1)
+
+    @staticmethod
+    def dual_norm(g: torch.Tensor) -> torch.Tensor:
+        """(N,) L1 norm: how fast a linear function can change per unit of L-inf distance."""
+        return g.flatten(1).abs().sum(dim=1)
+
 
 
 class L2Ball:
@@ -59,6 +69,16 @@ class L2Ball:
         delta = x_adv - x
         scale = (self.eps / _flat_norm(delta, 2).clamp_min(1e-12)).clamp(max=1.0)
         return (x + delta * scale).clamp_(0, 1)
+
+    @staticmethod
+    def distance(x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(N,) L2 norm of ``x_adv - x``."""
+        return (x_adv - x).flatten(1).norm(dim=1)
+
+    @staticmethod
+    def dual_norm(g: torch.Tensor) -> torch.Tensor:
+        """(N,) L2 norm (L2 is its own dual)."""
+        return g.flatten(1).norm(dim=1)
 
 
 BALLS = {"linf": LinfBall, "l2": L2Ball}

@@ -163,14 +163,22 @@ class Attack:
         finiteness (four host synchronisations): for callers that check their own data and losses,
         such as the training loop's inner attack.
         """
+        if x.shape[0] == 0:
+            if validate:
+                self._check_inputs(x, y)
+            return x.detach().clone()
+        x_adv = self._guarded(self.perturb, x, y, validate)
+        return self.ball.project(x_adv.detach().to(x.dtype), x)
+
+    def _guarded(self, search, x: torch.Tensor, y: torch.Tensor, validate: bool):
+        """``search(x, y)`` on private copies of a non-empty batch, with the model frozen in eval mode
+        and the inputs, labels and logits checked (see :meth:`__call__`)."""
         if validate:
             self._check_inputs(x, y)
         if self.eps_per_sample is not None and len(self.eps_per_sample) != len(x):
             raise UsageError(f"per-sample eps has {len(self.eps_per_sample)} entries for a batch of {len(x)}")
         x = x.detach().clone()
         y = y.detach().clone()
-        if x.shape[0] == 0:
-            return x
         # checks that need the device's values happen once per call, not once per step
         # (each would be a host synchronisation on a GPU): the label range here, the logits'
         # finiteness accumulated on the device and read once at the end
@@ -178,12 +186,12 @@ class Attack:
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=x.device)
         try:
             with frozen_eval(self.model):
-                x_adv = self.perturb(x, y)
+                found = search(x, y)
             if validate and bool(self._nonfinite):
                 raise NonFiniteError("model returned NaN or infinite logits")
         finally:
             self._label_max = self._nonfinite = None
-        return self.ball.project(x_adv.detach().to(x.dtype), x)
+        return found
 
     def config(self) -> dict[str, Any]:
         """Hyperparameters as recorded next to results."""

@@ -18,12 +18,25 @@ def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def tempered_ce(temperature: float) -> LossFn:
-    """Cross-entropy of softmax(logits / T) (Tian et al. 2021's Temperature-PGD loss)."""
+    """Cross-entropy of softmax(logits / T) (Tian et al. 2021's Temperature-PGD loss), in a form
+    that does not saturate in fp32.
+
+    With u = logsumexp_{j != y}(z_j / T) - z_y / T, CE(z / T, y) = softplus(u): a strictly increasing
+    function of u, so u ranks iterates exactly as the CE does, and its gradient is the CE's divided
+    by the per-sample factor sigmoid(u) > 0. Sign steps (L-inf) and normalised steps (L2) along
+    either are therefore the same, except where fp32 underflows: once the true class wins by more
+    than about 17 * T in logits, the CE's gradient loses the true-class term, and above about 41 * T
+    (104 * T for the whole softmax) it is exactly zero, so PGD on the plain CE stalls on the most
+    confident points; u's gradient never vanishes (the softmax over the other classes sums to 1).
+    """
     if not temperature > 0:
         raise UsageError(f"temperature must be > 0, got {temperature}")
 
     def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits / temperature, y, reduction="none")
+        scaled = logits / temperature
+        true = scaled.gather(1, y[:, None]).squeeze(1)
+        others = scaled.scatter(1, y[:, None], float("-inf")).logsumexp(dim=1)
+        return others - true
 
     return loss
 

@@ -11,6 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from classrobust.attacks.base import Attack, fast_layout, fast_weights
+from classrobust.attacks.minimal import MinimalNormAttack
 from classrobust.errors import UsageError
 from classrobust.runtime import model_mode
 from classrobust.models import final_linear
@@ -34,7 +35,10 @@ def evaluate_classwise(model: nn.Module, loader: Iterable, attacks: Mapping[str,
             ``loader.dataset.indices`` exists, it names each sample's index in the test split.
         attacks: name -> attack built on ``model``. Each attack runs only on the
             points the model classifies correctly; a point already misclassified
-            keeps its clean prediction (the per-point worst case).
+            keeps its clean prediction (the per-point worst case). A minimal-norm attack
+            (:class:`~classrobust.attacks.MinimalNormAttack`) also records each point's smallest
+            adversarial distance (0 for clean errors, inf where none was found); its prediction
+            is taken at its smallest adversarial point if that lies within eps, else at x.
         classes: class names (default: ``loader.dataset.classes``).
     """
     if CLEAN in attacks:
@@ -46,6 +50,7 @@ def evaluate_classwise(model: nn.Module, loader: Iterable, attacks: Mapping[str,
     device = torch.device(device) if device is not None else next(model.parameters()).device
     k = len(classes)
     labels, preds = [], {name: [] for name in (CLEAN, *attacks)}
+    distances = {name: [] for name, a in attacks.items() if isinstance(a, MinimalNormAttack)}
     seconds = dict.fromkeys(preds, 0.0)
     with model_mode(model, False), fast_weights(model):  # attacks inside find it already converted
         for x, y in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
@@ -61,11 +66,19 @@ def evaluate_classwise(model: nn.Module, loader: Iterable, attacks: Mapping[str,
             for name, attack in attacks.items():
                 t0 = time.perf_counter()
                 pred = clean.clone()
+                dist = torch.zeros(len(y), device=x.device)  # clean errors: distance 0
                 if correct.any():
-                    x_adv = attack(x[correct], y[correct])
+                    if name in distances:
+                        x_min, dist[correct] = attack.minimal(x[correct], y[correct])
+                        within = (dist[correct] <= attack.eps).view(-1, *([1] * (x.dim() - 1)))
+                        x_adv = torch.where(within, x_min, x[correct])
+                    else:
+                        x_adv = attack(x[correct], y[correct])
                     pred[correct] = predict(model, x_adv)
                 seconds[name] += time.perf_counter() - t0
                 preds[name].append(pred.cpu())
+                if name in distances:
+                    distances[name].append(dist.cpu())
     if not labels:
         raise UsageError("the loader yielded no samples")
     y_all = torch.cat(labels).numpy().astype(np.int64)
@@ -78,8 +91,9 @@ def evaluate_classwise(model: nn.Module, loader: Iterable, attacks: Mapping[str,
     results = {}
     for name, chunks in preds.items():
         config = {"attack": CLEAN} if name == CLEAN else attacks[name].config()
+        dist = torch.cat(distances[name]).numpy().astype(np.float64) if name in distances else None
         results[name] = AttackResult(name, y_all, torch.cat(chunks).numpy().astype(np.int64), k,
-                                     config, seconds[name])
+                                     config, seconds[name], dist)
     return ClasswiseResult(classes, indices, y_all, results, meta)
 
 

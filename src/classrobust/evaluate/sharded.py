@@ -33,7 +33,8 @@ def evaluate_dataset(model, dataset, attacks: Mapping[str, Attack], *, batch_siz
                               progress=progress and rank == 0, meta=meta)
     pieces = gather({"positions": positions.numpy(), "labels": part.labels,
                      "preds": {n: r.predictions for n, r in part.attacks.items()},
-                     "seconds": {n: r.seconds for n, r in part.attacks.items()}})
+                     "seconds": {n: r.seconds for n, r in part.attacks.items()},
+                     "distances": {n: r.distances for n, r in part.attacks.items() if r.distances is not None}})
     order = np.concatenate([p["positions"] for p in pieces])
     labels = np.empty(len(dataset), dtype=np.int64)
     labels[order] = np.concatenate([p["labels"] for p in pieces])
@@ -41,8 +42,12 @@ def evaluate_dataset(model, dataset, attacks: Mapping[str, Attack], *, batch_siz
     for name, res in part.attacks.items():
         preds = np.empty(len(dataset), dtype=np.int64)
         preds[order] = np.concatenate([p["preds"][name] for p in pieces])
+        dist = None
+        if res.distances is not None:
+            dist = np.empty(len(dataset), dtype=np.float64)
+            dist[order] = np.concatenate([p["distances"][name] for p in pieces])
         results[name] = AttackResult(name, labels, preds, res.num_classes, res.config,
-                                     max(p["seconds"][name] for p in pieces))
+                                     max(p["seconds"][name] for p in pieces), dist)
     indices = np.asarray(dataset.indices)
     merged_meta = {**part.meta, "processes": size}
     return ClasswiseResult(part.classes, indices, labels, results, merged_meta)

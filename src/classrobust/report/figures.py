@@ -34,6 +34,35 @@ def per_class_bars(result) -> Figure:
     return fig
 
 
+def robustness_curves(curves: pd.DataFrame, attack: str) -> Figure:
+    """One step curve per class (and the whole set, dashed): robust accuracy against the radius,
+    from a minimal-norm attack's per-point distances; the threat model's eps marked."""
+    rows = curves[(curves["attack"] == attack) & (curves["kind"] == "step")]
+    eps, norm = rows["eps"].iloc[0], rows["norm"].iloc[0]
+    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    top = 3 * eps if eps else rows["distance"].max()
+    for i, (k, part) in enumerate(rows.groupby("class_index", sort=True)):
+        r = np.append(part["distance"].to_numpy(), top)
+        a = np.append(part["robust_accuracy"].to_numpy(), part["robust_accuracy"].iloc[-1])
+        keep = r <= top
+        label = part["class_name"].iloc[0]
+        style = {"color": "black", "linestyle": "--", "linewidth": 1.6} if k == -1 else {
+            "color": PALETTE[i % len(PALETTE)], "linewidth": 1.1}
+        ax.step(r[keep], a[keep], where="post", label=label, **style)
+    if eps:
+        ax.axvline(eps, color="grey", linewidth=0.8)
+        ax.text(eps, 1.02, f" eps {eps:.4g}", fontsize=8, color="grey")
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, 1.08)
+    ax.set_xlabel(f"radius ({norm})")
+    ax.set_ylabel("robust accuracy")
+    ax.set_title(f"{attack}: per-class robustness curves (smallest adversarial distance found)", fontsize=10)
+    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    ax.grid(alpha=0.3)
+    return fig
+
+
 def confusion_heatmap(result, attack: str) -> Figure:
     """Row-normalised confusion (true x predicted) with counts, under one attack."""
     cm = result.attacks[attack].confusion

@@ -101,6 +101,25 @@ def build_report(path: str | Path, *, train_log: str | Path | None = None, boots
         page.parts.append(shown.to_html(index=False, border=0))
         page.text("worst, best, gap and std in percentage points; cv = std / mean.", "meta")
 
+        curves = result.curve_table()
+        if not curves.empty:
+            page.h2("Robustness curves", "curves")
+            page.text("Minimal-norm attacks find each point's smallest adversarial perturbation; a class's "
+                      "curve is the share of its points not broken within each radius (an upper bound on "
+                      "robust accuracy at every radius at once). Clean errors count as broken at radius 0; "
+                      "a point never broken within the attack's budget stays robust at every radius.")
+            medians = result.distance_table()
+            medians.to_csv(stage / "tables" / "distances.csv", index=False)
+            for name in dict.fromkeys(curves["attack"]):
+                page.figure(figures.robustness_curves(curves, name), f"curves_{name}", f"robustness curves {name}")
+                shown = medians[medians["attack"] == name][["class_name", "n", "median", "ci_low", "ci_high",
+                                                            "broken_within_eps", "never_broken"]]
+                page.text(f"{name}: median smallest adversarial distance per class with its distribution-free "
+                          "95% interval (order statistics), share broken within eps, share never broken")
+                page.table(shown, f"distances_{name}", {"median": "{:.4f}".format, "ci_low": "{:.4f}".format,
+                                                         "ci_high": "{:.4f}".format, "broken_within_eps": _pct,
+                                                         "never_broken": _pct})
+
         page.h2("Where adversarial examples land", "confusion")
         page.text("Rows: true class; columns: predicted class (worst case per point); colour is the row share.")
         page.parts.append('<div class="grid">')
