@@ -21,7 +21,7 @@ from conftest import TRAIN
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--window-size=1280,2000"]
-SECTIONS = ["warnings", "table", "disparity", "confusion", "gain", "weights", "consistency", "training", "sanity"]
+SECTIONS = ["warnings", "table", "disparity", "curves", "confusion", "gain", "weights", "consistency", "training", "sanity"]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def evaluated(tmp_path_factory, synthetic_data_root):
     try:
         assert main([*TRAIN, "--epochs", "2", "--out", str(root / "run")]) == 0
         assert main(["eval", "--checkpoint", str(root / "run" / "model.safetensors"), "--attacks",
-                     "fgsm,pgd:steps=3,cw:steps=3", "--limit", "100", "--sanity", "--sanity-queries", "20",
+                     "fgsm,pgd:steps=3,cw:steps=3,fmn:steps=10", "--limit", "100", "--sanity", "--sanity-queries", "20",
                      "--no-progress"]) == 0
     finally:
         mp.undo()
@@ -47,7 +47,7 @@ def test_eval_builds_the_report(evaluated):
         assert f'id="{anchor}"' in page, anchor
     assert page.count("data:image/png;base64,") >= 8  # self-contained
     figures = {p.name for p in (eval_dir / "report_files" / "figures").iterdir()}
-    for name in ("per_class_bars", "confusion_pgd", "gain_attribution", "weight_norms", "consistency_spearman",
+    for name in ("per_class_bars", "curves_fmn", "confusion_pgd", "gain_attribution", "weight_norms", "consistency_spearman",
                  "training_curves"):
         assert {f"{name}.png", f"{name}.svg"} <= figures
     tables = eval_dir / "report_files" / "tables"
@@ -65,6 +65,13 @@ def test_eval_builds_the_report(evaluated):
     assert cells[0] == "all" and cells[1] == "100" and all(re.fullmatch(r"[\d.]+ \[[\d.]+, [\d.]+\]", c)
                                                           for c in cells[2:])
     assert "pgd: eps 0.1 (linf), 3 steps" in page
+    # the minimal-norm attack's curves: read at eps, each class agrees with the attack's own column
+    curves = pd.read_csv(eval_dir / "curves.csv")
+    at_eps = curves[(curves["kind"] == "grid") & np.isclose(curves["distance"], 0.1) & (curves["class_index"] >= 0)]
+    per_class = pd.read_csv(eval_dir / "per_class.csv")
+    fmn = per_class[per_class["attack"] == "fmn"].set_index("class_index")["accuracy"]
+    np.testing.assert_allclose(at_eps.set_index("class_index")["robust_accuracy"], fmn.loc[at_eps["class_index"]])
+    assert "distance_fmn" in samples and (eval_dir / "distances.csv").is_file()
     # the gain section names the 3 most vulnerable classes
     gains = pd.read_csv(eval_dir / "report_files" / "tables" / "gain_attribution.csv")
     named = list(dict.fromkeys(gains.loc[gains["vulnerable"], "class_name"]))
@@ -139,7 +146,7 @@ def test_compare_command(evaluated, tmp_path, capsys):
     assert (table["difference"] == 0).all() and (table["p_value"] == 1).all()
     assert "<table" in (tmp_path / "cmp" / "compare.html").read_text()
     consistency = pd.read_csv(tmp_path / "cmp" / "consistency.csv")
-    assert list(consistency["attack"]) == ["clean", "fgsm", "pgd", "cw"]
+    assert list(consistency["attack"]) == ["clean", "fgsm", "pgd", "cw", "fmn"]
     assert np.allclose(consistency["spearman"].dropna(), 1) and "Spearman" in out
     # a run on other samples is refused with exit code 2
     c = tmp_path / "c"
