@@ -79,13 +79,21 @@ class AutoAttack(Attack):
                 "attacks": {name: a.config() for name, a in self.attacks.items()}}
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.cascade(x, y)[0]
+
+    def cascade(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the members in order on the points still robust. Returns (x_adv, breaker): breaker
+        (N,) int64 is the index (in ``self.attacks``) of the member that broke each point, -1 where
+        none did: the members' marginal contributions."""
         out = x.clone()
+        breaker = torch.full((len(x),), -1, dtype=torch.long, device=x.device)
         todo = torch.arange(len(x), device=x.device)
-        for attack in self.attacks.values():
+        for i, attack in enumerate(self.attacks.values()):
             if len(todo) == 0:
                 break
             x_adv = attack(x[todo], y[todo])
             fooled = self.fooled(x_adv, y[todo])
             out[todo[fooled]] = x_adv[fooled]
+            breaker[todo[fooled]] = i
             todo = todo[~fooled]
-        return out
+        return out, breaker

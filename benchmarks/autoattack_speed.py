@@ -1,0 +1,117 @@
+"""Standard AutoAttack, ours against torchattacks' and the reference implementation's, on the same
+model and images; plus the minimal-norm curves' cost.
+
+Every implementation evaluates the same class-stratified test images of one checkpoint, batch by
+batch in turn (so the shared machine's slow and fast stretches fall on each alike), fp32. A point is
+robust if it is classified correctly clean and attacked (each side's own output, judged by one
+fp32 forward pass here). Writes per-class robust counts, times and our members' marginal flips
+(which member broke each point first) to ``--out`` as JSON, and prints a Markdown table.
+
+    python benchmarks/autoattack_speed.py --limit 1000 --seeds 0,1 --sides ours,torchattacks
+    python benchmarks/autoattack_speed.py --limit 500 --sides ours,reference  # pip install pyautoattack --no-deps
+
+``reference`` is ``pyautoattack`` (PyPI), a packaging of fra31/auto-attack whose attack files differ
+from the repository's only in import lines (checked by diff on 2026-11-27).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from classrobust.attacks import FMN, AutoAttack
+from classrobust.checkpoint import load_checkpoint
+from classrobust.data import get_dataset, make_loader, stratified_subset
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--checkpoint", default="runs/demo/model.safetensors")
+    p.add_argument("--limit", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--sides", default="ours,torchattacks", help="comma-separated: ours, torchattacks, reference, curves")
+    p.add_argument("--out", default="benchmarks/results/autoattack_speed.json")
+    args = p.parse_args()
+    model, meta = load_checkpoint(args.checkpoint)
+    model.eval()
+    eps = float(meta.get("eps", 0.1))
+    test = stratified_subset(get_dataset(meta["dataset"], "test"), args.limit, seed=0)
+    classes = list(test.classes)
+    sides = args.sides.split(",")
+    runs = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        counts = {s: np.zeros(len(classes), dtype=int) for s in sides}
+        seconds = dict.fromkeys(sides, 0.0)
+        ours = AutoAttack(model, eps=eps, seed=seed)
+        member_names = list(ours.attacks)
+        flips = np.zeros((len(member_names), len(classes)), dtype=int)
+        n_per_class = np.zeros(len(classes), dtype=int)
+        curves = {}
+        for x, y in make_loader(test, args.batch_size):
+            n_per_class += np.bincount(y.numpy(), minlength=len(classes))
+            with torch.no_grad():
+                clean_ok = model(x).argmax(1) == y
+            for side in sides:
+                t0 = time.perf_counter()
+                if side == "ours":
+                    x_adv = x.clone()
+                    x_adv[clean_ok], breaker = ours.cascade(x[clean_ok], y[clean_ok])
+                    for i in range(len(member_names)):
+                        flips[i] += np.bincount(y[clean_ok][breaker == i].numpy(), minlength=len(classes))
+                elif side == "torchattacks":
+                    import torchattacks
+
+                    x_adv = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard",
+                                                    n_classes=len(classes), seed=seed)(x, y)
+                elif side == "reference":
+                    import logging
+
+                    from pyautoattack import AutoAttack as Reference
+
+                    logging.getLogger("auto-attack").setLevel(logging.WARNING)
+                    ref = Reference(model, device="cpu", eps=eps, norm="Linf", seed=seed, version="standard")
+                    x_adv = ref.run_standard_evaluation(x, y, batch_size=len(x))
+                elif side == "curves":
+                    d = {}
+                    for cls in (FMN,):  # untargeted FAB needs one gradient per class per step: too slow here
+                        t1 = time.perf_counter()
+                        d[cls.__name__] = cls(model, eps=eps, seed=seed).minimal(x[clean_ok], y[clean_ok])[1]
+                        curves.setdefault(cls.__name__ + "_seconds", 0.0)
+                        curves[cls.__name__ + "_seconds"] += time.perf_counter() - t1
+                    x_adv = x
+                    for name, dist in d.items():
+                        robust = np.zeros(len(classes), dtype=int)
+                        np.add.at(robust, y[clean_ok][dist > eps].numpy(), 1)
+                        curves.setdefault(name, np.zeros(len(classes), dtype=int))
+                        curves[name] += robust
+                seconds[side] += time.perf_counter() - t0
+                if side != "curves":
+                    with torch.no_grad():
+                        robust = clean_ok & (model(x_adv).argmax(1) == y)
+                    counts[side] += np.bincount(y[robust].numpy(), minlength=len(classes))
+        runs.append({"seed": seed, "robust_per_class": {s: counts[s].tolist() for s in sides if s != "curves"},
+                     "seconds": {s: round(v, 1) for s, v in seconds.items()},
+                     "member_flips_per_class": {m: flips[i].tolist() for i, m in enumerate(member_names)}
+                     if "ours" in sides else {},
+                     "curves_robust_at_eps": {k: v.tolist() for k, v in curves.items() if not k.endswith("seconds")},
+                     "curves_seconds": {k: round(v, 1) for k, v in curves.items() if k.endswith("seconds")}})
+        print(f"seed {seed}: " + ", ".join(f"{s} {seconds[s]:.0f} s" for s in sides), flush=True)
+    record = {"checkpoint": args.checkpoint, "eps": eps, "limit": args.limit, "batch_size": args.batch_size,
+              "classes": classes, "n_per_class": n_per_class.tolist(), "precision": "fp32",
+              "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+              "torch": torch.__version__, "runs": runs}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
