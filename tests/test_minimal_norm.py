@@ -274,3 +274,23 @@ def test_eval_records_distances_for_minimal_norm_attacks(at_fmnist_model, points
     assert dist.shape == (30,) and res.attacks["pgd"].distances is None
     fooled = res.attacks["fmn"].predictions != res.labels
     np.testing.assert_array_equal(fooled, dist <= 0.1)
+
+
+def test_cli_marks_a_non_standard_autoattack_everywhere(trained_run, capsys):
+    import json
+
+    from conftest import run
+
+    code, out, err = run(["eval", "--checkpoint", trained_run / "model.safetensors", "--limit", "10", "--no-progress",
+                          "--no-report", "--attacks", "autoattack:version=fast,steps=2,n_targets=1"], capsys)
+    assert code == 0, err
+    assert "NOT standard AutoAttack (version fast, steps 2, n_targets 1)" in out
+    summary = json.loads((trained_run / "eval" / "summary.json").read_text())
+    config = summary["attacks"]["autoattack"]["config"]
+    assert config["standard"] is False and config["deviations"] == ["version fast", "steps 2", "n_targets 1"]
+    per_class = (trained_run / "eval" / "per_class.csv").read_text()
+    assert "NOT standard AutoAttack" in per_class
+    # the global --steps does not reach AutoAttack's members
+    code, _, err = run(["eval", "--checkpoint", trained_run / "model.safetensors", "--limit", "10", "--no-progress",
+                        "--no-report", "--attacks", "pgd,autoattack", "--steps", "3"], capsys)
+    assert code == 2 and "autoattack" in err and "--steps" in err
