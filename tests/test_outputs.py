@@ -182,3 +182,26 @@ def test_l2_attacks_take_the_datasets_l2_radius(trained_run, tmp_path, capsys):
     assert {name: entry.info.threat_model.eps_l2 for name, entry in zip(DATASETS.names(), DATASETS)} == {
         "fashion-mnist": 1.0, "mnist": 2.0, "cifar10": 0.5, "cifar100": 0.5, "svhn": 0.5, "stl10": 1.5,
         "imagenet": 3.0}
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "calibrate", "compare", "experiment"])
+def test_an_output_that_cannot_be_created_fails_before_any_work(command, trained_run, tmp_path, capsys):
+    # a folder under a regular file cannot be created, even by root (for whom permission bits do not count)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    out = blocker / "sub"
+    ckpt = trained_run / "model.safetensors"
+    spec = tmp_path / "exp.yaml"
+    spec.write_text("name: x\nseeds: [0]\ntrain: {epochs: 1, train_subset: 300, val_size: 100}\n"
+                    "datasets:\n  fashion-mnist: {model: smallcnn}\nmethods:\n  pgd-at: {}\neval: {attacks: fgsm}\n")
+    if command == "compare":
+        assert _eval(ckpt, capsys, "--attacks", "fgsm")[0] == 0
+    argv = {"train": [*TRAIN, "--out", out],
+            "eval": ["eval", "--checkpoint", ckpt, "--attacks", "fgsm", "--out", out],
+            "calibrate": ["calibrate", "--checkpoint", ckpt, "--out", out / "cal.safetensors"],
+            "compare": ["compare", trained_run, trained_run, "--out", out],
+            "experiment": ["experiment", spec, "--out", out]}[command]
+    code, stdout, err = run(argv, capsys)
+    assert code == 2, (stdout, err)
+    assert len(err.strip().splitlines()) == 1 and str(blocker) in err, err
+    assert "epoch" not in stdout and "calibrating" not in stdout and blocker.read_text() == "mine"

@@ -109,6 +109,9 @@ def check_writable(path: str | os.PathLike) -> Path:
     """Refuse, before any work, an output path whose nearest existing folder cannot be written."""
     path = check_output_dir(path)
     existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if existing != path and not existing.is_dir():
+        raise UsageError(f"{str(existing)!r} is a file, not a folder, so {str(path)!r} cannot be created; "
+                         "choose another output path")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write to {str(existing)!r} (for {str(path)!r}); choose another output path")
     return path

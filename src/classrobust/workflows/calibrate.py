@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from classrobust.defenses.calibrate import CalibrateConfig, Calibration, calibrate
 from classrobust.errors import UsageError
+from classrobust.io import check_writable
 from classrobust.runtime import barrier, is_main, set_tf32, setup_device
 
 #: checkpoint-meta keys that describe the file, not the model, and are rewritten for the new one
@@ -36,8 +37,7 @@ def calibrate_checkpoint(src: str | Path, out: str | Path, *, config: CalibrateC
         raise UsageError("--out is the input checkpoint; calibration writes a new checkpoint")
     if out.exists() or out.with_suffix(".json").exists():
         raise UsageError(f"{out} already exists; choose another --out (nothing is overwritten)")
-    if out.parent.exists() and not out.parent.is_dir():
-        raise UsageError(f"{out.parent} is not a directory")
+    check_writable(out.parent)  # before the fit: a folder that cannot be made fails now
     dev, _ = setup_device(device)  # under torchrun the validation attacks are sharded; rank 0 alone writes
     set_tf32(False)
     model, meta = load_checkpoint(src, map_location=dev)

@@ -1,0 +1,37 @@
+"""Tables in the docs are generated from committed results: each test rebuilds one and compares."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _block(doc: Path, marker: str) -> str:
+    text = doc.read_text()
+    found = re.search(rf"<!-- {marker} -->\n(.*?)\n<!-- /{marker} -->", text, re.S)
+    assert found, f"{doc.name} has no <!-- {marker} --> block"
+    return found.group(1).strip()
+
+
+def test_attack_member_tables_match_their_results():
+    script = _load(ROOT / "benchmarks" / "attack_members.py")
+    record = json.loads((ROOT / "benchmarks" / "results" / "attack_members.json").read_text())
+    assert _block(ROOT / "docs" / "attacks.md", "attack-members") == script.render(record).strip()
+    # the table's own consistency: AutoAttack never leaves more points robust than any member
+    # alone could, so never more than APGD-CE; the members' flips add up to clean - AutoAttack
+    robust = record["robust_per_class"]
+    for k in range(len(record["classes"])):
+        assert robust["autoattack"][k] <= robust["apgd-ce"][k]
+        flips = sum(record["member_flips_per_class"][m][k] for m in script.MEMBERS)
+        assert robust["clean"][k] - flips == robust["autoattack"][k]
