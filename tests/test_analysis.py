@@ -176,3 +176,26 @@ def test_seed_interval():
     assert mean == pytest.approx(0.6) and lo == pytest.approx(0.6 - 4.303 * 0.1 / 3 ** 0.5, abs=1e-3)
     assert seed_interval([0.0, 0.0, 0.3])[1] == 0.0  # clipped to the range of an accuracy
     assert np.isnan(seed_interval([0.4])[1])
+
+
+def test_paired_seed_test_by_hand():
+    from classrobust.analysis.stats import paired_seed_test
+
+    d = [0.02, 0.05, -0.01, 0.04, 0.03]
+    out = paired_seed_test(d)
+    # sign-flip: the share of the 32 sign patterns of |d| whose |mean| reaches the observed 0.026
+    import itertools
+
+    import numpy as np
+
+    means = [abs(np.mean([s * abs(v) for s, v in zip(signs, d)])) for signs in itertools.product([1, -1], repeat=5)]
+    assert out["perm_p"] == pytest.approx(np.mean([m >= 0.026 - 1e-12 for m in means]))
+    assert out["perm_floor"] == 2 / 32
+    from scipy import stats
+
+    assert out["t_p"] == pytest.approx(stats.ttest_1samp(d, 0).pvalue)
+    assert out["mean"] == pytest.approx(0.026) and out["low"] < out["mean"] < out["high"]
+    # the floor: five positive differences give exactly 2/32 two-sided, 1/32 one-sided
+    assert paired_seed_test([0.1, 0.2, 0.1, 0.3, 0.2])["perm_p"] == pytest.approx(2 / 32)
+    assert paired_seed_test([0.1, 0.2, 0.1, 0.3, 0.2], alternative="greater")["perm_p"] == pytest.approx(1 / 32)
+    assert np.isnan(paired_seed_test([0.1])["perm_p"])  # one seed: no test

@@ -1,5 +1,7 @@
 """Comparing training methods (or defenses) over seeds: average and worst-class accuracy with
-across-seed intervals, and paired McNemar tests on the baseline's worst class."""
+across-seed intervals; seed-level paired tests (the training run is the unit: per-seed differences
+against the baseline, t-interval, paired t-test, exact sign-flip permutation test); and McNemar
+tests on the baseline's worst class, which measure test-sample noise within pairs of runs only."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import pandas as pd
 from scipy import stats
 
 from classrobust.analysis.consistency import discordant_pairs, mcnemar_exact
-from classrobust.analysis.stats import holm, wilson_interval
+from classrobust.analysis.stats import holm, paired_seed_test, wilson_interval
 
 
 def seed_interval(values, confidence: float = 0.95, bounds: tuple[float, float] = (0.0, 1.0)
@@ -31,8 +33,11 @@ def compare_methods(results: Mapping[tuple[str, int], object], baseline: str, at
     ``results`` maps (method, seed) to a ClasswiseResult; all results are on the same test points.
     The worst class is the baseline's (lowest accuracy pooled over its seeds, per attack), so every
     method is measured on the same class; ``worst_any`` is each seed's own worst class, averaged.
-    McNemar pairs each point with itself in the baseline run of the same seed, pooled over seeds;
-    p-values are Holm-adjusted over the methods of one attack.
+    Seed-level tests (``avg_diff_*``, ``worst_diff_*``): per-seed differences against the baseline of
+    the same seed (:func:`~classrobust.analysis.stats.paired_seed_test`), two-sided; these are the
+    evidence about a method. McNemar pairs each point with itself in the baseline run of the same
+    seed, pooled over seeds: it sees only the noise of the test sample within those runs, not the
+    variation between training runs; p-values are Holm-adjusted over the methods of one attack.
     """
     methods = list(dict.fromkeys(m for m, _ in results))
     seeds = sorted({s for _, s in results})
@@ -63,7 +68,13 @@ def compare_methods(results: Mapping[tuple[str, int], object], baseline: str, at
                 pair = discordant_pairs(base.attacks[attack].predictions == base.labels,
                                         r.attacks[attack].predictions == r.labels, r.labels == worst)
                 b, c = b + pair[0], c + pair[1]
-            block.append({"attack": attack, "method": method, "seeds": len(runs), "avg": avg[0], "avg_low": avg[1],
+            paired = [s for s, _ in runs if (baseline, s) in results]
+            seed_tests = {}
+            for key, value in (("avg", lambda r: r.attacks[attack].accuracy),
+                               ("worst", lambda r: r.attacks[attack].accuracy_per_class[worst])):
+                test = paired_seed_test([value(results[(method, s)]) - value(results[(baseline, s)]) for s in paired])
+                seed_tests.update({f"{key}_diff_{k}": test[k] for k in ("mean", "low", "high", "t_p", "perm_p")})
+            block.append({**seed_tests, "attack": attack, "method": method, "seeds": len(runs), "avg": avg[0], "avg_low": avg[1],
                           "avg_high": avg[2], "avg_pooled_low": float(alo), "avg_pooled_high": float(ahi),
                           "worst_class": runs[0][1].classes[worst], "worst": on_worst[0],
                           "worst_low": on_worst[1], "worst_high": on_worst[2], "worst_pooled_low": float(lo),

@@ -89,3 +89,46 @@ def holm(pvalues: np.ndarray) -> np.ndarray:
         running = max(running, (len(p) - rank) * p[i])
         adjusted[i] = min(1.0, running)
     return adjusted
+
+
+def paired_seed_test(differences, confidence: float = 0.95, alternative: str = "two-sided") -> dict[str, float]:
+    """Method minus baseline, one difference per seed (the training run is the unit).
+
+    Returns the mean with a Student-t interval, the paired t-test's p-value, and the exact
+    sign-flip permutation p-value over all 2^n sign patterns (no normality assumed). The
+    permutation test cannot go below 2 / 2^n two-sided (1 / 2^n one-sided): ``perm_floor`` says
+    which p-values the number of seeds allows. ``alternative``: ``"two-sided"``, or ``"greater"``
+    / ``"less"`` for a direction declared before the run.
+    """
+    from itertools import product
+
+    from scipy import stats
+
+    d = np.asarray(differences, dtype=float)
+    n = len(d)
+    out = {"seeds": n, "mean": float(d.mean()) if n else float("nan"), "low": float("nan"), "high": float("nan"),
+           "t_p": float("nan"), "perm_p": float("nan"), "perm_floor": float("nan"), "alternative": alternative}
+    if n < 2:
+        return out
+    sd = d.std(ddof=1)
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / np.sqrt(n))
+    out["low"], out["high"] = out["mean"] - half, out["mean"] + half
+    if sd > 0:
+        out["t_p"] = float(stats.ttest_1samp(d, 0.0, alternative=alternative).pvalue)
+    elif d.mean() != 0:
+        out["t_p"] = 0.0
+    # exact: every assignment of signs to |d| is equally likely under "no difference"
+    signs = np.array(list(product([1.0, -1.0], repeat=n)))
+    means = (signs * np.abs(d)).mean(axis=1)
+    observed = d.mean()
+    tol = 1e-12 * max(1.0, float(np.abs(d).max()))
+    if alternative == "greater":
+        out["perm_p"] = float((means >= observed - tol).mean())
+        out["perm_floor"] = 1 / 2 ** n
+    elif alternative == "less":
+        out["perm_p"] = float((means <= observed + tol).mean())
+        out["perm_floor"] = 1 / 2 ** n
+    else:
+        out["perm_p"] = float((np.abs(means) >= abs(observed) - tol).mean())
+        out["perm_floor"] = 2 / 2 ** n
+    return out

@@ -102,6 +102,14 @@ def build_experiment_report(out_dir: str | Path) -> Path:
     return out_dir / "report" / "report.html"
 
 
+def _seed_cell(mean, low, high, t_p, perm_p) -> str:
+    if pd.isna(mean):
+        return ""
+    if pd.isna(low):
+        return f"{100 * mean:+.1f} (one seed: no test)"
+    return f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}], t p {t_p:.2g}, perm p {perm_p:.2g}"
+
+
 def _methods_sections(out: _Sections, tables):
     mc = tables["methods"]
     for (dataset, attack), g in (mc.groupby(["dataset", "attack"], sort=False) if len(mc) else []):
@@ -120,6 +128,8 @@ def _methods_sections(out: _Sections, tables):
             "own worst class": [ci(*v) for v in zip(g.worst_any, g.worst_any_low, g.worst_any_high)],
             "Δ average": [f"{100 * v:+.1f}" for v in g.avg_vs_baseline],
             "Δ worst": [f"{100 * v:+.1f}" for v in g.worst_vs_baseline],
+            "Δ worst, seeds": [_seed_cell(m, lo, hi, tp, pp) for m, lo, hi, tp, pp in zip(
+                g.worst_diff_mean, g.worst_diff_low, g.worst_diff_high, g.worst_diff_t_p, g.worst_diff_perm_p)],
             "McNemar b/c": [f"{b}/{c}" for b, c in zip(g.mcnemar_b, g.mcnemar_c)],
             "p (Holm)": ["" if pd.isna(p) else f"{p:.3g}" for p in g.mcnemar_p_holm]})
         out.section(f"{dataset}: methods under {attack}", f"methods-{dataset}-{attack}",
@@ -130,7 +140,10 @@ def _methods_sections(out: _Sections, tables):
                     f"'own worst class' each run's own worst class. Δ against {baseline}. McNemar: the worst "
                     f"class's points, paired with {baseline} of the same seed and pooled over seeds "
                     f"(b: right under {baseline} only, c: right under the method only), Holm-adjusted over "
-                    "methods.", shown, f"methods_{dataset}_{attack}")
+                    "methods: test-sample noise within these runs only, not evidence about the method. "
+                    "'Δ worst, seeds' is the evidence: the per-seed paired difference on that class, its 95% "
+                    "t-interval, the paired t-test p and the exact sign-flip permutation p over seeds (two-sided; "
+                    "with n seeds it cannot go below 2/2^n).", shown, f"methods_{dataset}_{attack}")
 
 
 
