@@ -1,12 +1,15 @@
-"""Per class on the demo model: PGD-20, APGD-CE, standard AutoAttack with each member's marginal
-flips, Square's old (rescaled) p schedule against the reference's, and FMN's curve read at eps.
+"""Per class on the demo model, on the images of benchmarks/autoattack_speed.py: PGD-20, APGD-CE,
+Square alone with the reference's p schedule and with the old rescaled one, and FMN's curve read at
+eps; rendered together with that benchmark's AutoAttack numbers (each member's marginal flips, the
+reference implementation's and torchattacks' robust accuracy).
 
 Writes ``--out`` (JSON, rewritten after every batch, so a killed run keeps its finished batches and
-resumes from them) and, with ``--render``, prints the Markdown tables that docs/attacks.md holds
-between ``<!-- attack-members -->`` markers (tests/test_docs.py checks that they match the JSON).
+resumes from them) and, with ``--render``, prints the Markdown that docs/attacks.md holds between
+``<!-- attack-members -->`` markers (tests/test_docs.py checks that they match the JSON files).
 
-    python benchmarks/attack_members.py --limit 2000 --out benchmarks/results/attack_members.json
-    python benchmarks/attack_members.py --render benchmarks/results/attack_members.json
+    python benchmarks/attack_members.py --limit 1000 --out benchmarks/results/attack_members.json
+    python benchmarks/attack_members.py --render benchmarks/results/attack_members.json \
+        --autoattack benchmarks/results/autoattack_1000_seed0.json
 """
 
 from __future__ import annotations
@@ -17,43 +20,55 @@ import platform
 import time
 from pathlib import Path
 
-COLUMNS = ["pgd-20", "apgd-ce", "autoattack", "fmn"]
+COLUMNS = ["pgd-20", "apgd-ce", "fmn"]
+SQUARES = ["square", "square-old-schedule"]
 MEMBERS = ["apgd-ce", "apgd-t", "fab-t", "square"]
 
 
-def render(record: dict) -> str:
-    """The Markdown tables of a record (torch-free)."""
+def render(record: dict, aa: dict) -> str:
+    """The Markdown of a record and the AutoAttack benchmark's record on the same images (torch-free)."""
+    if (aa["limit"], aa["checkpoint"], aa["eps"]) != (record["limit"], record["checkpoint"], record["eps"]):
+        raise ValueError("the two records are not on the same images, model and eps")
     classes, n = record["classes"], record["n_per_class"]
-    counts, flips = record["robust_per_class"], record["member_flips_per_class"]
+    run = aa["runs"][0]
+    counts = {**record["robust_per_class"], **{f"AutoAttack ({side})": v for side, v in run["robust_per_class"].items()}}
     pct = lambda c, k: f"{100 * c / k:.1f}"  # noqa: E731
+    sel = lambda v, k: v[k] if k < len(classes) else sum(v)  # noqa: E731
     head = (f"{sum(n)} class-stratified test images (subset seed 0) of `{record['checkpoint']}`, eps "
-            f"{record['eps']:g} (L-inf), fp32, seed {record['seed']}; {record['machine']}, torch {record['torch']}.\n\n")
-    t1 = ["| class | n | clean | PGD-20 | APGD-CE | AutoAttack | FMN at eps | FMN median distance |",
-          "|---|---|---|---|---|---|---|---|"]
+            f"{record['eps']:g} (L-inf), fp32, attack seed {record['seed']} (AutoAttack seed {run['seed']}); "
+            f"robust accuracy in %; {record['machine']}, torch {record['torch']}.\n\n")
+    cols = ["clean", "pgd-20", "apgd-ce", "AutoAttack (ours)", "AutoAttack (reference)", "AutoAttack (torchattacks)",
+            "fmn"]
+    cols = [c for c in cols if c in counts]
+    t1 = ["| class | n | " + " | ".join(cols) + " | FMN median distance |", "|---" * (len(cols) + 3) + "|"]
     for k, name in enumerate(classes + ["all"]):
-        sel = (lambda v: v[k]) if k < len(classes) else sum
-        nk = sel(n)
+        nk = sel(n, k)
         med = record["fmn_median"][k] if k < len(classes) else record["fmn_median_all"]
-        t1.append(f"| {name} | {nk} | " + " | ".join(pct(sel(counts[c]), nk) for c in ["clean"] + COLUMNS)
-                  + f" | {med:.3f} |")
-    t2 = ["| class | APGD-CE | APGD-T | FAB-T | Square | Square, old schedule (same points) |",
-          "|---|---|---|---|---|---|"]
+        t1.append(f"| {name} | {nk} | " + " | ".join(pct(sel(counts[c], k), nk) for c in cols) + f" | {med:.3f} |")
+    flips = run["member_flips_per_class"]
+    t2 = ["| class | " + " | ".join(MEMBERS) + " |", "|---" * (len(MEMBERS) + 1) + "|"]
     for k, name in enumerate(classes + ["all"]):
-        sel = (lambda v: v[k]) if k < len(classes) else sum
-        t2.append(f"| {name} | " + " | ".join(str(sel(flips[m])) for m in MEMBERS)
-                  + f" | {sel(record['square_old_flips'])} |")
-    secs = record["seconds"]
-    tail = ("\n\nSeconds: " + ", ".join(f"{k} {v:.0f}" for k, v in secs.items()) + ".")
-    return head + "\n".join(t1) + "\n\nPoints each AutoAttack member broke first (the later ones only see " \
-        "what the earlier left robust), and what Square with the old rescaled schedule broke of the same " \
-        "points Square saw:\n\n" + "\n".join(t2) + tail
+        t2.append(f"| {name} | " + " | ".join(str(sel(flips[m], k)) for m in MEMBERS) + " |")
+    secs = {**record["seconds"], **{f"AutoAttack ({s})": v for s, v in run["seconds"].items() if s != "curves"}}
+    tail = "\n\nSeconds (same machine, see the record for what ran beside): " + ", ".join(
+        f"{k} {v:.0f}" for k, v in secs.items()) + "."
+    sq = record["square_subset"]
+    t3 = ["| class | n | clean | " + " | ".join(SQUARES) + " |", "|---" * (len(SQUARES) + 3) + "|"]
+    for k, name in enumerate(classes + ["all"]):
+        nk = sel(sq["n_per_class"], k)
+        t3.append(f"| {name} | {nk} | " + " | ".join(pct(sel(sq["robust_per_class"][c], k), nk)
+                                                     for c in ["clean"] + SQUARES) + " |")
+    return head + "\n".join(t1) + "\n\nPoints each member of our AutoAttack broke first (a member sees only " \
+        "what the earlier ones left robust):\n\n" + "\n".join(t2) + "\n\nSquare alone (5,000 queries), the " \
+        f"reference's p schedule against the old rescaled one, on the first {sum(sq['n_per_class'])} of these " \
+        "images (robust accuracy in %):\n\n" + "\n".join(t3) + tail
 
 
 def measure(args) -> None:
     import numpy as np
     import torch
 
-    from classrobust.attacks import APGD, FMN, PGD, AutoAttack, Square
+    from classrobust.attacks import APGD, FMN, PGD, Square
     from classrobust.checkpoint import load_checkpoint
     from classrobust.data import get_dataset, make_loader, stratified_subset
 
@@ -71,13 +86,13 @@ def measure(args) -> None:
                   "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
                   "torch": torch.__version__, "n_per_class": [0] * k,
                   "robust_per_class": {c: [0] * k for c in ["clean"] + COLUMNS},
-                  "member_flips_per_class": {m: [0] * k for m in MEMBERS}, "square_old_flips": [0] * k,
-                  "fmn_distances": [[] for _ in range(k)], "seconds": {}}
-    attacks = {"pgd-20": PGD(model, eps=eps, steps=20, seed=args.seed), "apgd-ce": APGD(model, eps=eps, seed=args.seed)}
-    aa = AutoAttack(model, eps=eps, seed=args.seed)
-    old_square = Square(model, eps=eps, seed=args.seed, rescale_schedule=True)
+                  "fmn_distances": [[] for _ in range(k)], "seconds": {},
+                  "square_subset": {"n_per_class": [0] * k, "robust_per_class": {c: [0] * k for c in ["clean"] + SQUARES}}}
+    attacks = {"pgd-20": PGD(model, eps=eps, steps=20, seed=args.seed), "apgd-ce": APGD(model, eps=eps, seed=args.seed),
+               }
+    squares = {"square": Square(model, eps=eps, seed=args.seed),
+               "square-old-schedule": Square(model, eps=eps, seed=args.seed, rescale_schedule=True)}
     fmn = FMN(model, eps=eps)
-    square_index = list(aa.attacks).index("square")
 
     def add(key, labels, name=None):
         target = record[key] if name is None else record[key][name]
@@ -98,28 +113,27 @@ def measure(args) -> None:
         add("n_per_class", y)
         add("robust_per_class", y[ok], "clean")
         xc, yc = x[ok], y[ok]
-
-        def robust(x_adv):
-            with torch.no_grad():
-                return model(x_adv).argmax(1) == yc
-
         for name, attack in attacks.items():
-            add("robust_per_class", yc[timed(name, lambda: robust(attack(xc, yc)))], name)
-        x_aa, breaker = timed("autoattack", lambda: aa.cascade(xc, yc))
-        add("robust_per_class", yc[robust(x_aa) & (breaker < 0)], "autoattack")
-        for i, m in enumerate(MEMBERS):
-            add("member_flips_per_class", yc[breaker == i], m)
-        saw_square = (breaker < 0) | (breaker == square_index)
-        if saw_square.any():
-            xs, ys = xc[saw_square], yc[saw_square]
-            broke = timed("square-old-schedule", lambda: ~robust_at(model, old_square(xs, ys), ys))
-            add("square_old_flips", ys[broke])
+            add("robust_per_class", yc[timed(name, lambda: robust_at(model, attack(xc, yc), yc))], name)
+        if b * args.batch_size < args.square_limit:  # Square's two schedules on the first images only (its cost)
+            part = slice(0, args.square_limit - b * args.batch_size)
+            xs, ys, oks = x[part], y[part], ok[part]
+            sub = record["square_subset"]
+            for c, v in enumerate(np.bincount(ys.numpy(), minlength=len(classes))):
+                sub["n_per_class"][c] += int(v)
+            for c, v in enumerate(np.bincount(ys[oks].numpy(), minlength=len(classes))):
+                sub["robust_per_class"]["clean"][c] += int(v)
+            for name, attack in squares.items():
+                kept = ys[oks][timed(name, lambda: robust_at(model, attack(xs[oks], ys[oks]), ys[oks]))]
+                for c, v in enumerate(np.bincount(kept.numpy(), minlength=len(classes))):
+                    sub["robust_per_class"][name][c] += int(v)
         _, dist = timed("fmn", lambda: fmn.minimal(xc, yc))
         add("robust_per_class", yc[dist > eps], "fmn")
         for c, d in zip(yc.tolist(), dist.tolist()):
             record["fmn_distances"][c].append(d)
         record["batches_done"] = b + 1
         n = record["n_per_class"]
+        # clean errors are at distance 0
         record["fmn_median"] = [float(np.median(d + [0.0] * (n[c] - len(d)))) for c, d in enumerate(record["fmn_distances"])]
         every = [d for ds in record["fmn_distances"] for d in ds] + [0.0] * (sum(n) - sum(map(len, record["fmn_distances"])))
         record["fmn_median_all"] = float(np.median(every))
@@ -139,15 +153,18 @@ def robust_at(model, x_adv, y):
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--checkpoint", default="runs/demo/model.safetensors")
-    p.add_argument("--limit", type=int, default=2000)
+    p.add_argument("--limit", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--square-limit", type=int, default=250, help="Square's two schedules on the first N images")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--out", default="benchmarks/results/attack_members.json")
     p.add_argument("--render", metavar="JSON", help="print the Markdown tables of a finished record and exit")
+    p.add_argument("--autoattack", default="benchmarks/results/autoattack_1000_seed0.json",
+                   help="benchmarks/autoattack_speed.py's record on the same images (for --render)")
     args = p.parse_args()
     if args.render:
-        print(render(json.loads(Path(args.render).read_text())))
+        print(render(json.loads(Path(args.render).read_text()), json.loads(Path(args.autoattack).read_text())))
         return
     if args.threads:
         import torch
