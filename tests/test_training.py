@@ -197,18 +197,19 @@ def test_torchrun_two_processes(synthetic_env, tmp_path):
     # validation counts gathered from both shards: the whole split (60 of the generated 600 images)
     assert log[log.class_index >= 0]["n"].sum() == meta["val_size"] == 60
     ck = run / "model.safetensors"
-    proc = subprocess.run([*torchrun, "eval", "--checkpoint", str(ck), "--attacks", "fgsm,pgd:steps=3",
+    proc = subprocess.run([*torchrun, "eval", "--checkpoint", str(ck), "--attacks", "fgsm,pgd:steps=3,fmn:steps=5",
                            "--limit", "90", "--no-progress", "--no-report", "--out", str(tmp_path / "e2")],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert main(["eval", "--checkpoint", str(ck), "--attacks", "fgsm,pgd:steps=3", "--limit", "90",
+    assert main(["eval", "--checkpoint", str(ck), "--attacks", "fgsm,pgd:steps=3,fmn:steps=5", "--limit", "90",
                  "--no-progress", "--no-report", "--out", str(tmp_path / "e1")]) == 0
     one = pd.read_csv(tmp_path / "e1" / "per_class.csv")
     two = pd.read_csv(tmp_path / "e2" / "per_class.csv")
     pd.testing.assert_frame_equal(one, two)
     s1 = pd.read_csv(tmp_path / "e1" / "samples.csv.gz")
     s2 = pd.read_csv(tmp_path / "e2" / "samples.csv.gz")
-    pd.testing.assert_frame_equal(s1, s2)
+    pd.testing.assert_frame_equal(s1, s2)  # the minimal-norm distances gathered from both shards too
+    assert "distance_fmn" in s2
 
 
 def test_torchrun_levers_update_from_every_process(synthetic_env, tmp_path):
