@@ -205,3 +205,20 @@ def test_an_output_that_cannot_be_created_fails_before_any_work(command, trained
     assert code == 2, (stdout, err)
     assert len(err.strip().splitlines()) == 1 and str(blocker) in err, err
     assert "epoch" not in stdout and "calibrating" not in stdout and blocker.read_text() == "mine"
+
+
+def test_progress_bars_stay_out_of_logs(trained_run, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    # progress is on by default, but stderr is a file here: no carriage-return updates land in it
+    log = tmp_path / "log.txt"
+    with log.open("w") as f:
+        done = subprocess.run([sys.executable, "-m", "classrobust", "eval", "--checkpoint",
+                               str(trained_run / "model.safetensors"), "--attacks", "fgsm", "--limit", "20",
+                               "--batch-size", "5", "--no-report", "--out", str(tmp_path / "e")],
+                              stdout=f, stderr=subprocess.STDOUT, env={**os.environ}, timeout=300)
+    assert done.returncode == 0, log.read_text()
+    assert b"\r" not in log.read_bytes(), log.read_bytes()[:300]  # bytes: text mode would turn \r into \n
+    assert "fgsm" in log.read_text()

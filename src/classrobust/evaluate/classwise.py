@@ -53,7 +53,8 @@ def evaluate_classwise(model: nn.Module, loader: Iterable, attacks: Mapping[str,
     distances = {name: [] for name, a in attacks.items() if isinstance(a, MinimalNormAttack)}
     seconds = dict.fromkeys(preds, 0.0)
     with model_mode(model, False), fast_weights(model):  # attacks inside find it already converted
-        for x, y in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
+        # disable=None: no bar when stderr is not a terminal (a log file or CI gets no carriage-return updates)
+        for x, y in tqdm(loader, desc="evaluate", disable=None if progress else True, leave=False):
             x, y = x.to(device), y.to(device)
             if int(y.min()) < 0 or int(y.max()) >= k:
                 raise UsageError(f"labels must lie in [0, {k}); got {int(y.min())}..{int(y.max())}")

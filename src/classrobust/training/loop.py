@@ -243,7 +243,9 @@ def _train_epoch(run: _Run, epoch: int, step: int, progress: bool) -> tuple[int,
     # the order depends on (seed, epoch) only, so a resumed epoch sees the same batches
     loader = make_loader(run.train_set, config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch,
                          drop_last=run.drop_last)
-    bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", disable=not (progress and run.main), leave=False)
+    # disable=None: no bar when stderr is not a terminal (a log file or CI gets no carriage-return updates)
+    bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", disable=None if (progress and run.main) else True,
+               leave=False)
     lr = eps_now = 0.0
     for batch_index, (x, y) in enumerate(bar):
         if run.distributed:  # this process's share of the global batch
