@@ -136,3 +136,17 @@ def test_labels_out_of_range(tiny_model):
 def test_clean_is_reserved(tiny_model):
     with pytest.raises(UsageError, match="reserved"):
         evaluate_classwise(tiny_model, [], {"clean": FGSM(tiny_model, eps=0.1)}, classes=list("abcd"))
+
+
+@pytest.mark.parametrize("k", [10, 100, 1000])
+def test_many_collapsed_classes_make_one_warning_line(k):
+    from classrobust.report import format_warnings
+
+    labels = np.repeat(np.arange(k), 5)
+    preds = np.where(labels % 10 < 7, 0, labels)  # 70% of the classes never predicted
+    res = ClasswiseResult([f"class_{i:04d}" for i in range(k)], np.arange(len(labels)), labels,
+                          {CLEAN: AttackResult(CLEAN, labels, preds, k)})
+    lines = format_warnings(res)
+    collapsed = len(res.summary()["collapsed_classes"])
+    assert collapsed >= 6 and len(lines) == 1
+    assert lines[0].startswith(f"warning: {collapsed} of {k} classes have collapsed") and "class_0001" in lines[0]

@@ -37,10 +37,22 @@ def format_classwise_table(result: ClasswiseResult) -> str:
     return "\n".join(lines)
 
 
+#: at most this many collapsed classes get a warning line each; more are summarised in one line
+MAX_CLASS_WARNINGS = 5
+
+
 def format_warnings(result: ClasswiseResult) -> list[str]:
-    """Human-readable warnings about the model that the table alone may hide."""
+    """Human-readable warnings about the model that the table alone may hide; many collapsed classes
+    (more than :data:`MAX_CLASS_WARNINGS`) make one line (the full list is in ``summary.json``)."""
     out = []
-    for c in collapsed_classes(result):
+    collapsed = collapsed_classes(result)
+    if len(collapsed) > MAX_CLASS_WARNINGS:
+        names = ", ".join(c["class"] for c in collapsed[:MAX_CLASS_WARNINGS])
+        out.append(f"warning: {len(collapsed)} of {result.num_classes} classes have collapsed (clean accuracy below "
+                   f"twice chance, {2 / result.num_classes:.1%}): {names}, ... (all in summary.json, "
+                   "collapsed_classes); their robust accuracy says nothing")
+        collapsed = []
+    for c in collapsed:
         out.append(f"warning: class {c['class']!r} has collapsed: clean accuracy {c['clean_accuracy']:.1%} "
                    f"(below twice chance, {2 / result.num_classes:.0%}); its robust accuracy says nothing")
     if CLEAN in result.attacks and result.attacks[CLEAN].accuracy < 2 / result.num_classes:
