@@ -61,6 +61,21 @@ def test_disparity_and_bootstrap():
     assert small["gap"][1] - small["gap"][0] > boot["gap"][1] - boot["gap"][0]
 
 
+def test_worst_and_best_intervals_do_not_collapse_at_0_and_100_percent():
+    n = np.array([200, 200, 200])
+    correct = np.array([0, 120, 200])  # a class at 0%, one at 100%
+    plain = bootstrap_disparity(correct, n, reps=2000, seed=1, method="binomial")
+    assert plain["worst"] == (0.0, 0.0) and plain["best"] == (1.0, 1.0)  # what the plain bootstrap claims
+    honest = bootstrap_disparity(correct, n, reps=2000, seed=1)
+    assert honest["worst"][0] >= 0 and honest["worst"][1] > 0.002
+    assert honest["best"][0] < 0.998 and honest["best"][1] <= 1
+    # elsewhere the two agree closely
+    mid = np.array([60, 100, 140])
+    a = bootstrap_disparity(mid, n, reps=4000, seed=2)["gap"]
+    b = bootstrap_disparity(mid, n, reps=4000, seed=2, method="binomial")["gap"]
+    assert abs(a[0] - b[0]) < 0.03 and abs(a[1] - b[1]) < 0.03
+
+
 @pytest.fixture
 def synthetic_result():
     # 3 classes x 4 samples; clean: one error in class 2; "weak" flips one class-0 point to 1;
@@ -119,7 +134,7 @@ def test_degenerate_inputs_give_nan_not_warnings(recwarn):
     sp, kt = rank_correlations({"a": np.array([0.0, 0.0, 0.0]), "b": np.array([0.1, 0.2, 0.3])})
     assert np.isnan(sp.loc["a", "b"]) and np.isnan(kt.loc["a", "b"])
     assert np.isnan(weight_norm_correlation(np.ones(3), np.array([0.1, 0.2, 0.3]))["pearson"])
-    assert all(np.isnan(bootstrap_disparity(np.zeros(3), np.full(3, 10), reps=50)["cv"]))
+    assert all(np.isnan(bootstrap_disparity(np.zeros(3), np.full(3, 10), reps=50, method="binomial")["cv"]))
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
 
 

@@ -32,16 +32,26 @@ def disparity(acc_per_class: np.ndarray) -> dict[str, float]:
 
 
 def bootstrap_disparity(correct: np.ndarray, n: np.ndarray, reps: int = 2000, confidence: float = 0.95,
-                        seed: int = 0) -> dict[str, tuple[float, float]]:
-    """Percentile intervals of :func:`disparity` under a class-stratified bootstrap of the test samples.
+                        seed: int = 0, method: str = "jeffreys") -> dict[str, tuple[float, float]]:
+    """Percentile intervals of :func:`disparity` from class-stratified resampling of the test points.
 
-    Resampling a class's n outcomes with replacement gives a Binomial(n, correct / n) count, so
-    the bootstrap is drawn exactly from binomials (no per-sample loop).
+    ``method="binomial"``: the plain bootstrap; resampling a class's n outcomes with replacement gives
+    a Binomial(n, correct / n) count, drawn directly. It collapses to a point for a class at 0% or
+    100% (every resample is the same), which the data cannot support. ``method="jeffreys"``
+    (default): each class's accuracy is drawn from its Jeffreys posterior Beta(correct + 1/2,
+    n - correct + 1/2), a Bayesian bootstrap of the same binomials that stays honest at 0 and 100%
+    and is close to the plain bootstrap elsewhere.
     """
     rng = np.random.default_rng(seed)
     n = np.asarray(n, dtype=int)
-    p = np.asarray(correct, dtype=float) / np.maximum(n, 1)
-    acc = rng.binomial(n[None, :], p[None, :], size=(reps, len(n))) / np.maximum(n, 1)[None, :]
+    c = np.asarray(correct, dtype=float)
+    if method == "jeffreys":
+        acc = rng.beta(c[None, :] + 0.5, (n - c)[None, :] + 0.5, size=(reps, len(n)))
+    elif method == "binomial":
+        p = c / np.maximum(n, 1)
+        acc = rng.binomial(n[None, :], p[None, :], size=(reps, len(n))) / np.maximum(n, 1)[None, :]
+    else:
+        raise ValueError(f"method must be 'jeffreys' or 'binomial', got {method!r}")
     mean = acc.mean(axis=1)
     std = acc.std(axis=1)
     draws = {"mean": mean, "worst": acc.min(axis=1), "best": acc.max(axis=1),
@@ -74,7 +84,9 @@ def disparity_table(result, reps: int = 2000, seed: int = 0) -> pd.DataFrame:
                "best_class": result.classes[res.best_class]}
         for key in ("worst", "best", "gap", "std", "cv"):
             row[key] = point[key]
-            row[f"{key}_ci_low"], row[f"{key}_ci_high"] = boot[key]
+            lo, hi = boot[key]
+            # the posterior never reaches exactly 0 or 1, the observed value can: the interval keeps it
+            row[f"{key}_ci_low"], row[f"{key}_ci_high"] = min(lo, point[key]), max(hi, point[key])
         rows.append(row)
     return pd.DataFrame(rows)
 

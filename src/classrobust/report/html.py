@@ -88,7 +88,8 @@ def build_report(path: str | Path, *, train_log: str | Path | None = None, boots
         page.h2("Disparity across classes", "disparity")
         disp = disparity_table(result, reps=bootstrap_reps)
         page.text("Worst and best class, max-min gap, standard deviation and coefficient of variation across "
-                  f"classes, each with a 95% class-stratified bootstrap interval ({bootstrap_reps} resamples).")
+                  f"classes, each with a 95% class-stratified bootstrap interval ({bootstrap_reps} resamples; each "
+                  "class's accuracy drawn from its Jeffreys posterior, so a class at 0% or 100% keeps a real interval).")
         disp.to_csv(stage / "tables" / "disparity.csv", index=False)
         (stage / "tables" / "disparity.md").write_text(to_markdown(disp))
         shown = disp[["attack", "accuracy", "worst_class", "best_class"]].copy()
