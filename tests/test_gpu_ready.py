@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from classrobust.runtime import SyncCounter
 
@@ -148,3 +149,19 @@ def test_deterministic_sets_the_flags_and_refuses_compile(monkeypatch):
         assert torch.are_deterministic_algorithms_enabled() and os.environ["CUBLAS_WORKSPACE_CONFIG"]
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_the_model_is_compiled_after_the_ddp_wrap():
+    import torch.distributed as dist
+
+    from classrobust.training.loop import wrap_model
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:29533", rank=0, world_size=1)
+    try:
+        model = wrap_model(net, torch.device("cpu"), distributed=True, compile=True)
+        assert isinstance(model._orig_mod, nn.parallel.DistributedDataParallel)  # compile(DDP(net))
+        assert model._orig_mod.module is net
+    finally:
+        dist.destroy_process_group()
+    assert wrap_model(net, torch.device("cpu"), distributed=False, compile=False) is net

@@ -137,6 +137,20 @@ def use_sync_batchnorm(net: torch.nn.Module, device: torch.device, distributed: 
     return distributed and device.type == "cuda" and has_bn
 
 
+def wrap_model(net: torch.nn.Module, device: torch.device, *, distributed: bool, compile: bool) -> torch.nn.Module:
+    """What the training step calls: ``net`` in DistributedDataParallel under torchrun, then compiled
+    (the training forward/backward and the inner attacks). Compiling after the DDP wrap is PyTorch's
+    pattern: DDP's graph optimizer then splits the compiled graph at the gradient buckets, so
+    gradient communication overlaps the backward pass."""
+    model = net
+    if distributed:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if compile:
+        model = torch.compile(model)
+    return model
+
+
 def check_run_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
     """Refuse, before any work, to replace an existing run or discard an interrupted one unasked."""
     if overwrite:
@@ -175,12 +189,7 @@ def _prepare(config: TrainConfig, out_dir: str | Path, data_dir, download: bool)
     net = net.to(memory_format=torch.channels_last)
     if use_sync_batchnorm(net, device, distributed):
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
-    model = net
-    if config.compile:  # the training forward/backward and the inner attacks run compiled
-        model = torch.compile(model)
-    if distributed:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+    model = wrap_model(net, device, distributed=distributed, compile=config.compile)
     method_kwargs = {"beta": config.beta} if "beta" in METHODS.valid_kwargs(config.method) else {}
     method = method_entry.builder(attack_steps=config.attack_steps, alpha=config.alpha,
                                   precision=config.precision, **method_kwargs)
