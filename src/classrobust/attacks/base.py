@@ -88,6 +88,15 @@ def fast_layout(x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last)
     return x
 MODES = ("best", "last")
+#: evaluation mode drops fooled samples from the batch every this many steps: shrinking needs the
+#: device's verdicts on the host (a synchronisation), free on the CPU, a stall on a GPU; between
+#: shrinks a fooled sample stays in the batch, frozen at its first fooling iterate (same results)
+SHRINK_EVERY = {"cpu": 1, "cuda": 4}
+
+
+def shrink_interval(device: torch.device) -> int:
+    return SHRINK_EVERY.get(device.type, 4)
+
 #: A sample counts as fooled during an attack only if a wrong class beats the true one by this
 #: much (in logits): the first fooling iterate sits right at the decision boundary, and the
 #: evaluation's own fp32 forward pass, in another batch composition, could round it back.

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from classrobust.attacks.base import Attack
+from classrobust.attacks.base import Attack, shrink_interval
 from classrobust.attacks.losses import LossFn, get_loss
 from classrobust.errors import UsageError
 
@@ -65,16 +65,23 @@ class PGD(Attack):
         out = x_adv.clone()
         active = torch.arange(len(x), device=x.device)
         xa, x0, ya = x_adv, x, y
-        for _ in range(self.steps):
+        # between shrinks (see SHRINK_EVERY) a fooled sample stays, frozen at its first fooling iterate
+        found = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        every = shrink_interval(x.device)
+        for step in range(self.steps):
             grad, logits = self.loss_grad(xa, ya, self.loss_fn)
-            fooled = self.fooled(xa, ya, logits)
-            if fooled.any():
-                out[active[fooled]] = xa[fooled]
-                keep = ~fooled
-                active, xa, x0, ya, grad = active[keep], xa[keep], x0[keep], ya[keep], grad[keep]
-                if len(active) == 0:
-                    return out
-            xa = self.ball.project(self.ball.step(xa, grad, self.alpha), x0)
+            found = found | self.fooled(xa, ya, logits)
+            if (step + 1) % every == 0 or step == self.steps - 1:
+                if found.any():
+                    out[active[found]] = xa[found]
+                    keep = ~found
+                    active, xa, x0, ya, grad = active[keep], xa[keep], x0[keep], ya[keep], grad[keep]
+                    found = found[keep]
+                    if len(active) == 0:
+                        return out
+            stepped = self.ball.project(self.ball.step(xa, grad, self.alpha), x0)
+            xa = torch.where(found.view(-1, *([1] * (xa.dim() - 1))), xa, stepped)
+        # the last iterate still has to be judged (and a sample fooled there keeps it, as any other)
         out[active] = xa
         return out
 
