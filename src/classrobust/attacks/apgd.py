@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from classrobust.attacks.base import Attack
+from classrobust.attacks.base import Attack, shrink_interval
 from classrobust.attacks.losses import get_loss, targeted_dlr
 from classrobust.attacks.pgd import check_steps
 from classrobust.errors import UsageError
@@ -111,20 +111,26 @@ class APGD(Attack):
             out[s.idx[fooled]] = xs[fooled]
             done[s.idx[fooled]] = True
 
-        def retire(s: _APGDState, xs, logits) -> _APGDState:  # evaluation mode: fooled samples leave
-            fooled = self.fooled(xs, s.y, logits)
-            if not fooled.any():
+        every = shrink_interval(x.device)
+
+        def retire(s: _APGDState, xs, logits, flush: bool) -> _APGDState:
+            """Evaluation mode: a sample's first fooling iterate is kept; fooled samples leave the batch
+            when ``flush`` (every few steps on a GPU, see SHRINK_EVERY; their later steps are ignored)."""
+            fooled = self.fooled(xs, s.y, logits) & ~s.found
+            s.x_found = torch.where(fooled.view(s.shape), xs, s.x_found)
+            s.found = s.found | fooled
+            if not flush or not s.found.any():
                 return s
-            out[s.idx[fooled]] = xs[fooled]
-            done[s.idx[fooled]] = True
-            return s.keep(~fooled)
+            out[s.idx[s.found]] = s.x_found[s.found]
+            done[s.idx[s.found]] = True
+            return s.keep(~s.found)
 
         x_start = self.ball.project(x + self.ball.random_init(x, seed), x) if self.eps > 0 else x
         s = _APGDState.start(x, y, aux, x_start, 2.0 * self.eps)
         s.g, logits, s.loss = evaluate(s, x_start)
         s.g_best, s.loss_best, s.loss_best_ck = s.g, s.loss, s.loss.clone()
         if drop:
-            s = retire(s, x_start, logits)
+            s = retire(s, x_start, logits, flush=every == 1)
         else:
             remember(s, x_start, logits)
         last_ck = 0
@@ -135,7 +141,7 @@ class APGD(Attack):
             g_new, logits, l_new = evaluate(s, x_new)
             s.record(x_new, g_new, l_new)
             if drop:
-                s = retire(s, x_new, logits)
+                s = retire(s, x_new, logits, flush=(k + 1) % every == 0 or k == self.steps - 1)
             else:
                 remember(s, x_new, logits)
             if k + 1 in self.checkpoints and len(s.idx):
@@ -174,6 +180,8 @@ class _APGDState:
     g_best: torch.Tensor | None = None
     loss_best: torch.Tensor | None = None
     loss_best_ck: torch.Tensor | None = None  # best loss at the last checkpoint
+    found: torch.Tensor | None = None  # evaluation mode: fooled, waiting to leave at the next shrink
+    x_found: torch.Tensor | None = None  # its first fooling iterate
 
     @classmethod
     def start(cls, x0, y, aux, x_start, eta0: float) -> "_APGDState":
@@ -181,7 +189,8 @@ class _APGDState:
         return cls(idx=torch.arange(n, device=dev), x0=x0, y=y, aux=aux, x=x_start, x_prev=x_start,
                    x_best=x_start, eta=torch.full((n,), eta0, device=dev), succ=torch.zeros(n, device=dev),
                    # as the reference: no sample counts as "not halved last time" at the first checkpoint
-                   reduced_last=torch.ones(n, dtype=torch.bool, device=dev))
+                   reduced_last=torch.ones(n, dtype=torch.bool, device=dev),
+                   found=torch.zeros(n, dtype=torch.bool, device=dev), x_found=x_start)
 
     @property
     def shape(self) -> tuple[int, ...]:
