@@ -294,3 +294,17 @@ def test_cli_marks_a_non_standard_autoattack_everywhere(trained_run, capsys):
     code, _, err = run(["eval", "--checkpoint", trained_run / "model.safetensors", "--limit", "10", "--no-progress",
                         "--no-report", "--attacks", "pgd,autoattack", "--steps", "3"], capsys)
     assert code == 2 and "autoattack" in err and "--steps" in err
+
+
+def test_curves_figure_with_many_classes_draws_the_extremes_only():
+    from classrobust.report.figures import robustness_curves
+
+    k = 100
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(k), 5)
+    dist = rng.exponential(0.1 * (1 + np.arange(k) / k), size=(5, k)).T.ravel()
+    config = {"attack": "fmn", "eps": 0.1, "norm": "linf"}
+    res = AttackResult("fmn", labels, np.where(dist <= 0.1, (labels + 1) % k, labels), k, config, 0.0, dist)
+    result = ClasswiseResult([f"c{i}" for i in range(k)], np.arange(len(labels)), labels, {"fmn": res}, {})
+    fig = robustness_curves(result.curve_table(), "fmn")
+    assert len(fig.axes[0].get_lines()) == 11 + 1  # 5 weakest, 5 strongest, all, and the eps line

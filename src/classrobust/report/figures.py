@@ -34,11 +34,23 @@ def per_class_bars(result) -> Figure:
     return fig
 
 
+#: with more classes than this, the curves figure draws the weakest and strongest few only
+MAX_CURVES = 12
+
+
 def robustness_curves(curves: pd.DataFrame, attack: str) -> Figure:
     """One step curve per class (and the whole set, dashed): robust accuracy against the radius,
-    from a minimal-norm attack's per-point distances; the threat model's eps marked."""
+    from a minimal-norm attack's per-point distances; the threat model's eps marked. With more than
+    ``MAX_CURVES`` classes, only the 5 weakest and 5 strongest at eps (all classes: curves.csv)."""
     rows = curves[(curves["attack"] == attack) & (curves["kind"] == "step")]
     eps, norm = rows["eps"].iloc[0], rows["norm"].iloc[0]
+    title = f"{attack}: per-class robustness curves (smallest adversarial distance found)"
+    if rows["class_index"].nunique() - 1 > MAX_CURVES:
+        grid = curves[(curves["attack"] == attack) & (curves["kind"] == "grid") & (curves["class_index"] >= 0)]
+        at_eps = grid[np.isclose(grid["distance"], eps)].sort_values("robust_accuracy")["class_index"].tolist()
+        keep = set(at_eps[:5] + at_eps[-5:] + [-1])
+        rows = rows[rows["class_index"].isin(keep)]
+        title = f"{attack}: robustness curves of the 5 weakest and 5 strongest classes at eps (all: curves.csv)"
     fig = Figure(figsize=(7.5, 4.2), layout="constrained")
     ax = fig.add_subplot()
     top = 3 * eps if eps else rows["distance"].max()
@@ -57,7 +69,7 @@ def robustness_curves(curves: pd.DataFrame, attack: str) -> Figure:
     ax.set_ylim(0, 1.08)
     ax.set_xlabel(f"radius ({norm})")
     ax.set_ylabel("robust accuracy")
-    ax.set_title(f"{attack}: per-class robustness curves (smallest adversarial distance found)", fontsize=10)
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
     ax.grid(alpha=0.3)
     return fig
