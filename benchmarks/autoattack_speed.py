@@ -30,6 +30,25 @@ from classrobust.checkpoint import load_checkpoint
 from classrobust.data import get_dataset, make_loader, stratified_subset
 
 
+def render(records: list[dict]) -> str:
+    """The Markdown table of one or more records (torch-free): per seed, each side's time and robust
+    accuracy, and our speed-up against each other side."""
+    lines = ["| images | seed | side | seconds | robust accuracy | ours is faster by |", "|---|---|---|---|---|---|"]
+    for record in records:
+        n = sum(record["n_per_class"])
+        for run in record["runs"]:
+            ours = run["seconds"].get("ours")
+            for side, counts in run["robust_per_class"].items():
+                secs = run["seconds"][side]
+                ratio = "" if side == "ours" or not ours else f"{secs / ours:.2f}x"
+                lines.append(f"| {n} | {run['seed']} | {side} | {secs:.0f} | {100 * sum(counts) / n:.1f}% | {ratio} |")
+            for name, secs in run.get("curves_seconds", {}).items():
+                robust = sum(run["curves_robust_at_eps"][name.removesuffix("_seconds")])
+                lines.append(f"| {n} | {run['seed']} | curves: {name.removesuffix('_seconds')} (minimal norm, "
+                             f"read at eps) | {secs:.0f} | {100 * robust / n:.1f}% | |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--checkpoint", default="runs/demo/model.safetensors")
@@ -38,7 +57,11 @@ def main() -> None:
     p.add_argument("--seeds", default="0")
     p.add_argument("--sides", default="ours,torchattacks", help="comma-separated: ours, torchattacks, reference, curves")
     p.add_argument("--out", default="benchmarks/results/autoattack_speed.json")
+    p.add_argument("--render", nargs="+", metavar="JSON", help="print the Markdown table of finished records and exit")
     args = p.parse_args()
+    if args.render:
+        print(render([json.loads(Path(f).read_text()) for f in args.render]))
+        return
     model, meta = load_checkpoint(args.checkpoint)
     model.eval()
     eps = float(meta.get("eps", 0.1))

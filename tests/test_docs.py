@@ -39,3 +39,11 @@ def test_attack_member_tables_match_their_results():
         flips = sum(run["member_flips_per_class"][m][k] for m in script.MEMBERS)
         assert record["robust_per_class"]["clean"][k] - flips == ours[k]
         assert ours[k] <= record["robust_per_class"]["apgd-ce"][k]
+
+
+def test_autoattack_benchmark_table_matches_its_results():
+    script = _load(ROOT / "benchmarks" / "autoattack_speed.py")
+    records = sorted((ROOT / "benchmarks" / "results").glob("autoattack_1000_seed*.json"))
+    assert records
+    table = script.render([json.loads(p.read_text()) for p in records])
+    assert _block(ROOT / "benchmarks" / "README.md", "autoattack-speed") == table.strip()
