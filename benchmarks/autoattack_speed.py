@@ -100,7 +100,7 @@ def main() -> None:
 
                     logging.getLogger("auto-attack").setLevel(logging.WARNING)
                     ref = Reference(model, device="cpu", eps=eps, norm="Linf", seed=seed, version="standard")
-                    x_adv = ref.run_standard_evaluation(x, y, batch_size=len(x))
+                    x_adv, _ = ref.run_standard_evaluation(x, y, batch_size=len(x))  # (x_adv, y_adv)
                 elif side == "curves":
                     d = {}
                     for cls in (FMN,):  # untargeted FAB needs one gradient per class per step: too slow here
@@ -119,13 +119,14 @@ def main() -> None:
                     with torch.no_grad():
                         robust = clean_ok & (model(x_adv).argmax(1) == y)
                     counts[side] += np.bincount(y[robust].numpy(), minlength=len(classes))
+            print(f"seed {seed}, {int(n_per_class.sum())} images: "
+                  + ", ".join(f"{s} {seconds[s]:.0f} s" for s in sides), flush=True)
         runs.append({"seed": seed, "robust_per_class": {s: counts[s].tolist() for s in sides if s != "curves"},
                      "seconds": {s: round(v, 1) for s, v in seconds.items()},
                      "member_flips_per_class": {m: flips[i].tolist() for i, m in enumerate(member_names)}
                      if "ours" in sides else {},
                      "curves_robust_at_eps": {k: v.tolist() for k, v in curves.items() if not k.endswith("seconds")},
                      "curves_seconds": {k: round(v, 1) for k, v in curves.items() if k.endswith("seconds")}})
-        print(f"seed {seed}: " + ", ".join(f"{s} {seconds[s]:.0f} s" for s in sides), flush=True)
     record = {"checkpoint": args.checkpoint, "eps": eps, "limit": args.limit, "batch_size": args.batch_size,
               "classes": classes, "n_per_class": n_per_class.tolist(), "precision": "fp32",
               "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",

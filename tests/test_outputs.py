@@ -104,7 +104,8 @@ def test_every_attack_setting_is_printed_and_saved(trained_run, tmp_path, capsys
                           "--attacks", "pgd:steps=3,autoattack:version=fast,steps=2"], capsys)
     assert code == 0, err
     assert "pgd: eps 8/255 (linf), 3 steps" in out and "mode best" in out
-    assert "autoattack: eps 8/255 (linf), version fast, members apgd-ce 2 steps + apgd-t 2 steps 9 targets" in out
+    assert ("autoattack: eps 8/255 (linf), version fast, NOT standard AutoAttack (version fast, steps 2), "
+            "members apgd-ce 2 steps + apgd-t 2 steps 9 targets") in out
     table = pd.read_csv(tmp_path / "e" / "per_class.csv")
     assert set(table.loc[table.attack == "pgd", "settings"]) == {line.strip() for line in out.splitlines()
                                                                  if line.strip().startswith("pgd:")}
