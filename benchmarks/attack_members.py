@@ -25,12 +25,15 @@ SQUARES = ["square", "square-old-schedule"]
 MEMBERS = ["apgd-ce", "apgd-t", "fab-t", "square"]
 
 
-def render(record: dict, aa: dict) -> str:
-    """The Markdown of a record and the AutoAttack benchmark's record on the same images (torch-free)."""
-    if (aa["limit"], aa["checkpoint"], aa["eps"]) != (record["limit"], record["checkpoint"], record["eps"]):
+def render(record: dict, aa: dict | None) -> str:
+    """The Markdown of a record and the AutoAttack benchmark's record on the same images (torch-free;
+    ``aa`` None: the record alone)."""
+    if aa is not None and (aa["limit"], aa["checkpoint"], aa["eps"]) != (record["limit"], record["checkpoint"],
+                                                                        record["eps"]):
         raise ValueError("the two records are not on the same images, model and eps")
     classes, n = record["classes"], record["n_per_class"]
-    run = aa["runs"][0]
+    run = aa["runs"][0] if aa is not None else {"seed": "-", "robust_per_class": {}, "member_flips_per_class": {},
+                                                 "seconds": {}}
     counts = {**record["robust_per_class"], **{f"AutoAttack ({side})": v for side, v in run["robust_per_class"].items()}}
     pct = lambda c, k: f"{100 * c / k:.1f}"  # noqa: E731
     sel = lambda v, k: v[k] if k < len(classes) else sum(v)  # noqa: E731
@@ -47,8 +50,10 @@ def render(record: dict, aa: dict) -> str:
         t1.append(f"| {name} | {nk} | " + " | ".join(pct(sel(counts[c], k), nk) for c in cols) + f" | {med:.3f} |")
     flips = run["member_flips_per_class"]
     t2 = ["| class | " + " | ".join(MEMBERS) + " |", "|---" * (len(MEMBERS) + 1) + "|"]
-    for k, name in enumerate(classes + ["all"]):
+    for k, name in enumerate(classes + ["all"] if flips else []):
         t2.append(f"| {name} | " + " | ".join(str(sel(flips[m], k)) for m in MEMBERS) + " |")
+    members = ("\n\nPoints each member of our AutoAttack broke first (a member sees only what the earlier ones "
+               "left robust):\n\n" + "\n".join(t2)) if flips else ""
     secs = {**record["seconds"], **{f"AutoAttack ({s})": v for s, v in run["seconds"].items() if s != "curves"}}
     tail = "\n\nSeconds (same machine, see the record for what ran beside): " + ", ".join(
         f"{k} {v:.0f}" for k, v in secs.items()) + "."
@@ -58,8 +63,7 @@ def render(record: dict, aa: dict) -> str:
         nk = sel(sq["n_per_class"], k)
         t3.append(f"| {name} | {nk} | " + " | ".join(pct(sel(sq["robust_per_class"][c], k), nk)
                                                      for c in ["clean"] + SQUARES) + " |")
-    return head + "\n".join(t1) + "\n\nPoints each member of our AutoAttack broke first (a member sees only " \
-        "what the earlier ones left robust):\n\n" + "\n".join(t2) + "\n\nSquare alone (5,000 queries), the " \
+    return head + "\n".join(t1) + members + "\n\nSquare alone (5,000 queries), the " \
         f"reference's p schedule against the old rescaled one, on the first {sum(sq['n_per_class'])} of these " \
         "images (robust accuracy in %):\n\n" + "\n".join(t3) + tail
 
@@ -164,7 +168,8 @@ def main() -> None:
                    help="benchmarks/autoattack_speed.py's record on the same images (for --render)")
     args = p.parse_args()
     if args.render:
-        print(render(json.loads(Path(args.render).read_text()), json.loads(Path(args.autoattack).read_text())))
+        aa = Path(args.autoattack)
+        print(render(json.loads(Path(args.render).read_text()), json.loads(aa.read_text()) if aa.is_file() else None))
         return
     if args.threads:
         import torch
