@@ -98,8 +98,7 @@ def measure(args) -> None:
                "square-old-schedule": Square(model, eps=eps, seed=args.seed, rescale_schedule=True)}
     fmn = FMN(model, eps=eps)
 
-    def add(key, labels, name=None):
-        target = record[key] if name is None else record[key][name]
+    def add(target: list, labels) -> None:  # per-class counts of ``labels`` into ``target``
         for c, v in enumerate(np.bincount(labels.numpy(), minlength=len(classes))):
             target[c] += int(v)
 
@@ -114,25 +113,23 @@ def measure(args) -> None:
             continue
         with torch.no_grad():
             ok = model(x).argmax(1) == y
-        add("n_per_class", y)
-        add("robust_per_class", y[ok], "clean")
+        robust = record["robust_per_class"]
+        add(record["n_per_class"], y)
+        add(robust["clean"], y[ok])
         xc, yc = x[ok], y[ok]
         for name, attack in attacks.items():
-            add("robust_per_class", yc[timed(name, lambda: robust_at(model, attack(xc, yc), yc))], name)
+            add(robust[name], yc[timed(name, lambda: robust_at(model, attack(xc, yc), yc))])
         if b * args.batch_size < args.square_limit:  # Square's two schedules on the first images only (its cost)
             part = slice(0, args.square_limit - b * args.batch_size)
             xs, ys, oks = x[part], y[part], ok[part]
             sub = record["square_subset"]
-            for c, v in enumerate(np.bincount(ys.numpy(), minlength=len(classes))):
-                sub["n_per_class"][c] += int(v)
-            for c, v in enumerate(np.bincount(ys[oks].numpy(), minlength=len(classes))):
-                sub["robust_per_class"]["clean"][c] += int(v)
+            add(sub["n_per_class"], ys)
+            add(sub["robust_per_class"]["clean"], ys[oks])
             for name, attack in squares.items():
-                kept = ys[oks][timed(name, lambda: robust_at(model, attack(xs[oks], ys[oks]), ys[oks]))]
-                for c, v in enumerate(np.bincount(kept.numpy(), minlength=len(classes))):
-                    sub["robust_per_class"][name][c] += int(v)
+                add(sub["robust_per_class"][name],
+                    ys[oks][timed(name, lambda: robust_at(model, attack(xs[oks], ys[oks]), ys[oks]))])
         _, dist = timed("fmn", lambda: fmn.minimal(xc, yc))
-        add("robust_per_class", yc[dist > eps], "fmn")
+        add(robust["fmn"], yc[dist > eps])
         for c, d in zip(yc.tolist(), dist.tolist()):
             record["fmn_distances"][c].append(d)
         record["batches_done"] = b + 1

@@ -167,14 +167,13 @@ class ClasswiseResult:
         curves = self.curve_table()
         if curves.empty and any(info.get("records_distance") for info in old.values()):
             stale += list(DISTANCE_FILES)  # the earlier result's curves, which this one has no data for
+        settings = {name: describe_attack(res.config) for name, res in self.attacks.items()}
         with staged_files(out_dir, stale) as stage:
             if not curves.empty:
-                settings = {name: describe_attack(res.config) for name, res in self.attacks.items()}
                 curves.assign(settings=curves["attack"].map(settings)).to_csv(stage / DISTANCE_FILES[0], index=False)
                 medians = self.distance_table()
                 medians.assign(settings=medians["attack"].map(settings)).to_csv(stage / DISTANCE_FILES[1], index=False)
             table = self.per_class_table()
-            settings = {name: describe_attack(res.config) for name, res in self.attacks.items()}
             table.assign(settings=table["attack"].map(settings)).to_csv(stage / "per_class.csv", index=False)
             for name, res in self.attacks.items():
                 pd.DataFrame(res.confusion, index=self.classes, columns=self.classes).rename_axis(

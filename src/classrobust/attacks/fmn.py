@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from classrobust.attacks.balls import make_ball
 from classrobust.attacks.losses import margin
 from classrobust.attacks.minimal import MinimalNormAttack
 from classrobust.attacks.pgd import check_steps
@@ -55,13 +56,6 @@ class FMN(MinimalNormAttack):
         return {**super().config(), "steps": self.steps, "alpha_init": self.alpha_init,
                 "gamma_init": self.gamma_init, "gamma_final": self.gamma_final}
 
-    def _project(self, delta: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
-        b = budget.view(-1, 1, 1, 1)
-        if self.norm == "linf":
-            return torch.maximum(torch.minimum(delta, b), -b)
-        norm = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-        return delta * (b / norm.clamp_min(1e-12)).clamp(max=1.0)
-
     def search(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         best = self.start_tracking(x, y)
         delta = torch.zeros_like(x)
@@ -80,8 +74,9 @@ class FMN(MinimalNormAttack):
                 budget = torch.where(adversarial, torch.minimum(budget * (1 - gamma), best.distance),
                                      torch.where(found, budget * (1 + gamma), boundary))
                 step = g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-                delta = self._project(delta - alpha * g / step, budget)
-                delta = (x + delta).clamp(0, 1) - x
+                # into each sample's current budget ball, then the image box
+                ball = make_ball(self.norm, budget.view(-1, *([1] * (x.dim() - 1))))
+                delta = ball.project(x + delta - alpha * g / step, x) - x
         with torch.no_grad():
             best.offer(x + delta)
         return best.points, best.distance

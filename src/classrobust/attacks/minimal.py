@@ -34,8 +34,11 @@ class MinimalNormAttack(Attack):
         return x_min.detach().to(x.dtype), dist
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        x_min, dist = self.search(x, y)
-        return torch.where((dist <= self.eps).view(-1, *([1] * (x.dim() - 1))), x_min, x)
+        return self.at_radius(x, *self.search(x, y))
+
+    def at_radius(self, x: torch.Tensor, x_min: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
+        """The attack at radius eps from a search's result: x_min where its distance is at most eps, else x."""
+        return torch.where((distance <= self.eps).view(-1, *([1] * (x.dim() - 1))), x_min, x)
 
     def search(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(x_min, distance): called with the model frozen in eval mode, on private copies."""

@@ -71,8 +71,7 @@ def evaluate_classwise(model: nn.Module, loader: Iterable, attacks: Mapping[str,
                 if correct.any():
                     if name in distances:
                         x_min, dist[correct] = attack.minimal(x[correct], y[correct])
-                        within = (dist[correct] <= attack.eps).view(-1, *([1] * (x.dim() - 1)))
-                        x_adv = torch.where(within, x_min, x[correct])
+                        x_adv = attack.at_radius(x[correct], x_min, dist[correct])
                     else:
                         x_adv = attack(x[correct], y[correct])
                     pred[correct] = predict(model, x_adv)
