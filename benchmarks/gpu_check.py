@@ -82,17 +82,23 @@ def count_syncs(device: torch.device, batch: int = 64, steps: int = 10) -> None:
         print(f"syncs PGD-{steps} mode=last, torch.cuda sync debug mode: {n} warnings ({n / steps:.1f} per step)")
 
 
-def throughput(device: torch.device, n_images: int, batch: int, steps: int, precision: str) -> None:
+def throughput(device: torch.device, n_images: int, batch: int, steps: int, precision: str,
+               compiled: bool = False) -> None:
     """One PGD-AT epoch (our PGDAT method, SGD step) over ``n_images`` random CIFAR-shaped images
-    already on the device: the compute path only, no data loading."""
+    already on the device: the compute path only, no data loading. ``compiled``: only the
+    channels-last + cudnn.benchmark layout, with the model under ``torch.compile`` (the warm-up
+    absorbs the compilation)."""
     from classrobust.training.methods import METHODS
 
     g = torch.Generator().manual_seed(0)
     data_x = torch.rand(n_images, 3, 32, 32, generator=g)
     data_y = torch.randint(0, 10, (n_images,), generator=g)
-    for channels_last, autotune in ((False, False), (True, False), (True, True)):
+    layouts = ((True, True),) if compiled else ((False, False), (True, False), (True, True))
+    for channels_last, autotune in layouts:
         torch.backends.cudnn.benchmark = autotune
         model = _model(device, channels_last=channels_last).train()
+        if compiled:
+            model = torch.compile(model)
         method = METHODS.build("pgd-at", attack_steps=steps, alpha=2 / 255, precision=precision)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -118,7 +124,8 @@ def throughput(device: torch.device, n_images: int, batch: int, steps: int, prec
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
-        layout = ("channels-last" if channels_last else "contiguous") + (", cudnn.benchmark" if autotune else "")
+        layout = (("channels-last" if channels_last else "contiguous") + (", cudnn.benchmark" if autotune else "")
+                  + (", torch.compile" if compiled else ""))
         print(f"throughput PGD-{steps} AT epoch, preact-resnet18, {precision}, batch {batch}, {layout}: "
               f"{seen} images in {seconds:.2f} s ({seen / seconds:.0f} img/s)")
 
@@ -140,13 +147,14 @@ def main() -> None:
     t.add_argument("--batch", type=int, default=512)
     t.add_argument("--steps", type=int, default=10)
     t.add_argument("--precision", default="bf16")
+    t.add_argument("--compile", action="store_true", help="the compiled model, channels-last + cudnn.benchmark only")
     args = p.parse_args()
     if args.command == "data":
         make_data(args.root, args.train, args.test)
     elif args.command == "syncs":
         count_syncs(torch.device(args.device), args.batch, args.steps)
     else:
-        throughput(torch.device(args.device), args.images, args.batch, args.steps, args.precision)
+        throughput(torch.device(args.device), args.images, args.batch, args.steps, args.precision, args.compile)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@
 # Steps (each timed): host syncs per PGD step; the throughput of a PGD-10 AT epoch on 50,000
 # CIFAR-shaped images with and without channels-last; synthetic 32x32x3 ImageFolder data; PGD-AT
 # epochs of preact-resnet18 in bf16; evaluation with PGD and AutoAttack (fp32, TF32 off); calibration;
-# the report; torchrun with one process (NCCL on a GPU, gloo on the CPU).
+# the report; torchrun with one process (NCCL on a GPU, gloo on the CPU); with GPU_CHECK_COMPILE=1,
+# last, the throughput again with the model under torch.compile.
 # Record the printed numbers in benchmarks/README.md.
 # Runs from a source checkout without installing the package (PYTHONPATH=src).
 set -euo pipefail
@@ -25,7 +26,7 @@ if [ -n "${GPU_CHECK_TINY:-}" ]; then  # the CPU path of the test suite: seconds
   THROUGHPUT_ARGS="--images 64 --batch 32 --steps 1"; SYNC_ARGS="--batch 4 --steps 3"
 else
   MODEL=preact-resnet18; N_TRAIN=500; N_TEST=50; EPOCH_ARGS="--epochs 3 --attack-steps 10 --batch-size 128 --val-size 500"
-  ATTACKS="pgd,autoattack"; EVAL_ARGS="--limit 200"; CAL_ARGS="--val-size 500"; THROUGHPUT_ARGS="--images 50000 --batch 512 --steps 10"
+  ATTACKS="pgd,autoattack"; EVAL_ARGS="--limit 100"; CAL_ARGS="--val-size 500"; THROUGHPUT_ARGS="--images 50000 --batch 512 --steps 10"
   SYNC_ARGS="--batch 64 --steps 10"
 fi
 CR=("$PY" -m classrobust)
@@ -58,4 +59,7 @@ step report "${CR[@]}" report "$OUT/run"
 step torchrun "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 -m classrobust train \
   --dataset "$DATA" --model "$MODEL" --method pgd-at $EPOCH_ARGS --precision bf16 \
   --device "$DEVICE" --no-progress --out "$OUT/run-ddp"
+if [ -n "${GPU_CHECK_COMPILE:-}" ]; then  # opt-in, last: 100 s on an H100 (2026-11-27), outside the 5-minute budget
+  step throughput-compiled "$PY" benchmarks/gpu_check.py throughput --device "$DEVICE" $THROUGHPUT_ARGS --compile
+fi
 echo "gpu_check: all steps passed ($OUT)"
