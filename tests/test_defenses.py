@@ -233,3 +233,119 @@ def test_levers_change_their_terms_through_the_loop(synthetic_env, tmp_path, cap
     assert later.set_index("class_index")["weights"].idxmax() in set(e2[e2 == e2.min()].index)
     meta = json.loads((out / "model.json").read_text())
     assert meta["classwise"]["spec"].startswith("reweight") and meta["classwise"]["fawa_admitted_epochs"]
+
+
+def test_dafa_weights_move_weight_from_easy_to_similar_hard_classes():
+    from classrobust.defenses.levers import dafa_weights
+
+    # class 0 is hard and confused mostly with class 1 (easy); class 2 is easy and apart
+    p = np.array([[0.5, 0.4, 0.1],
+                  [0.1, 0.8, 0.1],
+                  [0.05, 0.05, 0.9]])
+    w = dafa_weights(p, lam=1.0)
+    # by hand: w_i = 1 + sum_{j != i} (+1 if p_ii < p_jj else -1) * p_ij * p_jj
+    expected = [1 + 0.4 * 0.8 + 0.1 * 0.9, 1 - 0.1 * 0.5 + 0.1 * 0.9, 1 - 0.05 * 0.5 - 0.05 * 0.8]
+    assert w == pytest.approx(expected)
+    assert w[0] == w.max()  # the hard class gains, most from its similar (confusing) class
+    assert dafa_weights(p, lam=0.0) == pytest.approx(np.ones(3))
+    with_missing = np.vstack([p, np.full(3, np.nan)])[:, :3]  # a 4th class without samples
+    w4 = dafa_weights(np.pad(with_missing, ((0, 0), (0, 1))), lam=1.0)
+    assert w4[3] == 1.0 and w4[:3] == pytest.approx(expected)  # it neither gains nor shifts anybody
+
+
+def test_dafa_sets_weights_and_margins_once_at_its_warmup_epoch():
+    from classrobust.defenses.levers import DAFA
+    from classrobust.errors import UsageError
+
+    lever = DAFA(3, lam=1.0, warmup_epoch=2)
+    assert [lever.needs_train_probs(e, 5) for e in (1, 2, 3)] == [False, True, False]
+    p = np.array([[0.5, 0.4, 0.1], [0.1, 0.8, 0.1], [0.05, 0.05, 0.9]])
+    lever.end_epoch(epoch=1, epochs=5, val_robust=None)
+    assert np.all(lever.weights == 1) and np.all(lever.eps_scale == 1)
+    lever.end_epoch(epoch=2, epochs=5, train_probs=p)
+    assert lever.weights[0] > 1 and np.array_equal(lever.eps_scale, lever.weights)
+    restored = DAFA(3, lam=1.0, warmup_epoch=2)
+    restored.load_state(lever.state())
+    assert np.array_equal(restored.weights, lever.weights) and np.array_equal(restored.similarity, p)
+    assert not restored.needs_train_probs(2, 5)  # a resumed run does not collect again
+    assert DAFA(3).needs_train_probs(13, 20) and DAFA(3)._warmup(110) == 72  # default: 65% of the run
+    weights_only = DAFA(3, warmup_epoch=1, margin=False)
+    weights_only.end_epoch(epoch=1, epochs=3, train_probs=p)
+    assert np.all(weights_only.eps_scale == 1) and weights_only.provides == {"weights"}
+    floored = DAFA(3, lam=20.0, warmup_epoch=1, min_weight=0.05)  # class 2: 1 - 20 * 0.065 < 0
+    floored.end_epoch(epoch=1, epochs=3, train_probs=p)
+    assert floored.weights.min() == 0.05
+    with pytest.raises(UsageError, match="before the last epoch"):
+        DAFA(3, warmup_epoch=5).check(epochs=5)
+
+
+def test_wat_weights_follow_the_cumulative_worst_class():
+    from classrobust.defenses.levers import WAT
+
+    lever = WAT(3, eta=2.0)
+    lever.end_epoch(val_robust=np.array([0.5, 0.5, 0.5]))
+    assert lever.weights == pytest.approx(np.ones(3))  # equal costs: uniform, mean 1
+    lever.end_epoch(val_robust=np.array([0.2, 0.6, 0.7]))
+    w1 = lever.weights.copy()
+    assert w1[0] > w1[1] > w1[2] and w1.mean() == pytest.approx(1.0)
+    # Hedge by hand: experts = classes + their average, weights ~ exp(eta * cumulative error)
+    cum = np.array([0.5 + 0.8, 0.5 + 0.4, 0.5 + 0.3])
+    cum = np.append(cum, cum.mean())
+    q = np.exp(2.0 * cum)
+    q = 3 * q / q.sum()
+    assert lever.expert_weights == pytest.approx(q)
+    by_hand = q[:3] + q[3]
+    assert w1 == pytest.approx(by_hand / by_hand.mean())
+    lever.end_epoch(val_robust=np.array([0.9, 0.2, 0.7]))  # class 0 recovers: the game follows the sum
+    assert lever.weights[1] > w1[1]
+    restored = WAT(3, eta=2.0)
+    restored.load_state(lever.state())
+    restored.end_epoch(val_robust=np.array([0.5, 0.5, 0.5]))
+    lever.end_epoch(val_robust=np.array([0.5, 0.5, 0.5]))
+    assert restored.weights == pytest.approx(lever.weights)  # the cumulative costs survive a resume
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("dafa,reweight", "dafa and reweight cannot be combined: both set the per-class loss weights"),
+    ("wat,frl", "wat and frl cannot be combined: both set the per-class loss weights"),
+    ("dafa,class-eps", "dafa and class-eps cannot be combined: both set the per-class budgets"),
+    ("dafa:warmup_epoch=3", "dafa's warmup_epoch (3) must come before the last epoch (3)"),
+])
+def test_new_levers_refuse_what_would_clash(spec, message, synthetic_env, tmp_path, capsys):
+    code, _, err = run([*TRAIN, "--epochs", "3", "--classwise", spec, "--out", tmp_path / "run"], capsys)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_dafa_collects_the_class_similarity_in_the_loop(synthetic_env, tmp_path, capsys, monkeypatch):
+    """The loop hands DAFA, at its warm-up epoch only, the per-class mean softmax of the trained-on
+    inputs; the next epochs train with the weights and margins computed from it (logged per class)."""
+    import pandas as pd
+
+    from classrobust.defenses.levers import DAFA, dafa_weights
+
+    seen = []
+    original = DAFA.end_epoch
+
+    def spy(self, **stats):
+        seen.append((stats["epoch"], stats.get("train_probs")))
+        return original(self, **stats)
+
+    monkeypatch.setattr(DAFA, "end_epoch", spy)
+    out = tmp_path / "run"
+    code, _, err = run([*TRAIN, "--epochs", "3", "--classwise", "dafa:warmup_epoch=1,wat", "--out", out], capsys)
+    assert code == 2 and "both set the per-class loss weights" in err  # (wat clashes; now without it)
+    code, _, err = run([*TRAIN, "--epochs", "3", "--classwise", "dafa:warmup_epoch=1,fawa:start_epoch=1",
+                        "--out", out], capsys)
+    assert code == 0, err
+    assert [e for e, _ in seen] == [1, 2, 3] and seen[1][1] is None and seen[2][1] is None
+    probs = seen[0][1]
+    k = probs.shape[0]
+    assert probs.shape == (k, k) and np.allclose(probs.sum(1), 1.0)  # rows: mean probability vectors
+    log = pd.read_csv(out / "train_log.csv")
+    log = log[log.class_index >= 0]
+    assert (log[log.epoch == 1]["weights"] == 1).all()
+    for epoch in (2, 3):  # fixed after the warm-up: weights from the collected similarity, margins = weights
+        terms = log[log.epoch == epoch].sort_values("class_index")
+        np.testing.assert_allclose(terms["weights"], np.maximum(dafa_weights(probs, 1.0), 0.05), rtol=1e-6)
+        np.testing.assert_allclose(terms["eps_scale"], terms["weights"], rtol=1e-6)

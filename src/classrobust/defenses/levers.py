@@ -19,9 +19,18 @@ Levers:
     exp(eps_step * phi_k) on the boundary violations.
   * ``fawa``      (after CFA's fairness-aware weight averaging): an EMA of the weights that only admits
     epochs whose worst-class validation robust accuracy passes a threshold; the run ends with it.
+  * ``dafa``      (DAFA, Lee et al. ICLR 2024): once, at a warm-up epoch, the class similarity
+    p_ij = mean softmax probability of class j on the trained-on (adversarial) inputs of class i;
+    weights w_i = 1 + lam * sum_{j != i} s_ij p_ij p_jj with s_ij = +1 where class i is the harder of
+    the two (p_ii < p_jj), else -1; the budget of class i is scaled by w_i too (its margin).
+  * ``wat``       (WAT, Li & Liu AAAI 2023): a no-regret (Hedge) game between the classes and the
+    average: K + 1 experts, each weighted by exp(eta * its cumulative validation cost); a sample of
+    class k is weighted by q_k + q_avg, rescaled to mean 1 over classes. Our cost is the class's
+    validation robust *error* (in [0, 1], the bound Hedge's regret guarantee assumes), where the
+    paper uses the class's validation loss (docs/defenses.md).
 
-``reweight`` and ``frl`` both set loss weights, ``class-eps`` and ``frl`` both set budgets, and
-``fawa`` picks the final weights as ``--select`` does: those combinations are refused.
+Two levers that set the same term (both the loss weights, both the budgets, ...) cannot be
+combined, and ``fawa`` picks the final weights as ``--select`` does: those combinations are refused.
 
 A lever may also supply the run's final weights (:meth:`Lever.final_weights`, with metadata for
 the checkpoint), so the training loop never needs to know which lever it runs.
@@ -43,6 +52,7 @@ class Lever:
     """Per-class state updated at each epoch's end. Subclasses set what they ``provides``."""
 
     name = "lever"
+    #: which terms it sets: ``weights``, ``reg_weights``, ``eps_scale``, or ``final`` (the run's weights)
     provides: frozenset[str] = frozenset()
 
     def __init__(self, num_classes: int):
@@ -51,9 +61,19 @@ class Lever:
         self.reg_weights = np.ones(num_classes)
         self.eps_scale = np.ones(num_classes)
 
-    def end_epoch(self, *, epoch: int, train_robust: np.ndarray, val_clean: np.ndarray,
-                  val_robust: np.ndarray, model: torch.nn.Module) -> None:
-        """Per-class accuracies in [0, 1], shape (K,); NaN for classes without samples."""
+    def check(self, *, epochs: int) -> None:
+        """Raise UsageError if the lever cannot act within a run of ``epochs`` epochs."""
+
+    def needs_train_probs(self, epoch: int, epochs: int) -> bool:
+        """Whether epoch ``epoch`` must collect the per-class mean softmax of the trained-on inputs
+        (``train_probs`` of :meth:`end_epoch`; a (K, K) accumulation on the device each step)."""
+        return False
+
+    def end_epoch(self, *, epoch: int, epochs: int, train_robust: np.ndarray, val_clean: np.ndarray,
+                  val_robust: np.ndarray, model: torch.nn.Module, train_probs: np.ndarray | None = None) -> None:
+        """Per-class accuracies in [0, 1], shape (K,); NaN for classes without samples.
+        ``train_probs`` (K, K), rows = true class (NaN rows for classes without samples): only in
+        epochs where :meth:`needs_train_probs` said so."""
 
     def state(self) -> dict[str, Any]:
         return {"weights": self.weights.tolist(), "reg_weights": self.reg_weights.tolist(),
@@ -208,11 +228,111 @@ class FAWA(Lever):
         self.admitted, self.epoch, self.candidate = list(state["admitted"]), state["epoch"], None
 
 
+def dafa_weights(similarity: np.ndarray, lam: float) -> np.ndarray:
+    """DAFA's class weights from a class-similarity matrix.
+
+    similarity: (K, K), row i = mean predicted probabilities on class i's samples (NaN rows for
+    classes without samples: weight 1, and they shift nobody). Returns (K,):
+    w_i = 1 + lam * sum_{j != i} s_ij * p_ij * p_jj, s_ij = +1 if p_ii < p_jj (i is the harder class)
+    else -1. A hard class gains in proportion to how much of its mass goes to an easier, confident
+    class j; an easy class loses in proportion to how much of its mass goes to harder ones.
+    """
+    p = np.nan_to_num(np.asarray(similarity, dtype=float), nan=0.0)
+    own = np.diag(p)
+    sign = np.where(own[:, None] < own[None, :], 1.0, -1.0)
+    np.fill_diagonal(sign, 0.0)
+    return 1.0 + lam * (sign * p * own[None, :]).sum(axis=1)
+
+
+class DAFA(Lever):
+    """Distance-aware loss weights and margins, set once at ``warmup_epoch`` (default: 65% of the
+    run, the paper's 70 of 110 epochs) from that epoch's class similarity on the trained-on inputs.
+    ``margin=false``: weights only. Weights are floored at ``min_weight`` (with many classes or a
+    large ``lam`` the formula can reach 0 or below)."""
+
+    name = "dafa"
+
+    def __init__(self, num_classes: int, *, lam: float = 1.0, warmup_epoch: int | None = None, margin: bool = True,
+                 min_weight: float = 0.05):
+        super().__init__(num_classes)
+        if lam < 0 or (warmup_epoch is not None and warmup_epoch < 1) or not 0 < min_weight <= 1:
+            raise UsageError("dafa needs lam >= 0, warmup_epoch >= 1 and min_weight in (0, 1]")
+        self.lam, self.warmup_epoch, self.margin, self.min_weight = lam, warmup_epoch, margin, min_weight
+        self.provides = frozenset({"weights", "eps_scale"} if margin else {"weights"})
+        self.similarity: np.ndarray | None = None
+
+    def _warmup(self, epochs: int) -> int:
+        return self.warmup_epoch if self.warmup_epoch is not None else max(1, round(0.65 * epochs))
+
+    def check(self, *, epochs):
+        if self._warmup(epochs) >= epochs:
+            raise UsageError(f"dafa's warmup_epoch ({self._warmup(epochs)}) must come before the last epoch "
+                             f"({epochs}): its weights act from the epoch after")
+
+    def needs_train_probs(self, epoch, epochs):
+        return self.similarity is None and epoch == self._warmup(epochs)
+
+    def end_epoch(self, *, epoch, epochs, train_probs=None, **_):
+        if train_probs is None or epoch != self._warmup(epochs):
+            return
+        self.similarity = np.asarray(train_probs, dtype=float)
+        self.weights = np.maximum(dafa_weights(self.similarity, self.lam), self.min_weight)
+        if self.margin:
+            self.eps_scale = self.weights.copy()
+
+    def state(self):
+        return {**super().state(), "similarity": None if self.similarity is None else self.similarity.tolist()}
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.similarity = None if state["similarity"] is None else np.asarray(state["similarity"], dtype=float)
+
+
+class WAT(Lever):
+    """Hedge over K + 1 experts (the classes and their average), costs = validation robust error."""
+
+    name = "wat"
+    provides = frozenset({"weights"})
+
+    def __init__(self, num_classes: int, *, eta: float = 1.0):
+        super().__init__(num_classes)
+        if eta <= 0:
+            raise UsageError("wat needs eta > 0")
+        self.eta = eta
+        self.cumulative_cost = np.zeros(num_classes + 1)
+        self.expert_weights = np.ones(num_classes + 1) * num_classes / (num_classes + 1)
+
+    def end_epoch(self, *, val_robust, **_):
+        cost = 1.0 - _fill(val_robust)
+        self.cumulative_cost = self.cumulative_cost + np.append(cost, cost.mean())
+        z = self.eta * self.cumulative_cost
+        q = np.exp(z - z.max())
+        self.expert_weights = self.k * q / q.sum()  # WAT's scale: the K + 1 weights sum to K
+        # WAT's per-sample weight q_k + q_avg averages up to 2: rescaled to mean 1 like every lever
+        # here, so a lever never changes the effective learning rate
+        self.weights = _normalised(self.expert_weights[:-1] + self.expert_weights[-1])
+
+    def state(self):
+        return {**super().state(), "cumulative_cost": self.cumulative_cost.tolist(),
+                "expert_weights": self.expert_weights.tolist()}
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.cumulative_cost = np.asarray(state["cumulative_cost"], dtype=float)
+        self.expert_weights = np.asarray(state["expert_weights"], dtype=float)
+
+
 LEVERS: Registry[Lever] = Registry("class-wise lever")
 LEVERS.register("reweight", summary="per-class loss weights raised for classes weak on validation")(Reweight)
 LEVERS.register("class-eps", summary="per-class eps (and TRADES beta) from training robust accuracy (CFA)")(ClassEps)
 LEVERS.register("frl", summary="FRL re-weighting and re-margining by per-class constraint violations")(FRL)
 LEVERS.register("fawa", summary="weight average admitting only epochs with a good worst class (CFA)")(FAWA)
+LEVERS.register("dafa", summary="loss weights and margins from class similarity, set at a warm-up epoch (DAFA)")(DAFA)
+LEVERS.register("wat", summary="class weights by a no-regret game against the worst class (WAT)")(WAT)
+
+#: what two levers setting the same term would both set, for the one-line refusal
+_TERM_WORDS = {"weights": "the per-class loss weights", "eps_scale": "the per-class budgets",
+               "reg_weights": "the per-class TRADES beta", "final": "the final weights"}
 
 
 def parse_levers(spec: str) -> list[tuple[str, dict[str, Any]]]:
@@ -222,22 +342,30 @@ def parse_levers(spec: str) -> list[tuple[str, dict[str, Any]]]:
     return parse_specs(spec, LEVERS) if spec.strip() else []
 
 
-def check_levers(spec: str, *, method: str, supports_levers: bool, select: str) -> list[tuple[str, dict[str, Any]]]:
+def check_levers(spec: str, *, method: str, supports_levers: bool, select: str,
+                 epochs: int | None = None) -> list[tuple[str, dict[str, Any]]]:
     """Validate a lever spec against the training method (named ``method``; ``supports_levers`` is
-    what it declares) and the selection rule; one-line reasons when refused."""
+    what it declares), the selection rule and the run's length; one-line reasons when refused."""
     levers = parse_levers(spec)
     if not levers:
         return levers
     if not supports_levers:
         raise UsageError(f"training method {method!r} does not support class-wise levers "
                          "(pgd-at and trades do)")
+    built = []
     for name, params in levers:
         LEVERS.check_kwargs(name, {"num_classes": 2, **params})
+        lever = LEVERS.build(name, 2, **params)
+        if epochs is not None:
+            lever.check(epochs=epochs)
+        built.append((name, lever))
+    for i, (a, lever_a) in enumerate(built):
+        for b, lever_b in built[i + 1:]:
+            shared = lever_a.provides & lever_b.provides
+            if shared:
+                why = " and ".join(_TERM_WORDS[t] for t in sorted(shared, key=list(_TERM_WORDS).index))
+                raise UsageError(f"--classwise {a} and {b} cannot be combined: both set {why}")
     names = [n for n, _ in levers]
-    for a, b, why in (("reweight", "frl", "both set the per-class loss weights"),
-                      ("class-eps", "frl", "both set the per-class budgets")):
-        if a in names and b in names:
-            raise UsageError(f"--classwise {a} and {b} cannot be combined: {why}")
     if "fawa" in names and select != "last":
         raise UsageError("--classwise fawa chooses the final weights itself; use it with --select last")
     return levers
@@ -246,9 +374,10 @@ def check_levers(spec: str, *, method: str, supports_levers: bool, select: str) 
 class ClasswiseTerms:
     """The levers of one run together: per-sample loss weights and budgets for a batch."""
 
-    def __init__(self, spec: str, num_classes: int, *, method: str, supports_levers: bool, select: str):
-        self.levers = [LEVERS.build(n, num_classes, **p)
-                       for n, p in check_levers(spec, method=method, supports_levers=supports_levers, select=select)]
+    def __init__(self, spec: str, num_classes: int, *, method: str, supports_levers: bool, select: str,
+                 epochs: int | None = None):
+        self.levers = [LEVERS.build(n, num_classes, **p) for n, p in
+                       check_levers(spec, method=method, supports_levers=supports_levers, select=select, epochs=epochs)]
         self.k = num_classes
 
     def __bool__(self) -> bool:
@@ -270,6 +399,9 @@ class ClasswiseTerms:
     def after_step(self, model) -> None:
         for lever in self.levers:
             lever.after_step(model)
+
+    def needs_train_probs(self, epoch: int, epochs: int) -> bool:
+        return any(lever.needs_train_probs(epoch, epochs) for lever in self.levers)
 
     def end_epoch(self, **stats) -> None:
         for lever in self.levers:

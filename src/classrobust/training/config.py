@@ -95,7 +95,7 @@ class TrainConfig:
             from classrobust.defenses.levers import check_levers
             from classrobust.training.methods import METHODS
 
-            check_levers(self.classwise, method=self.method, select=self.select,
+            check_levers(self.classwise, method=self.method, select=self.select, epochs=self.epochs,
                          supports_levers=METHODS.get(self.method).builder.supports_levers)
 
     def differences(self, other: dict[str, Any]) -> list[str]:

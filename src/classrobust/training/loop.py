@@ -194,7 +194,8 @@ def _prepare(config: TrainConfig, out_dir: str | Path, data_dir, download: bool)
     method = method_entry.builder(attack_steps=config.attack_steps, alpha=config.alpha,
                                   precision=config.precision, **method_kwargs)
     levers = ClasswiseTerms(config.classwise, info.num_classes, method=config.method,
-                            supports_levers=method_entry.builder.supports_levers, select=config.select)
+                            supports_levers=method_entry.builder.supports_levers, select=config.select,
+                            epochs=config.epochs)
     decay, no_decay = [], []
     for _, p in net.named_parameters():
         (no_decay if p.dim() <= 1 else decay).append(p)
@@ -234,8 +235,10 @@ def _restore(run: _Run, resume: bool, log) -> tuple[list[dict[str, Any]], int, i
     return rows, 0, 1, best
 
 
-def _train_epoch(run: _Run, epoch: int, step: int, progress: bool) -> tuple[int, dict[str, Any], dict[str, Any]]:
-    """One pass over the training set; returns (step, epoch statistics, per-class training numbers)."""
+def _train_epoch(run: _Run, epoch: int, step: int,
+                 progress: bool) -> tuple[int, dict[str, Any], dict[str, Any], np.ndarray | None]:
+    """One pass over the training set; returns (step, epoch statistics, per-class training numbers,
+    the per-class mean softmax of the trained-on inputs (K, K) when a lever asked for it, else None)."""
     config, k = run.config, len(run.classes)
     run.model.train()
     t0 = time.perf_counter()
@@ -245,6 +248,9 @@ def _train_epoch(run: _Run, epoch: int, step: int, progress: bool) -> tuple[int,
     class_correct = torch.zeros(k, dtype=torch.long, device=run.device)  # on the trained-on (adversarial) inputs
     class_seen = torch.zeros(k, dtype=torch.long, device=run.device)
     nonfinite = torch.zeros((), dtype=torch.bool, device=run.device)
+    # row k: summed softmax of the trained-on inputs of class k (DAFA's class similarity)
+    prob_sum = (torch.zeros(k, k, dtype=torch.float64, device=run.device)
+                if run.levers and run.levers.needs_train_probs(epoch, config.epochs) else None)
     terms_used = run.levers.per_class() if run.levers else None
     # the levers' per-class terms change only between epochs: copied to the device once
     terms_table = {key: torch.as_tensor(v, dtype=torch.float32).to(run.device) for key, v in terms_used.items()
@@ -283,6 +289,8 @@ def _train_epoch(run: _Run, epoch: int, step: int, progress: bool) -> tuple[int,
         hit = logits.argmax(1) == y
         class_correct += torch.bincount(y, weights=hit.to(torch.float32), minlength=k).long()
         class_seen += torch.bincount(y, minlength=k)
+        if prob_sum is not None:
+            prob_sum.index_add_(0, y, logits.detach().float().softmax(1).double())
         if progress and run.main and batch_index % 10 == 0:  # a terminal's progress bar: a read every 10 steps
             seen = int(class_seen.sum())
             bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{int(class_correct.sum()) / seen:.3f}",
@@ -294,6 +302,8 @@ def _train_epoch(run: _Run, epoch: int, step: int, progress: bool) -> tuple[int,
     if run.distributed:  # the epoch's statistics over every process's shard; levers update from these
         torch.distributed.all_reduce(counts)
         torch.distributed.all_reduce(loss_sum)
+        if prob_sum is not None:
+            torch.distributed.all_reduce(prob_sum)
     class_correct, class_seen = counts.cpu()
     loss_sum = float(loss_sum)
     correct, seen = int(class_correct.sum()), int(class_seen.sum())
@@ -302,7 +312,11 @@ def _train_epoch(run: _Run, epoch: int, step: int, progress: bool) -> tuple[int,
     stats = {"lr": lr, "eps": eps_now, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
              "seconds": round(train_seconds, 2)}
     per_class = {"train_accuracy": train_robust, "n_train": class_seen.numpy(), **(terms_used or {})}
-    return step, stats, per_class
+    train_probs = None
+    if prob_sum is not None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            train_probs = prob_sum.cpu().numpy() / class_seen.numpy()[:, None]  # NaN rows: no samples
+    return step, stats, per_class, train_probs
 
 
 def _diverged(run: _Run, epoch: int, step: int, what: str):
@@ -369,11 +383,12 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_dir: str | Path | No
     run = _prepare(config, out_dir, data_dir, download)
     rows, step, start_epoch, best = _restore(run, resume, log)
     for epoch in range(start_epoch, config.epochs + 1):
-        step, stats, per_class = _train_epoch(run, epoch, step, progress)
+        step, stats, per_class, train_probs = _train_epoch(run, epoch, step, progress)
         result = validate(run.net, run.val_set, config, run.eps, run.classes, run.device)
         epoch_rows = log_rows(epoch, result, stats, per_class)
         if run.levers:
-            run.levers.end_epoch(epoch=epoch, train_robust=per_class["train_accuracy"], model=run.net,
+            run.levers.end_epoch(epoch=epoch, epochs=config.epochs, train_robust=per_class["train_accuracy"],
+                                 model=run.net, train_probs=train_probs,
                                  val_clean=result.attacks[CLEAN].accuracy_per_class,
                                  val_robust=result.attacks.get(VAL_ATTACK, result.attacks[CLEAN]).accuracy_per_class)
         rows.extend(epoch_rows)
