@@ -19,7 +19,7 @@ PACKAGE = ROOT / "src" / "classrobust"
 #: a module may import only from packages of a lower rank (or its own package)
 RANKS = {"__init__": 0, "errors": 0, "io": 1, "options": 1, "registry": 2, "results": 2,
          "runtime": 3, "analysis": 3, "report": 4, "data": 4, "models": 5, "attacks": 6, "evaluate": 7,
-         "defenses": 8, "checkpoint": 9, "training": 10, "workflows": 11, "cli": 12, "__main__": 13}
+         "defenses": 8, "integrations": 8, "checkpoint": 9, "training": 10, "workflows": 11, "cli": 12, "__main__": 13}
 #: what analysis and report may import: they read saved results and never load torch
 TORCH_FREE = {"errors", "io", "options", "registry", "results", "analysis", "report", "__init__"}
 

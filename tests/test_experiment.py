@@ -45,10 +45,14 @@ def write(tmp_path, text, name="exp.yaml"):
 def test_two_run_experiment_end_to_end_then_skipped(synthetic_env, tmp_path, capsys):
     path = write(tmp_path, TINY)
     out = tmp_path / "exp"
-    code, stdout, err = run(["experiment", path, "--out", out, "--no-progress"], capsys)
+    code, stdout, err = run(["experiment", path, "--out", out, "--no-progress", "--tensorboard", tmp_path / "tb"],
+                            capsys)
     assert code == 0, err
     index = json.loads((out / "experiment.json").read_text())
     assert [r["key"] for r in index["runs"]] == ["fashion-mnist/pgd-at/seed0", "fashion-mnist/trades/seed0"]
+    for entry in [*index["runs"], *index["ablation"]]:  # one TensorBoard log per trained run
+        key = entry.get("key") or entry["retrained"]
+        assert list((tmp_path / "tb" / key).glob("events.out.tfevents.*")), key
     ablation = index["ablation"][0]
     assert ablation["weakest_class"] != ablation["dropped_class"]
     retrained = json.loads((out / ablation["dir"] / "model.json").read_text())

@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing run in --out (or discard an interrupted one)")
     p.add_argument("--out", type=Path, required=True, help="run directory (replaced only on success)")
+    p.add_argument("--tensorboard", type=Path, default=None, metavar="DIR",
+                   help="TensorBoard event files: per-class validation curves and lever terms per epoch (needs the integrations extra)")
     add_data_options(p, device=False)
     p.set_defaults(func=cmd_train)
 
@@ -97,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validate the file and show the plan (and what is already done); reads no data")
     p.add_argument("--out", type=Path, default=None, help="default: the file's out, else runs/experiments/NAME")
     p.add_argument("--report-only", action="store_true", help="rebuild the combined report from saved results")
+    p.add_argument("--tensorboard", type=Path, default=None, metavar="DIR",
+                   help="TensorBoard event files, one folder per trained run (DIR/RUN); see train --help")
     add_data_options(p)
     p.set_defaults(func=cmd_experiment)
 
@@ -210,7 +214,7 @@ def cmd_train(args) -> int:
 
     config = config_from_args(TrainConfig, args)
     path = train(config, args.out, data_dir=args.data_dir, progress=not args.no_progress, resume=args.resume,
-                 download=args.download, overwrite=args.overwrite)
+                 download=args.download, overwrite=args.overwrite, tensorboard=args.tensorboard)
     if is_main():
         print(f"checkpoint: {path}")
         print(f"training log: {Path(args.out) / 'train_log.csv'}")
@@ -313,7 +317,7 @@ def cmd_experiment(args) -> int:
         return 0
     t0 = time.perf_counter()
     report = run_experiment(spec, device=args.device, data_dir=args.data_dir, download=args.download,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, tensorboard=args.tensorboard)
     print(f"report: {report} (+ report.md and CSV tables beside it); {time.perf_counter() - t0:.0f}s")
     return 0
 

@@ -24,6 +24,29 @@ def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(fast_layout(x)).argmax(dim=1)
 
 
+def worst_case_predictions(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor,
+                           clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The per-point worst case of one attack on one batch: ``(predictions (B,), distances (B,) or None)``.
+
+    x: (B, C, H, W) in [0, 1]; y: (B,); clean: (B,) the clean predictions. The attack runs only on
+    the points classified correctly; a clean error keeps its clean prediction (distance 0). A
+    minimal-norm attack also gives each point's smallest adversarial distance (inf: none found),
+    and its prediction is taken at that point if it lies within eps, else at x. ``model`` in eval mode.
+    """
+    correct = clean == y
+    pred = clean.clone()
+    minimal = isinstance(attack, MinimalNormAttack)
+    dist = torch.zeros(len(y), device=x.device) if minimal else None
+    if correct.any():
+        if minimal:
+            x_min, dist[correct] = attack.minimal(x[correct], y[correct])
+            x_adv = attack.at_radius(x[correct], x_min, dist[correct])
+        else:
+            x_adv = attack(x[correct], y[correct])
+        pred[correct] = predict(model, x_adv)
+    return pred, dist
+
+
 def evaluate_classwise(model: nn.Module, loader: Iterable, attacks: Mapping[str, Attack], *,
                        classes: list[str] | None = None, device: str | torch.device | None = None,
                        progress: bool = True, meta: dict[str, Any] | None = None) -> ClasswiseResult:
@@ -61,23 +84,14 @@ def evaluate_classwise(model: nn.Module, loader: Iterable, attacks: Mapping[str,
             t0 = time.perf_counter()
             clean = predict(model, x)
             seconds[CLEAN] += time.perf_counter() - t0
-            correct = clean == y
             labels.append(y.cpu())
             preds[CLEAN].append(clean.cpu())
             for name, attack in attacks.items():
                 t0 = time.perf_counter()
-                pred = clean.clone()
-                dist = torch.zeros(len(y), device=x.device)  # clean errors: distance 0
-                if correct.any():
-                    if name in distances:
-                        x_min, dist[correct] = attack.minimal(x[correct], y[correct])
-                        x_adv = attack.at_radius(x[correct], x_min, dist[correct])
-                    else:
-                        x_adv = attack(x[correct], y[correct])
-                    pred[correct] = predict(model, x_adv)
+                pred, dist = worst_case_predictions(model, attack, x, y, clean)
                 seconds[name] += time.perf_counter() - t0
                 preds[name].append(pred.cpu())
-                if name in distances:
+                if dist is not None:
                     distances[name].append(dist.cpu())
     if not labels:
         raise UsageError("the loader yielded no samples")

@@ -325,9 +325,9 @@ def _diverged(run: _Run, epoch: int, step: int, what: str):
                          "try a lower --lr") from None
 
 
-def _publish(run: _Run, rows: list[dict[str, Any]], best: dict[str, Any]) -> None:
+def _publish(run: _Run, rows: list[dict[str, Any]], best: dict[str, Any]) -> list[dict[str, Any]]:
     """Load the selected (or lever-chosen) weights into the network and, on rank 0, write the
-    checkpoint and replace ``out_dir`` with the staged run."""
+    checkpoint and replace ``out_dir`` with the staged run; returns the published weights' log rows."""
     config = run.config
     if best["state"] is not None:
         run.net.load_state_dict(best["state"])
@@ -342,7 +342,7 @@ def _publish(run: _Run, rows: list[dict[str, Any]], best: dict[str, Any]) -> Non
                                  for k, v in weights.items()})
         final = log_rows(config.epochs, validate(run.net, run.val_set, config, run.eps, run.classes, run.device), {})
     if not run.main:
-        return
+        return final
     meta = {
         "model": config.model, "dataset": config.dataset, "classes": run.classes,
         "model_kwargs": dict(config.model_kwargs), "eps": run.eps, "seed": config.seed, "config": config.to_dict(),
@@ -361,11 +361,12 @@ def _publish(run: _Run, rows: list[dict[str, Any]], best: dict[str, Any]) -> Non
     (run.stage / STATE).unlink()
     (run.stage / "config.json").unlink(missing_ok=True)
     replace_directory(run.stage, run.out_dir)
+    return final
 
 
 def train(config: TrainConfig, out_dir: str | Path, *, data_dir: str | Path | None = None,
           progress: bool = True, log: Callable[[str], None] = print, resume: bool = False,
-          download: bool = False, overwrite: bool = False) -> Path:
+          download: bool = False, overwrite: bool = False, tensorboard: str | Path | None = None) -> Path:
     """Train per ``config`` and publish ``out_dir/{model.safetensors, model.json, train_log.csv}``.
 
     The run lives in ``.NAME.partial`` beside ``out_dir`` and saves its full state there after
@@ -378,10 +379,19 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_dir: str | Path | No
     An existing non-empty ``out_dir`` is replaced only with ``overwrite=True``; an interrupted run
     staged for ``out_dir`` is continued with ``resume=True`` or discarded with ``overwrite=True``,
     never silently.
+
+    ``tensorboard``: a folder for TensorBoard event files (per-class validation curves and lever
+    terms per epoch, the final per-class figure; :mod:`classrobust.integrations.tensorboard`).
     """
     check_run_dir(check_writable(out_dir), resume=resume, overwrite=overwrite)
+    if tensorboard is not None:
+        from classrobust.integrations.tensorboard import TensorBoardLog, check_tensorboard
+
+        check_writable(tensorboard)
+        check_tensorboard()
     run = _prepare(config, out_dir, data_dir, download)
     rows, step, start_epoch, best = _restore(run, resume, log)
+    board = TensorBoardLog(tensorboard, first_epoch=start_epoch) if tensorboard is not None and run.main else None
     for epoch in range(start_epoch, config.epochs + 1):
         step, stats, per_class, train_probs = _train_epoch(run, epoch, step, progress)
         result = validate(run.net, run.val_set, config, run.eps, run.classes, run.device)
@@ -397,6 +407,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_dir: str | Path | No
             best = {"score": score, "epoch": epoch,
                     "state": None if config.select == "last" else
                     {k: v.detach().clone() for k, v in run.net.state_dict().items()}}
+        if board is not None:
+            board.epoch(epoch_rows)
         if run.main:
             pd.DataFrame(rows).to_csv(run.stage / "train_log.csv", index=False)
             _save_state(run.stage / STATE, {"config": config.to_dict(), "epoch": epoch, "step": step,
@@ -409,7 +421,13 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_dir: str | Path | No
             worst = min(r["val_pgd_accuracy"] for r in epoch_rows[:-1] if r["n"] > 0)
             log(f"epoch {epoch}/{config.epochs}: loss {stats['train_loss']:.3f}, val clean {clean:.1%}, "
                 f"val PGD {robust:.1%} (worst class {worst:.1%}), {stats['seconds']:.0f}s")
-    _publish(run, rows, best)
+    final = _publish(run, rows, best)
+    if board is not None:
+        selected = final[-1]["epoch"] if final else config.epochs
+        board.final(final, f"{config.method}{' ' + config.classwise if config.classwise else ''}, {config.dataset}, "
+                           f"seed {config.seed}, eps {run.eps:.4g}: epoch {selected} weights, validation "
+                           f"PGD-{config.val_attack_steps}")
+        board.close()
     if run.distributed:
         torch.distributed.barrier()
     return Path(out_dir) / "model.safetensors"

@@ -19,7 +19,7 @@ import numpy as np
 
 from classrobust.defenses.calibrate import CalibrateConfig
 from classrobust.errors import CheckpointError, UsageError
-from classrobust.io import atomic_write_json, check_output_dir
+from classrobust.io import atomic_write_json, check_output_dir, check_writable
 from classrobust.report.experiment import INDEX
 from classrobust.runtime import resolve_device
 from classrobust.workflows.calibrate import calibrate_checkpoint
@@ -77,13 +77,13 @@ def calibration_settings(entry: dict[str, Any]) -> dict[str, Any]:
     return CalibrateConfig(**entry).recorded()
 
 
-def _train(spec, run, *, resume, device, data_dir, download, progress, log) -> None:
+def _train(spec, run, *, resume, device, data_dir, download, progress, log, tensorboard=None) -> None:
     from classrobust.training import train
 
     # precision stays the file's (default bf16) on every machine, so that runs stay comparable
     config = replace(run.config, device=str(resolve_device(device)))
     train(config, run_dir(spec, run), data_dir=data_dir, download=download, progress=progress, resume=resume,
-          log=lambda m: log(f"  {m}"))
+          log=lambda m: log(f"  {m}"), tensorboard=None if tensorboard is None else Path(tensorboard) / run.key)
 
 
 def _evaluate(spec, run, *, device, data_dir, download, progress) -> None:
@@ -94,7 +94,7 @@ def _evaluate(spec, run, *, device, data_dir, download, progress) -> None:
 
 
 def ensure_run(spec, run, *, device=None, data_dir=None, download=False, progress=True,
-               log: Callable[[str], None] = print) -> str:
+               log: Callable[[str], None] = print, tensorboard: Path | None = None) -> str:
     """Bring one run to "done"; returns the state it was found in."""
     state = run_state(spec, run)
     if state == "done":
@@ -111,7 +111,7 @@ def ensure_run(spec, run, *, device=None, data_dir=None, download=False, progres
     if state in ("train", "resume"):
         log(f"{run.key}: {'resuming training' if state == 'resume' else 'training'}")
         _train(spec, run, resume=state == "resume", device=device, data_dir=data_dir, download=download,
-               progress=progress, log=log)
+               progress=progress, log=log, tensorboard=tensorboard)
     log(f"{run.key}: evaluating ({spec.eval['attacks']})")
     _evaluate(spec, run, device=device, data_dir=data_dir, download=download, progress=progress)
     log(f"{run.key}: done in {time.perf_counter() - t0:.0f}s")
@@ -144,9 +144,11 @@ def ablation_runs(spec: ExperimentSpec) -> list[tuple[RunSpec, RunSpec, str, str
 
 
 def run_experiment(spec: ExperimentSpec | str | Path, *, device: str | None = None, data_dir: Path | None = None,
-                   download: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> Path:
+                   download: bool = False, progress: bool = True, log: Callable[[str], None] = print,
+                   tensorboard: str | Path | None = None) -> Path:
     """Run the grid of ``spec`` (an experiment file or its loaded spec), skipping complete runs, then the
-    ablation, and write ``<out>/report``; returns the report path."""
+    ablation, and write ``<out>/report``; returns the report path. ``tensorboard``: a folder that gets
+    one TensorBoard log per trained run (``DIR/<run key>``)."""
     from classrobust.report.experiment import build_experiment_report
     from classrobust.workflows.spec import load_spec
 
@@ -154,18 +156,24 @@ def run_experiment(spec: ExperimentSpec | str | Path, *, device: str | None = No
         spec = load_spec(spec)
 
     check_output_dir(spec.out)
+    if tensorboard is not None:
+        from classrobust.integrations.tensorboard import check_tensorboard
+
+        check_writable(tensorboard)
+        check_tensorboard()
     spec.out.mkdir(parents=True, exist_ok=True)
     runs = list(spec.runs)
     log(f"experiment {spec.name}: {len(runs)} runs"
         + (" + the remove-the-confused-class ablation" if spec.ablation else "") + f" -> {spec.out}")
     for run in runs:
-        ensure_run(spec, run, device=device, data_dir=data_dir, download=download, progress=progress, log=log)
+        ensure_run(spec, run, device=device, data_dir=data_dir, download=download, progress=progress, log=log,
+                   tensorboard=tensorboard)
     ablations = ablation_runs(spec)
     for base, retrained, weak, dropped in ablations:
         log(f"ablation: {base.key}'s weakest class under {spec.ablation.attack} is {weak!r}, attacked mostly into "
             f"{dropped!r}; retraining without {dropped!r}")
         ensure_run(spec, retrained, device=device, data_dir=data_dir, download=download, progress=progress,
-                   log=log)
+                   log=log, tensorboard=tensorboard)
     index = {
         "name": spec.name, "description": spec.description, "source": str(spec.source),
         "eval": eval_settings(spec),

@@ -1,0 +1,121 @@
+"""Screening of the class-wise levers on the *validation* split (issue #15, steps 1, 3 and 4).
+
+Declared before any run (this file's first commit): the recipe, the grid, the seeds and the
+selection rule below. No run here reads the test split: every number comes from the training
+logs' per-epoch validation (held-out part of the training split, PGD-10 at eps 0.1).
+
+  python experiments/quick/screen_levers.py run [--only NAME ...] [--seeds 100 101]
+  python experiments/quick/screen_levers.py summary          # -> docs/results/lever-screen/
+
+``run`` is resumable: finished runs are skipped, an interrupted one continues from its last epoch.
+Selection rule: per lever, the setting with the highest mean (over seeds) last-epoch worst-class
+validation PGD accuracy among those whose mean average validation PGD accuracy is at most
+1 point below the baseline's; ties go to the higher average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNS = ROOT / "runs" / "screen"
+RESULTS = ROOT / "docs" / "results" / "lever-screen"
+#: screening seeds: disjoint from the confirmation seeds (0-4) that will be read on the test split
+SEEDS = (100, 101)
+#: the demo recipe (workflows/demo.py) on the full training split, run longer (see the baseline curve)
+RECIPE = dict(dataset="fashion-mnist", model="smallcnn", model_kwargs={"dropout": 0.0}, method="pgd-at", eps=0.1,
+              attack_steps=3, eps_warmup_epochs=1.0, epochs=15, batch_size=128, lr=0.03, lr_warmup_epochs=0.25,
+              val_size=2000, val_attack_steps=10, precision="bf16", device="cpu")
+#: name -> --classwise spec; the baseline first
+GRID = {
+    "pgd-at": "",
+    "reweight-s2": "reweight:strength=2",
+    "reweight-s4": "reweight:strength=4",
+    "dafa-l1": "dafa:lam=1",
+    "dafa-l2": "dafa:lam=2",
+    "wat-e1": "wat:eta=1",
+    "wat-e3": "wat:eta=3",
+}
+MAX_AVG_DROP = 0.01
+
+
+def run(names: list[str], seeds: list[int]) -> None:
+    from classrobust.training import TrainConfig, train
+
+    for seed in seeds:
+        for name in names:
+            out = RUNS / f"{name}-s{seed}"
+            if (out / "model.safetensors").is_file():
+                print(f"{out.name}: done")
+                continue
+            print(f"{out.name}: training", flush=True)
+            config = TrainConfig(**RECIPE, classwise=GRID[name], seed=seed)
+            train(config, out, progress=False, resume=True, log=lambda m: print(f"  {m}", flush=True))
+
+
+def summary() -> pd.DataFrame:
+    rows = []
+    for name, spec in GRID.items():
+        for seed in SEEDS:
+            log_path = RUNS / f"{name}-s{seed}" / "train_log.csv"
+            if not log_path.is_file():
+                continue
+            log = pd.read_csv(log_path)
+            last = log[log.epoch == log.epoch.max()]
+            per_class = last[last.class_index >= 0]
+            worst = per_class.loc[per_class.val_pgd_accuracy.idxmin()]
+            rows.append({"setting": name, "classwise": spec or "(none)", "seed": seed, "epochs": int(log.epoch.max()),
+                         "val_clean": float(last[last.class_index == -1].val_clean_accuracy.iloc[0]),
+                         "val_pgd": float(last[last.class_index == -1].val_pgd_accuracy.iloc[0]),
+                         "val_worst_pgd": float(worst.val_pgd_accuracy), "worst_class": worst.class_name,
+                         "val_worst_clean": float(per_class.val_clean_accuracy.min())})
+    return pd.DataFrame(rows)
+
+
+def choose(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean over seeds per setting, and the selection rule's pick per lever."""
+    means = table.groupby(["setting", "classwise"], sort=False)[["val_clean", "val_pgd", "val_worst_pgd"]].mean()
+    means["seeds"] = table.groupby(["setting", "classwise"], sort=False).size()
+    means = means.reset_index()
+    base = means[means.setting == "pgd-at"]
+    if base.empty:
+        means["chosen"] = False
+        return means
+    allowed = means.val_pgd >= float(base.val_pgd.iloc[0]) - MAX_AVG_DROP
+    means["lever"] = means.setting.str.split("-").str[0]
+    means["chosen"] = False
+    for lever, group in means[allowed & (means.setting != "pgd-at")].groupby("lever"):
+        best = group.sort_values(["val_worst_pgd", "val_pgd"], ascending=False).index[0]
+        means.loc[best, "chosen"] = True
+    return means.drop(columns="lever")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--only", nargs="*", choices=list(GRID), default=list(GRID))
+    r.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
+    sub.add_parser("summary")
+    args = parser.parse_args()
+    if args.command == "run":
+        run(args.only, args.seeds)
+        return 0
+    table = summary()
+    if table.empty:
+        print("no finished screening runs", file=sys.stderr)
+        return 1
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    table.to_csv(RESULTS / "runs.csv", index=False)
+    chosen = choose(table)
+    chosen.to_csv(RESULTS / "settings.csv", index=False)
+    print(chosen.to_string(index=False, float_format=lambda v: f"{100 * v:.1f}"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
