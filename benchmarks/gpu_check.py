@@ -6,6 +6,8 @@ Needs no internet and no downloaded data. Subcommands:
   syncs --device D                   host synchronisations per PGD step, counted two ways
   throughput --device D --images N   PGD-10 adversarial-training epoch on N CIFAR-shaped images,
                                      PreAct ResNet-18, bf16, with and without channels-last
+  determinism DATA --device D        README's resume promise: two --deterministic runs, two default
+                                     runs, and a --deterministic run killed after epoch 1 and resumed
 
 Everything prints one ``key: value`` line per result, so the shell script's log is the record.
 """
@@ -130,6 +132,48 @@ def throughput(device: torch.device, n_images: int, batch: int, steps: int, prec
               f"{seen} images in {seconds:.2f} s ({seen / seconds:.0f} img/s)")
 
 
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def determinism(data: Path, out: Path, device: str, model: str, epochs: int = 2) -> None:
+    """Bitwise checks of the training promise on ``device`` (prints one line per comparison)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "classrobust", "train", "--dataset", f"folder:{data}", "--model", model,
+            "--method", "pgd-at", "--epochs", str(epochs), "--attack-steps", "2", "--batch-size", "64",
+            "--val-size", "20", "--precision", "bf16", "--device", device, "--no-progress", "--seed", "1"]
+
+    def trained(name, *extra):
+        subprocess.run([*base, *extra, "--out", str(out / name)], check=True, capture_output=True)
+        return _sha(out / name / "model.safetensors")
+
+    det = [trained("det-a", "--deterministic"), trained("det-b", "--deterministic")]
+    print(f"determinism --deterministic, two runs: {'bitwise equal' if det[0] == det[1] else 'DIFFER'}")
+    if device.startswith("cuda"):  # on the CPU the default path is the deterministic one
+        default = [trained("default-a"), trained("default-b")]
+        print(f"determinism default (cudnn.benchmark), two runs: "
+              f"{'bitwise equal' if default[0] == default[1] else 'differ'}")
+    state = out / ".killed.partial" / "train_state.pt"
+    proc = subprocess.Popen([*base, "--deterministic", "--out", str(out / "killed")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    while not state.exists() and proc.poll() is None:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    if proc.returncode != -signal.SIGKILL:
+        print("determinism resume: the run finished before the kill; not measured")
+        return
+    resumed = trained("killed", "--deterministic", "--resume")
+    print(f"determinism --deterministic, killed after epoch 1 and resumed vs uninterrupted: "
+          f"{'bitwise equal' if resumed == det[0] else 'DIFFER'}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -148,8 +192,15 @@ def main() -> None:
     t.add_argument("--steps", type=int, default=10)
     t.add_argument("--precision", default="bf16")
     t.add_argument("--compile", action="store_true", help="the compiled model, channels-last + cudnn.benchmark only")
+    r = sub.add_parser("determinism")
+    r.add_argument("data", type=Path)
+    r.add_argument("out", type=Path)
+    r.add_argument("--device", default="cuda")
+    r.add_argument("--model", default="preact-resnet18")
     args = p.parse_args()
-    if args.command == "data":
+    if args.command == "determinism":
+        determinism(args.data, args.out, args.device, args.model)
+    elif args.command == "data":
         make_data(args.root, args.train, args.test)
     elif args.command == "syncs":
         count_syncs(torch.device(args.device), args.batch, args.steps)

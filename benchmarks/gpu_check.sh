@@ -7,7 +7,8 @@
 # Steps (each timed): host syncs per PGD step; the throughput of a PGD-10 AT epoch on 50,000
 # CIFAR-shaped images with and without channels-last; synthetic 32x32x3 ImageFolder data; PGD-AT
 # epochs of preact-resnet18 in bf16; evaluation with PGD and AutoAttack (fp32, TF32 off); calibration;
-# the report; torchrun with one process (NCCL on a GPU, gloo on the CPU); with GPU_CHECK_COMPILE=1,
+# the report; torchrun with one process (NCCL on a GPU, gloo on the CPU); the resume promise (two
+# --deterministic runs, two default runs, a killed and resumed run: bitwise); with GPU_CHECK_COMPILE=1,
 # last, the throughput again with the model under torch.compile.
 # Record the printed numbers in benchmarks/README.md.
 # Runs from a source checkout without installing the package (PYTHONPATH=src).
@@ -59,6 +60,8 @@ step report "${CR[@]}" report "$OUT/run"
 step torchrun "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 -m classrobust train \
   --dataset "$DATA" --model "$MODEL" --method pgd-at $EPOCH_ARGS --precision bf16 \
   --device "$DEVICE" --no-progress --out "$OUT/run-ddp"
+step determinism "$PY" benchmarks/gpu_check.py determinism "$OUT/data" "$OUT/determinism" --device "$DEVICE" \
+  --model "$MODEL"
 if [ -n "${GPU_CHECK_COMPILE:-}" ]; then  # opt-in, last: 100 s on an H100 (2026-11-27), outside the 5-minute budget
   step throughput-compiled "$PY" benchmarks/gpu_check.py throughput --device "$DEVICE" $THROUGHPUT_ARGS --compile
 fi

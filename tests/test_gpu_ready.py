@@ -126,8 +126,11 @@ def test_gpu_check_script_cpu_path(tmp_path):
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(tmp_path / "gc")], env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    for step in ("train", "eval", "calibrate", "report", "torchrun", "syncs", "throughput"):
+    for step in ("train", "eval", "calibrate", "report", "torchrun", "syncs", "throughput", "determinism"):
         assert f"time {step}:" in done.stdout
+    # the CPU's resume promise: bitwise, with or without --deterministic, also across a kill
+    assert "--deterministic, two runs: bitwise equal" in done.stdout
+    assert "killed after epoch 1 and resumed vs uninterrupted: bitwise equal" in done.stdout
     assert "gpu_check: all steps passed" in done.stdout
     syncs = [line for line in done.stdout.splitlines() if line.startswith("syncs PGD-")]
     assert syncs and all("per step" in line for line in syncs)
