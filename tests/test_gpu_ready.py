@@ -192,3 +192,29 @@ def test_evaluation_mode_shrinks_every_few_steps_with_the_same_result(name, monk
             assert (model(every_fourth).argmax(1) != y).sum() > 10  # the attack did fool points
     finally:
         at_fmnist_model.float()
+
+
+def test_each_process_reads_only_its_share_of_every_global_batch():
+    """Under torchrun every process loads (and a folder dataset decodes) only batch[rank::size]:
+    the shards of one global batch together are that batch, in its order."""
+    from classrobust.data import DatasetInfo, ImageTensorDataset, ThreatModel, make_loader
+
+    class Counting(ImageTensorDataset):
+        read = 0
+
+        def __getitem__(self, index):
+            Counting.read += len(index)
+            return super().__getitem__(index)
+
+    info = DatasetInfo(name="t", classes=tuple("abcde"), input_shape=(1, 4, 4), threat_model=ThreatModel(eps=0.1, step_size=0.01),
+                       mean=(0.5,), std=(0.25,))
+    ds = Counting(torch.randint(0, 255, (50, 1, 4, 4), dtype=torch.uint8), torch.arange(50) % 5, info, "train")
+    whole = [y for _, y in make_loader(ds, 8, shuffle=True, seed=3)]
+    Counting.read = 0
+    shards = [[y for _, y in make_loader(ds, 8, shuffle=True, seed=3, shard=(r, 3))] for r in range(3)]
+    assert Counting.read == 50  # every image read once over the three processes, not three times
+    for b, batch in enumerate(whole):
+        rebuilt = torch.empty_like(batch)
+        for r in range(3):
+            rebuilt[r::3] = shards[r][b]
+        assert torch.equal(rebuilt, batch)

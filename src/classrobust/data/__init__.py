@@ -115,11 +115,31 @@ def stratified_subset(ds: ClassificationDataset, n: int, seed: int = 0) -> Class
     return ds.subset(stratified_positions(ds.targets, n, ds.info.num_classes, seed))
 
 
+class _ShardOfBatches:
+    """Each global batch of ``batches`` cut to one process's share, ``batch[rank::size]``: under
+    torchrun every process reads (and a folder dataset decodes) only its own images, in the
+    order the global batch gives them."""
+
+    def __init__(self, batches, rank: int, size: int):
+        self.batches, self.rank, self.size = batches, rank, size
+
+    def __iter__(self):
+        for batch in self.batches:
+            yield batch[self.rank::self.size]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                drop_last: bool = False, num_workers: int = 0) -> DataLoader:
+                drop_last: bool = False, num_workers: int = 0, shard: tuple[int, int] | None = None,
+                pin_memory: bool = False) -> DataLoader:
     """A DataLoader serving a whole batch per index call (no per-item collate).
 
     Folder datasets decode a batch per call; ``num_workers > 0`` decodes batches in parallel.
+    ``shard=(rank, size)``: this process's share ``[rank::size]`` of every global batch of
+    ``batch_size`` (the global order is the same in every process). ``pin_memory``: page-locked
+    batches, for asynchronous copies to a GPU.
     """
     if batch_size < 1:
         raise UsageError(f"batch size must be >= 1, got {batch_size}")
@@ -129,9 +149,13 @@ def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool = False, seed: in
 
         base = RandomSampler(ds, generator=gen) if shuffle else SequentialSampler(ds)
         sampler = BatchSampler(base, batch_size, drop_last)
-        return DataLoader(ds, sampler=sampler, batch_size=None, num_workers=num_workers)
+        if shard is not None and shard[1] > 1:
+            sampler = _ShardOfBatches(sampler, *shard)
+        return DataLoader(ds, sampler=sampler, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
+    if shard is not None and shard[1] > 1:
+        raise UsageError("sharded loading needs a classrobust dataset (ClassificationDataset)")
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen,
-                      drop_last=drop_last, num_workers=num_workers)
+                      drop_last=drop_last, num_workers=num_workers, pin_memory=pin_memory)
 
 
 __all__ = ["DATASETS", "ClassificationDataset", "DatasetInfo", "ImageTensorDataset", "ImageFolderDataset", "ThreatModel", "get_dataset",

@@ -257,14 +257,13 @@ def _train_epoch(run: _Run, epoch: int, step: int,
                    if not (key == "eps_scale" and np.all(v == 1))} if terms_used else None
     # the order depends on (seed, epoch) only, so a resumed epoch sees the same batches
     loader = make_loader(run.train_set, config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch,
-                         drop_last=run.drop_last)
+                         drop_last=run.drop_last, shard=(run.rank, run.size) if run.distributed else None,
+                         pin_memory=run.device.type == "cuda")
     # disable=None: no bar when stderr is not a terminal (a log file or CI gets no carriage-return updates)
     bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", disable=None if (progress and run.main) else True,
                leave=False)
     lr = eps_now = 0.0
     for batch_index, (x, y) in enumerate(bar):
-        if run.distributed:  # this process's share of the global batch
-            x, y = x[run.rank::run.size], y[run.rank::run.size]
         x, y = fast_layout(x.to(run.device, non_blocking=True)), y.to(run.device, non_blocking=True)
         lr = config.lr * run.factor(step)
         for group in run.optimizer.param_groups:
