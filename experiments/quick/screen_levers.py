@@ -38,7 +38,7 @@ GRID = {
     "dafa-l1": "dafa:lam=1",
     "dafa-l2": "dafa:lam=2",
     "wat-e1": "wat:eta=1",
-    "wat-e3": "wat:eta=3",
+    "wat-e03": "wat:eta=0.3",
 }
 MAX_AVG_DROP = 0.01
 
