@@ -43,9 +43,12 @@ def top_destinations(result, attack: str, top: int = 3) -> pd.DataFrame:
 
 def strongest_pairs(result, attack: str, top: int = 10) -> pd.DataFrame:
     """The largest off-diagonal entries of the attacked-into matrix: (from, to, count, share of all flips)."""
-    into = attacked_into(result, attack)
+    into = attacked_into(result, attack).copy()
+    np.fill_diagonal(into, 0)
     total = into.sum()
-    flat = [(into[i, j], i, j) for i in range(len(into)) for j in range(len(into)) if i != j and into[i, j]]
-    flat.sort(key=lambda t: (-t[0], t[1], t[2]))
-    return pd.DataFrame([{"attack": attack, "from": result.classes[i], "to": result.classes[j], "count": int(c),
-                          "share_of_flips": float(c / total)} for c, i, j in flat[:top]])
+    rows, cols = np.nonzero(into)  # row-major: ties stay in (from, to) order under the stable sort
+    order = np.argsort(-into[rows, cols], kind="stable")[:top]
+    return pd.DataFrame([{"attack": attack, "from": result.classes[i], "to": result.classes[j],
+                          "count": int(into[i, j]), "share_of_flips": float(into[i, j] / total)}
+                         for i, j in zip(rows[order], cols[order])],
+                        columns=["attack", "from", "to", "count", "share_of_flips"])

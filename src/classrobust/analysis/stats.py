@@ -22,6 +22,50 @@ def wilson_interval(correct: np.ndarray | int, n: np.ndarray | int, confidence: 
     return centre - half, centre + half
 
 
+def fit_beta_binomial(correct: np.ndarray, n: np.ndarray) -> tuple[float, float]:
+    """Maximum-likelihood (alpha, beta) of a beta-binomial model: each class's accuracy drawn
+    from Beta(alpha, beta), its ``correct`` of ``n`` binomial given that accuracy. Classes with
+    n = 0 are ignored. Starts from the method of moments; optimises log alpha, log beta."""
+    from scipy import optimize, special
+
+    correct, n = np.asarray(correct, dtype=float), np.asarray(n, dtype=float)
+    keep = n > 0
+    correct, n = correct[keep], n[keep]
+    p = correct / n
+    mean = float(np.clip(p.mean(), 1e-3, 1 - 1e-3))
+    var = float(p.var())
+    between = max(var - mean * (1 - mean) * np.mean(1 / n), 1e-4)  # what the binomial noise does not explain
+    strength = max(mean * (1 - mean) / between - 1, 0.5)
+
+    def nll(log_ab):
+        a, b = np.exp(log_ab)
+        return -float(np.sum(special.betaln(correct + a, n - correct + b) - special.betaln(a, b)))
+
+    start = np.log([mean * strength, (1 - mean) * strength])
+    fit = optimize.minimize(nll, start, method="L-BFGS-B", bounds=[(-7.0, 12.0), (-7.0, 12.0)])
+    a, b = np.exp(fit.x)
+    return float(a), float(b)
+
+
+def empirical_bayes_intervals(correct: np.ndarray, n: np.ndarray, confidence: float = 0.95
+                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float]]:
+    """Per-class accuracy shrunk towards the other classes: the posterior mean and equal-tailed
+    ``confidence`` interval of Beta(alpha + correct, beta + n - correct), with (alpha, beta) fitted
+    across all classes (:func:`fit_beta_binomial`). A class with few samples borrows strength from
+    the rest; its interval is narrower than Wilson's and pulled towards the class average, which
+    is honest only if the classes are exchangeable a priori (docs/findings.md says when not).
+    Returns (estimate, low, high, (alpha, beta)); NaN where n = 0."""
+    correct, n = np.asarray(correct, dtype=float), np.asarray(n, dtype=float)
+    a, b = fit_beta_binomial(correct, n)
+    post_a, post_b = a + correct, b + n - correct
+    tail = (1 - confidence) / 2
+    estimate = post_a / (post_a + post_b)
+    low, high = stats.beta.ppf(tail, post_a, post_b), stats.beta.ppf(1 - tail, post_a, post_b)
+    missing = n == 0
+    return (np.where(missing, np.nan, estimate), np.where(missing, np.nan, low), np.where(missing, np.nan, high),
+            (a, b))
+
+
 def disparity(acc_per_class: np.ndarray) -> dict[str, float]:
     """Across-class spread of accuracies (K,): worst, best, gap, std, coefficient of variation."""
     acc = np.asarray(acc_per_class, dtype=float)
@@ -68,10 +112,16 @@ def bootstrap_disparity(correct: np.ndarray, n: np.ndarray, reps: int = 2000, co
 
 def per_class_table(result, confidence: float = 0.95) -> pd.DataFrame:
     """The result's long per-class table (attack, class, n, correct, accuracy) with each row's
-    Wilson interval (``ci_low``, ``ci_high``)."""
+    Wilson interval (``ci_low``, ``ci_high``) and, per attack, the empirical-Bayes estimate across
+    classes (``eb_accuracy``, ``eb_low``, ``eb_high``; :func:`empirical_bayes_intervals`)."""
     table = result.per_class_table()
     lo, hi = wilson_interval(table["correct"].to_numpy(), table["n"].to_numpy(), confidence)
-    return table.assign(ci_low=np.asarray(lo, dtype=float), ci_high=np.asarray(hi, dtype=float))
+    table = table.assign(ci_low=np.asarray(lo, dtype=float), ci_high=np.asarray(hi, dtype=float))
+    parts = []
+    for _, group in table.groupby("attack", sort=False):
+        est, low, high, _ = empirical_bayes_intervals(group["correct"].to_numpy(), group["n"].to_numpy(), confidence)
+        parts.append(group.assign(eb_accuracy=est, eb_low=low, eb_high=high))
+    return pd.concat(parts)
 
 
 def disparity_table(result, reps: int = 2000, seed: int = 0) -> pd.DataFrame:

@@ -75,11 +75,36 @@ def robustness_curves(curves: pd.DataFrame, attack: str) -> Figure:
     return fig
 
 
-def confusion_heatmap(result, attack: str) -> Figure:
-    """Row-normalised confusion (true x predicted) with counts, under one attack."""
+def accuracy_distribution(result) -> Figure:
+    """Each attack's per-class accuracies sorted, against the share of classes (readable at any
+    number of classes): how many classes sit below any accuracy."""
+    fig = Figure(figsize=(7, 3.8), layout="constrained")
+    ax = fig.add_subplot()
+    for i, (name, res) in enumerate(result.attacks.items()):
+        acc = np.sort(res.accuracy_per_class[~np.isnan(res.accuracy_per_class)])
+        if len(acc):
+            ax.step(np.arange(1, len(acc) + 1) / len(acc), acc, where="post", color=PALETTE[i % len(PALETTE)],
+                    label=f"{name} (median {100 * np.median(acc):.1f}%)")
+    ax.set_xlabel(f"share of classes ({result.num_classes}), weakest first")
+    ax.set_ylabel("per-class accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("distribution of per-class accuracy", fontsize=10)
+    return fig
+
+
+def confusion_heatmap(result, attack: str, classes: list[int] | None = None) -> Figure:
+    """Row-normalised confusion (true x predicted) with counts, under one attack; ``classes``
+    (indices) restricts rows and columns to those classes (row shares stay those of the whole row)."""
     cm = result.attacks[attack].confusion
     norm = row_normalised(cm)
-    k = result.num_classes
+    names = list(result.classes)
+    if classes is not None:
+        cm, norm = cm[np.ix_(classes, classes)], norm[np.ix_(classes, classes)]
+        names = [names[i] for i in classes]
+    k = len(names)
     fig = Figure(figsize=(0.55 * k + 2.5, 0.5 * k + 1.8), layout="constrained")
     ax = fig.add_subplot()
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
@@ -89,19 +114,31 @@ def confusion_heatmap(result, attack: str) -> Figure:
                 if cm[i, j]:
                     ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
                             color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xticks(range(k), result.classes, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(k), result.classes, fontsize=8)
+    ax.set_xticks(range(k), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), names, fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{attack}: where each class lands (row share, counts)", fontsize=10)
+    what = "" if classes is None else f", the {k} classes of the strongest pairs"
+    ax.set_title(f"{attack}: where each class lands (row share, counts{what})", fontsize=10)
     fig.colorbar(im, ax=ax, shrink=0.8)
     return fig
 
 
+#: with more classes than this, the gain chart stacks the vulnerable classes and one "other" block
+MAX_STACKED = 12
+
+
 def gain_chart(gains: pd.DataFrame) -> Figure:
-    """Stacked bars: each class's share of the accuracy drop from rung to rung of the ladder."""
+    """Stacked bars: each class's share of the accuracy drop from rung to rung of the ladder (with
+    many classes: the most vulnerable ones, and all others as one block)."""
     steps = list(dict.fromkeys(zip(gains["from"], gains["to"])))
     classes = list(dict.fromkeys(gains["class_name"]))
+    if len(classes) > MAX_STACKED:
+        vulnerable = set(gains.loc[gains["vulnerable"], "class_name"])
+        others = f"the other {len(classes) - len(vulnerable)} classes"
+        gains = gains.assign(class_name=gains["class_name"].where(gains["class_name"].isin(vulnerable), others))
+        gains = gains.groupby(["from", "to", "class_name"], sort=False, as_index=False)["drop"].sum()
+        classes = [c for c in classes if c in vulnerable] + [others]
     fig = Figure(figsize=(max(6, 1.6 * len(steps) + 3), 4), layout="constrained")
     ax = fig.add_subplot()
     bottom = np.zeros(len(steps))
@@ -147,9 +184,12 @@ def matrix_heatmap(matrix: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
-def training_curves(log: pd.DataFrame) -> Figure:
-    """Per-class validation clean and PGD accuracy per epoch, from ``train_log.csv``."""
+def training_curves(log: pd.DataFrame, classes: list[int] | None = None) -> Figure:
+    """Per-class validation clean and PGD accuracy per epoch, from ``train_log.csv``; ``classes``
+    (indices) draws only those classes (and the overall curve)."""
     per_class = log[log["class_index"] >= 0]
+    if classes is not None:
+        per_class = per_class[per_class["class_index"].isin(classes)]
     overall = log[log["class_index"] < 0]
     fig = Figure(figsize=(11, 4), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)

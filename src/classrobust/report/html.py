@@ -19,7 +19,7 @@ from classrobust.report import figures
 from classrobust.report.markdown import to_markdown
 from classrobust.report.page import Page as _Page
 from classrobust.report.page import html_document, pct as _pct
-from classrobust.report.tables import format_warnings
+from classrobust.report.tables import MANY_CLASSES, extreme_classes, format_warnings, strongest_attack
 
 ASSETS = "report_files"
 
@@ -41,8 +41,11 @@ def build_report(path: str | Path, *, train_log: str | Path | None = None, boots
     log_path = Path(train_log) if train_log else eval_dir.parent / "train_log.csv"
     log = pd.read_csv(log_path) if log_path.is_file() else None
     attacks = [n for n in result.attacks if n != CLEAN]
-    strongest = min(attacks, key=lambda n: result.attacks[n].accuracy) if attacks else CLEAN
+    strongest = strongest_attack(result)
     meta = result.meta
+    many = result.num_classes > MANY_CLASSES
+    weakest, strongest_classes = extreme_classes(result) if many else ([], [])
+    extremes = [*weakest, *strongest_classes]
     with atomic_directory(eval_dir / ASSETS) as stage:
         page = _Page(stage)
         title = f"Class-wise robustness: {meta.get('model', 'model')} on {meta.get('dataset', 'data')}"
@@ -82,8 +85,21 @@ def build_report(path: str | Path, *, train_log: str | Path | None = None, boots
         wide.to_csv(stage / "tables" / "per_class_wide.csv")
         page.text("Accuracy in % with its 95% Wilson interval; attacks count a point robust only if it is "
                   "classified correctly both clean and attacked.")
-        page.table(shown, "per_class", index=True)
-        page.figure(figures.per_class_bars(result), "per_class_bars", "per-class accuracy bars")
+        if many:
+            page.text(f"{result.num_classes} classes: the {len(weakest)} weakest and {len(strongest_classes)} "
+                      f"strongest under {strongest} lead; every class is in the collapsed table below and in "
+                      "per_class_intervals.csv.")
+            lead = shown.iloc[[*extremes, len(shown) - 1]]
+            page.table(lead, "per_class_extremes", index=True)
+            page.figure(figures.accuracy_distribution(result), "per_class_distribution",
+                        "distribution of per-class accuracy")
+            _empirical_bayes_section(page, long, result, strongest, extremes)
+            page.open_details(f"all {result.num_classes} classes")
+            page.table(shown, "per_class", index=True)
+            page.close_details()
+        else:
+            page.table(shown, "per_class", index=True)
+            page.figure(figures.per_class_bars(result), "per_class_bars", "per-class accuracy bars")
 
         page.h2("Disparity across classes", "disparity")
         disp = disparity_table(result, reps=bootstrap_reps)
@@ -124,15 +140,35 @@ def build_report(path: str | Path, *, train_log: str | Path | None = None, boots
                                                          "never_broken": _pct})
 
         page.h2("Where adversarial examples land", "confusion")
-        page.text("Rows: true class; columns: predicted class (worst case per point); colour is the row share.")
+        page.text("Rows: true class; columns: predicted class (worst case per point); colour is the row share."
+                  + (f" With {result.num_classes} classes each heatmap shows only the classes of that attack's "
+                     "strongest pairs (every cell of the matrix: confusion_<attack>.csv)." if many else ""))
         page.parts.append('<div class="grid">')
         for name in result.attacks:
-            page.figure(figures.confusion_heatmap(result, name), f"confusion_{name}", f"confusion {name}")
+            shown_classes = None
+            if many:
+                pairs = strongest_pairs(result, name)
+                shown_classes = [result.classes.index(c) for c in
+                                 dict.fromkeys([*pairs["from"], *pairs["to"]])]
+                if len(shown_classes) < 2:  # nothing flipped: nothing worth drawing
+                    continue
+            page.figure(figures.confusion_heatmap(result, name, shown_classes), f"confusion_{name}",
+                        f"confusion {name}")
         page.parts.append("</div>")
         for name in attacks:
-            page.text(f"{name}: top classes each class's fooled points land in (share of that class's flips)")
-            page.table(top_destinations(result, name), f"attacked_into_{name}",
-                       {c: _pct for c in ("share_1", "share_2", "share_3", "top3_share")})
+            destinations = top_destinations(result, name)
+            fmt = {c: _pct for c in ("share_1", "share_2", "share_3", "top3_share")}
+            if many:
+                page.text(f"{name}: top classes the {len(weakest)} weakest classes' fooled points land in "
+                          "(share of that class's flips; every class in the collapsed table)")
+                page.table(destinations[destinations["class_name"].isin([result.classes[i] for i in weakest])],
+                           f"attacked_into_{name}_weakest", fmt)
+                page.open_details(f"{name}: all {result.num_classes} classes")
+                page.table(destinations, f"attacked_into_{name}", fmt)
+                page.close_details()
+            else:
+                page.text(f"{name}: top classes each class's fooled points land in (share of that class's flips)")
+                page.table(destinations, f"attacked_into_{name}", fmt)
             page.text(f"{name}: strongest class pairs of the whole matrix")
             page.table(strongest_pairs(result, name), f"strongest_pairs_{name}", {"share_of_flips": _pct})
 
@@ -158,9 +194,13 @@ def build_report(path: str | Path, *, train_log: str | Path | None = None, boots
                       f"(p = {corr['spearman_p']:.3g}).")
             page.figure(figures.weight_norm_scatter(result, np.asarray(norms), strongest), "weight_norms",
                         "weight norm scatter")
+            if many:
+                page.open_details(f"weight norms of all {result.num_classes} classes")
             page.table(pd.DataFrame({"class_name": result.classes, "weight_norm": norms,
                                      f"{strongest}_accuracy": result.attacks[strongest].accuracy_per_class}),
                        "weight_norms", {f"{strongest}_accuracy": _pct})
+            if many:
+                page.close_details()
             (stage / "tables" / "weight_norm_correlation.json").write_text(json.dumps(corr, indent=2))
 
         if len(attacks) >= 2:
@@ -175,7 +215,11 @@ def build_report(path: str | Path, *, train_log: str | Path | None = None, boots
 
         if log is not None:
             page.h2("Training curves per class", "training")
-            page.figure(figures.training_curves(log), "training_curves", "per-class training curves")
+            if many:
+                page.text(f"The {len(weakest)} weakest and {len(strongest_classes)} strongest classes (by {strongest} "
+                          "on the test split) and the whole validation set.")
+            page.figure(figures.training_curves(log, extremes if many else None), "training_curves",
+                        "per-class training curves")
 
         if result.sanity:
             page.h2("Sanity checks", "sanity")
@@ -187,3 +231,21 @@ def build_report(path: str | Path, *, train_log: str | Path | None = None, boots
     out = eval_dir / "report.html"
     atomic_write_text(out, doc)
     return out
+
+
+def _empirical_bayes_section(page: _Page, long: pd.DataFrame, result: ClasswiseResult, attack: str,
+                             classes: list[int]) -> None:
+    """The leading classes' accuracy under ``attack``: raw with Wilson's interval beside the
+    empirical-Bayes estimate that borrows strength across classes."""
+    rows = long[long["attack"] == attack].set_index("class_index").loc[classes]
+    table = pd.DataFrame({
+        "class": rows["class_name"], "n": rows["n"],
+        "raw [Wilson 95%]": [f"{100 * a:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+                             for a, lo, hi in zip(rows["accuracy"], rows["ci_low"], rows["ci_high"])],
+        "empirical Bayes [95%]": [f"{100 * a:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+                                  for a, lo, hi in zip(rows["eb_accuracy"], rows["eb_low"], rows["eb_high"])]})
+    page.text(f"{attack}: with few test images per class each raw interval is wide. The empirical-Bayes "
+              "estimate fits one beta distribution to all classes' accuracies and shrinks each class towards it "
+              "(posterior mean and 95% interval; docs/findings.md: when to use which). Extremes are pulled "
+              "inwards: the raw value is the measurement, the estimate a better guess of the class's accuracy.")
+    page.table(table, f"empirical_bayes_{attack}")

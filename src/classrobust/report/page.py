@@ -17,6 +17,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1200px;ma
 h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
 table{border-collapse:collapse;font-size:.85em;margin:.8em 0}th,td{border:1px solid #ddd;padding:3px 8px;text-align:right}
 th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
+summary{cursor:pointer;color:#2e5c8a;margin:.4em 0}
 img{max-width:100%;height:auto;display:block;margin:.6em 0}.warn{background:#fff4e5;border-left:4px solid #f0a020;padding:.4em .8em;margin:.3em 0}
 .meta{color:#666;font-size:.85em}.sig{font-weight:bold;color:#b00}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(480px,1fr));gap:.5em}
@@ -38,6 +39,13 @@ class Page:
         (assets / "figures").mkdir(parents=True, exist_ok=True)
         (assets / "tables").mkdir(parents=True, exist_ok=True)
         self.parts: list[str] = []
+
+    def open_details(self, summary: str) -> None:
+        """Start a collapsed block (closed with :meth:`close_details`): long tables many classes make."""
+        self.parts.append(f"<details><summary>{html.escape(summary)}</summary>")
+
+    def close_details(self) -> None:
+        self.parts.append("</details>")
 
     def h2(self, title: str, anchor: str) -> None:
         self.parts.append(f'<h2 id="{anchor}">{html.escape(title)}</h2>')

@@ -12,11 +12,36 @@ def _pct(value: float, width: int) -> str:
     return f"{'-':>{width}}" if np.isnan(value) else f"{100 * value:>{width - 1}.1f}%"
 
 
+#: with more classes than this, tables and figures lead with the extremes (the full table in CSV
+#: and, in report.html, collapsed)
+MANY_CLASSES = 20
+#: how many weakest and strongest classes lead then
+EXTREME_CLASSES = 10
+
+
+def strongest_attack(result: ClasswiseResult) -> str:
+    """The attack with the lowest overall accuracy (``clean`` if none ran): the one that orders classes."""
+    attacks = [n for n in result.attacks if n != CLEAN]
+    return min(attacks, key=lambda n: result.attacks[n].accuracy) if attacks else CLEAN
+
+
+def extreme_classes(result: ClasswiseResult, k: int = EXTREME_CLASSES) -> tuple[list[int], list[int]]:
+    """Indices of the ``k`` weakest (weakest first) and ``k`` strongest (weakest of them first)
+    classes with samples, by accuracy under :func:`strongest_attack`; ties keep class order."""
+    acc = result.attacks[strongest_attack(result)].accuracy_per_class
+    present = [int(i) for i in np.flatnonzero(~np.isnan(acc))]
+    ordered = sorted(present, key=lambda i: acc[i])  # stable: ties in class order
+    weakest = ordered[:k]
+    strongest = [i for i in ordered[-k:] if i not in weakest] if len(ordered) > k else []
+    return weakest, strongest
+
+
 def format_classwise_table(result: ClasswiseResult) -> str:
     """Classes as rows, clean and each attack as columns (accuracy in %), then summary rows.
 
     Columns widen to the longest class and attack names (nothing is cut or run together); a
-    class with no evaluated samples shows '-'."""
+    class with no evaluated samples shows '-'. With more than :data:`MANY_CLASSES` classes only
+    the :data:`EXTREME_CLASSES` weakest and strongest are listed (all in per_class.csv)."""
     table = result.wide_table()
     names = list(result.attacks)
     worst = [result.classes[result.attacks[n].worst_class] for n in names]
@@ -24,9 +49,21 @@ def format_classwise_table(result: ClasswiseResult) -> str:
     cols = [max(10, len(n) + 2, len(w) + 2) for n, w in zip(names, worst)]
     header = f"{'class':<{first}}{'n':>6}" + "".join(f"{n:>{w}}" for n, w in zip(names, cols))
     lines = [header, "-" * len(header)]
-    for _, row in table.iterrows():
-        lines.append(f"{str(row['class']):<{first}}{int(row['n']):>6}"
-                     + "".join(_pct(row[n], w) for n, w in zip(names, cols)))
+
+    def row_line(row) -> str:
+        return f"{str(row['class']):<{first}}{int(row['n']):>6}" + "".join(_pct(row[n], w) for n, w in zip(names, cols))
+
+    if result.num_classes > MANY_CLASSES:
+        weakest, strongest = extreme_classes(result)
+        lines.insert(0, f"{len(weakest)} weakest and {len(strongest)} strongest of {result.num_classes} classes "
+                        f"under {strongest_attack(result)} (all classes in per_class.csv)")
+        lines.extend(row_line(table.iloc[i]) for i in weakest)
+        hidden = result.num_classes - len(weakest) - len(strongest)
+        if hidden:
+            lines.append(f"{'...':<{first}}  ({hidden} classes between)")
+        lines.extend(row_line(table.iloc[i]) for i in strongest)
+    else:
+        lines.extend(row_line(row) for _, row in table.iterrows())
     lines.append("-" * len(header))
     lines.append(f"{'all':<{first}}{len(result.labels):>6}"
                  + "".join(_pct(result.attacks[n].accuracy, w) for n, w in zip(names, cols)))
