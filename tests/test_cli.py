@@ -243,3 +243,22 @@ def test_list_shows_an_attacks_parameters(capsys):
     assert "default 0.4" in lines["temperature"] and "default 20" in lines["steps"] and "int" in lines["steps"]
     code, _, err = run(["list", "--attack", "nope"], capsys)
     assert code == 2 and "unknown attack 'nope'" in err
+
+
+def test_eval_superclasses_checked_first_and_reported(trained_run, tmp_path, capsys):
+    groups = tmp_path / "groups.csv"
+    groups.write_text("class,superclass\nT-shirt/top,tops\nShirt,tops\nPullover,tops\nSneaker,shoes\n"
+                      "Sandal,shoes\nAnkle boot,shoes\n")
+    out = tmp_path / "eval"
+    code, _, err = run(["eval", "--checkpoint", trained_run, "--attacks", "fgsm", "--limit", "50",
+                        "--superclasses", groups, "--out", out, "--no-progress"], capsys)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["meta"]["superclasses"]["shoes"] == ["Sandal", "Sneaker", "Ankle boot"]
+    assert 'id="superclasses"' in (out / "report.html").read_text()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("label,group\n")
+    code, _, err = run(["eval", "--checkpoint", trained_run, "--attacks", "fgsm", "--superclasses", bad,
+                        "--out", tmp_path / "eval2", "--no-progress"], capsys)
+    assert code == 2 and "needs columns 'class' and 'superclass'" in err and err.count("\n") == 1
+    assert not (tmp_path / "eval2").exists()

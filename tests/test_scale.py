@@ -134,3 +134,55 @@ def test_report_opens_within_a_second_in_chromium(tmp_path):
     finally:
         driver.quit()
     assert 0 < load_ms < 1000, f"report.html took {load_ms:.0f} ms to load"
+
+
+def test_cifar100_superclasses_cover_the_dataset_exactly():
+    from classrobust.analysis import default_superclasses
+    from classrobust.analysis.superclasses import CIFAR100_SUPERCLASSES
+    from classrobust.data.torchvision_sets import CIFAR100
+
+    members = [c for group in CIFAR100_SUPERCLASSES.values() for c in group]
+    assert len(CIFAR100_SUPERCLASSES) == 20 and all(len(g) == 5 for g in CIFAR100_SUPERCLASSES.values())
+    assert sorted(members) == sorted(CIFAR100.classes)  # each fine class in exactly one superclass
+    groups = default_superclasses(list(CIFAR100.classes))
+    assert groups["people"] == ["baby", "boy", "girl", "man", "woman"]
+    assert default_superclasses([f"c{i}" for i in range(100)]) is None
+
+
+def test_superclass_table_by_hand():
+    from classrobust.analysis import superclass_table
+
+    labels = np.repeat(np.arange(4), 10)
+    preds = labels.copy()
+    preds[:7] = 1  # class a: 3 of 10 right
+    preds[20:22] = 0  # class c: 8 of 10 right
+    result = ClasswiseResult(list("abcd"), np.arange(40), labels,
+                             {CLEAN: AttackResult(CLEAN, labels, labels.copy(), 4), "pgd": AttackResult("pgd", labels, preds, 4)})
+    table = superclass_table(result, {"ab": ["a", "b"], "cd": ["c", "d"]}).set_index(["attack", "superclass"])
+    row = table.loc[("pgd", "ab")]
+    assert (row.n, row.correct, row.classes) == (20, 13, 2) and row.accuracy == pytest.approx(0.65)
+    assert row.weakest_class == "a" and row.weakest_class_accuracy == pytest.approx(0.3)
+    assert table.loc[("pgd", "cd")].correct == 18 and table.loc[("clean", "cd")].accuracy == 1.0
+
+
+def test_report_superclasses_builtin_and_from_a_file(tmp_path, capsys):
+    from classrobust.cli.main import main
+    from classrobust.data.torchvision_sets import CIFAR100
+
+    result = generated_result(100, 6)
+    result.classes = list(CIFAR100.classes)
+    result.save(tmp_path / "eval")
+    assert main(["report", str(tmp_path / "eval")]) == 0
+    html = (tmp_path / "eval" / "report.html").read_text()
+    assert 'id="superclasses"' in html and "aquatic_mammals" in html  # CIFAR-100's, without being asked
+    mapping = tmp_path / "groups.csv"
+    pd.DataFrame({"class": CIFAR100.classes[:50], "superclass": ["first half"] * 50}).to_csv(mapping, index=False)
+    assert main(["report", str(tmp_path / "eval"), "--superclasses", str(mapping)]) == 0
+    table = pd.read_csv(tmp_path / "eval" / "report_files" / "tables" / "superclasses_long.csv")
+    assert set(table.superclass) == {"first half", "(no superclass)"} and (table.classes == 50).all()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("class,superclass\nunicorn,myth\n")
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "eval"), "--superclasses", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "classes not in the results: unicorn" in err and err.count("\n") == 1

@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="build report.html from saved evaluation results (runs no model)")
     p.add_argument("run_dir", type=Path, help="an evaluation directory, or a run directory holding eval/")
     p.add_argument("--train-log", type=Path, default=None, help="default: train_log.csv beside the evaluation")
+    p.add_argument("--superclasses", type=Path, default=None, metavar="CSV",
+                   help="group the classes (columns class,superclass); default: the evaluation's grouping, "
+                        "else CIFAR-100's coarse classes where they fit")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("compare", help="per-class differences of two evaluations on the same test samples")
@@ -256,7 +259,7 @@ def print_result(result, out: Path) -> None:
 def cmd_report(args) -> int:
     from classrobust.report import build_report
 
-    print(f"report: {build_report(args.run_dir, train_log=args.train_log)}")
+    print(f"report: {build_report(args.run_dir, train_log=args.train_log, superclasses=args.superclasses)}")
     return 0
 
 

@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 
 from classrobust import __version__
-from classrobust.analysis import (attack_consistency, disparity_table, gain_attribution, per_class_table,
-                                  strongest_pairs, top_destinations, weight_norm_correlation, wilson_interval)
+from classrobust.analysis import (attack_consistency, default_superclasses, disparity_table, gain_attribution,
+                                  per_class_table, read_superclasses, strongest_pairs, superclass_table,
+                                  top_destinations, weight_norm_correlation, wilson_interval)
 from classrobust.errors import UsageError
 from classrobust.results import CLEAN, ClasswiseResult, describe_attack, format_eps
 from classrobust.io import atomic_directory, atomic_write_text
@@ -33,11 +34,19 @@ def resolve_eval_dir(path: str | Path) -> Path:
                      "run `classrobust eval` first")
 
 
-def build_report(path: str | Path, *, train_log: str | Path | None = None, bootstrap_reps: int = 2000) -> Path:
+def build_report(path: str | Path, *, train_log: str | Path | None = None, bootstrap_reps: int = 2000,
+                 superclasses: str | Path | None = None) -> Path:
     """Write ``report.html`` (and ``report_files/`` with PNG/SVG figures, CSV/Markdown tables)
-    into the evaluation directory ``path``; returns the path of ``report.html``."""
+    into the evaluation directory ``path``; returns the path of ``report.html``.
+
+    ``superclasses``: a CSV (``class,superclass``) grouping the classes; default: the grouping the
+    evaluation recorded (``eval --superclasses``), else a built-in one that fits (CIFAR-100's)."""
     eval_dir = resolve_eval_dir(path)
     result = ClasswiseResult.load(eval_dir)
+    if superclasses is not None:
+        groups = read_superclasses(superclasses, result.classes)
+    else:
+        groups = result.meta.get("superclasses") or default_superclasses(result.classes)
     log_path = Path(train_log) if train_log else eval_dir.parent / "train_log.csv"
     log = pd.read_csv(log_path) if log_path.is_file() else None
     attacks = [n for n in result.attacks if n != CLEAN]
@@ -117,6 +126,9 @@ def build_report(path: str | Path, *, train_log: str | Path | None = None, boots
                           for v, lo, hi in zip(disp[key], disp[f"{key}_ci_low"], disp[f"{key}_ci_high"])]
         page.parts.append(shown.to_html(index=False, border=0))
         page.text("worst, best, gap and std in percentage points; cv = std / mean.", "meta")
+
+        if groups:
+            _superclass_section(page, result, groups, strongest)
 
         curves = result.curve_table()
         if not curves.empty:
@@ -231,6 +243,26 @@ def build_report(path: str | Path, *, train_log: str | Path | None = None, boots
     out = eval_dir / "report.html"
     atomic_write_text(out, doc)
     return out
+
+
+def _superclass_section(page: _Page, result: ClasswiseResult, groups: dict[str, list[str]], attack: str) -> None:
+    """Each superclass's pooled accuracy (Wilson interval) and weakest member, weakest first."""
+    table = superclass_table(result, groups)
+    page.h2("Superclasses", "superclasses")
+    page.text(f"{len(groups)} superclasses: each one's pooled accuracy over its classes' test images with a 95% "
+              f"Wilson interval, and its weakest member class; ordered by {attack} accuracy, weakest first.")
+    table.to_csv(page.assets / "tables" / "superclasses_long.csv", index=False)
+    order = table[table["attack"] == attack].sort_values("accuracy")["superclass"].tolist()
+    shown = pd.DataFrame({"superclass": order})
+    for name in result.attacks:
+        rows = table[table["attack"] == name].set_index("superclass").loc[order]
+        shown[name] = [f"{100 * a:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+                       for a, lo, hi in zip(rows["accuracy"], rows["ci_low"], rows["ci_high"])]
+    rows = table[table["attack"] == attack].set_index("superclass").loc[order]
+    shown.insert(1, "classes", rows["classes"].to_numpy())
+    shown[f"weakest class ({attack})"] = [f"{c} {100 * a:.1f}" for c, a in
+                                          zip(rows["weakest_class"], rows["weakest_class_accuracy"])]
+    page.table(shown, "superclasses")
 
 
 def _empirical_bayes_section(page: _Page, long: pd.DataFrame, result: ClasswiseResult, attack: str,

@@ -43,6 +43,8 @@ class EvalConfig:
                                  "randomness, zero gradients); results in summary.json")
     sanity_queries: int = option(1000, "Square queries of the black-box sanity check")
     report: bool = option(True, "build report.html")
+    superclasses: str | None = option(None, "CSV file with columns class,superclass: per-superclass accuracy in "
+                                            "the report (CIFAR-100's coarse classes are built in)")
     allow_tf32: bool = option(False, "allow TF32 in CUDA matmuls and convolutions (off: fp32 verdicts are fp32)")
 
     def __post_init__(self):
@@ -179,6 +181,11 @@ def evaluate_checkpoint(checkpoint: str | Path | None = None, out: str | Path | 
     net, meta = load_model(checkpoint, dev, model_name=model, dataset=dataset,
                            weights=Path(weights) if weights else None, normalize=normalize)
     test = _test_set(meta, config, data_dir, download, checkpoint)
+    groups = None
+    if config.superclasses is not None:  # read and checked against the classes before any attack
+        from classrobust.analysis.superclasses import read_superclasses
+
+        groups = read_superclasses(config.superclasses, list(test.classes))
     check_model_fits(net, test, dev)
     eps = config.eps if config.eps is not None else meta.get("eps", test.threat_model.eps)
     globals_ = config.global_attack_options(eps)
@@ -189,7 +196,7 @@ def evaluate_checkpoint(checkpoint: str | Path | None = None, out: str | Path | 
                 "limit": len(test) if config.limit is not None else None, "subset_seed": config.subset_seed, "seed": config.seed,
                 "precision": config.precision, "batch_size": config.batch_size, "device": str(dev),
                 "eps_l2": test.threat_model.eps_l2, "torch_version": torch.__version__, "mode": config.mode,
-                **tf32, **(extra_meta or {})}
+                **tf32, **({"superclasses": groups} if groups else {}), **(extra_meta or {})}
     t0 = time.perf_counter()
     result = evaluate_dataset(net, test, attacks, batch_size=config.batch_size, device=dev, progress=progress,
                               meta=run_meta)
