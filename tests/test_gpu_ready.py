@@ -170,7 +170,7 @@ def test_the_model_is_compiled_after_the_ddp_wrap():
     assert wrap_model(net, torch.device("cpu"), distributed=False, compile=False) is net
 
 
-@pytest.mark.parametrize("name", ["pgd", "apgd-ce"])
+@pytest.mark.parametrize("name", ["pgd", "apgd-ce", "square"])
 def test_evaluation_mode_shrinks_every_few_steps_with_the_same_result(name, monkeypatch, at_fmnist_model,
                                                                      fmnist_test_subset):
     from classrobust.attacks import base, create_attack
@@ -179,15 +179,16 @@ def test_evaluation_mode_shrinks_every_few_steps_with_the_same_result(name, monk
     model = at_fmnist_model.double()
     try:
         x = x.double()  # float64: a sample's result does not depend on the batch it shares
-        every_step = create_attack(name, model, eps=0.1, steps=12, seed=3)(x, y)
+        budget = {"n_queries": 12} if name == "square" else {"steps": 12}
+        every_step = create_attack(name, model, eps=0.1, seed=3, **budget)(x, y)
         monkeypatch.setitem(base.SHRINK_EVERY, "cpu", 4)  # as on a GPU
         counter = SyncCounter()
         with counter.counting():
-            every_fourth = create_attack(name, model, eps=0.1, steps=12, seed=3)(x, y, validate=False)
+            every_fourth = create_attack(name, model, eps=0.1, seed=3, **budget)(x, y, validate=False)
         assert torch.equal(every_step, every_fourth)
-        # a read of the verdicts and of the indices per shrink (3 for 12 steps), plus APGD's
-        # restart bookkeeping once per call
-        assert counter.total <= 2 * 3 + (4 if name == "apgd-ce" else 0), counter
+        # a read of the verdicts and of the indices per shrink (3 for 12 steps or queries), plus
+        # APGD's restart bookkeeping and Square's initial selection once per call
+        assert counter.total <= 2 * 3 + {"apgd-ce": 4, "square": 2}.get(name, 0), counter
         with torch.no_grad():
             assert (model(every_fourth).argmax(1) != y).sum() > 10  # the attack did fool points
     finally:

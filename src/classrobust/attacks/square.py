@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from classrobust.attacks.base import FOOL_MARGIN, Attack
+from classrobust.attacks.base import FOOL_MARGIN, Attack, shrink_interval
 from classrobust.attacks.losses import margin
 from classrobust.attacks.noise import sample_keys, uniform_from_keys
 from classrobust.attacks.pgd import check_steps
@@ -116,22 +116,30 @@ class Square(Attack):
         active = ~self.fooled(best, y, None) if self.precision != "fp32" else m_best >= -FOOL_MARGIN
         idx = torch.arange(n, device=x.device)
         idx, x0, ya, xb, mb, kb = idx[active], x[active], y[active], best[active], m_best[active], keys[active]
+        # fp32 verdicts need no host read per query: a fooled sample is frozen in the batch (no
+        # further proposal is accepted) and the batch shrinks every few queries (each shrink is
+        # one synchronisation on a GPU); proposals are keyed per sample, so the result is the
+        # same as shrinking after every query. bf16 verdicts are confirmed in fp32 at once.
+        every = shrink_interval(x.device) if self.precision == "fp32" else 1
+        done = torch.zeros(len(idx), dtype=torch.bool, device=x.device)
+        propose = self._linf_proposal if self.norm == "linf" else self._l2_proposal
         for query in range(self.n_queries):
             if len(idx) == 0:
                 break
-            propose = self._linf_proposal if self.norm == "linf" else self._l2_proposal
             candidate = propose(x0, xb, kb, query)
             m_new = self.margins(candidate, ya)
-            accept = m_new < mb
+            accept = (m_new < mb) & ~done
             xb = torch.where(accept[:, None, None, None], candidate, xb)
             mb = torch.where(accept, m_new, mb)
             fooled = mb < -FOOL_MARGIN
             if self.precision != "fp32" and fooled.any():
                 fooled[fooled.clone()] = self.fooled(xb[fooled], ya[fooled], None)
-            if fooled.any():
-                out[idx[fooled]] = xb[fooled]
-                keep = ~fooled
+            done = done | fooled
+            if ((query + 1) % every == 0 or query == self.n_queries - 1) and done.any():
+                out[idx[done]] = xb[done]
+                keep = ~done
                 idx, x0, ya, xb, mb, kb = idx[keep], x0[keep], ya[keep], xb[keep], mb[keep], kb[keep]
+                done = done[keep]
         out[idx] = xb
         return out
 
