@@ -53,3 +53,14 @@ def test_autoattack_benchmark_table_matches_its_results():
     assert records
     table = script.render([json.loads(p.read_text()) for p in records])
     assert _block(ROOT / "benchmarks" / "README.md", "autoattack-speed") == table.strip()
+
+
+def test_lever_screen_table_matches_its_results():
+    import pandas as pd
+
+    script = _load(ROOT / "experiments" / "quick" / "screen_levers.py")
+    runs = pd.read_csv(ROOT / "docs" / "results" / "lever-screen" / "runs.csv")
+    assert _block(ROOT / "docs" / "defenses.md", "lever-screen") == script.render(runs).strip()
+    # the screen read the validation split only: every number comes from a training log
+    assert set(runs.columns) >= {"val_clean", "val_pgd", "val_worst_pgd"}
+    assert not any(c.startswith("test") for c in runs.columns)

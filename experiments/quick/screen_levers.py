@@ -6,6 +6,7 @@ logs' per-epoch validation (held-out part of the training split, PGD-10 at eps 0
 
   python experiments/quick/screen_levers.py run [--only NAME ...] [--seeds 100 101]
   python experiments/quick/screen_levers.py summary          # -> docs/results/lever-screen/
+  python experiments/quick/screen_levers.py summary --write-docs   # + the table in docs/defenses.md
 
 ``run`` is resumable: finished runs are skipped, an interrupted one continues from its last epoch.
 Selection rule: per lever, the setting with the highest mean (over seeds) last-epoch worst-class
@@ -94,13 +95,72 @@ def choose(table: pd.DataFrame) -> pd.DataFrame:
     return means.drop(columns="lever")
 
 
+def render(runs: pd.DataFrame) -> str:
+    """The markdown table docs/defenses.md shows between ``<!-- lever-screen -->`` markers, from
+    ``runs.csv`` alone (a test rebuilds it from the committed file)."""
+    chosen = choose(runs).set_index("setting")
+    lines = ["| setting | `--classwise` | seeds | val clean | val PGD-10 | worst class PGD-10 | per seed (worst) | pick |",
+             "|---|---|---|---|---|---|---|---|"]
+    for setting, group in runs.groupby("setting", sort=False):
+        row = chosen.loc[setting]
+        seeds = ", ".join(f"{s}: {100 * w:.1f} ({c})" for s, w, c in
+                          zip(group["seed"], group["val_worst_pgd"], group["worst_class"]))
+        lines.append(f"| {setting} | `{row['classwise']}` | {int(row['seeds'])} | {100 * row['val_clean']:.1f} | "
+                     f"{100 * row['val_pgd']:.1f} | {100 * row['val_worst_pgd']:.1f} | {seeds} | "
+                     f"{'chosen' if row['chosen'] else ''} |")
+    return "\n".join(lines)
+
+
+def baseline_curve(name: str = "pgd-at") -> None:
+    """Per-class validation PGD accuracy per epoch of the baseline's first finished seed (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for seed in SEEDS:
+        log_path = RUNS / f"{name}-s{seed}" / "train_log.csv"
+        if log_path.is_file():
+            break
+    else:
+        return
+    log = pd.read_csv(log_path)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, column, title in ((axes[0], "val_clean_accuracy", "validation clean"),
+                              (axes[1], "val_pgd_accuracy", "validation PGD-10")):
+        for _, group in log[log.class_index >= 0].groupby("class_index"):
+            ax.plot(group.epoch, 100 * group[column], marker=".", label=group.class_name.iloc[0])
+        overall = log[log.class_index == -1]
+        ax.plot(overall.epoch, 100 * overall[column], color="black", lw=2.5, label="all")
+        ax.set_title(f"{title}, {name} seed {seed}", fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy (%)")
+    axes[1].legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "baseline_curve.png", dpi=100)
+    log.to_csv(RESULTS / "baseline_train_log.csv", index=False)
+
+
+def write_docs(table: str) -> None:
+    import re
+
+    doc = ROOT / "docs" / "defenses.md"
+    block = re.compile(r"<!-- lever-screen -->\n.*?<!-- /lever-screen -->", re.S)
+    text = doc.read_text()
+    if not block.search(text):
+        raise SystemExit(f"{doc} has no lever-screen block")
+    doc.write_text(block.sub(lambda _: f"<!-- lever-screen -->\n{table}\n<!-- /lever-screen -->", text))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run")
     r.add_argument("--only", nargs="*", choices=list(GRID), default=list(GRID))
     r.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
-    sub.add_parser("summary")
+    s = sub.add_parser("summary")
+    s.add_argument("--write-docs", action="store_true", help="replace the table in docs/defenses.md")
     args = parser.parse_args()
     if args.command == "run":
         run(args.only, args.seeds)
@@ -113,7 +173,10 @@ def main() -> int:
     table.to_csv(RESULTS / "runs.csv", index=False)
     chosen = choose(table)
     chosen.to_csv(RESULTS / "settings.csv", index=False)
+    baseline_curve()
     print(chosen.to_string(index=False, float_format=lambda v: f"{100 * v:.1f}"))
+    if args.write_docs:
+        write_docs(render(table))
     return 0
 
 
