@@ -214,3 +214,38 @@ def test_paired_seed_test_by_hand():
     assert paired_seed_test([0.1, 0.2, 0.1, 0.3, 0.2])["perm_p"] == pytest.approx(2 / 32)
     assert paired_seed_test([0.1, 0.2, 0.1, 0.3, 0.2], alternative="greater")["perm_p"] == pytest.approx(1 / 32)
     assert np.isnan(paired_seed_test([0.1])["perm_p"])  # one seed: no test
+
+
+def test_weight_norm_permutation_p_values_by_enumeration():
+    import itertools
+
+    from scipy import stats
+
+    from classrobust.analysis.consistency import _all_permutations, permutation_correlation_p
+
+    perms = _all_permutations(5)
+    assert len(perms) == 120 and len({tuple(p) for p in perms}) == 120
+    rng = np.random.default_rng(3)
+    x, y = rng.random(7), rng.random(7)
+    rx, ry = stats.rankdata(x), stats.rankdata(y)
+    observed = abs(stats.spearmanr(x, y).statistic)
+    # by brute force over all 5,040 pairings
+    by_hand = np.mean([abs(stats.spearmanr(rx, ry[list(p)]).statistic) >= observed - 1e-12
+                       for p in itertools.permutations(range(7))])
+    p, method = permutation_correlation_p(rx, ry)
+    assert method == "exact" and p == pytest.approx(by_hand)
+    # above 10 classes: Monte Carlo, close to the asymptotic value for a clear correlation
+    big_x = rng.random(40)
+    big_y = big_x + rng.normal(0, 0.5, 40)
+    p_mc, method = permutation_correlation_p(stats.rankdata(big_x), stats.rankdata(big_y), resamples=20_000)
+    assert method == "monte carlo" and abs(p_mc - stats.spearmanr(big_x, big_y).pvalue) < 0.01 + p_mc
+
+
+def test_partial_correlation_removes_what_clean_accuracy_explains():
+    rng = np.random.default_rng(1)
+    clean = rng.random(10)
+    norms = clean + rng.normal(0, 0.05, 10)  # norms follow clean accuracy only (independent noise)
+    robust = clean * 0.8 + rng.normal(0, 0.05, 10)
+    r = weight_norm_correlation(norms, robust, clean)
+    assert r["spearman"] > 0.7 and r["spearman_p"] < 0.05 and r["spearman_p_method"] == "exact"
+    assert abs(r["partial_spearman"]) < r["spearman"] and r["partial_spearman_p"] > 0.05

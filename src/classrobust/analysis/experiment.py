@@ -11,8 +11,21 @@ from classrobust.analysis.confusion import top_destinations
 from classrobust.analysis.consistency import (attack_consistency, confused_class_ablation, gain_attribution,
                                               rank_correlations, weight_norm_correlation)
 from classrobust.analysis.methods import compare_methods
-from classrobust.analysis.stats import per_class_table, wilson_interval
+from classrobust.analysis.stats import holm, per_class_table, wilson_interval
 from classrobust.results import CLEAN, ClasswiseResult
+
+
+def _holm_columns(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """``<column>_holm`` for each p-value column: Holm-adjusted over every non-missing p-value of
+    all those columns together (the family of correlations the table reports)."""
+    present = [c for c in columns if c in table]
+    if table.empty or not present:
+        return table
+    values = table[present].to_numpy(dtype=float)
+    mask = ~np.isnan(values)
+    adjusted = np.full(values.shape, np.nan)
+    adjusted[mask] = holm(values[mask])
+    return table.assign(**{f"{c}_holm": adjusted[:, i] for i, c in enumerate(present)})
 
 
 def experiment_tables(index: dict, results: dict[str, ClasswiseResult]) -> dict[str, pd.DataFrame]:
@@ -50,7 +63,9 @@ def experiment_tables(index: dict, results: dict[str, ClasswiseResult]) -> dict[
         w = res.meta.get("classifier_weight_norms")
         if w is not None and len(w) == res.num_classes:
             for name, r in res.attacks.items():
-                norms.append({**ids, "attack": name, **weight_norm_correlation(np.asarray(w), r.accuracy_per_class)})
+                clean = res.attacks[CLEAN].accuracy_per_class if name != CLEAN and CLEAN in res.attacks else None
+                norms.append({**ids, "attack": name,
+                              **weight_norm_correlation(np.asarray(w), r.accuracy_per_class, clean)})
         for name in attacks:
             into.append(top_destinations(res, name).assign(**ids))
 
@@ -83,4 +98,5 @@ def experiment_tables(index: dict, results: dict[str, ClasswiseResult]) -> dict[
     cat = lambda frames: pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()  # noqa: E731
     return {"methods": cat(comparisons),"per_class": cat(per_class), "overview": pd.DataFrame(overview), "attack_consistency": pd.DataFrame(att_cons),
             "defense_consistency": pd.DataFrame(def_cons), "gain_attribution": cat(gains),
-            "weight_norms": pd.DataFrame(norms), "attacked_into": cat(into), "ablation": pd.DataFrame(ablation)}
+            "weight_norms": _holm_columns(pd.DataFrame(norms), ["pearson_p", "spearman_p", "partial_spearman_p"]),
+            "attacked_into": cat(into), "ablation": pd.DataFrame(ablation)}

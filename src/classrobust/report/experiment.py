@@ -245,8 +245,11 @@ def _weight_norm_section(out: _Sections, tables):
     norms = tables["weight_norms"]
     if len(norms):
         out.section("Classifier weight norms against per-class accuracy", "norms",
-                    "Pearson and Spearman correlation (with p-values, 10 classes give wide uncertainty) of the "
-                    "final layer's per-class weight norm with each attack's per-class accuracy.",
+                    "Correlation of the final layer's per-class weight norm with each attack's per-class accuracy: "
+                    "Pearson (asymptotic p), Spearman (exact permutation p over the classes), and the partial "
+                    "Spearman correlation controlling for clean accuracy (permutation p): whether the norms say "
+                    "anything about robustness beyond clean accuracy. *_holm: Holm-adjusted over every p-value "
+                    "in this table. With 10 classes each correlation is uncertain.",
                     norms.round(3), "weight_norms_table")
 
 

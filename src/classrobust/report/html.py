@@ -11,7 +11,7 @@ import pandas as pd
 
 from classrobust import __version__
 from classrobust.analysis import (attack_consistency, default_superclasses, disparity_table, gain_attribution,
-                                  per_class_table, read_superclasses, strongest_pairs, superclass_table,
+                                  holm, per_class_table, read_superclasses, strongest_pairs, superclass_table,
                                   top_destinations, weight_norm_correlation, wilson_interval)
 from classrobust.errors import UsageError
 from classrobust.results import CLEAN, ClasswiseResult, describe_attack, format_eps
@@ -200,10 +200,22 @@ def build_report(path: str | Path, *, train_log: str | Path | None = None, boots
         norms = meta.get("classifier_weight_norms")
         if norms is not None and len(norms) == result.num_classes:
             page.h2("Classifier weight norms", "weights")
-            corr = weight_norm_correlation(np.asarray(norms), result.attacks[strongest].accuracy_per_class)
+            clean_acc = result.attacks[CLEAN].accuracy_per_class if CLEAN in result.attacks else None
+            corr = weight_norm_correlation(np.asarray(norms), result.attacks[strongest].accuracy_per_class,
+                                           clean_acc if strongest != CLEAN else None)
+            tests = [k for k in ("pearson_p", "spearman_p", "partial_spearman_p") if k in corr]
+            ps = np.array([corr[k] for k in tests], dtype=float)
+            adjusted = np.full(len(ps), np.nan)
+            adjusted[~np.isnan(ps)] = holm(ps[~np.isnan(ps)])
+            corr.update({f"{k}_holm": float(a) for k, a in zip(tests, adjusted)})
+            partial = (f"; controlling for clean accuracy, partial Spearman {corr['partial_spearman']:.2f} "
+                       f"(permutation p = {corr['partial_spearman_p']:.3g}, Holm {corr['partial_spearman_p_holm']:.3g})"
+                       if "partial_spearman" in corr else "")
             page.text(f"Per-class L2 norm of the final linear layer against {strongest} accuracy: Pearson "
-                      f"{corr['pearson']:.2f} (p = {corr['pearson_p']:.3g}), Spearman {corr['spearman']:.2f} "
-                      f"(p = {corr['spearman_p']:.3g}).")
+                      f"{corr['pearson']:.2f} (p = {corr['pearson_p']:.3g}, Holm {corr['pearson_p_holm']:.3g}), "
+                      f"Spearman {corr['spearman']:.2f} ({corr['spearman_p_method']} permutation p = "
+                      f"{corr['spearman_p']:.3g}, Holm {corr['spearman_p_holm']:.3g}){partial}. Holm over these "
+                      f"{len(tests)} tests.")
             page.figure(figures.weight_norm_scatter(result, np.asarray(norms), strongest), "weight_norms",
                         "weight norm scatter")
             if many:
