@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="class-wise evaluation of a model under attacks (test split)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="a classrobust checkpoint (.safetensors + .json)")
-    source.add_argument("--model", help="or any model: a registry name or python:package.module:factory, "
+    source.add_argument("--model", help="or any model: a registry name, timm:ARCH or python:package.module:factory, "
                                         "with --dataset (and --weights)")
     p.add_argument("--dataset", default=None, help="with --model: the dataset (its threat model is the default)")
     p.add_argument("--weights", type=Path, default=None,
@@ -208,6 +208,9 @@ def cmd_list(args) -> int:
             print(f"  {entry.name:<16}{entry.summary}")
         if registry is DATASETS:
             print(f"  {'folder:PATH':<16}any ImageFolder tree: PATH/<class>/ or PATH/{{train,test}}/<class>/")
+        if registry is MODELS:
+            print(f"  {'timm:ARCH':<16}any timm architecture, untrained, for the dataset's channels, size and classes")
+            print(f"  {'python:MOD:FN':<16}your own factory: package.module:function returning an nn.Module")
     return 0
 
 

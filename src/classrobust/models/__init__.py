@@ -55,19 +55,49 @@ def resnet50(info: DatasetInfo) -> nn.Module:
     return build(weights=None, num_classes=info.num_classes)
 
 
+def check_model_name(name: str) -> None:
+    """Refuse, in one line and before any data is read, a model name that cannot be built: an
+    unknown registry name or timm architecture (``python:`` factories are imported when built)."""
+    from classrobust.models.timm_models import check_timm_name, is_timm_model
+    from classrobust.models.user import is_user_model
+
+    if is_timm_model(name):
+        check_timm_name(name)
+    elif not is_user_model(name):
+        MODELS.get(name)
+
+
+def valid_model_kwargs(name: str) -> set[str] | None:
+    """The keyword arguments a registry model takes; None where they are not known in advance
+    (``timm:`` architectures take timm's, ``python:`` factories none)."""
+    from classrobust.models.timm_models import is_timm_model
+    from classrobust.models.user import is_user_model
+
+    if is_timm_model(name):
+        return None
+    if is_user_model(name):
+        return set()
+    return set(MODELS.valid_kwargs(name))
+
+
 def create_model(name: str, dataset: str | DatasetInfo = "fashion-mnist", *, weights: str | None = None,
                  normalize: bool | None = None, **kwargs: Any) -> nn.Module:
     """Build model ``name`` for ``dataset``: ``model(x: (N, C, H, W) in [0, 1]) -> logits (N, K)``.
 
-    ``name`` is a registry name or ``python:package.module:factory`` (a user's model, used as
-    returned unless ``normalize=True`` wraps it with the dataset's mean and std; registry models
-    always normalise inside). ``weights`` loads a ``.safetensors`` file or a state dict
+    ``name`` is a registry name, ``timm:ARCH`` (any timm architecture, untrained, built for the
+    dataset's channels, size and classes; ``kwargs`` go to timm) or ``python:package.module:factory``
+    (a user's model, used as returned unless ``normalize=True`` wraps it with the dataset's mean and
+    std; registry and timm models always normalise inside). ``weights`` loads a ``.safetensors`` file or a state dict
     (``weights_only=True``) into the model, strictly.
     """
     from classrobust.models.user import build_user_model, is_user_model, load_weights
 
+    from classrobust.models.timm_models import build_timm_model, is_timm_model
+
     info = get_dataset_info(dataset) if isinstance(dataset, str) else dataset
-    if is_user_model(name):
+    if is_timm_model(name):
+        model = NormalizedModel(build_timm_model(name, info, **kwargs), info.mean, info.std)
+    elif is_user_model(name):
         if kwargs:
             raise UsageError(f"user models take no keyword arguments (got {', '.join(kwargs)})")
         model = build_user_model(name)
@@ -91,4 +121,4 @@ def final_linear(model: nn.Module) -> nn.Linear:
     return last
 
 
-__all__ = ["MODELS", "create_model", "final_linear", "Normalize", "NormalizedModel", "SmallCNN"]
+__all__ = ["MODELS", "create_model", "check_model_name", "valid_model_kwargs", "final_linear", "Normalize", "NormalizedModel", "SmallCNN"]

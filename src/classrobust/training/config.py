@@ -29,7 +29,8 @@ class TrainConfig:
     """
 
     dataset: str = option("fashion-mnist", "dataset name, or folder:PATH")
-    model: str = option("smallcnn", "model name, or python:package.module:factory")
+    model: str = option("smallcnn", "model name, timm:ARCH (any timm architecture, untrained), or "
+                                    "python:package.module:factory")
     model_kwargs: dict[str, Any] = option({}, "keyword arguments of the model builder", cli=False)
     method: str = option("pgd-at", "training method (classrobust list)")
     classwise: str = option("", "class-wise levers, e.g. 'reweight:strength=2,fawa' (docs/defenses.md)",

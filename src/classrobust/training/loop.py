@@ -23,7 +23,7 @@ from classrobust.defenses.levers import ClasswiseTerms
 from classrobust.errors import NonFiniteError, UsageError
 from classrobust.evaluate.sharded import evaluate_dataset
 from classrobust.io import atomic_write_bytes, atomic_write_text, check_writable, replace_directory
-from classrobust.models import MODELS, create_model
+from classrobust.models import check_model_name, create_model
 from classrobust.results import CLEAN
 from classrobust.runtime import any_rank, set_deterministic, set_tf32, setup_device, world
 from classrobust.training.config import TrainConfig
@@ -166,8 +166,7 @@ def check_run_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
 
 def _prepare(config: TrainConfig, out_dir: str | Path, data_dir, download: bool) -> _Run:
     method_entry = METHODS.get(config.method)
-    if not config.model.startswith("python:"):  # a bad name fails before any data is read
-        MODELS.get(config.model)
+    check_model_name(config.model)  # a bad name fails before any data is read
     device, distributed = setup_device(config.device)
     rank, size = world()
     out_dir = Path(out_dir)  # checked by train() before any work

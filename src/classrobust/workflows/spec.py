@@ -137,16 +137,17 @@ def _check_attacks(text: Any) -> None:
 def _check_dataset(alias: str, entry: dict[str, Any]) -> str:
     from classrobust.data import DATASETS
     from classrobust.data.folder import FOLDER_PREFIX
-    from classrobust.models import MODELS
+    from classrobust.models import check_model_name, valid_model_kwargs
 
     _only(set(entry), DATASET_KEYS, f"datasets.{alias}")
     name = entry.get("name", alias)
     if not str(name).startswith(FOLDER_PREFIX):  # a folder's metadata needs the data; checked at run time
         DATASETS.get(name)
     model = entry.get("model", "smallcnn")
-    if not str(model).startswith("python:"):
-        MODELS.get(model)
-        bad = sorted(set(entry.get("model_kwargs", {})) - set(MODELS.valid_kwargs(model)))
+    check_model_name(str(model))
+    valid = valid_model_kwargs(str(model))
+    if valid is not None:
+        bad = sorted(set(entry.get("model_kwargs", {})) - valid)
         if bad:
             raise UsageError(f"datasets.{alias}: model {model!r} takes no parameter(s) {', '.join(bad)}")
     _only(set(entry.get("train", {}) or {}), TRAIN_KEYS, f"datasets.{alias}.train")
