@@ -150,3 +150,15 @@ def test_many_collapsed_classes_make_one_warning_line(k):
     collapsed = len(res.summary()["collapsed_classes"])
     assert collapsed >= 6 and len(lines) == 1
     assert lines[0].startswith(f"warning: {collapsed} of {k} classes have collapsed") and "class_0001" in lines[0]
+
+
+def test_progress_off_a_terminal_is_ten_lines_not_a_bar(tiny_model, capsys):
+    """stderr is not a terminal under pytest: the evaluation reports each tenth once, no bar."""
+    x = torch.rand(40, 1, 8, 8)
+    y = torch.arange(40) % 4
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=2)  # 20 batches
+    evaluate_classwise(tiny_model, loader, {"fgsm": FGSM(tiny_model, eps=0.1)}, classes=list("abcd"), progress=True)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 10 and "\r" not in err
+    assert lines[0].startswith("evaluate: 10% (2/20 batches") and lines[-1].startswith("evaluate: 100% (20/20")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -47,6 +48,19 @@ def worst_case_predictions(model: nn.Module, attack: Attack, x: torch.Tensor, y:
     return pred, dist
 
 
+def progress_lines(batches: Iterable, total: int | None, what: str = "evaluate") -> Iterator:
+    """``batches`` unchanged, with one line on stderr per tenth of ``total`` done: the progress
+    report when stderr is not a terminal (a log file or CI gets ten short lines, not a bar)."""
+    t0 = time.perf_counter()
+    shown = 0
+    for i, batch in enumerate(batches, 1):
+        yield batch
+        if total and i * 10 // total > shown:
+            shown = i * 10 // total
+            print(f"{what}: {100 * i // total}% ({i}/{total} batches, {time.perf_counter() - t0:.0f}s)",
+                  file=sys.stderr, flush=True)
+
+
 def evaluate_classwise(model: nn.Module, loader: Iterable, attacks: Mapping[str, Attack], *,
                        classes: list[str] | None = None, device: str | torch.device | None = None,
                        progress: bool = True, meta: dict[str, Any] | None = None) -> ClasswiseResult:
@@ -76,8 +90,12 @@ def evaluate_classwise(model: nn.Module, loader: Iterable, attacks: Mapping[str,
     distances = {name: [] for name, a in attacks.items() if isinstance(a, MinimalNormAttack)}
     seconds = dict.fromkeys(preds, 0.0)
     with model_mode(model, False), fast_weights(model):  # attacks inside find it already converted
-        # disable=None: no bar when stderr is not a terminal (a log file or CI gets no carriage-return updates)
-        for x, y in tqdm(loader, desc="evaluate", disable=None if progress else True, leave=False):
+        # a bar on a terminal; elsewhere (a log file, CI) a line per tenth of the batches
+        if progress and not sys.stderr.isatty():
+            batches = progress_lines(loader, len(loader) if hasattr(loader, "__len__") else None)
+        else:
+            batches = tqdm(loader, desc="evaluate", disable=None if progress else True, leave=False)
+        for x, y in batches:
             x, y = x.to(device), y.to(device)
             if int(y.min()) < 0 or int(y.max()) >= k:
                 raise UsageError(f"labels must lie in [0, {k}); got {int(y.min())}..{int(y.max())}")
