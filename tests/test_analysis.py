@@ -181,7 +181,9 @@ def test_compare_methods_by_hand():
     # class-a points: seed 0: base right on 0, def right on 0, 1, 2 -> c = 2; seed 1: base 1, def 0, 1, 3 -> c = 2
     assert (table.loc["def", "mcnemar_b"], table.loc["def", "mcnemar_c"]) == (0, 4)
     assert table.loc["def", "mcnemar_p"] == pytest.approx(0.125)
-    assert table.loc["base", "avg_low"] == table.loc["base", "avg_high"] == pytest.approx(0.625)  # no seed spread
+    # no seed spread: not a zero-width interval but the Wilson interval of the 16 pooled points (10 right)
+    low, high = wilson_interval(10, 16)
+    assert (table.loc["base", "avg_low"], table.loc["base", "avg_high"]) == (pytest.approx(low), pytest.approx(high))
 
 
 def test_seed_interval():
@@ -249,3 +251,14 @@ def test_partial_correlation_removes_what_clean_accuracy_explains():
     r = weight_norm_correlation(norms, robust, clean)
     assert r["spearman"] > 0.7 and r["spearman_p"] < 0.05 and r["spearman_p_method"] == "exact"
     assert abs(r["partial_spearman"]) < r["spearman"] and r["partial_spearman_p"] > 0.05
+
+
+def test_seed_interval_when_every_seed_scores_the_same():
+    from classrobust.analysis.methods import seed_interval
+
+    # three seeds at 0/100: not "0.0 [0.0, 0.0]" but the Wilson interval of the 300 pooled points
+    mean, low, high = seed_interval([0.0, 0.0, 0.0], counts=(0, 300))
+    assert mean == 0 and low == pytest.approx(0, abs=1e-12) and high == pytest.approx(0.0126, abs=5e-4)
+    assert all(np.isnan(v) for v in seed_interval([0.0, 0.0], )[1:])  # without counts: unknown, not zero
+    mean, low, high = seed_interval([0.2, 0.4, 0.3])
+    assert low < mean < high  # the usual t-interval otherwise

@@ -15,14 +15,24 @@ from classrobust.analysis.consistency import discordant_pairs, mcnemar_exact
 from classrobust.analysis.stats import holm, paired_seed_test, wilson_interval
 
 
-def seed_interval(values, confidence: float = 0.95, bounds: tuple[float, float] = (0.0, 1.0)
-                  ) -> tuple[float, float, float]:
+def seed_interval(values, confidence: float = 0.95, bounds: tuple[float, float] = (0.0, 1.0),
+                  counts: tuple[int, int] | None = None) -> tuple[float, float, float]:
     """(mean, low, high): a Student-t interval over seeds, clipped to ``bounds`` (accuracies live in
-    [0, 1]); NaN bounds for a single seed."""
+    [0, 1]); NaN bounds for a single seed.
+
+    When every seed scores the same (typically 0% or 100% of a class), the t-interval has zero
+    width although each score is itself a measurement on a finite test sample; with ``counts``
+    (correct, n pooled over the seeds) the interval is then the Wilson interval of those counts,
+    never narrower than what the test points alone allow; without them the bounds are NaN."""
     v = np.asarray(values, dtype=float)
     mean = float(v.mean())
     if len(v) < 2:
         return mean, float("nan"), float("nan")
+    if np.ptp(v) == 0:
+        if counts is None:
+            return mean, float("nan"), float("nan")
+        lo, hi = wilson_interval(counts[0], counts[1], confidence)
+        return mean, float(lo), float(hi)
     half = float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
     return mean, max(bounds[0], mean - half), min(bounds[1], mean + half)
 
@@ -49,15 +59,21 @@ def compare_methods(results: Mapping[tuple[str, int], object], baseline: str, at
         block = []
         for method in methods:
             runs = [(s, results[(method, s)]) for s in seeds if (method, s) in results]
-            avg = seed_interval([r.attacks[attack].accuracy for _, r in runs])
-            on_worst = seed_interval([r.attacks[attack].accuracy_per_class[worst] for _, r in runs])
-            own_worst = seed_interval([np.nanmin(r.attacks[attack].accuracy_per_class) for _, r in runs])
             correct = sum(int(r.attacks[attack].correct_per_class[worst]) for _, r in runs)
             n = sum(int(r.attacks[attack].n_per_class[worst]) for _, r in runs)
             lo, hi = wilson_interval(correct, n)
             all_correct = sum(int(r.attacks[attack].correct_per_class.sum()) for _, r in runs)
             all_n = sum(len(r.labels) for _, r in runs)
             alo, ahi = wilson_interval(all_correct, all_n)
+            avg = seed_interval([r.attacks[attack].accuracy for _, r in runs], counts=(all_correct, all_n))
+            on_worst = seed_interval([r.attacks[attack].accuracy_per_class[worst] for _, r in runs],
+                                     counts=(correct, n))
+            own = [int(np.nanargmin(r.attacks[attack].accuracy_per_class)) for _, r in runs]
+            own_worst = seed_interval([np.nanmin(r.attacks[attack].accuracy_per_class) for _, r in runs],
+                                      counts=(sum(int(r.attacks[attack].correct_per_class[k]) for (_, r), k in
+                                                  zip(runs, own)),
+                                              sum(int(r.attacks[attack].n_per_class[k]) for (_, r), k in
+                                                  zip(runs, own))))
             b = c = 0
             for s, r in runs:
                 if (baseline, s) not in results:
