@@ -64,3 +64,12 @@ def test_lever_screen_table_matches_its_results():
     # the screen read the validation split only: every number comes from a training log
     assert set(runs.columns) >= {"val_clean", "val_pgd", "val_worst_pgd"}
     assert not any(c.startswith("test") for c in runs.columns)
+
+
+def test_leak_check_numbers_in_the_defenses_doc_match_the_record():
+    record = json.loads((ROOT / "docs" / "results" / "lever-screen" / "leak_dafa-l1-s100.json").read_text())
+    text = (ROOT / "docs" / "defenses.md").read_text()
+    assert f"+-{record['eps_max']:.2f}" in text
+    assert f"call {100 * record['noise_at_eps_max_other_predicted_as_widest']:.0f}% of them Shirt" in text
+    assert f"+-0.10 (everybody else's budget)\n{100 * record['noise_at_eps_other_predicted_as_widest']:.1f}%" in text
+    assert f"clean Shirt images go to {record['clean_widest_class_predicted_as']}" in text
