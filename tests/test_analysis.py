@@ -262,3 +262,20 @@ def test_seed_interval_when_every_seed_scores_the_same():
     assert all(np.isnan(v) for v in seed_interval([0.0, 0.0], )[1:])  # without counts: unknown, not zero
     mean, low, high = seed_interval([0.2, 0.4, 0.3])
     assert low < mean < high  # the usual t-interval otherwise
+
+
+def test_compare_methods_judges_the_target_chosen_on_validation():
+    from classrobust.analysis import compare_methods
+
+    labels = np.repeat([0, 1], 4)
+
+    def result(correct_points):
+        preds = np.where(np.isin(np.arange(8), correct_points), labels, 1 - labels)
+        return ClasswiseResult(["a", "b"], np.arange(8), labels, {"pgd": AttackResult("pgd", labels, preds, 2)})
+
+    results = {("base", 0): result([0, 4, 5, 6, 7]), ("def", 0): result([0, 1, 2, 4, 5])}
+    on_test = compare_methods(results, "base", ["pgd"]).set_index("method")
+    assert on_test.loc["def", "worst_class"] == "a" and on_test.loc["def", "target_chosen_on"] == "test split"
+    given = compare_methods(results, "base", ["pgd"], target=1).set_index("method")  # validation said "b"
+    assert given.loc["def", "worst_class"] == "b" and given.loc["def", "target_chosen_on"] == "validation"
+    assert given.loc["def", "worst"] == 0.5 and given.loc["base", "worst"] == 1.0

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -206,6 +207,12 @@ eval: {attacks: "pgd:steps=3", limit: 100}
     assert list(pgd.index) == ["pgd-at", "reweight", "pgd-at+cal"] and (pgd["seeds"] == 2).all()
     assert pgd.loc["pgd-at", "avg_vs_baseline"] == 0 and pd.isna(pgd.loc["pgd-at", "mcnemar_p"])
     assert 0 <= pgd.loc["reweight", "mcnemar_p_holm"] <= 1
+    # the class every method is judged on: the baseline's worst on the validation split, not the test split
+    val = np.mean([json.loads((out / f"runs/fashion-mnist/pgd-at/seed{s}/model.json").read_text())
+                   ["metrics"]["val_pgd_accuracy_per_class"] for s in (0, 1)], axis=0)
+    classes = json.loads((out / "runs/fashion-mnist/pgd-at/seed0/model.json").read_text())["classes"]
+    assert (pgd["target_chosen_on"] == "validation").all()
+    assert (pgd["worst_class"] == classes[int(np.nanargmin(val))]).all()
     report = (out / "report" / "report.md").read_text()
     assert "methods under pgd" in report
     code, stdout, err = run(["experiment", write(tmp_path, text), "--out", out, "--no-progress"], capsys)

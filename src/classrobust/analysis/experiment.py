@@ -28,6 +28,16 @@ def _holm_columns(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return table.assign(**{f"{c}_holm": adjusted[:, i] for i, c in enumerate(present)})
 
 
+def validation_target(baseline_runs: list[ClasswiseResult]) -> int | None:
+    """The baseline's worst class on the *validation* split (per-class PGD accuracy of the
+    published weights, averaged over its seeds), from the training sidecars the evaluations carry
+    (``train_metrics``); None if any run lacks them."""
+    per_seed = [r.meta.get("train_metrics", {}).get("val_pgd_accuracy_per_class") for r in baseline_runs]
+    if not per_seed or any(v is None for v in per_seed):
+        return None
+    return int(np.nanargmin(np.nanmean(np.asarray(per_seed, dtype=float), axis=0)))
+
+
 def experiment_tables(index: dict, results: dict[str, ClasswiseResult]) -> dict[str, pd.DataFrame]:
     """All the combined tables, long format, from saved results only."""
     runs = pd.DataFrame(index["runs"])
@@ -94,7 +104,11 @@ def experiment_tables(index: dict, results: dict[str, ClasswiseResult]) -> dict[
             continue
         keyed = {(m, s): results[k] for m, s, k in zip(group["method"], group["seed"], group["key"])}
         names = list(results[group["key"].iloc[0]].attacks)
-        comparisons.append(compare_methods(keyed, group["method"].iloc[0], names).assign(dataset=dataset))
+        baseline = group["method"].iloc[0]
+        comparisons.append(compare_methods(keyed, baseline, names,
+                                           validation_target([results[k] for k in group["key"][group["method"] ==
+                                                                                               baseline]]))
+                           .assign(dataset=dataset))
     cat = lambda frames: pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()  # noqa: E731
     return {"methods": cat(comparisons),"per_class": cat(per_class), "overview": pd.DataFrame(overview), "attack_consistency": pd.DataFrame(att_cons),
             "defense_consistency": pd.DataFrame(def_cons), "gain_attribution": cat(gains),

@@ -37,8 +37,15 @@ def seed_interval(values, confidence: float = 0.95, bounds: tuple[float, float] 
     return mean, max(bounds[0], mean - half), min(bounds[1], mean + half)
 
 
-def compare_methods(results: Mapping[tuple[str, int], object], baseline: str, attacks: list[str]) -> pd.DataFrame:
+def compare_methods(results: Mapping[tuple[str, int], object], baseline: str, attacks: list[str],
+                    target: int | None = None) -> pd.DataFrame:
     """One row per (method, attack): average and worst-class accuracy over seeds, and against ``baseline``.
+
+    ``target``: the class every method is judged on, chosen before the test split was read (the
+    baseline's worst class on the validation split); ``target_chosen_on`` records "validation".
+    Without it the baseline's worst class on the test results is used, and ``target_chosen_on``
+    says "test split": a target picked from the numbers it is then scored on (regression to the
+    mean favours any defense).
 
     ``results`` maps (method, seed) to a ClasswiseResult; all results are on the same test points.
     The worst class is the baseline's (lowest accuracy pooled over its seeds, per attack), so every
@@ -55,7 +62,8 @@ def compare_methods(results: Mapping[tuple[str, int], object], baseline: str, at
     for attack in attacks:
         base_correct = sum(results[(baseline, s)].attacks[attack].correct_per_class for s in seeds
                            if (baseline, s) in results)
-        worst = int(np.argmin(base_correct))
+        worst = int(np.argmin(base_correct)) if target is None else int(target)
+        chosen_on = "test split" if target is None else "validation"
         block = []
         for method in methods:
             runs = [(s, results[(method, s)]) for s in seeds if (method, s) in results]
@@ -92,7 +100,8 @@ def compare_methods(results: Mapping[tuple[str, int], object], baseline: str, at
                 seed_tests.update({f"{key}_diff_{k}": test[k] for k in ("mean", "low", "high", "t_p", "perm_p")})
             block.append({**seed_tests, "attack": attack, "method": method, "seeds": len(runs), "avg": avg[0], "avg_low": avg[1],
                           "avg_high": avg[2], "avg_pooled_low": float(alo), "avg_pooled_high": float(ahi),
-                          "worst_class": runs[0][1].classes[worst], "worst": on_worst[0],
+                          "worst_class": runs[0][1].classes[worst], "target_chosen_on": chosen_on,
+                          "worst": on_worst[0],
                           "worst_low": on_worst[1], "worst_high": on_worst[2], "worst_pooled_low": float(lo),
                           "worst_pooled_high": float(hi), "worst_any": own_worst[0],
                           "worst_any_low": own_worst[1], "worst_any_high": own_worst[2],

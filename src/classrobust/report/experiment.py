@@ -40,7 +40,11 @@ def load_runs(out_dir: Path) -> tuple[dict, dict[str, ClasswiseResult]]:
     index = json.loads(index_path.read_text())
     results = {}
     for run in [*index["runs"], *({"key": a["retrained"], "dir": a["dir"]} for a in index["ablation"])]:
-        results[run["key"]] = ClasswiseResult.load(out_dir / run["dir"] / "eval")
+        result = ClasswiseResult.load(out_dir / run["dir"] / "eval")
+        sidecar = out_dir / run["dir"] / "model.json"
+        if sidecar.is_file():  # the training's validation numbers: where a defense's target class comes from
+            result.meta["train_metrics"] = json.loads(sidecar.read_text()).get("metrics", {})
+        results[run["key"]] = result
     return index, results
 
 
@@ -136,8 +140,13 @@ def _methods_sections(out: _Sections, tables):
                     ("Accuracy (%) of one seed with a 95% Wilson interval over the test points (one seed: no "
                      "interval across seeds); " if one_seed else
                      "Accuracy (%) averaged over seeds with a 95% Student-t interval across seeds; ")
-                    + f"'{g.worst_class.iloc[0]}' is {baseline}'s worst class under {attack} (pooled over seeds), "
-                    f"'own worst class' each run's own worst class. Δ against {baseline}. McNemar: the worst "
+                    + (f"'{g.worst_class.iloc[0]}' is {baseline}'s worst class on the validation split (chosen "
+                       "before the test split was read; averaged over its seeds), "
+                       if g.target_chosen_on.iloc[0] == "validation" else
+                       f"'{g.worst_class.iloc[0]}' is {baseline}'s worst class under {attack} on the test split "
+                       "(pooled over seeds; CHOSEN ON THE TEST RESULTS it is scored on: no validation numbers were "
+                       "found), ")
+                    + f"'own worst class' each run's own worst class. Δ against {baseline}. McNemar: the worst "
                     f"class's points, paired with {baseline} of the same seed and pooled over seeds "
                     f"(b: right under {baseline} only, c: right under the method only), Holm-adjusted over "
                     "methods: test-sample noise within these runs only, not evidence about the method. "
