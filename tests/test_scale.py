@@ -4,8 +4,6 @@ intervals beside Wilson's, and a 1,000-class report that stays small and opens f
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -88,43 +86,33 @@ def test_per_class_csv_has_both_intervals():
 
 @pytest.mark.parametrize("k", [100, 1000])
 def test_report_with_many_classes_is_small_and_opens_fast(k, tmp_path):
-    from classrobust.report import build_report
-    from test_report import open_in_chromium
-
-    result = generated_result(k, 50 if k == 1000 else 6)
-    result.save(tmp_path / "eval")
-    t0 = time.perf_counter()
-    report = build_report(tmp_path / "eval", bootstrap_reps=500)
-    built = time.perf_counter() - t0
-    html = report.read_text()
-    assert len(html) < 3_000_000, f"report.html is {len(html)} bytes"
-    assert "10 weakest and 10 strongest under pgd lead" in html
-    assert html.count("<details>") >= 3  # the full class table, destinations per attack
-    assert "empirical Bayes [95%]" in html
-    images, ids, _ = open_in_chromium(report, tmp_path)
-    broken = [name for name, complete, width in images if not (complete and width > 0)]
-    assert not broken
-    assert {"table", "confusion", "disparity"} <= set(ids)
-    # heatmaps only of the classes in the strongest pairs: readable, not K x K
-    heat = pd.read_csv(tmp_path / "eval" / "report_files" / "tables" / "per_class_intervals.csv")
-    assert len(heat) == 3 * k
-    print(f"{k} classes: report built in {built:.1f} s, {len(html) / 1e6:.2f} MB")
-
-
-def test_report_opens_within_a_second_in_chromium(tmp_path):
-    """Timed with the browser's own navigation timing, not the test's wall clock."""
+    """Readable at a glance (screenshot taken, every figure loaded), small, and (1,000 classes)
+    loaded by Chromium within a second by its own navigation timing."""
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
     from classrobust.report import build_report
-    from test_report import CHROMEDRIVER, CHROMIUM, FLAGS
+    from test_report import CHROMEDRIVER, CHROMIUM, FLAGS, open_in_chromium
 
-    generated_result(1000, 50).save(tmp_path / "eval")
-    report = build_report(tmp_path / "eval", bootstrap_reps=200)
+    result = generated_result(k, 50 if k == 1000 else 6)
+    result.save(tmp_path / "eval")
+    report = build_report(tmp_path / "eval", bootstrap_reps=300)
+    html = report.read_text()
+    assert len(html) < 3_000_000, f"report.html is {len(html)} bytes"
+    assert "10 weakest and 10 strongest under pgd lead" in html
+    assert html.count("<details>") >= 3  # the full class table, destinations per attack
+    assert "empirical Bayes [95%]" in html
+    images, ids, shot = open_in_chromium(report, tmp_path)
+    broken = [name for name, complete, width in images if not (complete and width > 0)]
+    assert not broken and shot.stat().st_size > 10_000
+    assert {"table", "confusion", "disparity"} <= set(ids)
+    assert len(pd.read_csv(tmp_path / "eval" / "report_files" / "tables" / "per_class_intervals.csv")) == 3 * k
+    if k < 1000:
+        return
     options = Options()
     options.binary_location = CHROMIUM
-    for flag in [*FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]:
+    for flag in [*FLAGS, f"--user-data-dir={tmp_path / 'profile-timing'}"]:
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:

@@ -126,7 +126,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "model.safetensors"))
 
 
-@pytest.mark.parametrize("classwise", ["", "reweight,class-eps,fawa:start_epoch=1", "dafa:warmup_epoch=1"])
+@pytest.mark.parametrize("classwise", ["", "class-eps,fawa:start_epoch=1,dafa:warmup_epoch=1,margin=false"])
 def test_kill_and_resume_gives_the_same_weights(classwise, synthetic_env, tmp_path):
     """Also with the class-wise levers, whose per-class state must survive the kill."""
     env = {**os.environ, "CLASSROBUST_SYSTEM_DATA": str(synthetic_env), "PYTHONUNBUFFERED": "1"}

@@ -123,19 +123,19 @@ def test_timm_model_end_to_end(synthetic_env, tmp_path, capsys):
     from conftest import TRAIN, run
 
     out = tmp_path / "run"
-    code, _, err = run([*TRAIN, "--model", "timm:resnet10t", "--out", out], capsys)
+    code, _, err = run([*TRAIN, "--model", "timm:mobilenetv3_small_050", "--out", out], capsys)
     assert code == 0, err
-    assert json.loads((out / "model.json").read_text())["model"] == "timm:resnet10t"
+    assert json.loads((out / "model.json").read_text())["model"] == "timm:mobilenetv3_small_050"
     code, _, err = run(["eval", "--checkpoint", out, "--attacks", "fgsm", "--limit", "60", "--out", tmp_path / "e1",
                         "--no-progress"], capsys)
     assert code == 0, err
-    code, _, err = run(["eval", "--model", "timm:resnet10t", "--dataset", "fashion-mnist", "--weights",
+    code, _, err = run(["eval", "--model", "timm:mobilenetv3_small_050", "--dataset", "fashion-mnist", "--weights",
                         out / "model.safetensors", "--attacks", "fgsm", "--limit", "60", "--out", tmp_path / "e2",
                         "--no-progress"], capsys)
     assert code == 0, err
     a, b = (pd.read_csv(tmp_path / e / "per_class.csv") for e in ("e1", "e2"))
     pd.testing.assert_series_equal(a["accuracy"], b["accuracy"])  # the same network both ways
-    model = create_model("timm:resnet10t", "fashion-mnist")
+    model = create_model("timm:mobilenetv3_small_050", "fashion-mnist")
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)  # built for 1 channel and 10 classes
     code, _, err = run([*TRAIN, "--model", "timm:resnet10x", "--out", tmp_path / "bad"], capsys)
     assert code == 2 and "timm has no architecture 'resnet10x'" in err and err.count("\n") == 1
