@@ -3,7 +3,6 @@ callback, and TensorBoard logging of training runs (read back from the event fil
 
 from __future__ import annotations
 
-import os
 import socket
 
 import numpy as np
