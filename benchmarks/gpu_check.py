@@ -138,8 +138,9 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def determinism(data: Path, out: Path, device: str, model: str, epochs: int = 2) -> None:
-    """Bitwise checks of the training promise on ``device`` (prints one line per comparison)."""
+def determinism(data: Path, out: Path, device: str, model: str, epochs: int = 2, kill: bool = True) -> None:
+    """Bitwise checks of the training promise on ``device`` (prints one line per comparison);
+    ``kill=False`` leaves out the killed-and-resumed run."""
     import os
     import signal
     import subprocess
@@ -159,6 +160,8 @@ def determinism(data: Path, out: Path, device: str, model: str, epochs: int = 2)
         default = [trained("default-a"), trained("default-b")]
         print(f"determinism default (cudnn.benchmark), two runs: "
               f"{'bitwise equal' if default[0] == default[1] else 'differ'}")
+    if not kill:
+        return
     state = out / ".killed.partial" / "train_state.pt"
     proc = subprocess.Popen([*base, "--deterministic", "--out", str(out / "killed")], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -197,9 +200,10 @@ def main() -> None:
     r.add_argument("out", type=Path)
     r.add_argument("--device", default="cuda")
     r.add_argument("--model", default="preact-resnet18")
+    r.add_argument("--no-kill", action="store_true", help="leave out the killed-and-resumed run")
     args = p.parse_args()
     if args.command == "determinism":
-        determinism(args.data, args.out, args.device, args.model)
+        determinism(args.data, args.out, args.device, args.model, kill=not args.no_kill)
     elif args.command == "data":
         make_data(args.root, args.train, args.test)
     elif args.command == "syncs":

@@ -25,6 +25,7 @@ if [ -n "${GPU_CHECK_TINY:-}" ]; then  # the CPU path of the test suite: seconds
   MODEL=smallcnn; N_TRAIN=12; N_TEST=4; EPOCH_ARGS="--epochs 1 --attack-steps 1 --batch-size 32 --val-size 20"
   ATTACKS="pgd:steps=2,autoattack:version=fast,steps=2,n_targets=1"; EVAL_ARGS=""; CAL_ARGS="--val-size 20 --steps 1 --rounds 1"
   THROUGHPUT_ARGS="--images 64 --batch 32 --steps 1"; SYNC_ARGS="--batch 4 --steps 3"
+  DETERMINISM_ARGS="--no-kill"  # the CPU's kill and resume is tested by tests/test_training.py
 else
   MODEL=preact-resnet18; N_TRAIN=500; N_TEST=50; EPOCH_ARGS="--epochs 3 --attack-steps 10 --batch-size 128 --val-size 500"
   ATTACKS="pgd,autoattack"; EVAL_ARGS="--limit 100"; CAL_ARGS="--val-size 500"; THROUGHPUT_ARGS="--images 50000 --batch 512 --steps 10"
@@ -61,7 +62,7 @@ step torchrun "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 -m 
   --dataset "$DATA" --model "$MODEL" --method pgd-at $EPOCH_ARGS --precision bf16 \
   --device "$DEVICE" --no-progress --out "$OUT/run-ddp"
 step determinism "$PY" benchmarks/gpu_check.py determinism "$OUT/data" "$OUT/determinism" --device "$DEVICE" \
-  --model "$MODEL"
+  --model "$MODEL" ${DETERMINISM_ARGS:-}
 if [ -n "${GPU_CHECK_COMPILE:-}" ]; then  # opt-in, last: 100 s on an H100 (2026-11-27), outside the 5-minute budget
   step throughput-compiled "$PY" benchmarks/gpu_check.py throughput --device "$DEVICE" $THROUGHPUT_ARGS --compile
 fi
