@@ -279,3 +279,11 @@ def test_compare_methods_judges_the_target_chosen_on_validation():
     given = compare_methods(results, "base", ["pgd"], target=1).set_index("method")  # validation said "b"
     assert given.loc["def", "worst_class"] == "b" and given.loc["def", "target_chosen_on"] == "validation"
     assert given.loc["def", "worst"] == 0.5 and given.loc["base", "worst"] == 1.0
+
+
+def test_holm_leaves_missing_p_values_out_of_the_family():
+    from classrobust.analysis import holm
+
+    adjusted = holm(np.array([[0.01, np.nan], [0.04, 0.03]]))
+    assert np.isnan(adjusted[0, 1])
+    np.testing.assert_allclose(adjusted[~np.isnan(adjusted)], [0.03, 0.06, 0.06])  # a family of three

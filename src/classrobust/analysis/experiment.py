@@ -21,10 +21,7 @@ def _holm_columns(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     present = [c for c in columns if c in table]
     if table.empty or not present:
         return table
-    values = table[present].to_numpy(dtype=float)
-    mask = ~np.isnan(values)
-    adjusted = np.full(values.shape, np.nan)
-    adjusted[mask] = holm(values[mask])
+    adjusted = holm(table[present].to_numpy(dtype=float))
     return table.assign(**{f"{c}_holm": adjusted[:, i] for i, c in enumerate(present)})
 
 

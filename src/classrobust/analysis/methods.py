@@ -76,12 +76,11 @@ def compare_methods(results: Mapping[tuple[str, int], object], baseline: str, at
             avg = seed_interval([r.attacks[attack].accuracy for _, r in runs], counts=(all_correct, all_n))
             on_worst = seed_interval([r.attacks[attack].accuracy_per_class[worst] for _, r in runs],
                                      counts=(correct, n))
-            own = [int(np.nanargmin(r.attacks[attack].accuracy_per_class)) for _, r in runs]
-            own_worst = seed_interval([np.nanmin(r.attacks[attack].accuracy_per_class) for _, r in runs],
-                                      counts=(sum(int(r.attacks[attack].correct_per_class[k]) for (_, r), k in
-                                                  zip(runs, own)),
-                                              sum(int(r.attacks[attack].n_per_class[k]) for (_, r), k in
-                                                  zip(runs, own))))
+            # each run's own worst class: (its attack result, that class)
+            own = [(r.attacks[attack], int(np.nanargmin(r.attacks[attack].accuracy_per_class))) for _, r in runs]
+            own_worst = seed_interval([res.accuracy_per_class[k] for res, k in own],
+                                      counts=(sum(int(res.correct_per_class[k]) for res, k in own),
+                                              sum(int(res.n_per_class[k]) for res, k in own)))
             b = c = 0
             for s, r in runs:
                 if (baseline, s) not in results:

@@ -142,14 +142,19 @@ def disparity_table(result, reps: int = 2000, seed: int = 0) -> pd.DataFrame:
 
 
 def holm(pvalues: np.ndarray) -> np.ndarray:
-    """Holm-Bonferroni adjusted p-values (family-wise error control over a family of tests)."""
-    p = np.asarray(pvalues, dtype=float)
+    """Holm-Bonferroni adjusted p-values (family-wise error control over a family of tests), any
+    shape; a missing (NaN) p-value is no test: it stays NaN and does not count in the family."""
+    values = np.asarray(pvalues, dtype=float)
+    present = ~np.isnan(values)
+    p = values[present]
     order = np.argsort(p)
-    adjusted = np.empty_like(p)
+    adjusted_present = np.empty_like(p)
     running = 0.0
     for rank, i in enumerate(order):
         running = max(running, (len(p) - rank) * p[i])
-        adjusted[i] = min(1.0, running)
+        adjusted_present[i] = min(1.0, running)
+    adjusted = np.full(values.shape, np.nan)
+    adjusted[present] = adjusted_present
     return adjusted
 
 

@@ -354,8 +354,7 @@ def check_levers(spec: str, *, method: str, supports_levers: bool, select: str,
                          "(pgd-at and trades do)")
     built = []
     for name, params in levers:
-        LEVERS.check_kwargs(name, {"num_classes": 2, **params})
-        lever = LEVERS.build(name, 2, **params)
+        lever = LEVERS.build(name, 2, **params)  # checks the parameter names and values
         if epochs is not None:
             lever.check(epochs=epochs)
         built.append((name, lever))

@@ -25,6 +25,12 @@ def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(fast_layout(x)).argmax(dim=1)
 
 
+def check_labels(y: torch.Tensor, num_classes: int) -> None:
+    """Refuse labels outside [0, num_classes) in one line (two host reads: call once per batch)."""
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise UsageError(f"labels must lie in [0, {num_classes}); got {int(y.min())}..{int(y.max())}")
+
+
 def worst_case_predictions(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor,
                            clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The per-point worst case of one attack on one batch: ``(predictions (B,), distances (B,) or None)``.
@@ -97,8 +103,7 @@ def evaluate_classwise(model: nn.Module, loader: Iterable, attacks: Mapping[str,
             batches = tqdm(loader, desc="evaluate", disable=None if progress else True, leave=False)
         for x, y in batches:
             x, y = x.to(device), y.to(device)
-            if int(y.min()) < 0 or int(y.max()) >= k:
-                raise UsageError(f"labels must lie in [0, {k}); got {int(y.min())}..{int(y.max())}")
+            check_labels(y, k)
             t0 = time.perf_counter()
             clean = predict(model, x)
             seconds[CLEAN] += time.perf_counter() - t0

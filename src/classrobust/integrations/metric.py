@@ -22,7 +22,7 @@ except ImportError as exc:  # an optional extra: say how to get it, in one line
     raise ImportError("ClasswiseRobustAccuracy needs torchmetrics: pip install 'classrobust[integrations]'") from exc
 
 from classrobust.attacks.base import Attack
-from classrobust.evaluate.classwise import predict, worst_case_predictions
+from classrobust.evaluate.classwise import check_labels, predict, worst_case_predictions
 from classrobust.runtime import model_mode
 
 
@@ -35,7 +35,8 @@ class ClasswiseRobustAccuracy(Metric):
             robust (the per-point worst case, as in ``classrobust eval``).
         num_classes: K.
 
-    ``update(x, y)``: x (B, C, H, W) in [0, 1] on the model's device, y (B,) int64 in [0, K); the
+    ``update(x, y)``: x (B, C, H, W) in [0, 1] on the model's device, y (B,) int64 in [0, K) (else a
+    ValueError); the
     model's train/eval mode is restored afterwards. ``compute()`` returns a dict of tensors:
     ``n``, ``clean``, ``robust`` (each (K,); NaN for a class without samples), ``clean_all``,
     ``robust_all`` (over all samples), ``worst_robust`` and ``worst_class`` (over classes with
@@ -59,8 +60,7 @@ class ClasswiseRobustAccuracy(Metric):
         model = self.attack.model
         y = y.to(torch.long)
         k = self.num_classes
-        if len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
-            raise ValueError(f"labels must lie in [0, {k}); got {int(y.min())}..{int(y.max())}")
+        check_labels(y, k)  # a UsageError, which is a ValueError
         with model_mode(model, False):
             clean = predict(model, x)
             robust_pred, _ = worst_case_predictions(model, self.attack, x, y, clean)

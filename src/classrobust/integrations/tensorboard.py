@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from classrobust.errors import UsageError
+from classrobust.io import check_writable
 
 LEVER_TERMS = ("weights", "reg_weights", "eps_scale")
 
@@ -27,8 +28,10 @@ def _writer_class():
     return SummaryWriter
 
 
-def check_tensorboard() -> None:
-    """Fail early, in one line, when tensorboard is missing (before any training)."""
+def check_tensorboard(log_dir: str | Path) -> None:
+    """Fail early, in one line, when ``log_dir`` cannot be written or tensorboard is missing
+    (before any training)."""
+    check_writable(log_dir)
     _writer_class()
 
 

@@ -90,9 +90,8 @@ def create_model(name: str, dataset: str | DatasetInfo = "fashion-mnist", *, wei
     std; registry and timm models always normalise inside). ``weights`` loads a ``.safetensors`` file or a state dict
     (``weights_only=True``) into the model, strictly.
     """
-    from classrobust.models.user import build_user_model, is_user_model, load_weights
-
     from classrobust.models.timm_models import build_timm_model, is_timm_model
+    from classrobust.models.user import build_user_model, is_user_model, load_weights
 
     info = get_dataset_info(dataset) if isinstance(dataset, str) else dataset
     if is_timm_model(name):

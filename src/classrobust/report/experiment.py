@@ -22,14 +22,14 @@ from classrobust.results import CLEAN, ClasswiseResult
 from classrobust.io import atomic_directory
 from classrobust.report import figures
 from classrobust.report.page import Page as _Page
-from classrobust.report.page import html_document, pct as _pct
+from classrobust.report.page import html_document, interval_cell, pct as _pct
 from classrobust.report.markdown import to_markdown
 
 INDEX = "experiment.json"
 
 
 def _cell(acc: float, lo: float, hi: float) -> str:
-    return "" if pd.isna(acc) else f"{100 * acc:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+    return "" if pd.isna(acc) else interval_cell(acc, lo, hi)
 
 
 def load_runs(out_dir: Path) -> tuple[dict, dict[str, ClasswiseResult]]:

@@ -19,7 +19,7 @@ from classrobust.io import atomic_directory, atomic_write_text
 from classrobust.report import figures
 from classrobust.report.markdown import to_markdown
 from classrobust.report.page import Page as _Page
-from classrobust.report.page import html_document, pct as _pct
+from classrobust.report.page import html_document, interval_cell, pct as _pct
 from classrobust.report.tables import MANY_CLASSES, extreme_classes, format_warnings, strongest_attack
 
 ASSETS = "report_files"
@@ -77,8 +77,7 @@ def build_report(path: str | Path, *, train_log: str | Path | None = None, boots
         long = per_class_table(result)
         wide = long.pivot(index="class_name", columns="attack", values="accuracy").reindex(
             index=result.classes, columns=list(result.attacks))
-        cells = long.assign(cell=[f"{100 * a:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
-                                  for a, lo, hi in zip(long["accuracy"], long["ci_low"], long["ci_high"])])
+        cells = long.assign(cell=[interval_cell(*v) for v in zip(long["accuracy"], long["ci_low"], long["ci_high"])])
         shown = cells.pivot(index="class_name", columns="attack", values="cell").reindex(
             index=result.classes, columns=list(result.attacks))
         shown.index.name = None
@@ -88,7 +87,7 @@ def build_report(path: str | Path, *, train_log: str | Path | None = None, boots
         for name, res in result.attacks.items():
             correct = int(res.correct_per_class.sum())
             lo, hi = wilson_interval(correct, len(result.labels))
-            overall[name] = f"{100 * res.accuracy:.1f} [{100 * float(lo):.1f}, {100 * float(hi):.1f}]"
+            overall[name] = interval_cell(res.accuracy, float(lo), float(hi))
         shown.loc["all"] = pd.Series(overall)
         long.to_csv(stage / "tables" / "per_class_intervals.csv", index=False)
         wide.to_csv(stage / "tables" / "per_class_wide.csv")
@@ -204,10 +203,7 @@ def build_report(path: str | Path, *, train_log: str | Path | None = None, boots
             corr = weight_norm_correlation(np.asarray(norms), result.attacks[strongest].accuracy_per_class,
                                            clean_acc if strongest != CLEAN else None)
             tests = [k for k in ("pearson_p", "spearman_p", "partial_spearman_p") if k in corr]
-            ps = np.array([corr[k] for k in tests], dtype=float)
-            adjusted = np.full(len(ps), np.nan)
-            adjusted[~np.isnan(ps)] = holm(ps[~np.isnan(ps)])
-            corr.update({f"{k}_holm": float(a) for k, a in zip(tests, adjusted)})
+            corr.update({f"{k}_holm": float(a) for k, a in zip(tests, holm([corr[k] for k in tests]))})
             partial = (f"; controlling for clean accuracy, partial Spearman {corr['partial_spearman']:.2f} "
                        f"(permutation p = {corr['partial_spearman_p']:.3g}, Holm {corr['partial_spearman_p_holm']:.3g})"
                        if "partial_spearman" in corr else "")
@@ -268,8 +264,7 @@ def _superclass_section(page: _Page, result: ClasswiseResult, groups: dict[str, 
     shown = pd.DataFrame({"superclass": order})
     for name in result.attacks:
         rows = table[table["attack"] == name].set_index("superclass").loc[order]
-        shown[name] = [f"{100 * a:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
-                       for a, lo, hi in zip(rows["accuracy"], rows["ci_low"], rows["ci_high"])]
+        shown[name] = [interval_cell(*v) for v in zip(rows["accuracy"], rows["ci_low"], rows["ci_high"])]
     rows = table[table["attack"] == attack].set_index("superclass").loc[order]
     shown.insert(1, "classes", rows["classes"].to_numpy())
     shown[f"weakest class ({attack})"] = [f"{c} {100 * a:.1f}" for c, a in
@@ -284,10 +279,9 @@ def _empirical_bayes_section(page: _Page, long: pd.DataFrame, result: ClasswiseR
     rows = long[long["attack"] == attack].set_index("class_index").loc[classes]
     table = pd.DataFrame({
         "class": rows["class_name"], "n": rows["n"],
-        "raw [Wilson 95%]": [f"{100 * a:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
-                             for a, lo, hi in zip(rows["accuracy"], rows["ci_low"], rows["ci_high"])],
-        "empirical Bayes [95%]": [f"{100 * a:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
-                                  for a, lo, hi in zip(rows["eb_accuracy"], rows["eb_low"], rows["eb_high"])]})
+        "raw [Wilson 95%]": [interval_cell(*v) for v in zip(rows["accuracy"], rows["ci_low"], rows["ci_high"])],
+        "empirical Bayes [95%]": [interval_cell(*v) for v in zip(rows["eb_accuracy"], rows["eb_low"],
+                                                                  rows["eb_high"])]})
     page.text(f"{attack}: with few test images per class each raw interval is wide. The empirical-Bayes "
               "estimate fits one beta distribution to all classes' accuracies and shrinks each class towards it "
               "(posterior mean and 95% interval; docs/findings.md: when to use which). Extremes are pulled "

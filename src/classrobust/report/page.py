@@ -73,3 +73,8 @@ class Page:
 
 def pct(v: float) -> str:
     return "" if pd.isna(v) else f"{100 * v:.1f}%"
+
+
+def interval_cell(value: float, low: float, high: float) -> str:
+    """An accuracy in % with its interval: ``"61.5 [54.6, 68.0]"``."""
+    return f"{100 * value:.1f} [{100 * low:.1f}, {100 * high:.1f}]"

@@ -385,8 +385,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_dir: str | Path | No
     if tensorboard is not None:
         from classrobust.integrations.tensorboard import TensorBoardLog, check_tensorboard
 
-        check_writable(tensorboard)
-        check_tensorboard()
+        check_tensorboard(tensorboard)
     run = _prepare(config, out_dir, data_dir, download)
     rows, step, start_epoch, best = _restore(run, resume, log)
     board = TensorBoardLog(tensorboard, first_epoch=start_epoch) if tensorboard is not None and run.main else None

@@ -19,7 +19,7 @@ import numpy as np
 
 from classrobust.defenses.calibrate import CalibrateConfig
 from classrobust.errors import CheckpointError, UsageError
-from classrobust.io import atomic_write_json, check_output_dir, check_writable
+from classrobust.io import atomic_write_json, check_output_dir
 from classrobust.report.experiment import INDEX
 from classrobust.runtime import resolve_device
 from classrobust.workflows.calibrate import calibrate_checkpoint
@@ -159,8 +159,7 @@ def run_experiment(spec: ExperimentSpec | str | Path, *, device: str | None = No
     if tensorboard is not None:
         from classrobust.integrations.tensorboard import check_tensorboard
 
-        check_writable(tensorboard)
-        check_tensorboard()
+        check_tensorboard(tensorboard)
     spec.out.mkdir(parents=True, exist_ok=True)
     runs = list(spec.runs)
     log(f"experiment {spec.name}: {len(runs)} runs"
