@@ -73,3 +73,25 @@ def test_leak_check_numbers_in_the_defenses_doc_match_the_record():
     assert f"call {100 * record['noise_at_eps_max_other_predicted_as_widest']:.0f}% of them Shirt" in text
     assert f"+-0.10 (everybody else's budget)\n{100 * record['noise_at_eps_other_predicted_as_widest']:.1f}%" in text
     assert f"clean Shirt images go to {record['clean_widest_class_predicted_as']}" in text
+
+
+def test_screen_prose_numbers_match_the_committed_logs():
+    """The numbers docs/defenses.md quotes from the screen's runs, read from their committed logs."""
+    import pandas as pd
+
+    logs = ROOT / "docs" / "results" / "lever-screen" / "logs"
+    text = " ".join((ROOT / "docs" / "defenses.md").read_text().split())
+
+    def shirt(log, epoch, column):
+        row = log[(log.epoch == epoch) & (log.class_name == "Shirt")]
+        return f"{100 * row[column].item():.1f}"
+
+    base = pd.read_csv(logs / "pgd-at-s100.csv")
+    assert f"(Shirt {shirt(base, 13, 'val_pgd_accuracy')}, {shirt(base, 14, 'val_pgd_accuracy')}, " \
+           f"{shirt(base, 15, 'val_pgd_accuracy')}% over epochs 13-15)" in text
+    dafa = pd.read_csv(logs / "dafa-l1-s100.csv")
+    assert f"from {shirt(dafa, 10, 'val_clean_accuracy')}% to {float(shirt(dafa, 11, 'val_clean_accuracy')):.0f}%" in text
+    assert (f"from {float(shirt(dafa, 10, 'train_accuracy')):.0f}% to {float(shirt(dafa, 11, 'train_accuracy')):.0f}%"
+            in text)
+    overall = dafa[dafa.class_index == -1].set_index("epoch")["train_loss"]
+    assert f"({overall[10]:.2f} to {overall[15]:.2f} by epoch 15)" in text
