@@ -287,3 +287,64 @@ def test_holm_leaves_missing_p_values_out_of_the_family():
     adjusted = holm(np.array([[0.01, np.nan], [0.04, 0.03]]))
     assert np.isnan(adjusted[0, 1])
     np.testing.assert_allclose(adjusted[~np.isnan(adjusted)], [0.03, 0.06, 0.06])  # a family of three
+
+
+def test_two_level_bootstrap_holds_the_spread_between_seeds():
+    from classrobust.analysis.stats import disparity_seeds_table
+
+    n = np.full((5, 3), 100)
+    # same pooled counts for class 0 (250 of 500), once spread evenly and once very unevenly over seeds
+    even = np.array([[50, 80, 90]] * 5)
+    uneven = np.array([[10, 80, 90], [90, 80, 90], [20, 80, 90], [80, 80, 90], [50, 80, 90]])
+    a, b = disparity_seeds_table(even, n), disparity_seeds_table(uneven, n)
+    assert a["worst"] == b["worst"] == pytest.approx(0.5)
+    assert (b["worst_high"] - b["worst_low"]) > 3 * (a["worst_high"] - a["worst_low"])
+    assert a["worst_low"] < 0.5 < a["worst_high"] and a["gap"] == pytest.approx(0.4)
+    # a class at 0% on every seed keeps a real interval (the plain bootstrap would give [0, 0])
+    zero = disparity_seeds_table(np.array([[0, 80, 90]] * 5), n)
+    assert zero["worst"] == 0.0 and zero["worst_low"] == 0.0 and zero["worst_high"] > 0.001
+
+
+def test_gain_attribution_over_seeds_by_hand_and_both_denominators():
+    from classrobust.analysis.consistency import gain_attribution_seeds
+
+    labels = np.repeat([0, 1], 10)
+    # class 0: 5 robust under the weak attack, the strong one takes 4; class 1: 10 robust, it takes 2
+    ok_lower = np.r_[np.arange(10) < 5, np.ones(10, bool)]
+    ok_upper = np.r_[np.arange(10) < 1, np.arange(10) < 8]
+    row = gain_attribution_seeds([(labels, ok_lower, ok_upper)] * 3, 2, [0])
+    assert row["drop"] == 18 and row["share"] == pytest.approx(4 / 6)
+    assert row["share_of_points"] == pytest.approx(0.5) and row["share_of_robust"] == pytest.approx(5 / 15)
+    assert row["excess_over_points"] == pytest.approx(4 / 3) and row["excess_over_robust"] == pytest.approx(2.0)
+    for key in ("share", "share_of_robust", "excess_over_robust"):
+        assert row[f"{key}_low"] < row[key] < row[f"{key}_high"]
+    # a drop spread over the robust points in proportion: no excess over that denominator
+    rng = np.random.default_rng(0)
+    runs = []
+    for _ in range(5):
+        labels = np.repeat(np.arange(4), 500)
+        ok_lower = rng.random(2000) < np.where(labels == 0, 0.4, 0.9)
+        runs.append((labels, ok_lower, ok_lower & (rng.random(2000) > 0.3)))
+    fair = gain_attribution_seeds(runs, 4, [0])
+    assert fair["excess_over_robust_low"] < 1 < fair["excess_over_robust_high"]
+    assert fair["excess_over_points_high"] < 1  # fewer robust points in class 0: less to take
+
+
+def test_per_class_differences_over_seeds():
+    from classrobust.analysis.methods import per_class_differences
+
+    labels = np.repeat([0, 1], 10)
+
+    def result(right_a, right_b):
+        preds = np.where(np.r_[np.arange(10) < right_a, np.arange(10) < right_b], labels, 1 - labels)
+        return ClasswiseResult(["a", "b"], np.arange(20), labels, {"pgd": AttackResult("pgd", labels, preds, 2)})
+
+    results = {}
+    for s in range(5):
+        results[("base", s)] = result(2 + s % 2, 8)
+        results[("def", s)] = result(4 + s % 2 + (s == 0), 8 - (s % 2))
+    table = per_class_differences(results, "base", ["pgd"]).set_index("class_name")
+    assert table.loc["a", "diff_mean"] == pytest.approx(0.22)
+    assert table.loc["a", "diff_perm_p"] == pytest.approx(2 / 32)  # every seed up: the 5-seed floor
+    assert table.loc["b", "diff_mean"] == pytest.approx(-0.04) and table.loc["b", "diff_perm_p"] > 0.2
+    assert table.loc["a", "perm_floor"] == pytest.approx(2 / 32)

@@ -71,6 +71,61 @@ def gain_attribution(result, ladder: Sequence[str] | None = None, k_vulnerable: 
     return pd.DataFrame(rows)
 
 
+def gain_attribution_seeds(runs: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], num_classes: int,
+                           vulnerable: Sequence[int], reps: int = 2000, confidence: float = 0.95,
+                           seed: int = 0) -> dict[str, float]:
+    """How much of the drop from a weaker attack to a stronger one falls on the ``vulnerable``
+    classes, pooled over training runs, with two-level bootstrap intervals (seeds drawn with
+    replacement, then each drawn seed's points within every class from the Dirichlet posterior of
+    its four outcome counts, robust or not under each attack, so no interval collapses to a point).
+
+    runs: one (labels, ok_lower, ok_upper) per seed, each (N,): labels int in [0, num_classes),
+    ok_* bool, robust under the weaker and the stronger attack.
+
+    The share alone depends on its denominator, so both are given: ``share_of_points`` is the
+    vulnerable classes' share of all points (the share a drop spread evenly over points would
+    give) and ``share_of_robust`` their share of the points still robust under the weaker attack
+    (the share a drop spread evenly over the points it could take would give); ``excess_*`` is
+    the observed share divided by each. An excess above 1 means the stronger attack gains more
+    on the vulnerable classes than that baseline.
+    """
+    vulnerable = np.isin(np.arange(num_classes), list(vulnerable))
+    counts = []
+    for labels, ok_lower, ok_upper in runs:
+        category = 2 * np.asarray(ok_lower, dtype=int) + np.asarray(ok_upper, dtype=int)  # 0 00, 1 01, 2 10, 3 11
+        counts.append(np.bincount(np.asarray(labels) * 4 + category, minlength=4 * num_classes).reshape(-1, 4))
+    counts = np.asarray(counts, dtype=float)  # (S, K, 4)
+
+    def statistics(c: np.ndarray) -> dict[str, np.ndarray]:  # c: (..., K, 4), already pooled over seeds
+        drop = c[..., 2] - c[..., 1]
+        robust = c[..., 2] + c[..., 3]
+        n = c.sum(axis=-1)
+        total = drop.sum(axis=-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = np.where(total != 0, drop[..., vulnerable].sum(axis=-1) / total, np.nan)
+            of_points = n[..., vulnerable].sum(axis=-1) / n.sum(axis=-1)
+            of_robust = robust[..., vulnerable].sum(axis=-1) / robust.sum(axis=-1)
+            return {"drop": total, "share": share, "share_of_points": of_points, "share_of_robust": of_robust,
+                    "excess_over_points": share / of_points, "excess_over_robust": share / of_robust}
+
+    point = statistics(counts.sum(axis=0))
+    rng = np.random.default_rng(seed)
+    drawn = counts[rng.integers(0, len(counts), size=(reps, len(counts)))]  # (reps, S, K, 4)
+    gamma = rng.gamma(drawn + 0.5)
+    resampled = gamma / gamma.sum(axis=-1, keepdims=True) * drawn.sum(axis=-1, keepdims=True)
+    boot = statistics(resampled.sum(axis=1))
+    lo, hi = 50 * (1 - confidence), 50 * (1 + confidence)
+    out: dict[str, float] = {"seeds": len(counts), "n": int(counts.sum())}
+    for key, value in point.items():
+        out[key] = float(value)
+        if key in ("drop", "share_of_points"):
+            continue
+        b = boot[key][~np.isnan(boot[key])]
+        out[f"{key}_low"], out[f"{key}_high"] = ((float(np.percentile(b, lo)), float(np.percentile(b, hi)))
+                                                 if len(b) else (float("nan"), float("nan")))
+    return out
+
+
 #: up to this many classes the permutation p-value enumerates every permutation (10! = 3.6 million)
 EXACT_PERMUTATIONS_UP_TO = 10
 

@@ -9,9 +9,9 @@ import pandas as pd
 
 from classrobust.analysis.confusion import top_destinations
 from classrobust.analysis.consistency import (attack_consistency, confused_class_ablation, gain_attribution,
-                                              rank_correlations, weight_norm_correlation)
-from classrobust.analysis.methods import compare_methods
-from classrobust.analysis.stats import holm, per_class_table, wilson_interval
+                                              gain_attribution_seeds, rank_correlations, weight_norm_correlation)
+from classrobust.analysis.methods import compare_methods, per_class_differences
+from classrobust.analysis.stats import disparity_seeds_table, holm, per_class_table, wilson_interval
 from classrobust.results import CLEAN, ClasswiseResult
 
 
@@ -33,6 +33,37 @@ def validation_target(baseline_runs: list[ClasswiseResult]) -> int | None:
     if not per_seed or any(v is None for v in per_seed):
         return None
     return int(np.nanargmin(np.nanmean(np.asarray(per_seed, dtype=float), axis=0)))
+
+
+def seed_level_tables(runs: pd.DataFrame, results: dict[str, ClasswiseResult],
+                      k_vulnerable: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per (dataset, method): the across-class disparity under every attack with two-level
+    (seeds, then test points) intervals, and the stronger-attack gain attribution pooled over
+    seeds with both denominators (:func:`gain_attribution_seeds`). The vulnerable classes are the
+    ``k_vulnerable`` lowest under the weaker attack of each step, averaged over seeds."""
+    disparity, gains = [], []
+    for (dataset, method), group in runs.groupby(["dataset", "method"], sort=False):
+        seeds = [results[k] for k in group["key"]]
+        ids = {"dataset": dataset, "method": method}
+        first = seeds[0]
+        for name in first.attacks:
+            correct = np.array([r.attacks[name].correct_per_class for r in seeds])
+            n = np.array([r.attacks[name].n_per_class for r in seeds])
+            disparity.append({**ids, "attack": name, **disparity_seeds_table(correct, n)})
+        attacks = [a for a in first.attacks if a != CLEAN]
+        ladder = sorted(attacks, key=lambda a: -np.mean([r.attacks[a].accuracy for r in seeds]))
+        steps = [(a, b, "rung") for a, b in zip(ladder, ladder[1:])]
+        if len(ladder) >= 3:
+            steps.append((ladder[0], ladder[-1], "weakest to strongest"))
+        for lower, upper, kind in steps:
+            mean_lower = np.mean([r.attacks[lower].accuracy_per_class for r in seeds], axis=0)
+            vulnerable = np.argsort(mean_lower, kind="stable")[:k_vulnerable]
+            row = gain_attribution_seeds(
+                [(r.labels, r.attacks[lower].predictions == r.labels, r.attacks[upper].predictions == r.labels)
+                 for r in seeds], first.num_classes, vulnerable)
+            gains.append({**ids, "step": kind, "from": lower, "to": upper,
+                          "vulnerable": ", ".join(first.classes[v] for v in vulnerable), **row})
+    return pd.DataFrame(disparity), pd.DataFrame(gains)
 
 
 def experiment_tables(index: dict, results: dict[str, ClasswiseResult]) -> dict[str, pd.DataFrame]:
@@ -95,7 +126,7 @@ def experiment_tables(index: dict, results: dict[str, ClasswiseResult]) -> dict[
         row = confused_class_ablation(results[a["base"]], results[a["retrained"]], a["attack"], a["weakest_class"],
                                       a["dropped_class"])
         ablation.append({"dataset": a["dataset"], "seed": a["seed"], **row})
-    comparisons = []
+    comparisons, class_diffs = [], []
     for dataset, group in runs.groupby("dataset", sort=False):
         if group["method"].nunique() < 2:
             continue
@@ -106,8 +137,11 @@ def experiment_tables(index: dict, results: dict[str, ClasswiseResult]) -> dict[
                                            validation_target([results[k] for k in group["key"][group["method"] ==
                                                                                                baseline]]))
                            .assign(dataset=dataset))
+        class_diffs.append(per_class_differences(keyed, baseline, names).assign(dataset=dataset))
+    disparity_seeds, gain_seeds = seed_level_tables(runs, results)
     cat = lambda frames: pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()  # noqa: E731
-    return {"methods": cat(comparisons),"per_class": cat(per_class), "overview": pd.DataFrame(overview), "attack_consistency": pd.DataFrame(att_cons),
+    return {"methods": cat(comparisons), "methods_per_class": cat(class_diffs), "disparity_seeds": disparity_seeds,
+            "gain_seeds": gain_seeds, "per_class": cat(per_class), "overview": pd.DataFrame(overview), "attack_consistency": pd.DataFrame(att_cons),
             "defense_consistency": pd.DataFrame(def_cons), "gain_attribution": cat(gains),
             "weight_norms": _holm_columns(pd.DataFrame(norms), ["pearson_p", "spearman_p", "partial_spearman_p"]),
             "attacked_into": cat(into), "ablation": pd.DataFrame(ablation)}

@@ -116,3 +116,32 @@ def compare_methods(results: Mapping[tuple[str, int], object], baseline: str, at
         table["worst_vs_baseline"] = table["worst"] - base_row["worst"]
         rows.append(table)
     return pd.concat(rows, ignore_index=True)
+
+
+def per_class_differences(results: Mapping[tuple[str, int], object], baseline: str, attacks: list[str]) -> pd.DataFrame:
+    """Every method against ``baseline``, class by class: one row per (method, attack, class) with
+    the per-seed paired differences' mean, t-interval, paired t-test and exact sign-flip p-value
+    (:func:`~classrobust.analysis.stats.paired_seed_test`, two-sided; the training run is the unit),
+    and ``perm_p_holm`` adjusted over the classes of one (method, attack)."""
+    methods = [m for m in dict.fromkeys(m for m, _ in results) if m != baseline]
+    seeds = sorted({s for _, s in results})
+    rows = []
+    for attack in attacks:
+        for method in methods:
+            paired = [s for s in seeds if (method, s) in results and (baseline, s) in results]
+            if not paired:
+                continue
+            acc = {m: np.array([results[(m, s)].attacks[attack].accuracy_per_class for s in paired])
+                   for m in (method, baseline)}
+            block = []
+            for k, cls in enumerate(results[(method, paired[0])].classes):
+                test = paired_seed_test(acc[method][:, k] - acc[baseline][:, k])
+                block.append({"method": method, "attack": attack, "class_index": k, "class_name": cls,
+                              "seeds": len(paired), "baseline": float(acc[baseline][:, k].mean()),
+                              "method_accuracy": float(acc[method][:, k].mean()),
+                              **{f"diff_{key}": test[key] for key in ("mean", "low", "high", "t_p", "perm_p")},
+                              "perm_floor": test["perm_floor"]})
+            table = pd.DataFrame(block)
+            table["perm_p_holm"] = holm(table["diff_perm_p"].to_numpy())
+            rows.append(table)
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()

@@ -199,3 +199,46 @@ def paired_seed_test(differences, confidence: float = 0.95, alternative: str = "
         out["perm_p"] = float((np.abs(means) >= abs(observed) - tol).mean())
         out["perm_floor"] = 2 / 2 ** n
     return out
+
+
+def bootstrap_disparity_seeds(correct: np.ndarray, n: np.ndarray, reps: int = 2000, confidence: float = 0.95,
+                              seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Two-level percentile intervals of :func:`disparity` over training runs: each replicate draws
+    the seeds with replacement (the variation between training runs), then every drawn seed's
+    class accuracies from their Jeffreys posteriors (the test points within each class, as in
+    :func:`bootstrap_disparity`), and takes the disparity of the per-class accuracies averaged over
+    the drawn seeds.
+
+    correct, n: (S, K) counts per seed and class. With one seed this is the one-level bootstrap.
+    Intervals never collapse to a point: a class at 0% on every seed keeps its posterior's width.
+    """
+    rng = np.random.default_rng(seed)
+    c = np.asarray(correct, dtype=float)
+    n = np.asarray(n, dtype=float)
+    if c.ndim != 2 or c.shape != n.shape:
+        raise ValueError(f"correct and n must both be (seeds, classes), got {c.shape} and {n.shape}")
+    s, k = c.shape
+    drawn = rng.integers(0, s, size=(reps, s))  # (reps, S) seed indices
+    acc = rng.beta(c[drawn] + 0.5, (n - c)[drawn] + 0.5)  # (reps, S, K)
+    acc = acc.mean(axis=1)
+    mean, std = acc.mean(axis=1), acc.std(axis=1)
+    draws = {"mean": mean, "worst": acc.min(axis=1), "best": acc.max(axis=1),
+             "gap": acc.max(axis=1) - acc.min(axis=1), "std": std,
+             "cv": np.divide(std, mean, out=np.full_like(std, np.nan), where=mean > 0)}
+    lo, hi = 50 * (1 - confidence), 50 * (1 + confidence)
+    return {key: (float(np.nanpercentile(v, lo)), float(np.nanpercentile(v, hi))) if not np.isnan(v).all()
+            else (float("nan"), float("nan")) for key, v in draws.items()}
+
+
+def disparity_seeds_table(correct: np.ndarray, n: np.ndarray, reps: int = 2000, seed: int = 0) -> dict[str, float]:
+    """One row of across-seed disparity: :func:`disparity` of the per-class accuracy averaged over
+    seeds, each with its two-level interval (:func:`bootstrap_disparity_seeds`); ``seeds``: S.
+    The interval always holds the observed value (the posteriors never reach exactly 0 or 1)."""
+    c, n = np.asarray(correct, dtype=float), np.asarray(n, dtype=float)
+    point = disparity((c / np.maximum(n, 1)).mean(axis=0))
+    boot = bootstrap_disparity_seeds(c, n, reps=reps, seed=seed)
+    row: dict[str, float] = {"seeds": int(c.shape[0])}
+    for key in ("mean", "worst", "best", "gap", "std"):
+        lo, hi = boot[key]
+        row.update({key: point[key], f"{key}_low": min(lo, point[key]), f"{key}_high": max(hi, point[key])})
+    return row

@@ -94,10 +94,12 @@ def build_experiment_report(out_dir: str | Path) -> Path:
         for name, df in tables.items():
             df.to_csv(stage / f"{name}.csv", index=False)
         _methods_sections(out, tables)
+        _per_class_differences_section(out, tables)
         _overview_section(out, tables)
         strongest = _per_class_sections(out, tables)
         _attacked_into_section(out, tables, strongest)
         _consistency_sections(out, tables, strongest)
+        _disparity_seeds_section(out, tables)
         _gain_section(out, tables)
         _weight_norm_section(out, tables)
         _ablation_section(out, tables)
@@ -154,6 +156,27 @@ def _methods_sections(out: _Sections, tables):
                     "t-interval, the paired t-test p and the exact sign-flip permutation p over seeds (two-sided; "
                     "with n seeds it cannot go below 2/2^n).", shown, f"methods_{dataset}_{attack}")
 
+
+
+def _per_class_differences_section(out: _Sections, tables):
+    diffs = tables["methods_per_class"]
+    if not len(diffs) or (diffs["seeds"] < 2).all():
+        return
+    for dataset, g in diffs.groupby("dataset", sort=False):
+        strongest = g.groupby("attack", sort=False)["baseline"].mean().idxmin()
+        g = g[g.attack == strongest]
+        shown = pd.DataFrame({
+            "method": g["method"], "class": g["class_name"], "seeds": g["seeds"],
+            "baseline": [f"{100 * v:.1f}" for v in g["baseline"]],
+            "method accuracy": [f"{100 * v:.1f}" for v in g["method_accuracy"]],
+            "Δ, seeds": [_seed_cell(*v) for v in zip(g.diff_mean, g.diff_low, g.diff_high, g.diff_t_p,
+                                                     g.diff_perm_p)],
+            "perm p (Holm over classes)": [f"{p:.2g}" for p in g["perm_p_holm"]]})
+        out.section(f"{dataset}: every class against the baseline under {strongest}", f"pcd-{dataset}",
+                    "Per class: the accuracy (%) averaged over seeds, and the per-seed paired difference against "
+                    "the baseline of the same seed with its 95% t-interval, paired t-test p and exact sign-flip p "
+                    "(two-sided), Holm-adjusted over the classes of one method. Every attack in "
+                    "methods_per_class.csv.", shown, f"methods_per_class_{dataset}")
 
 
 def _overview_section(out: _Sections, tables):
@@ -248,6 +271,48 @@ def _gain_section(out: _Sections, tables):
                     "be negative or above 100%: the per-point worst case of two different attacks is not nested.",
                     gains[["dataset", "method", "seed", "step", "from", "to", "drop", "top3_vulnerable_share"]],
                     "gain_summary", {"top3_vulnerable_share": _pct})
+    pooled = tables["gain_seeds"]
+    if len(pooled):
+        ratio = lambda v, lo, hi: "" if pd.isna(v) else f"{v:.2f} [{lo:.2f}, {hi:.2f}]"  # noqa: E731
+        shown = pd.DataFrame({
+            "dataset": pooled["dataset"], "method": pooled["method"], "seeds": pooled["seeds"],
+            "step": pooled["step"], "from": pooled["from"], "to": pooled["to"], "vulnerable": pooled["vulnerable"],
+            "points lost": pooled["drop"].astype(int),
+            "vulnerable share of the loss": [_cell(*v) for v in zip(pooled.share, pooled.share_low,
+                                                                    pooled.share_high)],
+            "their share of all points": [_pct(v) for v in pooled.share_of_points],
+            "their share of the points robust under 'from'": [_cell(*v) for v in zip(
+                pooled.share_of_robust, pooled.share_of_robust_low, pooled.share_of_robust_high)],
+            "excess over all points": [ratio(*v) for v in zip(pooled.excess_over_points,
+                                                               pooled.excess_over_points_low,
+                                                               pooled.excess_over_points_high)],
+            "excess over robust points": [ratio(*v) for v in zip(pooled.excess_over_robust,
+                                                                  pooled.excess_over_robust_low,
+                                                                  pooled.excess_over_robust_high)]})
+        out.section("Gain attribution over seeds, with both denominators", "gain-seeds",
+                    "Pooled over seeds: the share of the points lost between two attacks that falls on the 3 "
+                    "classes weakest under the weaker one (averaged over seeds), against two baselines: their "
+                    "share of all points, and their share of the points still robust under the weaker attack "
+                    "(what the stronger attack could take). The excess is the observed share divided by each; "
+                    "above 1 means the stronger attack gains more on the vulnerable classes than that baseline "
+                    "predicts. 95% two-level bootstrap intervals (seeds, then points within class).",
+                    shown, "gain_seeds_table")
+
+
+def _disparity_seeds_section(out: _Sections, tables):
+    ds = tables["disparity_seeds"]
+    if not len(ds):
+        return
+    cell = lambda key: [_cell(*v) for v in zip(ds[key], ds[f"{key}_low"], ds[f"{key}_high"])]  # noqa: E731
+    shown = pd.DataFrame({"dataset": ds["dataset"], "method": ds["method"], "attack": ds["attack"],
+                          "seeds": ds["seeds"], "average": cell("mean"), "worst class": cell("worst"),
+                          "gap (best - worst)": cell("gap"), "spread (std over classes)": cell("std")})
+    out.section("Class disparity over seeds", "disparity-seeds",
+                "Per method and attack, from the per-class accuracy averaged over seeds (%): the worst class, the "
+                "gap to the best and the standard deviation across classes, each with a 95% two-level bootstrap "
+                "interval (seeds drawn with replacement, then every class's accuracy from its Jeffreys posterior "
+                "given its test points): it holds both the variation between training runs and the test-sample "
+                "noise, and never collapses to a point at 0% or 100%.", shown, "disparity_seeds_table")
 
 
 def _weight_norm_section(out: _Sections, tables):
