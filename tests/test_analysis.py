@@ -150,12 +150,18 @@ def test_confused_class_ablation_counts_by_hand(synthetic_result):
                                 {"clean": AttackResult("clean", labels, labels.copy(), 3),
                                  "strong": AttackResult("strong", labels, retrained_preds, 3)})
     row = confused_class_ablation(synthetic_result, retrained, "strong", "c", "a")
-    assert row["n_weakest"] == 4 and row["formerly_fooled"] == 3 and row["formerly_fooled_into_dropped"] == 2
-    assert row["now_withstand"] == 1 and row["now_withstand_of_into_dropped"] == 1 and row["newly_fooled"] == 0
+    # flipped (correct clean, wrong under attack): 8 and 9, both into a; 11 was a clean error
+    assert row["n_weakest"] == 4 and row["formerly_fooled"] == 3 and row["flipped"] == 2
+    assert row["flipped_into_dropped"] == 2 and row["now_withstand_of_flipped"] == 1
+    assert row["now_withstand_of_into_dropped"] == 1 and row["newly_fooled"] == 0
     assert row["weakest_accuracy_before"] == 0.25 and row["weakest_accuracy_after"] == 0.5
     assert row["mcnemar_p"] == 1.0  # one discordant pair
     # the dropped class's points are left out of the overall figures: 8 points of b and c
     assert row["accuracy_without_dropped_before"] == pytest.approx(4 / 8)  # b: 5, 6, 7; c: 10
+    # "the other classes" are exactly those other than the weak and the dropped one(s): here b alone
+    assert row["other_classes"] == "b" and row["others_accuracy_before"] == 0.75 and row["others_accuracy_after"] == 1
+    assert np.isnan(confused_class_ablation(synthetic_result, retrained, "strong", "c", "a",
+                                            exclude=["b"])["others_accuracy_before"])
     with pytest.raises(ValueError, match="different test samples"):
         confused_class_ablation(synthetic_result, ClasswiseResult(["a", "b", "c"], np.arange(1, 13), labels,
                                                                   retrained.attacks), "strong", "c", "a")
@@ -348,3 +354,25 @@ def test_per_class_differences_over_seeds():
     assert table.loc["a", "diff_perm_p"] == pytest.approx(2 / 32)  # every seed up: the 5-seed floor
     assert table.loc["b", "diff_mean"] == pytest.approx(-0.04) and table.loc["b", "diff_perm_p"] > 0.2
     assert table.loc["a", "perm_floor"] == pytest.approx(2 / 32)
+
+
+def test_ablation_seed_tests_pair_the_confused_and_control_runs_of_each_seed():
+    import pandas as pd
+
+    from classrobust.analysis.experiment import ablation_seed_tests
+
+    rows = []
+    for seed, (conf, ctrl) in enumerate([(0.10, 0.02), (0.08, 0.01), (0.12, 0.05)]):
+        for variant, change in (("confused", conf), ("control", ctrl)):
+            rows.append({"dataset": "d", "seed": seed, "variant": variant, "weakest_accuracy_before": 0.3,
+                         "weakest_accuracy_after": 0.3 + change, "others_accuracy_before": 0.8,
+                         "others_accuracy_after": 0.8 - change / 10})
+    table = ablation_seed_tests(pd.DataFrame(rows)).set_index(["classes", "change"])
+    diff = table.loc[("weak class", "confused minus control")]
+    assert diff["mean"] == pytest.approx(0.22 / 3) and diff["alternative"] == "greater"
+    assert diff["perm_p"] == pytest.approx(1 / 8) and diff["perm_floor"] == pytest.approx(1 / 8)  # 3 seeds
+    assert table.loc[("weak class", "dropping the control class"), "mean"] == pytest.approx(0.08 / 3)
+    assert table.loc[("other classes", "confused minus control"), "alternative"] == "two-sided"
+    assert table.loc[("other classes", "confused minus control"), "mean"] == pytest.approx(-0.022 / 3)
+    # without a control run there is nothing to pair
+    assert ablation_seed_tests(pd.DataFrame([r for r in rows if r["variant"] == "confused"])).empty

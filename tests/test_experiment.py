@@ -54,10 +54,29 @@ def test_two_run_experiment_end_to_end_then_skipped(synthetic_env, tmp_path, cap
     for entry in [*index["runs"], *index["ablation"]]:  # one TensorBoard log per trained run
         key = entry.get("key") or entry["retrained"]
         assert list((tmp_path / "tb" / key).glob("events.out.tfevents.*")), key
-    ablation = index["ablation"][0]
-    assert ablation["weakest_class"] != ablation["dropped_class"]
-    retrained = json.loads((out / ablation["dir"] / "model.json").read_text())
-    assert retrained["config"]["drop_classes"] == [ablation["dropped_class"]]
+    ablation, control = index["ablation"]
+    assert (ablation["variant"], control["variant"]) == ("confused", "control")
+    assert ablation["weakest_class"] == control["weakest_class"]
+    assert len({ablation["weakest_class"], ablation["dropped_class"], control["dropped_class"]}) == 3
+    # the weak class is the base run's worst on the validation split (its sidecar), not on the test split
+    base_dir = out / "runs/fashion-mnist/pgd-at/seed0"
+    sidecar = json.loads((base_dir / "model.json").read_text())
+    classes = sidecar["classes"]
+    assert ablation["weak_chosen_on"] == "validation"
+    assert ablation["weakest_class"] == classes[int(np.argmin(sidecar["metrics"]["val_pgd_accuracy_per_class"]))]
+    # the confused class receives most of the weak class's flipped points (correct clean, wrong under pgd)
+    samples = pd.read_csv(base_dir / "eval" / "samples.csv.gz")
+    weak = classes.index(ablation["weakest_class"])
+    wrong = samples[(samples.label == weak) & (samples.pred_pgd != weak)]
+    flipped = wrong[wrong.pred_clean == weak]
+    # a one-epoch model may flip none of them: then all its wrong predictions choose, and the index says so
+    assert ablation["confused_chosen_by"] == ("flipped points" if len(flipped) else
+                                              "all wrong predictions (no point was flipped)")
+    counts = (flipped if len(flipped) else wrong)["pred_pgd"].value_counts()
+    assert counts[classes.index(ablation["dropped_class"])] == counts.max()
+    for entry in (ablation, control):
+        retrained = json.loads((out / entry["dir"] / "model.json").read_text())
+        assert retrained["config"]["drop_classes"] == [entry["dropped_class"]]
     assert json.loads((out / "runs/fashion-mnist/trades/seed0/model.json").read_text())["config"]["beta"] == 1.0
     report = out / "report"
     assert (report / "report.html").is_file() and (report / "report.md").is_file()
@@ -69,14 +88,18 @@ def test_two_run_experiment_end_to_end_then_skipped(synthetic_env, tmp_path, cap
                                                               ["pgd-at", "trades"]).all()
     assert len(pd.read_csv(report / "attack_consistency.csv")) == 2  # one pair of attacks per run
     ab = pd.read_csv(report / "ablation.csv")
-    assert ab["now_withstand"].iloc[0] <= ab["formerly_fooled"].iloc[0] <= ab["n_weakest"].iloc[0]
+    assert list(ab["variant"]) == ["confused", "control"]
+    # both runs of the seed are scored on the same "other classes": all but the weak and the two dropped
+    assert ab["other_classes"].nunique() == 1 and len(ab["other_classes"].iloc[0].split(", ")) == 7
+    assert len(pd.read_csv(report / "ablation_per_class.csv")) == 2 * 10
+    assert ab["now_withstand_of_flipped"].iloc[0] <= ab["flipped"].iloc[0] <= ab["formerly_fooled"].iloc[0] <= ab["n_weakest"].iloc[0]
     assert {"gain_attribution.csv", "weight_norms.csv", "attacked_into.csv", "overview.csv"} <= {
         p.name for p in report.iterdir()}
     before = {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
 
     code, stdout, err = run(["experiment", path, "--out", out, "--no-progress"], capsys)
     assert code == 0, err
-    assert stdout.count("complete, skipped") == 3  # two grid runs and the ablation run
+    assert stdout.count("complete, skipped") == 4  # two grid runs and the ablation's two
     assert before == {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
 
     code, stdout, err = run(["experiment", path, "--out", out, "--check"], capsys)
@@ -140,11 +163,27 @@ def test_killed_experiment_resumes_half_trained_run(synthetic_env, tmp_path):
      "ablation: {remove_confused_class: {method: trades}}\n", "is not one of the trained methods"),
     ("datasets: [fashion-mnist]\nmethods: [pgd-at]\neval: {attacks: pgd}\nseed: 3\n", "unknown key(s) seed"),
     ("datasets: [fashion-mnist\n", "not valid YAML"),
+    ("datasets: [fashion-mnist]\nmethods: [pgd-at]\neval: {attacks: pgd, subset_seed: each}\n",
+     "eval.subset_seed must be an integer or 'per-seed'"),
+    ("datasets: [fashion-mnist]\nmethods: [pgd-at]\neval: {attacks: pgd}\n"
+     "ablation: {remove_confused_class: {control: 1}}\n", "control must be true or false"),
     ("- a\n- b\n", "an experiment file is a mapping"),
 ])
 def test_bad_experiment_files_are_refused_in_one_line(text, message, tmp_path, capsys):
     code, _, err = run(["experiment", write(tmp_path, text), "--check"], capsys)
     assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_per_seed_test_subsets(tmp_path):
+    text = ("seeds: [3, 4]\ndatasets: [fashion-mnist]\nmethods: [pgd-at, trades]\n"
+            "eval: {attacks: pgd, limit: 200, subset_seed: per-seed}\n")
+    spec = load_spec(write(tmp_path, text))
+    # each seed draws its own class-stratified subset; the methods of one seed share theirs (paired tests)
+    assert {r.key: spec.eval_config(r).subset_seed for r in spec.runs} == {
+        "fashion-mnist/pgd-at/seed3": 3, "fashion-mnist/pgd-at/seed4": 4,
+        "fashion-mnist/trades/seed3": 3, "fashion-mnist/trades/seed4": 4}
+    fixed = load_spec(write(tmp_path, text.replace("per-seed", "7"), "b.yaml"))
+    assert {spec_run.seed: fixed.eval_config(spec_run).subset_seed for spec_run in fixed.runs} == {3: 7, 4: 7}
 
 
 def test_missing_experiment_file(tmp_path, capsys):

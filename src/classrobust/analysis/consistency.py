@@ -231,14 +231,18 @@ def discordant_pairs(ok_a: np.ndarray, ok_b: np.ndarray, mask: np.ndarray | None
     return int((ok_a & ~ok_b & m).sum()), int((~ok_a & ok_b & m).sum())
 
 
-def confused_class_ablation(base, retrained, attack: str, weak: str, dropped: str) -> dict[str, float]:
+def confused_class_ablation(base, retrained, attack: str, weak: str, dropped: str,
+                            exclude: Sequence[str] = ()) -> dict[str, float]:
     """What retraining without class ``dropped`` did to class ``weak`` under ``attack``.
 
-    ``base`` and ``retrained`` are results on the same test samples. "Formerly fooled" points are
-    ``weak``'s points that ``base`` misclassifies under attack; the ablation asks how many of them
-    the retrained model now classifies correctly under the same attack. Overall accuracies leave
-    out the dropped class (the retrained model never saw it). The McNemar test pairs the two
-    models on ``weak``'s points.
+    ``base`` and ``retrained`` are results on the same test samples. The *flipped* points are
+    ``weak``'s points that ``base`` classifies correctly when clean and wrongly under attack (the
+    attack's doing; ``formerly_fooled`` also counts the clean errors); the ablation asks how many of
+    them the retrained model now withstands. ``others_*``: accuracy over exactly the classes other
+    than ``weak``, ``dropped`` and ``exclude`` (pass the control run's class so that both runs of a
+    seed are scored on the same classes); ``accuracy_without_dropped_*`` leaves out only the
+    dropped class (the retrained model never saw it). McNemar pairs the two models on ``weak``'s
+    points: test-sample noise within one pair of runs.
     """
     if not np.array_equal(base.indices, retrained.indices):
         raise ValueError("the two results are on different test samples")
@@ -249,18 +253,32 @@ def confused_class_ablation(base, retrained, attack: str, weak: str, dropped: st
     base_ok = base_adv == labels
     new_ok = retrained.attacks[attack].predictions == labels
     fooled = of_i & ~base_ok
-    into_j = fooled & (base_adv == j)
+    flipped = fooled & (base.attacks[CLEAN].predictions == labels)
+    into_j = flipped & (base_adv == j)
     kept = labels != j
+    others = ~np.isin(labels, [i, j, *(base.classes.index(c) for c in exclude)])
     b, c = discordant_pairs(base_ok, new_ok, of_i)  # b: robust before, not after
     return {
         "attack": attack, "weakest_class": weak, "dropped_class": dropped, "n_weakest": int(of_i.sum()),
-        "formerly_fooled": int(fooled.sum()), "formerly_fooled_into_dropped": int(into_j.sum()),
-        "now_withstand": int((fooled & new_ok).sum()), "now_withstand_of_into_dropped": int((into_j & new_ok).sum()),
-        "newly_fooled": b,
+        "formerly_fooled": int(fooled.sum()), "flipped": int(flipped.sum()),
+        "flipped_into_dropped": int(into_j.sum()), "now_withstand_of_flipped": int((flipped & new_ok).sum()),
+        "now_withstand_of_into_dropped": int((into_j & new_ok).sum()), "newly_fooled": b,
         "weakest_accuracy_before": float(base_ok[of_i].mean()), "weakest_accuracy_after": float(new_ok[of_i].mean()),
         "weakest_clean_before": float((base.attacks[CLEAN].predictions == labels)[of_i].mean()),
         "weakest_clean_after": float((retrained.attacks[CLEAN].predictions == labels)[of_i].mean()),
         "mcnemar_p": mcnemar_exact(b, c),
+        "other_classes": ", ".join(base.classes[k] for k in np.unique(labels[others])),
+        "others_accuracy_before": float(base_ok[others].mean()) if others.any() else float("nan"),
+        "others_accuracy_after": float(new_ok[others].mean()) if others.any() else float("nan"),
         "accuracy_without_dropped_before": float(base_ok[kept].mean()),
         "accuracy_without_dropped_after": float(new_ok[kept].mean()),
     }
+
+
+def ablation_per_class(base, retrained, attack: str, dropped: str) -> pd.DataFrame:
+    """Every class's accuracy under ``attack`` before and after retraining without ``dropped``
+    (long: class_name, before, after, change; the dropped class's row has ``dropped`` True)."""
+    before = base.attacks[attack].accuracy_per_class
+    after = retrained.attacks[attack].accuracy_per_class
+    return pd.DataFrame({"class_name": base.classes, "before": before, "after": after, "change": after - before,
+                         "dropped": [c == dropped for c in base.classes]})

@@ -21,9 +21,10 @@ from classrobust.defenses.calibrate import CalibrateConfig
 from classrobust.errors import CheckpointError, UsageError
 from classrobust.io import atomic_write_json, check_output_dir
 from classrobust.report.experiment import INDEX
+from classrobust.results import CLEAN
 from classrobust.runtime import resolve_device
 from classrobust.workflows.calibrate import calibrate_checkpoint
-from classrobust.workflows.evaluate import EvalConfig, evaluate_checkpoint
+from classrobust.workflows.evaluate import evaluate_checkpoint
 from classrobust.workflows.spec import ExperimentSpec, RunSpec
 
 
@@ -88,7 +89,7 @@ def _train(spec, run, *, resume, device, data_dir, download, progress, log, tens
 
 def _evaluate(spec, run, *, device, data_dir, download, progress) -> None:
     directory = run_dir(spec, run)
-    evaluate_checkpoint(directory / "model.safetensors", directory / "eval", config=EvalConfig(**spec.eval),
+    evaluate_checkpoint(directory / "model.safetensors", directory / "eval", config=spec.eval_config(run),
                         device=device, data_dir=data_dir, download=download, progress=progress,
                         extra_meta={"experiment_eval": eval_settings(spec)})
 
@@ -118,28 +119,67 @@ def ensure_run(spec, run, *, device=None, data_dir=None, download=False, progres
     return state
 
 
-def confused_class(eval_dir: Path, attack: str) -> tuple[str, str]:
-    """(weakest class under ``attack``, the class its adversarial examples are most often assigned to)."""
+def validation_worst_class(directory: Path) -> int | None:
+    """The run's worst class on the validation split (per-class PGD accuracy of the published
+    weights, from the training sidecar ``model.json``), or None when the sidecar lacks it."""
+    sidecar = directory / "model.json"
+    if not sidecar.is_file():
+        return None
+    per_class = json.loads(sidecar.read_text()).get("metrics", {}).get("val_pgd_accuracy_per_class")
+    return None if per_class is None else int(np.nanargmin(np.asarray(per_class, dtype=float)))
+
+
+def confused_class(eval_dir: Path, attack: str, weak: int | None = None) -> tuple[str, str, str, str]:
+    """(weak class, the class that receives most of its *flipped* points, where the weak class was
+    chosen, which points chose the confused class): the flipped points are the weak class's test
+    points classified correctly when clean and wrongly under ``attack`` (clean errors are not the
+    attack's doing); only when none is flipped do all its wrong predictions under ``attack`` choose,
+    and the last element says so. ``weak``: a class index chosen beforehand (the validation split's
+    worst class); None takes the worst under ``attack`` on the test results."""
     from classrobust.results import ClasswiseResult
 
     result = ClasswiseResult.load(eval_dir)
-    weakest = result.attacks[attack].worst_class
-    adv = result.attacks[attack].predictions[result.labels == weakest]
-    counts = np.bincount(adv, minlength=result.num_classes)
-    counts[weakest] = -1
-    return result.classes[weakest], result.classes[int(np.argmax(counts))]
+    chosen_on = "validation"
+    if weak is None:
+        weak, chosen_on = result.attacks[attack].worst_class, "test split"
+    adv = result.attacks[attack].predictions
+    wrong = (result.labels == weak) & (adv != result.labels)
+    flipped = wrong & (result.attacks[CLEAN].predictions == result.labels)
+    chosen_by = "flipped points"
+    if not flipped.any():
+        flipped, chosen_by = wrong, "all wrong predictions (no point was flipped)"
+    counts = np.bincount(adv[flipped], minlength=result.num_classes)
+    counts[weak] = -1
+    return result.classes[weak], result.classes[int(np.argmax(counts))], chosen_on, chosen_by
 
 
-def ablation_runs(spec: ExperimentSpec) -> list[tuple[RunSpec, RunSpec, str, str]]:
-    """(base run, retrained run, weakest class, dropped class) for every finished base run."""
+def control_class(classes: list[str], weak: str, confused: str, seed: int) -> str:
+    """The control ablation's class: drawn uniformly, with the run's seed, among the classes other
+    than the weak and the confused one."""
+    others = [c for c in classes if c not in (weak, confused)]
+    return others[int(np.random.default_rng([seed, 2021]).integers(len(others)))]
+
+
+def ablation_runs(spec: ExperimentSpec) -> list[dict[str, Any]]:
+    """One entry per retraining of the ablation, for every finished base run: the base and
+    retrained RunSpecs, the weak class, the dropped class, ``variant`` ("confused", or "control":
+    a randomly drawn other class) and where the weak class was chosen."""
     if spec.ablation is None:
         return []
     out = []
     for dataset in spec.datasets:
         for seed in spec.ablation.seeds:
             base = spec.run(dataset, spec.ablation.method, seed)
-            weak, dropped = confused_class(run_dir(spec, base) / "eval", spec.ablation.attack)
-            out.append((base, spec.ablation_run(base, dropped), weak, dropped))
+            directory = run_dir(spec, base)
+            weak, dropped, chosen_on, chosen_by = confused_class(directory / "eval", spec.ablation.attack,
+                                                                 validation_worst_class(directory))
+            variants = [("confused", dropped)]
+            if spec.ablation.control:
+                classes = json.loads((directory / "eval" / "summary.json").read_text())["classes"]
+                variants.append(("control", control_class(classes, weak, dropped, seed)))
+            for variant, cls in variants:
+                out.append({"base": base, "retrained": spec.ablation_run(base, cls), "weak": weak, "dropped": cls,
+                            "variant": variant, "weak_chosen_on": chosen_on, "confused_chosen_by": chosen_by})
     return out
 
 
@@ -168,19 +208,24 @@ def run_experiment(spec: ExperimentSpec | str | Path, *, device: str | None = No
         ensure_run(spec, run, device=device, data_dir=data_dir, download=download, progress=progress, log=log,
                    tensorboard=tensorboard)
     ablations = ablation_runs(spec)
-    for base, retrained, weak, dropped in ablations:
-        log(f"ablation: {base.key}'s weakest class under {spec.ablation.attack} is {weak!r}, attacked mostly into "
-            f"{dropped!r}; retraining without {dropped!r}")
-        ensure_run(spec, retrained, device=device, data_dir=data_dir, download=download, progress=progress,
+    for a in ablations:
+        why = (f"its weak class {a['weak']!r} (worst on the {a['weak_chosen_on']}) is flipped by "
+               f"{spec.ablation.attack} mostly into {a['dropped']!r}" if a["variant"] == "confused" else
+               f"control: {a['dropped']!r}, drawn at random from the other classes")
+        log(f"ablation: {a['base'].key}: {why}; retraining without {a['dropped']!r}")
+        ensure_run(spec, a["retrained"], device=device, data_dir=data_dir, download=download, progress=progress,
                    log=log, tensorboard=tensorboard)
     index = {
         "name": spec.name, "description": spec.description, "source": str(spec.source),
         "eval": eval_settings(spec),
         "runs": [{"key": r.key, "dataset": r.dataset, "dataset_name": r.dataset_name, "method": r.method,
                   "seed": r.seed, "dir": str(Path("runs") / r.key)} for r in runs],
-        "ablation": [{"base": b.key, "retrained": r.key, "dir": str(Path("runs") / r.key), "dataset": b.dataset,
-                      "seed": b.seed, "attack": spec.ablation.attack, "weakest_class": w, "dropped_class": d}
-                     for b, r, w, d in ablations],
+        "ablation": [{"base": a["base"].key, "retrained": a["retrained"].key,
+                      "dir": str(Path("runs") / a["retrained"].key), "dataset": a["base"].dataset,
+                      "seed": a["base"].seed, "attack": spec.ablation.attack, "weakest_class": a["weak"],
+                      "dropped_class": a["dropped"], "variant": a["variant"], "weak_chosen_on": a["weak_chosen_on"],
+                      "confused_chosen_by": a["confused_chosen_by"]}
+                     for a in ablations],
     }
     atomic_write_json(spec.out / INDEX, index)
     return build_experiment_report(spec.out)

@@ -14,9 +14,13 @@
       trades: {beta: 6.0}                          # TrainConfig overrides for this method
       trades-b1: {method: trades, beta: 1.0}       # an alias of a registry method
       pgd-at-cal: {base: pgd-at, calibrate: {max_avg_drop: 1.0}}   # `classrobust calibrate` on pgd-at's runs
-    eval: {attacks: "fgsm,pgd:steps=20,autoattack", limit: 2000}
+    eval: {attacks: "fgsm,pgd:steps=20,autoattack", limit: 2000, subset_seed: per-seed}
     ablation:
       remove_confused_class: {method: pgd-at, attack: pgd}
+
+``eval.subset_seed: per-seed`` gives every seed its own class-stratified test subset (the subset
+seed is the training seed), so that seeds are independent samples of test points as well as of
+training runs; methods of one seed still share their points (paired tests).
 
 Precedence of training settings: ``train`` < the dataset's ``train`` < the method's entry.
 Everything is validated by :func:`load_spec` without touching data (``classrobust experiment --check``).
@@ -39,11 +43,13 @@ DATASET_KEYS = {"name", "model", "model_kwargs", "eps", "alpha", "train"}
 #: the evaluation settings an experiment file may set (EvalConfig fields; their defaults come from there)
 EVAL_KEYS = {"attacks", "limit", "subset_seed", "seed", "batch_size", "precision", "mode", "eps"}
 ABLATION_KEYS = {"remove_confused_class"}
-CONFUSED_KEYS = {"method", "attack", "seeds"}
+CONFUSED_KEYS = {"method", "attack", "seeds", "control"}
 CALIBRATE_KEYS = {f.name for f in fields(CalibrateConfig)} - {"eps", "precision"}
 #: keys a run's TrainConfig takes from the file (the device comes from the machine)
 TRAIN_KEYS = {f.name for f in fields(TrainConfig)} - {"dataset", "model", "method", "seed", "device", "drop_classes"}
 EVAL_DEFAULTS = {k: v for k, v in defaults(EvalConfig).items() if k in EVAL_KEYS - {"attacks"}}
+#: ``eval.subset_seed`` value that draws each seed's test subset with the run's own seed
+PER_SEED = "per-seed"
 
 
 @dataclass(frozen=True)
@@ -65,11 +71,14 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class ConfusedClassAblation:
-    """Retrain ``method`` without the class that absorbs most of the weakest class's adversarial examples."""
+    """Retrain ``method`` without the class that receives most of the weak class's flipped points
+    (clean-correct, wrong under ``attack``); with ``control``, also without a class drawn at random
+    from the others, so that the effect of dropping *a* class is measured too."""
 
     method: str
     attack: str
     seeds: tuple[int, ...]
+    control: bool = True
 
 
 @dataclass(frozen=True)
@@ -94,6 +103,14 @@ class ExperimentSpec:
 
     def run(self, dataset: str, method: str, seed: int) -> RunSpec:
         return next(r for r in self.runs if (r.dataset, r.method, r.seed) == (dataset, method, seed))
+
+    def eval_config(self, run: RunSpec) -> EvalConfig:
+        """The evaluation every run gets; with ``subset_seed: per-seed`` its test subset is drawn with the
+        run's own seed."""
+        settings = dict(self.eval)
+        if settings["subset_seed"] == PER_SEED:
+            settings["subset_seed"] = run.seed
+        return EvalConfig(**settings)
 
     def ablation_run(self, base: RunSpec, dropped_class: str) -> RunSpec:
         """The base run retrained without ``dropped_class``."""
@@ -219,11 +236,14 @@ def _parse_eval(raw: dict[str, Any]) -> dict[str, Any]:
         raise UsageError("eval.attacks is required (e.g. \"fgsm,pgd:steps=20,autoattack\")")
     _check_attacks(evaluation["attacks"])
     evaluation = {**EVAL_DEFAULTS, **evaluation}
+    subset_seed = evaluation["subset_seed"]
+    if not (subset_seed == PER_SEED or (isinstance(subset_seed, int) and not isinstance(subset_seed, bool))):
+        raise UsageError(f"eval.subset_seed must be an integer or {PER_SEED!r}, got {subset_seed!r}")
     for key in ("limit", "batch_size"):
         if evaluation[key] is not None and (not isinstance(evaluation[key], int) or evaluation[key] < 1):
             raise UsageError(f"eval.{key} must be a positive integer, got {evaluation[key]!r}")
     try:
-        EvalConfig(**evaluation)
+        EvalConfig(**{**evaluation, "subset_seed": 0})
     except UsageError as exc:
         raise UsageError(f"eval.{exc}") from None
     return evaluation
@@ -251,7 +271,10 @@ def _parse_ablation(raw: dict[str, Any], methods, evaluation, seeds) -> Confused
     abl_seeds = entry.get("seeds", seeds)
     if not set(abl_seeds) <= set(seeds):
         raise UsageError("ablation.remove_confused_class.seeds must be among the experiment's seeds")
-    return ConfusedClassAblation(method, attack, tuple(abl_seeds))
+    control = entry.get("control", True)
+    if not isinstance(control, bool):
+        raise UsageError(f"ablation.remove_confused_class.control must be true or false, got {control!r}")
+    return ConfusedClassAblation(method, attack, tuple(abl_seeds), control)
 
 
 def _parse(raw: dict[str, Any], path: Path, out: str | Path | None) -> ExperimentSpec:
