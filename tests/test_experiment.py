@@ -32,6 +32,7 @@ methods:
 eval: {attacks: "fgsm,pgd:steps=3", limit: 100}
 ablation:
   remove_confused_class: {method: pgd-at, attack: pgd}
+temperature: {values: [0.5, 1.0, 2.0], steps: 2, val_limit: 50}
 """
 
 
@@ -95,6 +96,25 @@ def test_two_run_experiment_end_to_end_then_skipped(synthetic_env, tmp_path, cap
     assert ab["now_withstand_of_flipped"].iloc[0] <= ab["flipped"].iloc[0] <= ab["formerly_fooled"].iloc[0] <= ab["n_weakest"].iloc[0]
     assert {"gain_attribution.csv", "weight_norms.csv", "attacked_into.csv", "overview.csv"} <= {
         p.name for p in report.iterdir()}
+    # Temperature-PGD: T chosen on validation images of both runs, recorded, then attacked on the test subsets
+    chosen = json.loads((out / "temperature.json").read_text())
+    assert chosen["chosen"] in (0.5, 1.0, 2.0) and chosen["chosen_on"] == "validation"
+    assert chosen["runs"] == ["fashion-mnist/pgd-at/seed0", "fashion-mnist/trades/seed0"]
+    means = {float(t): v for t, v in chosen["validation_accuracy"].items()}
+    assert means[chosen["chosen"]] == min(means.values())
+    for key in chosen["runs"]:
+        sweep = json.loads((out / "runs" / key / "temperature/validation/summary.json").read_text())
+        assert sweep["meta"]["split"] == "validation" and sweep["n"] == 50
+        test = json.loads((out / "runs" / key / "temperature/test/summary.json").read_text())
+        main = json.loads((out / "runs" / key / "eval/summary.json").read_text())
+        assert test["meta"]["split"] == "test" and test["n"] == main["n"] == 100
+        assert test["attacks"]["temp-pgd"]["config"]["temperature"] == chosen["chosen"]
+        assert test["attacks"]["pgd"]["config"]["steps"] == test["attacks"]["temp-pgd"]["config"]["steps"] == 2
+    temp_runs = pd.read_csv(report / "temperature_runs.csv")
+    assert len(temp_runs) == 2 * 11 and (temp_runs["temperature"] == chosen["chosen"]).all()
+    seeds = pd.read_csv(report / "temperature_seeds.csv")
+    assert set(seeds["methods"]) == {"all methods", "pgd-at", "trades"} and (seeds["alternative"] == "less").all()
+    assert "T = " in (report / "report.md").read_text()
     before = {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
 
     code, stdout, err = run(["experiment", path, "--out", out, "--no-progress"], capsys)
@@ -163,6 +183,10 @@ def test_killed_experiment_resumes_half_trained_run(synthetic_env, tmp_path):
      "ablation: {remove_confused_class: {method: trades}}\n", "is not one of the trained methods"),
     ("datasets: [fashion-mnist]\nmethods: [pgd-at]\neval: {attacks: pgd}\nseed: 3\n", "unknown key(s) seed"),
     ("datasets: [fashion-mnist\n", "not valid YAML"),
+    ("datasets: [fashion-mnist]\nmethods: [pgd-at]\neval: {attacks: pgd}\ntemperature: {values: [0.5, -1]}\n",
+     "temperature.values must be a list of distinct positive numbers"),
+    ("datasets: [fashion-mnist]\nmethods: [pgd-at]\neval: {attacks: pgd}\n"
+     "temperature: {values: [0.5], methods: [trades]}\n", "temperature.methods must be a list of trained methods"),
     ("datasets: [fashion-mnist]\nmethods: [pgd-at]\neval: {attacks: pgd, subset_seed: each}\n",
      "eval.subset_seed must be an integer or 'per-seed'"),
     ("datasets: [fashion-mnist]\nmethods: [pgd-at]\neval: {attacks: pgd}\n"
@@ -184,6 +208,24 @@ def test_per_seed_test_subsets(tmp_path):
         "fashion-mnist/trades/seed3": 3, "fashion-mnist/trades/seed4": 4}
     fixed = load_spec(write(tmp_path, text.replace("per-seed", "7"), "b.yaml"))
     assert {spec_run.seed: fixed.eval_config(spec_run).subset_seed for spec_run in fixed.runs} == {3: 7, 4: 7}
+
+
+def test_temperature_is_the_lowest_validation_accuracy_ties_closest_to_one():
+    from classrobust.evaluate import AttackResult, ClasswiseResult
+    from classrobust.workflows.temperature import attack_name, choose_temperature
+
+    labels = np.repeat([0, 1], 5)
+
+    def sweep(right):  # {T: points right}
+        return ClasswiseResult(["a", "b"], np.arange(10), labels, {
+            attack_name(t): AttackResult(attack_name(t), labels, np.where(np.arange(10) < k, labels, 1 - labels), 2)
+            for t, k in right.items()})
+
+    chosen, means = choose_temperature([sweep({0.5: 4, 1.0: 6, 2.0: 4}), sweep({0.5: 6, 1.0: 6, 2.0: 4})],
+                                       [0.5, 1.0, 2.0])
+    assert means == {0.5: 0.5, 1.0: 0.6, 2.0: 0.4} and chosen == 2.0
+    tie, _ = choose_temperature([sweep({0.25: 4, 0.5: 4, 4.0: 4})], [0.25, 0.5, 4.0])
+    assert tie == 0.5  # equal accuracy: the T nearest plain PGD's loss
 
 
 def test_missing_experiment_file(tmp_path, capsys):

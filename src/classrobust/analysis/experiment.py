@@ -9,12 +9,16 @@ import pandas as pd
 
 from classrobust.analysis.confusion import top_destinations
 from classrobust.analysis.consistency import (ablation_per_class, attack_consistency, confused_class_ablation,
-                                              gain_attribution,
+                                              discordant_pairs, gain_attribution, mcnemar_exact,
                                               gain_attribution_seeds, rank_correlations, weight_norm_correlation)
 from classrobust.analysis.methods import compare_methods, per_class_differences
 from classrobust.analysis.stats import (disparity_seeds_table, holm, paired_seed_test, per_class_table,
                                         wilson_interval)
 from classrobust.results import CLEAN, ClasswiseResult
+
+
+#: results of the temperature step are keyed "<run key>" + this suffix
+TEMPERATURE_SUFFIX = "#temperature"
 
 
 def _holm_columns(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -118,6 +122,63 @@ def ablation_seed_tests(ablation: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def temperature_tables(entry: dict, runs: pd.DataFrame, results: dict[str, ClasswiseResult],
+                       k_vulnerable: int = 3) -> dict[str, pd.DataFrame]:
+    """Temperature-PGD at the T chosen on validation against PGD with the same steps, on each run's
+    test subset (``results`` keyed by run key, attacks ``pgd`` and ``temp-pgd``):
+
+    - ``temperature_runs``: per run and class ("all" for the whole subset), both accuracies and the
+      exact McNemar test of the paired outcomes (b: robust to PGD only, c: robust to
+      Temperature-PGD only): test-sample noise within that run;
+    - ``temperature_seeds``: the training run as the unit: per dataset (all methods pooled, and
+      per method), overall and per class, the per-run difference (Temperature-PGD minus PGD) with
+      its t-interval and sign-flip test, one-sided ("less": Temperature-PGD is the stronger attack,
+      the direction the paper claims) and Holm over the classes;
+    - ``temperature_gain``: where the extra successes fall (:func:`gain_attribution_seeds` from PGD
+      to Temperature-PGD, vulnerable = the 3 classes weakest under PGD averaged over runs).
+    """
+    chosen = entry["chosen"]
+    keyed = runs[runs["key"].isin(entry["runs"])]
+    per_run, seeds_rows, gain_rows = [], [], []
+    for _, run in keyed.iterrows():
+        res = results[run["key"]]
+        pgd_ok = res.attacks["pgd"].predictions == res.labels
+        temp_ok = res.attacks["temp-pgd"].predictions == res.labels
+        for k, cls in [(None, "all"), *enumerate(res.classes)]:
+            mask = np.ones_like(pgd_ok) if k is None else res.labels == k
+            b, c = discordant_pairs(pgd_ok, temp_ok, mask)
+            per_run.append({"dataset": run["dataset"], "method": run["method"], "seed": run["seed"],
+                            "temperature": chosen, "class_name": cls, "n": int(mask.sum()),
+                            "pgd": float(pgd_ok[mask].mean()), "temp_pgd": float(temp_ok[mask].mean()),
+                            "only_temp_pgd_breaks": b, "only_pgd_breaks": c, "mcnemar_p": mcnemar_exact(b, c)})
+    per_run = pd.DataFrame(per_run)
+    for dataset, g in per_run.groupby("dataset", sort=False):
+        for method, h in [("all methods", g), *g.groupby("method", sort=False)]:
+            block = []
+            for cls, by_class in h.groupby("class_name", sort=False):
+                test = paired_seed_test((by_class["temp_pgd"] - by_class["pgd"]).to_numpy(), alternative="less")
+                block.append({"dataset": dataset, "methods": method, "class_name": cls, "runs": test["seeds"],
+                              "pgd": float(by_class["pgd"].mean()), "temp_pgd": float(by_class["temp_pgd"].mean()),
+                              **{f"diff_{k}": test[k] for k in ("mean", "low", "high", "t_p", "perm_p")},
+                              "perm_floor": test["perm_floor"], "alternative": test["alternative"]})
+            table = pd.DataFrame(block)
+            classes = table["class_name"] != "all"
+            table["perm_p_holm"] = np.nan
+            table.loc[classes, "perm_p_holm"] = holm(table.loc[classes, "diff_perm_p"].to_numpy())
+            seeds_rows.append(table)
+        chosen_runs = [results[k] for k in keyed["key"][keyed["dataset"] == dataset]]
+        first = chosen_runs[0]
+        vulnerable = np.argsort(np.mean([r.attacks["pgd"].accuracy_per_class for r in chosen_runs], axis=0),
+                                kind="stable")[:k_vulnerable]
+        row = gain_attribution_seeds([(r.labels, r.attacks["pgd"].predictions == r.labels,
+                                       r.attacks["temp-pgd"].predictions == r.labels) for r in chosen_runs],
+                                     first.num_classes, vulnerable)
+        gain_rows.append({"dataset": dataset, "temperature": chosen,
+                          "vulnerable": ", ".join(first.classes[v] for v in vulnerable), **row})
+    return {"temperature_runs": per_run, "temperature_seeds": pd.concat(seeds_rows, ignore_index=True),
+            "temperature_gain": pd.DataFrame(gain_rows)}
+
+
 def experiment_tables(index: dict, results: dict[str, ClasswiseResult]) -> dict[str, pd.DataFrame]:
     """All the combined tables, long format, from saved results only."""
     runs = pd.DataFrame(index["runs"])
@@ -193,4 +254,7 @@ def experiment_tables(index: dict, results: dict[str, ClasswiseResult]) -> dict[
             "defense_consistency": pd.DataFrame(def_cons), "gain_attribution": cat(gains),
             "weight_norms": _holm_columns(pd.DataFrame(norms), ["pearson_p", "spearman_p", "partial_spearman_p"]),
             "attacked_into": cat(into), "ablation": ablation,
-            "ablation_per_class": ablation_classes, "ablation_seeds": ablation_seed_tests(ablation)}
+            "ablation_per_class": ablation_classes, "ablation_seeds": ablation_seed_tests(ablation),
+            **(temperature_tables(index["temperature"], runs, {k[:-len(TEMPERATURE_SUFFIX)]: v for k, v in
+                                                               results.items() if k.endswith(TEMPERATURE_SUFFIX)})
+               if index.get("temperature") else {})}

@@ -215,6 +215,13 @@ def run_experiment(spec: ExperimentSpec | str | Path, *, device: str | None = No
         log(f"ablation: {a['base'].key}: {why}; retraining without {a['dropped']!r}")
         ensure_run(spec, a["retrained"], device=device, data_dir=data_dir, download=download, progress=progress,
                    log=log, tensorboard=tensorboard)
+    temperature = None
+    if spec.temperature is not None:
+        from classrobust.workflows.temperature import run_temperature_step
+
+        temperature = run_temperature_step(spec, [r for r in runs if r.method in spec.temperature.methods],
+                                           device=device, data_dir=data_dir, download=download,
+                                           progress=progress, log=log)
     index = {
         "name": spec.name, "description": spec.description, "source": str(spec.source),
         "eval": eval_settings(spec),
@@ -226,6 +233,7 @@ def run_experiment(spec: ExperimentSpec | str | Path, *, device: str | None = No
                       "dropped_class": a["dropped"], "variant": a["variant"], "weak_chosen_on": a["weak_chosen_on"],
                       "confused_chosen_by": a["confused_chosen_by"]}
                      for a in ablations],
+        **({"temperature": temperature} if temperature is not None else {}),
     }
     atomic_write_json(spec.out / INDEX, index)
     return build_experiment_report(spec.out)
@@ -250,6 +258,13 @@ def check_experiment(spec: ExperimentSpec) -> list[str]:
                 f"{c.model} {c.method}{' ' + c.classwise if c.classwise else ''} {c.epochs} epochs")
         lines.append(f"  {run.key}: {what}, eps {'the dataset default' if eps is None else f'{eps:.4g}'} [{state}]")
     if spec.ablation:
-        lines.append(f"  ablation: retrain {spec.ablation.method} without the class that absorbs most of the "
-                     f"weakest class's {spec.ablation.attack} examples (seeds {list(spec.ablation.seeds)})")
+        lines.append(f"  ablation: retrain {spec.ablation.method} without the class that receives most of its "
+                     f"validation-worst class's flipped {spec.ablation.attack} points"
+                     + (", and without a class drawn at random (control)" if spec.ablation.control else "")
+                     + f" (seeds {list(spec.ablation.seeds)})")
+    if spec.temperature:
+        t = spec.temperature
+        lines.append(f"  temperature: T among {', '.join(f'{v:g}' for v in t.values)} chosen on {t.val_limit} "
+                     f"validation images of the {', '.join(t.methods)} runs, then PGD-{t.steps} against "
+                     f"Temperature-PGD-{t.steps} at that T on the test subsets")
     return lines

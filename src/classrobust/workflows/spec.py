@@ -38,12 +38,13 @@ from classrobust.options import defaults
 from classrobust.training.config import TrainConfig
 from classrobust.workflows.evaluate import EvalConfig
 
-TOP_KEYS = {"name", "description", "out", "seeds", "train", "datasets", "methods", "eval", "ablation"}
+TOP_KEYS = {"name", "description", "out", "seeds", "train", "datasets", "methods", "eval", "ablation", "temperature"}
 DATASET_KEYS = {"name", "model", "model_kwargs", "eps", "alpha", "train"}
 #: the evaluation settings an experiment file may set (EvalConfig fields; their defaults come from there)
 EVAL_KEYS = {"attacks", "limit", "subset_seed", "seed", "batch_size", "precision", "mode", "eps"}
 ABLATION_KEYS = {"remove_confused_class"}
 CONFUSED_KEYS = {"method", "attack", "seeds", "control"}
+TEMPERATURE_KEYS = {"values", "steps", "val_limit", "methods"}
 CALIBRATE_KEYS = {f.name for f in fields(CalibrateConfig)} - {"eps", "precision"}
 #: keys a run's TrainConfig takes from the file (the device comes from the machine)
 TRAIN_KEYS = {f.name for f in fields(TrainConfig)} - {"dataset", "model", "method", "seed", "device", "drop_classes"}
@@ -82,6 +83,17 @@ class ConfusedClassAblation:
 
 
 @dataclass(frozen=True)
+class TemperatureStep:
+    """Temperature-PGD's T chosen on validation images of the ``methods``' runs among ``values``, then
+    scored on the test split against PGD with the same ``steps`` (:mod:`classrobust.workflows.temperature`)."""
+
+    values: tuple[float, ...]
+    steps: int = 20
+    val_limit: int = 1000
+    methods: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ExperimentSpec:
     name: str
     description: str
@@ -92,6 +104,7 @@ class ExperimentSpec:
     train: dict[str, Any]
     eval: dict[str, Any]
     ablation: ConfusedClassAblation | None = None
+    temperature: TemperatureStep | None = None
     source: Path | None = None
     runs: tuple[RunSpec, ...] = field(default=())
 
@@ -277,6 +290,27 @@ def _parse_ablation(raw: dict[str, Any], methods, evaluation, seeds) -> Confused
     return ConfusedClassAblation(method, attack, tuple(abl_seeds), control)
 
 
+def _parse_temperature(raw: dict[str, Any], methods) -> TemperatureStep | None:
+    if raw.get("temperature") is None:
+        return None
+    entry = _mapping(raw["temperature"], "temperature")
+    _only(set(entry), TEMPERATURE_KEYS, "temperature")
+    values = entry.get("values")
+    if (not isinstance(values, list) or not values or len(set(values)) != len(values)
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values)):
+        raise UsageError("temperature.values must be a list of distinct positive numbers (the candidate T)")
+    for key, default in (("steps", 20), ("val_limit", 1000)):
+        value = entry.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UsageError(f"temperature.{key} must be a positive integer, got {value!r}")
+        entry[key] = value
+    trained = [m for m in methods if "calibrate" not in methods[m]]
+    chosen = entry.get("methods", trained)
+    if not isinstance(chosen, list) or not chosen or not set(chosen) <= set(trained):
+        raise UsageError(f"temperature.methods must be a list of trained methods ({', '.join(trained)})")
+    return TemperatureStep(tuple(float(v) for v in values), entry["steps"], entry["val_limit"], tuple(chosen))
+
+
 def _parse(raw: dict[str, Any], path: Path, out: str | Path | None) -> ExperimentSpec:
     _only(set(raw), TOP_KEYS, "experiment")
     name = str(raw.get("name") or path.stem)
@@ -292,11 +326,12 @@ def _parse(raw: dict[str, Any], path: Path, out: str | Path | None) -> Experimen
     methods = _parse_methods(raw)
     evaluation = _parse_eval(raw)
     ablation = _parse_ablation(raw, methods, evaluation, seeds)
+    temperature = _parse_temperature(raw, methods)
     runs = _build_runs(datasets, methods, train, seeds)
     out_dir = Path(out) if out is not None else Path(raw.get("out") or f"runs/experiments/{_slug(name)}")
     return ExperimentSpec(name=name, description=str(raw.get("description", "")), out=out_dir,
                           seeds=tuple(seeds), datasets=datasets, methods=methods, train=train, eval=evaluation,
-                          ablation=ablation, source=path, runs=tuple(runs))
+                          ablation=ablation, temperature=temperature, source=path, runs=tuple(runs))
 
 
 def _build_runs(datasets, methods, train, seeds) -> list[RunSpec]:
