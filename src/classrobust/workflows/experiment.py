@@ -204,7 +204,8 @@ def run_experiment(spec: ExperimentSpec | str | Path, *, device: str | None = No
     runs = list(spec.runs)
     log(f"experiment {spec.name}: {len(runs)} runs"
         + (" + the remove-the-confused-class ablation" if spec.ablation else "") + f" -> {spec.out}")
-    for run in runs:
+    # seed by seed, so that an interrupted experiment leaves whole seeds (every method) behind
+    for run in sorted(runs, key=lambda r: spec.seeds.index(r.seed)):
         ensure_run(spec, run, device=device, data_dir=data_dir, download=download, progress=progress, log=log,
                    tensorboard=tensorboard)
     ablations = ablation_runs(spec)
