@@ -125,6 +125,20 @@ def test_two_run_experiment_end_to_end_then_skipped(synthetic_env, tmp_path, cap
     code, stdout, err = run(["experiment", path, "--out", out, "--check"], capsys)
     assert code == 0 and stdout.count("[done]") == 2
 
+    # the export: records, sidecars and logs without weights, from which the same report is rebuilt
+    shared = tmp_path / "shared"
+    code, stdout, err = run(["experiment", path, "--out", out, "--export", shared], capsys)
+    assert code == 0, err
+    assert not list(shared.rglob("*.safetensors")) and list(shared.rglob("samples.csv.gz"))
+    assert (shared / "report" / "report.md").read_text() == (report / "report.md").read_text()
+    for table in report.glob("*.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(shared / "report" / table.name), pd.read_csv(table))
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    code, _, err = run(["experiment", path, "--out", out, "--export", foreign], capsys)
+    assert code == 2 and "did not write there" in err and (foreign / "notes.txt").read_text() == "mine"
+
 
 def test_changed_settings_never_overwrite_results(synthetic_env, tmp_path, capsys):
     out = tmp_path / "exp"

@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validate the file and show the plan (and what is already done); reads no data")
     p.add_argument("--out", type=Path, default=None, help="default: the file's out, else runs/experiments/NAME")
     p.add_argument("--report-only", action="store_true", help="rebuild the combined report from saved results")
+    p.add_argument("--export", type=Path, metavar="DIR",
+                   help="copy the finished experiment's per-sample records, sidecars and logs (no weights) into DIR "
+                        "and build the report there: what others need to check every number")
     p.add_argument("--tensorboard", type=Path, default=None, metavar="DIR",
                    help="TensorBoard event files, one folder per trained run (DIR/RUN); see train --help")
     add_data_options(p)
@@ -320,6 +323,11 @@ def cmd_experiment(args) -> int:
         from classrobust.report.experiment import build_experiment_report
 
         print(f"report: {build_experiment_report(spec.out)}")
+        return 0
+    if args.export is not None:
+        from classrobust.workflows.experiment import export_experiment
+
+        print(f"exported to {args.export}; report: {export_experiment(spec.out, args.export)}")
         return 0
     t0 = time.perf_counter()
     report = run_experiment(spec, device=args.device, data_dir=args.data_dir, download=args.download,

@@ -19,7 +19,7 @@ import numpy as np
 
 from classrobust.defenses.calibrate import CalibrateConfig
 from classrobust.errors import CheckpointError, UsageError
-from classrobust.io import atomic_write_json, check_output_dir
+from classrobust.io import atomic_write_json, check_output_dir, check_own_directory
 from classrobust.report.experiment import INDEX
 from classrobust.results import CLEAN
 from classrobust.runtime import resolve_device
@@ -238,6 +238,41 @@ def run_experiment(spec: ExperimentSpec | str | Path, *, device: str | None = No
     }
     atomic_write_json(spec.out / INDEX, index)
     return build_experiment_report(spec.out)
+
+
+#: per run, what an export keeps: enough to rebuild the report, no weights
+EXPORTED_RUN_FILES = ("model.json", "train_log.csv")
+EXPORTED_RESULT_FILES = ("summary.json", "samples.csv.gz", "curves.csv", "distances.csv")
+
+
+def export_experiment(out_dir: str | Path, dest: str | Path) -> Path:
+    """Copy what rebuilds the report of the finished experiment in ``out_dir`` into ``dest``: the
+    index, every run's per-sample records and summaries (``eval/``, the temperature step's), its
+    training sidecar and log, and no weights; then build the report there. ``dest`` is refused if it
+    holds files of anything but an earlier export. Returns the report's path."""
+    import shutil
+
+    from classrobust.report.experiment import build_experiment_report, load_runs
+    from classrobust.workflows.temperature import TEMPERATURE_INDEX
+
+    out_dir = Path(out_dir)
+    index, _ = load_runs(out_dir)  # refuses an unfinished or foreign folder before anything is copied
+    dest = check_own_directory(dest, INDEX, "--export")
+    if dest.resolve() == out_dir.resolve():
+        raise UsageError("--export must name another folder than the experiment's")
+    folders = [r["dir"] for r in index["runs"]] + [a["dir"] for a in index["ablation"]]
+    temperature = index.get("temperature")
+    results = [f"{d}/eval" for d in folders] + [
+        f"{r['dir']}/{sub}" for r in index["runs"] if temperature and r["key"] in temperature["runs"]
+        for sub in (f"{temperature['dir'].rsplit('/', 1)[0]}/validation", temperature["dir"])]
+    copies = [(f"{d}/{name}") for d in folders for name in EXPORTED_RUN_FILES]
+    copies += [f"{d}/{name}" for d in results for name in EXPORTED_RESULT_FILES]
+    copies += [INDEX] + ([TEMPERATURE_INDEX] if (out_dir / TEMPERATURE_INDEX).is_file() else [])
+    for relative in copies:
+        if (out_dir / relative).is_file():
+            (dest / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(out_dir / relative, dest / relative)
+    return build_experiment_report(dest)
 
 
 def check_experiment(spec: ExperimentSpec) -> list[str]:
