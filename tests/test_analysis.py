@@ -187,6 +187,11 @@ def test_compare_methods_by_hand():
     # class-a points: seed 0: base right on 0, def right on 0, 1, 2 -> c = 2; seed 1: base 1, def 0, 1, 3 -> c = 2
     assert (table.loc["def", "mcnemar_b"], table.loc["def", "mcnemar_c"]) == (0, 4)
     assert table.loc["def", "mcnemar_p"] == pytest.approx(0.125)
+    # both seeds raise class a: the sign-flip p is 2/4 two-sided and 1/4 for a direction declared beforehand
+    assert table.loc["def", "worst_diff_perm_p"] == pytest.approx(0.5)
+    declared = compare_methods(results, "base", ["pgd"], alternatives={"worst": "greater"}).set_index("method")
+    assert declared.loc["def", "worst_diff_perm_p"] == pytest.approx(0.25)
+    assert declared.loc["def", "worst_alternative"] == "greater" and declared.loc["def", "avg_alternative"] == "two-sided"
     # no seed spread: not a zero-width interval but the Wilson interval of the 16 pooled points (10 right)
     low, high = wilson_interval(10, 16)
     assert (table.loc["base", "avg_low"], table.loc["base", "avg_high"]) == (pytest.approx(low), pytest.approx(high))

@@ -197,6 +197,8 @@ def test_killed_experiment_resumes_half_trained_run(synthetic_env, tmp_path):
      "ablation: {remove_confused_class: {method: trades}}\n", "is not one of the trained methods"),
     ("datasets: [fashion-mnist]\nmethods: [pgd-at]\neval: {attacks: pgd}\nseed: 3\n", "unknown key(s) seed"),
     ("datasets: [fashion-mnist\n", "not valid YAML"),
+    ("datasets: [fashion-mnist]\nmethods: [pgd-at]\neval: {attacks: pgd}\ncompare: {worst: up}\n",
+     "compare.worst must be one of two-sided, greater, less"),
     ("datasets: [fashion-mnist]\nmethods: [pgd-at]\neval: {attacks: pgd}\ntemperature: {values: [0.5, -1]}\n",
      "temperature.values must be a list of distinct positive numbers"),
     ("datasets: [fashion-mnist]\nmethods: [pgd-at]\neval: {attacks: pgd}\n"

@@ -244,8 +244,8 @@ def experiment_tables(index: dict, results: dict[str, ClasswiseResult]) -> dict[
         baseline = group["method"].iloc[0]
         comparisons.append(compare_methods(keyed, baseline, names,
                                            validation_target([results[k] for k in group["key"][group["method"] ==
-                                                                                               baseline]]))
-                           .assign(dataset=dataset))
+                                                                                               baseline]]),
+                                           alternatives=index.get("compare")).assign(dataset=dataset))
         class_diffs.append(per_class_differences(keyed, baseline, names).assign(dataset=dataset))
     disparity_seeds, gain_seeds = seed_level_tables(runs, results)
     cat = lambda frames: pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()  # noqa: E731

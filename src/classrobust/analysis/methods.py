@@ -38,7 +38,7 @@ def seed_interval(values, confidence: float = 0.95, bounds: tuple[float, float] 
 
 
 def compare_methods(results: Mapping[tuple[str, int], object], baseline: str, attacks: list[str],
-                    target: int | None = None) -> pd.DataFrame:
+                    target: int | None = None, alternatives: Mapping[str, str] | None = None) -> pd.DataFrame:
     """One row per (method, attack): average and worst-class accuracy over seeds, and against ``baseline``.
 
     ``target``: the class every method is judged on, chosen before the test split was read (the
@@ -55,7 +55,11 @@ def compare_methods(results: Mapping[tuple[str, int], object], baseline: str, at
     evidence about a method. McNemar pairs each point with itself in the baseline run of the same
     seed, pooled over seeds: it sees only the noise of the test sample within those runs, not the
     variation between training runs; p-values are Holm-adjusted over the methods of one attack.
+    ``alternatives``: the seed-level tests' direction for "avg" and "worst" (default two-sided;
+    "greater" for a direction declared before the runs, e.g. a defense raising the worst class),
+    recorded in ``avg_alternative`` / ``worst_alternative``.
     """
+    alternatives = {"avg": "two-sided", "worst": "two-sided", **(alternatives or {})}
     methods = list(dict.fromkeys(m for m, _ in results))
     seeds = sorted({s for _, s in results})
     rows = []
@@ -95,8 +99,10 @@ def compare_methods(results: Mapping[tuple[str, int], object], baseline: str, at
             seed_tests = {}
             for key, value in (("avg", lambda r: r.attacks[attack].accuracy),
                                ("worst", lambda r: r.attacks[attack].accuracy_per_class[worst])):
-                test = paired_seed_test([value(results[(method, s)]) - value(results[(baseline, s)]) for s in paired])
+                test = paired_seed_test([value(results[(method, s)]) - value(results[(baseline, s)]) for s in paired],
+                                        alternative=alternatives[key])
                 seed_tests.update({f"{key}_diff_{k}": test[k] for k in ("mean", "low", "high", "t_p", "perm_p")})
+                seed_tests[f"{key}_alternative"] = alternatives[key]
             block.append({**seed_tests, "attack": attack, "method": method, "seeds": len(runs), "avg": avg[0], "avg_low": avg[1],
                           "avg_high": avg[2], "avg_pooled_low": float(alo), "avg_pooled_high": float(ahi),
                           "worst_class": runs[0][1].classes[worst], "target_chosen_on": chosen_on,

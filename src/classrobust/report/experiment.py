@@ -158,8 +158,9 @@ def _methods_sections(out: _Sections, tables):
                     f"(b: right under {baseline} only, c: right under the method only), Holm-adjusted over "
                     "methods: test-sample noise within these runs only, not evidence about the method. "
                     "'Δ worst, seeds' is the evidence: the per-seed paired difference on that class, its 95% "
-                    "t-interval, the paired t-test p and the exact sign-flip permutation p over seeds (two-sided; "
-                    "with n seeds it cannot go below 2/2^n).", shown, f"methods_{dataset}_{attack}")
+                    "t-interval, the paired t-test p and the exact sign-flip permutation p over seeds ("
+                    + _alternative_note(g["worst_alternative"].iloc[0] if "worst_alternative" in g else "two-sided")
+                    + ").", shown, f"methods_{dataset}_{attack}")
 
 
 
@@ -182,6 +183,13 @@ def _per_class_differences_section(out: _Sections, tables):
                     "the baseline of the same seed with its 95% t-interval, paired t-test p and exact sign-flip p "
                     "(two-sided), Holm-adjusted over the classes of one method. Every attack in "
                     "methods_per_class.csv.", shown, f"methods_per_class_{dataset}")
+
+
+def _alternative_note(alternative: str) -> str:
+    if alternative == "two-sided":
+        return "two-sided; with n seeds it cannot go below 2/2^n"
+    return (f"one-sided, '{alternative}': the direction declared in the experiment file before the runs; with n "
+            "seeds it cannot go below 1/2^n")
 
 
 def _overview_section(out: _Sections, tables):

@@ -235,6 +235,7 @@ def run_experiment(spec: ExperimentSpec | str | Path, *, device: str | None = No
                       "confused_chosen_by": a["confused_chosen_by"]}
                      for a in ablations],
         **({"temperature": temperature} if temperature is not None else {}),
+        "compare": {"avg": "two-sided", "worst": "two-sided", **spec.compare},
     }
     atomic_write_json(spec.out / INDEX, index)
     return build_experiment_report(spec.out)

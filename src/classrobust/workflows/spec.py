@@ -38,13 +38,16 @@ from classrobust.options import defaults
 from classrobust.training.config import TrainConfig
 from classrobust.workflows.evaluate import EvalConfig
 
-TOP_KEYS = {"name", "description", "out", "seeds", "train", "datasets", "methods", "eval", "ablation", "temperature"}
+TOP_KEYS = {"name", "description", "out", "seeds", "train", "datasets", "methods", "eval", "ablation", "temperature", "compare"}
 DATASET_KEYS = {"name", "model", "model_kwargs", "eps", "alpha", "train"}
 #: the evaluation settings an experiment file may set (EvalConfig fields; their defaults come from there)
 EVAL_KEYS = {"attacks", "limit", "subset_seed", "seed", "batch_size", "precision", "mode", "eps"}
 ABLATION_KEYS = {"remove_confused_class"}
 CONFUSED_KEYS = {"method", "attack", "seeds", "control"}
 TEMPERATURE_KEYS = {"values", "steps", "val_limit", "methods"}
+#: the seed-level tests' direction, declared before the runs: average and worst-class accuracy
+COMPARE_KEYS = {"avg", "worst"}
+ALTERNATIVES = ("two-sided", "greater", "less")
 CALIBRATE_KEYS = {f.name for f in fields(CalibrateConfig)} - {"eps", "precision"}
 #: keys a run's TrainConfig takes from the file (the device comes from the machine)
 TRAIN_KEYS = {f.name for f in fields(TrainConfig)} - {"dataset", "model", "method", "seed", "device", "drop_classes"}
@@ -105,6 +108,7 @@ class ExperimentSpec:
     eval: dict[str, Any]
     ablation: ConfusedClassAblation | None = None
     temperature: TemperatureStep | None = None
+    compare: dict[str, str] = field(default_factory=dict)
     source: Path | None = None
     runs: tuple[RunSpec, ...] = field(default=())
 
@@ -311,6 +315,15 @@ def _parse_temperature(raw: dict[str, Any], methods) -> TemperatureStep | None:
     return TemperatureStep(tuple(float(v) for v in values), entry["steps"], entry["val_limit"], tuple(chosen))
 
 
+def _parse_compare(raw: dict[str, Any]) -> dict[str, str]:
+    entry = _mapping(raw.get("compare"), "compare")
+    _only(set(entry), COMPARE_KEYS, "compare")
+    for key, value in entry.items():
+        if value not in ALTERNATIVES:
+            raise UsageError(f"compare.{key} must be one of {', '.join(ALTERNATIVES)}, got {value!r}")
+    return dict(entry)
+
+
 def _parse(raw: dict[str, Any], path: Path, out: str | Path | None) -> ExperimentSpec:
     _only(set(raw), TOP_KEYS, "experiment")
     name = str(raw.get("name") or path.stem)
@@ -327,11 +340,12 @@ def _parse(raw: dict[str, Any], path: Path, out: str | Path | None) -> Experimen
     evaluation = _parse_eval(raw)
     ablation = _parse_ablation(raw, methods, evaluation, seeds)
     temperature = _parse_temperature(raw, methods)
+    compare = _parse_compare(raw)
     runs = _build_runs(datasets, methods, train, seeds)
     out_dir = Path(out) if out is not None else Path(raw.get("out") or f"runs/experiments/{_slug(name)}")
     return ExperimentSpec(name=name, description=str(raw.get("description", "")), out=out_dir,
                           seeds=tuple(seeds), datasets=datasets, methods=methods, train=train, eval=evaluation,
-                          ablation=ablation, temperature=temperature, source=path, runs=tuple(runs))
+                          ablation=ablation, temperature=temperature, compare=compare, source=path, runs=tuple(runs))
 
 
 def _build_runs(datasets, methods, train, seeds) -> list[RunSpec]:
