@@ -95,3 +95,26 @@ def test_screen_prose_numbers_match_the_committed_logs():
             in text)
     overall = dafa[dafa.class_index == -1].set_index("epoch")["train_loss"]
     assert f"({overall[10]:.2f} to {overall[15]:.2f} by epoch 15)" in text
+
+
+def test_included_report_sections_match_their_source(tmp_path):
+    from classrobust.report.markdown import INCLUDE, markdown_section, refresh_includes
+
+    # the mechanism itself: a block is replaced by the named section of its source, and only that
+    report = tmp_path / "r" / "report.md"
+    report.parent.mkdir()
+    report.write_text("# T\n\n## A\n\nnote\n\n| x |\n|---|\n| 1 |\n\n## B\n\nother\n")
+    doc = tmp_path / "doc.md"
+    doc.write_text('intro\n<!-- include r/report.md "A" -->\nstale\n<!-- /include -->\nend\n')
+    assert refresh_includes(doc) == 'intro\n<!-- include r/report.md "A" -->\nnote\n\n| x |\n|---|\n| 1 |\n' \
+                                    '<!-- /include -->\nend\n'
+    # every include block in the docs is its source's current section
+    blocks = 0
+    for path in sorted((ROOT / "docs").glob("*.md")):
+        for match in INCLUDE.finditer(path.read_text()):
+            source = (path.parent / match["path"]).read_text()
+            assert match["body"].strip() == markdown_section(source, match["heading"]), (
+                f"{path.name}: the block from {match['path']} '{match['heading']}' is stale; run "
+                "scripts/refresh_doc_includes.py")
+            blocks += 1
+    assert blocks == sum(p.read_text().count("<!-- include ") for p in (ROOT / "docs").glob("*.md"))

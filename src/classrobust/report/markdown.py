@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pandas as pd
 
@@ -19,3 +21,30 @@ def to_markdown(df: pd.DataFrame, index: bool = False) -> str:
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
     rows = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join([header, rule, *rows]) + "\n"
+
+
+#: ``<!-- include PATH "HEADING" -->`` ... ``<!-- /include -->``: a doc quotes one section of a generated
+#: report (PATH relative to the doc) instead of retyping its numbers
+INCLUDE = re.compile(r'<!-- include (?P<path>\S+) "(?P<heading>[^"]+)" -->\n(?P<body>.*?)<!-- /include -->', re.S)
+
+
+def markdown_section(text: str, heading: str) -> str:
+    """The body of the ``## heading`` section of a Markdown document (up to the next heading of
+    level 1 or 2), stripped; KeyError if there is none."""
+    lines = text.splitlines()
+    try:
+        start = lines.index(f"## {heading}") + 1
+    except ValueError:
+        raise KeyError(heading) from None
+    end = next((i for i in range(start, len(lines)) if re.match(r"#{1,2} ", lines[i])), len(lines))
+    return "\n".join(lines[start:end]).strip()
+
+
+def refresh_includes(doc: Path) -> str:
+    """``doc``'s text with every include block replaced by the current section of its source."""
+    def body(match: re.Match) -> str:
+        source = (doc.parent / match["path"]).read_text()
+        return (f'<!-- include {match["path"]} "{match["heading"]}" -->\n'
+                f'{markdown_section(source, match["heading"])}\n<!-- /include -->')
+
+    return INCLUDE.sub(body, doc.read_text())
