@@ -312,6 +312,17 @@ eval: {attacks: "pgd:steps=3", limit: 100}
     assert (pgd["worst_class"] == classes[int(np.nanargmin(val))]).all()
     report = (out / "report" / "report.md").read_text()
     assert "methods under pgd" in report
+    # seeds are the unit: per-class cells are means over the 2 seeds, and every class has its seed-level test
+    per_class = pd.read_csv(out / "report" / "per_class.csv")
+    shirt = per_class[(per_class.method == "pgd-at") & (per_class.attack == "pgd") & (per_class.class_index == 6)]
+    assert len(shirt) == 2 and "averaged over 2 seeds" in report
+    assert f"{100 * shirt['accuracy'].mean():.1f}" in report.split("per-class accuracy under pgd")[1].split("## ")[0]
+    by_class = pd.read_csv(out / "report" / "methods_per_class.csv")
+    assert len(by_class) == 2 * 2 * 10 and set(by_class["method"]) == {"reweight", "pgd-at+cal"}  # x clean, pgd
+    assert (by_class["seeds"] == 2).all() and (by_class["diff_perm_p"] >= 0.5).all()  # 2 seeds: floor 2/4
+    disparity = pd.read_csv(out / "report" / "disparity_seeds.csv")
+    assert len(disparity) == 3 * 2 and (disparity["worst_low"] <= disparity["worst"]).all()
+    assert (disparity["worst"] <= disparity["worst_high"]).all()
     code, stdout, err = run(["experiment", write(tmp_path, text), "--out", out, "--no-progress"], capsys)
     assert code == 0 and stdout.count("complete, skipped") == 6, err
     changed = text.replace("max_avg_drop: 5.0", "max_avg_drop: 2.0")
