@@ -9,6 +9,10 @@ logs' per-epoch validation (held-out part of the training split, PGD-10 at eps 0
   python experiments/quick/screen_levers.py summary --write-docs   # + the table in docs/defenses.md
 
 ``run`` is resumable: finished runs are skipped, an interrupted one continues from its last epoch.
+TRADES (declared 2026-11-27, before any TRADES lever run): the screen runs on PGD-AT only, and the
+lever and settings it picks are carried over to TRADES in the confirmation; screening every lever
+on TRADES too would double the screen's cost (about 14 minutes a run on 2 cores, 16 runs).
+
 Selection rule: per lever, the setting with the highest mean (over seeds) last-epoch worst-class
 validation PGD accuracy among those whose mean average validation PGD accuracy is at most
 1 point below the baseline's; ties go to the higher average.
