@@ -265,8 +265,8 @@ def export_experiment(out_dir: str | Path, dest: str | Path) -> Path:
     temperature = index.get("temperature")
     results = [f"{d}/eval" for d in folders] + [
         f"{r['dir']}/{sub}" for r in index["runs"] if temperature and r["key"] in temperature["runs"]
-        for sub in (f"{temperature['dir'].rsplit('/', 1)[0]}/validation", temperature["dir"])]
-    copies = [(f"{d}/{name}") for d in folders for name in EXPORTED_RUN_FILES]
+        for sub in (temperature["validation_dir"], temperature["dir"])]
+    copies = [f"{d}/{name}" for d in folders for name in EXPORTED_RUN_FILES]
     copies += [f"{d}/{name}" for d in results for name in EXPORTED_RESULT_FILES]
     copies += [INDEX] + ([TEMPERATURE_INDEX] if (out_dir / TEMPERATURE_INDEX).is_file() else [])
     for relative in copies:

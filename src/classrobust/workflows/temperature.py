@@ -58,7 +58,7 @@ def sweep_validation(checkpoint: Path, values: list[float], *, steps: int, limit
     return evaluate_dataset(model, val, attacks, batch_size=batch_size, device=dev, progress=progress,
                             meta={"checkpoint": str(checkpoint), "split": "validation", "limit": len(val),
                                   "eps": meta["eps"], "seed": seed, "precision": precision, **tf32,
-                                  "temperatures": list(values), "steps": steps})
+                                  "temperatures": list(values), "steps": steps, "val_limit": limit})
 
 
 def choose_temperature(sweeps: list[ClasswiseResult], values: list[float]) -> tuple[float, dict[float, float]]:
@@ -78,12 +78,11 @@ def run_temperature_step(spec, runs: list, *, device=None, data_dir=None, downlo
     settings = spec.temperature
     sweeps = []
     for run in runs:
-        directory = run_dir(spec, run) / RUN_FOLDER / "validation"
-        wanted = {"temperatures": list(settings.values), "steps": settings.steps, "limit": settings.val_limit}
+        directory = run_dir(spec, run) / RUN_FOLDER / "validation"  # the index's validation_dir
+        wanted = {"temperatures": list(settings.values), "steps": settings.steps, "val_limit": settings.val_limit}
         if (directory / "summary.json").is_file():
             sweep = ClasswiseResult.load(directory)
-            recorded = {k: sweep.meta.get(k) for k in ("temperatures", "steps")}
-            if recorded != {k: wanted[k] for k in ("temperatures", "steps")}:
+            if {k: sweep.meta.get(k) for k in wanted} != wanted:
                 raise UsageError(f"{directory} was swept with other settings; move it away or give the experiment "
                                  "another out directory")
         else:
@@ -106,7 +105,7 @@ def run_temperature_step(spec, runs: list, *, device=None, data_dir=None, downlo
              "validation_pgd_accuracy": float(np.mean([s.attacks["pgd"].accuracy for s in sweeps])),
              "order": "T was chosen on the validation sweeps and recorded here before any test image was attacked "
                       "with it",
-             "runs": [r.key for r in runs], "dir": str(Path(RUN_FOLDER) / "test")}
+             "runs": [r.key for r in runs], "dir": f"{RUN_FOLDER}/test", "validation_dir": f"{RUN_FOLDER}/validation"}
     atomic_write_json(index_path, entry)
     log(f"temperature: T = {chosen:g} chosen on validation (Temperature-PGD {100 * means[chosen]:.1f}% "
         f"against PGD {100 * entry['validation_pgd_accuracy']:.1f}%, averaged over {len(runs)} runs)")
