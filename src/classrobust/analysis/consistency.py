@@ -110,10 +110,14 @@ def gain_attribution_seeds(runs: Sequence[tuple[np.ndarray, np.ndarray, np.ndarr
 
     point = statistics(counts.sum(axis=0))
     rng = np.random.default_rng(seed)
-    drawn = counts[rng.integers(0, len(counts), size=(reps, len(counts)))]  # (reps, S, K, 4)
-    gamma = rng.gamma(drawn + 0.5)
-    resampled = gamma / gamma.sum(axis=-1, keepdims=True) * drawn.sum(axis=-1, keepdims=True)
-    boot = statistics(resampled.sum(axis=1))
+    pooled = []
+    block = max(1, 4_000_000 // counts.size)  # replicates per chunk: bounded memory at 1,000 classes
+    for start in range(0, reps, block):
+        n_reps = min(block, reps - start)
+        drawn = counts[rng.integers(0, len(counts), size=(n_reps, len(counts)))]  # (reps, S, K, 4)
+        gamma = rng.gamma(drawn + 0.5)
+        pooled.append((gamma / gamma.sum(axis=-1, keepdims=True) * drawn.sum(axis=-1, keepdims=True)).sum(axis=1))
+    boot = statistics(np.concatenate(pooled))
     lo, hi = 50 * (1 - confidence), 50 * (1 + confidence)
     out: dict[str, float] = {"seeds": len(counts), "n": int(counts.sum())}
     for key, value in point.items():
