@@ -138,6 +138,19 @@ def test_two_run_experiment_end_to_end_then_skipped(synthetic_env, tmp_path, cap
     (foreign / "notes.txt").write_text("mine")
     code, _, err = run(["experiment", path, "--out", out, "--export", foreign], capsys)
     assert code == 2 and "did not write there" in err and (foreign / "notes.txt").read_text() == "mine"
+    # under torchrun only rank 0 writes the index and the report; the others wait at the barrier
+    import shutil
+
+    import classrobust.workflows.experiment as experiment
+
+    (out / "experiment.json").unlink()
+    shutil.rmtree(report)
+    waits = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(experiment, "is_main", lambda: False)
+        patch.setattr(experiment, "barrier", lambda: waits.append(1))
+        assert run(["experiment", path, "--out", out, "--no-progress"], capsys)[0] == 0
+    assert waits == [1] and not (out / "experiment.json").exists() and not report.exists()
 
 
 def test_changed_settings_never_overwrite_results(synthetic_env, tmp_path, capsys):

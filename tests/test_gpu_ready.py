@@ -108,6 +108,30 @@ def test_only_rank_0_writes_and_every_rank_waits(trained, tmp_path, monkeypatch)
     assert waits == [ev.__name__, cal.__name__]
 
 
+def test_temperature_step_writes_on_rank_0_only(trained_run, tmp_path, monkeypatch):
+    import shutil
+
+    import classrobust.workflows.evaluate as ev
+    import classrobust.workflows.temperature as temp
+    from classrobust.workflows.experiment import run_dir
+    from classrobust.workflows.spec import load_spec
+
+    path = tmp_path / "exp.yaml"
+    path.write_text("datasets: [fashion-mnist]\nmethods: [pgd-at]\neval: {attacks: pgd, limit: 20}\n"
+                    "temperature: {values: [0.5, 1.0], steps: 1, val_limit: 20}\n")
+    spec = load_spec(path, out=tmp_path / "exp")
+    run = spec.runs[0]
+    shutil.copytree(trained_run, run_dir(spec, run))
+    waits = []
+    for module in (ev, temp):
+        monkeypatch.setattr(module, "is_main", lambda: False)
+        monkeypatch.setattr(module, "barrier", lambda name=module.__name__: waits.append(name))
+    entry = temp.run_temperature_step(spec, [run], log=lambda m: None)
+    assert entry["chosen"] in (0.5, 1.0)
+    assert not (spec.out / "temperature.json").exists() and not (run_dir(spec, run) / "temperature").exists()
+    assert waits == [temp.__name__, temp.__name__, ev.__name__]  # the sweep, the index, the test evaluation
+
+
 def test_tf32_is_off_and_recorded(trained, tmp_path):
     from classrobust.checkpoint import read_checkpoint_meta
     from classrobust.workflows.evaluate import evaluate_checkpoint

@@ -22,7 +22,7 @@ from classrobust.errors import CheckpointError, UsageError
 from classrobust.io import atomic_write_json, check_output_dir, check_own_directory
 from classrobust.report.experiment import INDEX
 from classrobust.results import CLEAN
-from classrobust.runtime import resolve_device
+from classrobust.runtime import barrier, is_main, resolve_device
 from classrobust.workflows.calibrate import calibrate_checkpoint
 from classrobust.workflows.evaluate import evaluate_checkpoint
 from classrobust.workflows.spec import ExperimentSpec, RunSpec
@@ -237,8 +237,12 @@ def run_experiment(spec: ExperimentSpec | str | Path, *, device: str | None = No
         **({"temperature": temperature} if temperature is not None else {}),
         "compare": {"avg": "two-sided", "worst": "two-sided", **spec.compare},
     }
-    atomic_write_json(spec.out / INDEX, index)
-    return build_experiment_report(spec.out)
+    report = spec.out / "report" / "report.html"
+    if is_main():  # under torchrun every process ran the grid; one writes the index and the report
+        atomic_write_json(spec.out / INDEX, index)
+        report = build_experiment_report(spec.out)
+    barrier()
+    return report
 
 
 #: per run, what an export keeps: enough to rebuild the report, no weights

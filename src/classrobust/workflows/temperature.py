@@ -20,6 +20,7 @@ import numpy as np
 from classrobust.errors import UsageError
 from classrobust.io import atomic_write_json
 from classrobust.results import ClasswiseResult
+from classrobust.runtime import barrier, is_main
 
 #: the file that records the sweep and the chosen temperature
 TEMPERATURE_INDEX = "temperature.json"
@@ -92,7 +93,9 @@ def run_temperature_step(spec, runs: list, *, device=None, data_dir=None, downlo
                                      steps=settings.steps, limit=settings.val_limit, seed=spec.eval["seed"],
                                      precision=spec.eval["precision"], batch_size=spec.eval["batch_size"],
                                      device=device, data_dir=data_dir, progress=progress)
-            sweep.save(directory)
+            if is_main():  # under torchrun every process holds the whole sweep; one writes it
+                sweep.save(directory)
+            barrier()
         sweeps.append(sweep)
     chosen, means = choose_temperature(sweeps, list(settings.values))
     index_path = spec.out / TEMPERATURE_INDEX
@@ -106,7 +109,9 @@ def run_temperature_step(spec, runs: list, *, device=None, data_dir=None, downlo
              "order": "T was chosen on the validation sweeps and recorded here before any test image was attacked "
                       "with it",
              "runs": [r.key for r in runs], "dir": f"{RUN_FOLDER}/test", "validation_dir": f"{RUN_FOLDER}/validation"}
-    atomic_write_json(index_path, entry)
+    if is_main():
+        atomic_write_json(index_path, entry)
+    barrier()
     log(f"temperature: T = {chosen:g} chosen on validation (Temperature-PGD {100 * means[chosen]:.1f}% "
         f"against PGD {100 * entry['validation_pgd_accuracy']:.1f}%, averaged over {len(runs)} runs)")
     attacks = f"pgd:steps={settings.steps},temp-pgd:steps={settings.steps},temperature={chosen:g}"
