@@ -381,3 +381,17 @@ def test_ablation_seed_tests_pair_the_confused_and_control_runs_of_each_seed():
     assert table.loc[("other classes", "confused minus control"), "mean"] == pytest.approx(-0.022 / 3)
     # without a control run there is nothing to pair
     assert ablation_seed_tests(pd.DataFrame([r for r in rows if r["variant"] == "confused"])).empty
+
+
+def test_sign_flip_test_stays_exact_for_few_runs_and_samples_for_many():
+    from classrobust.analysis.stats import EXACT_SIGN_FLIPS_UP_TO, paired_seed_test
+
+    small = paired_seed_test([0.1, 0.2, 0.05, 0.3], alternative="greater")
+    assert small["perm_p"] == pytest.approx(1 / 16)  # every one up: the exact 4-run floor
+    many = np.r_[np.full(20, 0.1), np.full(10, -0.1)]  # 30 runs: 2^30 patterns are not enumerated
+    assert len(many) > EXACT_SIGN_FLIPS_UP_TO
+    result = paired_seed_test(many)
+    # exact value: P(|sum of 30 random signs| >= 10) = 0.0987...
+    from scipy import stats
+    exact = 2 * stats.binom.sf(19, 30, 0.5)
+    assert result["perm_p"] == pytest.approx(exact, abs=0.005)

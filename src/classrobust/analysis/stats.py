@@ -158,11 +158,18 @@ def holm(pvalues: np.ndarray) -> np.ndarray:
     return adjusted
 
 
+#: the sign-flip test enumerates all 2^n sign patterns up to this many differences (65,536 patterns)
+EXACT_SIGN_FLIPS_UP_TO = 16
+#: random sign patterns beyond that
+SIGN_FLIP_DRAWS = 100_000
+
+
 def paired_seed_test(differences, confidence: float = 0.95, alternative: str = "two-sided") -> dict[str, float]:
     """Method minus baseline, one difference per seed (the training run is the unit).
 
     Returns the mean with a Student-t interval, the paired t-test's p-value, and the exact
-    sign-flip permutation p-value over all 2^n sign patterns (no normality assumed). The
+    sign-flip permutation p-value over all 2^n sign patterns (no normality assumed; random patterns
+    above :data:`EXACT_SIGN_FLIPS_UP_TO` differences, e.g. many runs pooled over methods). The
     permutation test cannot go below 2 / 2^n two-sided (1 / 2^n one-sided): ``perm_floor`` says
     which p-values the number of seeds allows. ``alternative``: ``"two-sided"``, or ``"greater"``
     / ``"less"`` for a direction declared before the run.
@@ -184,20 +191,22 @@ def paired_seed_test(differences, confidence: float = 0.95, alternative: str = "
         out["t_p"] = float(stats.ttest_1samp(d, 0.0, alternative=alternative).pvalue)
     elif d.mean() != 0:
         out["t_p"] = 0.0
-    # exact: every assignment of signs to |d| is equally likely under "no difference"
-    signs = np.array(list(product([1.0, -1.0], repeat=n)))
+    # every assignment of signs to |d| is equally likely under "no difference": all 2^n of them up to
+    # EXACT_SIGN_FLIPS_UP_TO differences, else random ones with p = (1 + hits) / (1 + draws)
+    exact = n <= EXACT_SIGN_FLIPS_UP_TO
+    signs = (np.array(list(product([1.0, -1.0], repeat=n))) if exact else
+             np.random.default_rng(0).choice([1.0, -1.0], size=(SIGN_FLIP_DRAWS, n)))
     means = (signs * np.abs(d)).mean(axis=1)
     observed = d.mean()
     tol = 1e-12 * max(1.0, float(np.abs(d).max()))
     if alternative == "greater":
-        out["perm_p"] = float((means >= observed - tol).mean())
-        out["perm_floor"] = 1 / 2 ** n
+        hits = means >= observed - tol
     elif alternative == "less":
-        out["perm_p"] = float((means <= observed + tol).mean())
-        out["perm_floor"] = 1 / 2 ** n
+        hits = means <= observed + tol
     else:
-        out["perm_p"] = float((np.abs(means) >= abs(observed) - tol).mean())
-        out["perm_floor"] = 2 / 2 ** n
+        hits = np.abs(means) >= abs(observed) - tol
+    out["perm_p"] = float(hits.mean()) if exact else float((1 + hits.sum()) / (1 + len(hits)))
+    out["perm_floor"] = (2 if alternative == "two-sided" else 1) / 2 ** n
     return out
 
 
