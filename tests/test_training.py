@@ -102,6 +102,22 @@ def test_config_validation_and_differences():
     with pytest.raises(UsageError, match="select must be one of"):
         TrainConfig(select="best")
     assert TrainConfig(lr=0.1).differences(TrainConfig(lr=0.2, epochs=3).to_dict()) == ["epochs", "lr"]
+    assert TrainConfig(workers=2).differences(TrainConfig().to_dict()) == []  # never changes the result
+
+
+def test_loader_workers_give_the_same_weights(synthetic_env, tmp_path):
+    # two epochs with a dropout model: the batches (and the global RNG stream the dropout masks come
+    # from) must not depend on the worker processes. tqdm.auto's class once called iter() on the
+    # loader when built, and a multi-worker iterator prefetches, advancing the sampler: the epoch
+    # then saw another permutation.
+    runs = {}
+    for workers in (0, 2):
+        out = tmp_path / f"w{workers}"
+        assert main([*TRAIN, "--epochs", "2", "--workers", str(workers), "--out", str(out)]) == 0
+        runs[workers] = _weights(out)
+    assert json.loads((tmp_path / "w2" / "model.json").read_text())["config"]["workers"] == 2
+    for name, tensor in runs[0].items():
+        assert torch.equal(tensor, runs[2][name]), name
 
 
 @pytest.mark.parametrize("select", ["avg", "worst-class"])

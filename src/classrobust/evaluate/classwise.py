@@ -9,7 +9,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # not tqdm.auto: its asyncio class calls iter() on the loader when built (#17)
 
 from classrobust.attacks.base import Attack, fast_layout, fast_weights
 from classrobust.attacks.minimal import MinimalNormAttack

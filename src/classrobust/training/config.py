@@ -16,6 +16,10 @@ from classrobust.training.schedules import SCHEDULES
 SELECT = ("last", "avg", "worst-class")
 
 
+#: settings that never change what a run computes: a run may resume (or be reused) with others
+RESULT_NEUTRAL = ("workers",)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a training run (with the code version and seed).
@@ -66,6 +70,8 @@ class TrainConfig:
     deterministic: bool = option(False, "deterministic kernels on GPUs (cuDNN deterministic, no cudnn.benchmark, "
                                         "cuBLAS workspace config; not with --compile): slower, resumable bitwise")
     device: str | None = option(None, "cpu, cuda, cuda:1, ... (default: cuda if available)")
+    workers: int = option(0, "data-loading worker processes (decode folder datasets in parallel); the batches, "
+                             "and so the weights, are the same for every value")
 
     def __post_init__(self):
         checks = [
@@ -75,6 +81,7 @@ class TrainConfig:
             (self.val_attack_steps >= 1, f"validation attack steps must be >= 1, got {self.val_attack_steps}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
             (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
             (0 < self.val_fraction < 1, f"validation fraction must be in (0, 1), got {self.val_fraction}"),
             (self.val_size >= 1, f"validation size must be >= 1, got {self.val_size}"),
@@ -104,7 +111,8 @@ class TrainConfig:
         saved config lacks (saved before the option existed) counts as its default."""
         mine = self.to_dict()
         defaults = TrainConfig().to_dict()  # in the saved (to_dict) form
-        return sorted(k for k in set(mine) | set(other) if mine.get(k) != other.get(k, defaults.get(k)))
+        return sorted(k for k in set(mine) | set(other)
+                      if k not in RESULT_NEUTRAL and mine.get(k) != other.get(k, defaults.get(k)))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # not tqdm.auto: its asyncio class calls iter() on the loader when built (#17)
 
 from classrobust.attacks.base import fast_layout
 from classrobust.attacks.pgd import PGD
@@ -257,7 +257,7 @@ def _train_epoch(run: _Run, epoch: int, step: int,
     # the order depends on (seed, epoch) only, so a resumed epoch sees the same batches
     loader = make_loader(run.train_set, config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch,
                          drop_last=run.drop_last, shard=(run.rank, run.size) if run.distributed else None,
-                         pin_memory=run.device.type == "cuda")
+                         pin_memory=run.device.type == "cuda", num_workers=config.workers)
     # disable=None: no bar when stderr is not a terminal (a log file or CI gets no carriage-return updates)
     bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", disable=None if (progress and run.main) else True,
                leave=False)
