@@ -162,3 +162,13 @@ def test_progress_off_a_terminal_is_ten_lines_not_a_bar(tiny_model, capsys):
     lines = err.strip().splitlines()
     assert len(lines) == 10 and "\r" not in err
     assert lines[0].startswith("evaluate: 10% (2/20 batches") and lines[-1].startswith("evaluate: 100% (20/20")
+
+
+def test_loader_workers_do_not_change_results(trained_run, tmp_path):
+    from classrobust.workflows.evaluate import evaluate_checkpoint
+
+    results = [evaluate_checkpoint(trained_run / "model.safetensors", tmp_path / f"w{w}", attacks="fgsm,pgd:steps=2",
+                                   limit=60, workers=w, progress=False, report=False)[0] for w in (0, 2)]
+    assert np.array_equal(results[0].indices, results[1].indices)
+    for name in results[0].attacks:
+        assert np.array_equal(results[0].attacks[name].predictions, results[1].attacks[name].predictions), name

@@ -16,19 +16,20 @@ from classrobust.results import AttackResult, ClasswiseResult
 
 def evaluate_dataset(model, dataset, attacks: Mapping[str, Attack], *, batch_size: int = 256,
                      classes: list[str] | None = None, device=None, progress: bool = True,
-                     meta: dict[str, Any] | None = None) -> ClasswiseResult:
+                     meta: dict[str, Any] | None = None, workers: int = 0) -> ClasswiseResult:
     """:func:`evaluate_classwise` over ``dataset``; under torchrun each process takes every
     world-th sample and every process receives the whole result, in dataset order.
 
     Attacks are per-sample deterministic (keyed noise), so the result equals a single-process
-    run's sample by sample, up to floating-point effects of batch composition.
+    run's sample by sample, up to floating-point effects of batch composition. ``workers``: loader
+    processes decoding batches in parallel (the batches are the same).
     """
     rank, size = world()
     if size == 1:
-        return evaluate_classwise(model, make_loader(dataset, batch_size), attacks, classes=classes,
+        return evaluate_classwise(model, make_loader(dataset, batch_size, num_workers=workers), attacks, classes=classes,
                                   device=device, progress=progress, meta=meta)
     positions = torch.arange(rank, len(dataset), size)
-    part = evaluate_classwise(model, make_loader(dataset.subset(positions), batch_size), attacks,
+    part = evaluate_classwise(model, make_loader(dataset.subset(positions), batch_size, num_workers=workers), attacks,
                               classes=classes or dataset.classes, device=device,
                               progress=progress and rank == 0, meta=meta)
     pieces = gather({"positions": positions.numpy(), "labels": part.labels,

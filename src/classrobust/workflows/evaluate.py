@@ -46,11 +46,15 @@ class EvalConfig:
     superclasses: str | None = option(None, "CSV file with columns class,superclass: per-superclass accuracy in "
                                             "the report (CIFAR-100's coarse classes are built in)")
     allow_tf32: bool = option(False, "allow TF32 in CUDA matmuls and convolutions (off: fp32 verdicts are fp32)")
+    workers: int = option(0, "data-loading worker processes (decode folder datasets in parallel); the results "
+                             "are the same for every value")
 
     def __post_init__(self):
         for name in ("batch_size", "sanity_queries"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name.replace('_', ' ')} must be >= 1, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise UsageError(f"workers must be >= 0, got {self.workers}")
         for name in ("limit", "steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -199,7 +203,7 @@ def evaluate_checkpoint(checkpoint: str | Path | None = None, out: str | Path | 
                 **tf32, **({"superclasses": groups} if groups else {}), **(extra_meta or {})}
     t0 = time.perf_counter()
     result = evaluate_dataset(net, test, attacks, batch_size=config.batch_size, device=dev, progress=progress,
-                              meta=run_meta)
+                              meta=run_meta, workers=config.workers)
     result.meta["seconds"] = round(time.perf_counter() - t0, 2)
     if config.sanity:
         _sanity(net, test, result, attacks, config, globals_, dev)
