@@ -125,8 +125,13 @@ def gain_attribution_seeds(runs: Sequence[tuple[np.ndarray, np.ndarray, np.ndarr
         if key in ("drop", "share_of_points"):
             continue
         b = boot[key][~np.isnan(boot[key])]
-        out[f"{key}_low"], out[f"{key}_high"] = ((float(np.percentile(b, lo)), float(np.percentile(b, hi)))
-                                                 if len(b) else (float("nan"), float("nan")))
+        if not len(b):
+            out[f"{key}_low"] = out[f"{key}_high"] = float("nan")
+            continue
+        # the posterior's pseudo-counts pull a share of exactly 0 up: the interval keeps the observed value
+        low, high = float(np.percentile(b, lo)), float(np.percentile(b, hi))
+        out[f"{key}_low"], out[f"{key}_high"] = ((min(low, out[key]), max(high, out[key])) if not np.isnan(out[key])
+                                                 else (low, high))
     return out
 
 

@@ -113,11 +113,13 @@ def build_experiment_report(out_dir: str | Path) -> Path:
     return out_dir / "report" / "report.html"
 
 
-def _seed_cell(mean, low, high, t_p, perm_p) -> str:
+def _seed_cell(mean, low, high, t_p, perm_p, unit: str = "seed") -> str:
     if pd.isna(mean):
         return ""
     if pd.isna(low):
-        return f"{100 * mean:+.1f} (one seed: no test)"
+        return f"{100 * mean:+.1f} (one {unit}: no test)"
+    if low == high:  # the same difference for every unit: a t-interval of zero width says nothing
+        return f"{100 * mean:+.1f} on every {unit}, perm p {perm_p:.2g}"
     return f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}], t p {t_p:.2g}, perm p {perm_p:.2g}"
 
 
@@ -139,8 +141,10 @@ def _methods_sections(out: _Sections, tables):
             "own worst class": [ci(*v) for v in zip(g.worst_any, g.worst_any_low, g.worst_any_high)],
             "Δ average": [f"{100 * v:+.1f}" for v in g.avg_vs_baseline],
             "Δ worst": [f"{100 * v:+.1f}" for v in g.worst_vs_baseline],
-            "Δ worst, seeds": [_seed_cell(m, lo, hi, tp, pp) for m, lo, hi, tp, pp in zip(
-                g.worst_diff_mean, g.worst_diff_low, g.worst_diff_high, g.worst_diff_t_p, g.worst_diff_perm_p)],
+            "Δ worst, seeds": ["" if method == baseline else _seed_cell(m, lo, hi, tp, pp)
+                               for method, m, lo, hi, tp, pp in zip(g["method"], g.worst_diff_mean, g.worst_diff_low,
+                                                                    g.worst_diff_high, g.worst_diff_t_p,
+                                                                    g.worst_diff_perm_p)],
             "McNemar b/c": [f"{b}/{c}" for b, c in zip(g.mcnemar_b, g.mcnemar_c)],
             "p (Holm)": ["" if pd.isna(p) else f"{p:.3g}" for p in g.mcnemar_p_holm]})
         out.section(f"{dataset}: methods under {attack}", f"methods-{dataset}-{attack}",
@@ -414,8 +418,8 @@ def _temperature_section(out: _Sections, tables, entry):
         "dataset": seeds["dataset"], "methods": seeds["methods"], "class": seeds["class_name"],
         "runs": seeds["runs"], "PGD": [_pct(v) for v in seeds["pgd"]],
         "Temperature-PGD": [_pct(v) for v in seeds["temp_pgd"]],
-        "Δ, runs": [_seed_cell(*v) for v in zip(seeds.diff_mean, seeds.diff_low, seeds.diff_high, seeds.diff_t_p,
-                                                seeds.diff_perm_p)],
+        "Δ, runs": [_seed_cell(*v, unit="run") for v in zip(seeds.diff_mean, seeds.diff_low, seeds.diff_high,
+                                                            seeds.diff_t_p, seeds.diff_perm_p)],
         "perm p (Holm over classes)": ["" if pd.isna(p) else f"{p:.2g}" for p in seeds["perm_p_holm"]]})
     out.section(f"Temperature-PGD at T = {entry['chosen']:g} against PGD on the test split", "temperature",
                 f"Accuracy (%) under PGD-{entry['steps']} and Temperature-PGD-{entry['steps']} (same eps, steps and "
