@@ -118,3 +118,16 @@ def test_included_report_sections_match_their_source(tmp_path):
                 "scripts/refresh_doc_includes.py")
             blocks += 1
     assert blocks == sum(p.read_text().count("<!-- include ") for p in (ROOT / "docs").glob("*.md"))
+
+
+def test_seed_level_defense_table_matches_the_committed_per_class_results():
+    import pandas as pd
+
+    from classrobust.report.markdown import to_markdown
+
+    module = _load(ROOT / "scripts" / "seed_table.py")
+    table = module.seed_table(pd.read_csv(ROOT / "docs/results/quick-defenses/per_class.csv"), "pgd-at", "Shirt")
+    assert _block(ROOT / "docs" / "defenses.md", "defenses-by-seed") == to_markdown(table).strip()
+    reweight = table.set_index(["attack", "method"]).loc[("autoattack", "reweight")]
+    assert reweight["Shirt: per seed"] == "+15.0, +4.0, +1.0"  # the numbers the prose quotes
+    assert "t p 0.26" in reweight["Shirt: mean"] and "sign-flip p 0.25" in reweight["Shirt: mean"]
