@@ -110,6 +110,9 @@ def test_two_run_experiment_end_to_end_then_skipped(synthetic_env, tmp_path, cap
         assert test["meta"]["split"] == "test" and test["n"] == main["n"] == 100
         assert test["attacks"]["temp-pgd"]["config"]["temperature"] == chosen["chosen"]
         assert test["attacks"]["pgd"]["config"]["steps"] == test["attacks"]["temp-pgd"]["config"]["steps"] == 2
+        # the sweep and the test evaluation differ only in their images: the same attack settings
+        assert sweep["attacks"][f"temp-pgd@T={chosen['chosen']:g}"]["config"] == test["attacks"]["temp-pgd"]["config"]
+        assert sweep["attacks"]["pgd"]["config"] == test["attacks"]["pgd"]["config"]
     temp_runs = pd.read_csv(report / "temperature_runs.csv")
     assert len(temp_runs) == 2 * 11 and (temp_runs["temperature"] == chosen["chosen"]).all()
     seeds = pd.read_csv(report / "temperature_seeds.csv")

@@ -32,33 +32,38 @@ def attack_name(temperature: float) -> str:
     return f"temp-pgd@T={temperature:g}"
 
 
-def sweep_validation(checkpoint: Path, values: list[float], *, steps: int, limit: int, seed: int = 0,
-                     precision: str = "fp32", batch_size: int = 256, device=None, data_dir=None,
-                     progress: bool = False) -> ClasswiseResult:
+def sweep_validation(checkpoint: Path, values: list[float], *, steps: int, limit: int, config=None, device=None,
+                     data_dir=None, progress: bool = False) -> ClasswiseResult:
     """PGD and Temperature-PGD at every T in ``values`` on ``limit`` class-stratified validation
     images of the run that made ``checkpoint`` (never the test split); attack names ``pgd`` and
-    ``temp-pgd@T=<T>``; ``meta["split"]`` is ``"validation"``."""
+    ``temp-pgd@T=<T>``; ``meta["split"]`` is ``"validation"``. ``config``: the
+    :class:`~classrobust.workflows.evaluate.EvalConfig` whose eps, seed, precision, mode and batch
+    size the test-split evaluation uses too, so that the two differ only in their images."""
     from classrobust.attacks import create_attack
+    from classrobust.attacks.specs import attack_kwargs
     from classrobust.checkpoint import load_checkpoint
     from classrobust.data import run_splits
     from classrobust.evaluate.sharded import evaluate_dataset
     from classrobust.runtime import set_tf32, setup_device
     from classrobust.training import TrainConfig
+    from classrobust.workflows.evaluate import EvalConfig
 
+    config = config or EvalConfig()
     dev, _ = setup_device(device)
-    tf32 = set_tf32(False)
+    tf32 = set_tf32(config.allow_tf32)
     model, meta = load_checkpoint(checkpoint, map_location=dev)
     model.eval()
     if not meta.get("config"):
         raise UsageError(f"{checkpoint} has no training config: its validation split is unknown")
     _, val = run_splits(TrainConfig.from_dict(meta["config"]), root=data_dir, val_size=limit)
-    common = {"eps": meta["eps"], "steps": steps, "seed": seed, "precision": precision}
-    attacks = {"pgd": create_attack("pgd", model, **common)}
-    for t in values:
-        attacks[attack_name(t)] = create_attack("temp-pgd", model, temperature=t, **common)
-    return evaluate_dataset(model, val, attacks, batch_size=batch_size, device=dev, progress=progress,
-                            meta={"checkpoint": str(checkpoint), "split": "validation", "limit": len(val),
-                                  "eps": meta["eps"], "seed": seed, "precision": precision, **tf32,
+    eps = config.eps if config.eps is not None else meta["eps"]
+    specs = [("pgd", {"steps": steps})] + [("temp-pgd", {"steps": steps, "temperature": t}) for t in values]
+    globals_ = {**config.global_attack_options(eps), "steps": None}
+    attacks = {("pgd" if name == "pgd" else attack_name(own["temperature"])):
+               create_attack(name, model, **attack_kwargs([(name, own)], **globals_)[name]) for name, own in specs}
+    return evaluate_dataset(model, val, attacks, batch_size=config.batch_size, device=dev, progress=progress,
+                            meta={"checkpoint": str(checkpoint), "split": "validation", "limit": len(val), "eps": eps,
+                                  "seed": config.seed, "precision": config.precision, "mode": config.mode, **tf32,
                                   "temperatures": list(values), "steps": steps, "val_limit": limit})
 
 
@@ -90,8 +95,7 @@ def run_temperature_step(spec, runs: list, *, device=None, data_dir=None, downlo
             log(f"temperature: {run.key}: PGD and Temperature-PGD at T = "
                 f"{', '.join(f'{t:g}' for t in settings.values)} on {settings.val_limit} validation images")
             sweep = sweep_validation(run_dir(spec, run) / "model.safetensors", list(settings.values),
-                                     steps=settings.steps, limit=settings.val_limit, seed=spec.eval["seed"],
-                                     precision=spec.eval["precision"], batch_size=spec.eval["batch_size"],
+                                     steps=settings.steps, limit=settings.val_limit, config=spec.eval_config(run),
                                      device=device, data_dir=data_dir, progress=progress)
             if is_main():  # under torchrun every process holds the whole sweep; one writes it
                 sweep.save(directory)
