@@ -118,7 +118,7 @@ def run_temperature_step(spec, runs: list, *, device=None, data_dir=None, downlo
     barrier()
     log(f"temperature: T = {chosen:g} chosen on validation (Temperature-PGD {100 * means[chosen]:.1f}% "
         f"against PGD {100 * entry['validation_pgd_accuracy']:.1f}%, averaged over {len(runs)} runs)")
-    attacks = f"pgd:steps={settings.steps},temp-pgd:steps={settings.steps},temperature={chosen:g}"
+    attacks = f"pgd:steps={settings.steps},temp-pgd:steps={settings.steps},temperature={chosen!r}"  # exact T
     for run in runs:
         directory = run_dir(spec, run) / RUN_FOLDER / "test"
         if (directory / "summary.json").is_file():
