@@ -17,10 +17,6 @@ from classrobust.analysis.stats import (disparity_seeds_table, holm, paired_seed
 from classrobust.results import CLEAN, ClasswiseResult
 
 
-#: results of the temperature step are keyed "<run key>" + this suffix
-TEMPERATURE_SUFFIX = "#temperature"
-
-
 def _holm_columns(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """``<column>_holm`` for each p-value column: Holm-adjusted over every non-missing p-value of
     all those columns together (the family of correlations the table reports)."""
@@ -31,14 +27,19 @@ def _holm_columns(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return table.assign(**{f"{c}_holm": adjusted[:, i] for i, c in enumerate(present)})
 
 
-def validation_target(baseline_runs: list[ClasswiseResult]) -> int | None:
-    """The baseline's worst class on the *validation* split (per-class PGD accuracy of the
-    published weights, averaged over its seeds), from the training sidecars the evaluations carry
-    (``train_metrics``); None if any run lacks them."""
-    per_seed = [r.meta.get("train_metrics", {}).get("val_pgd_accuracy_per_class") for r in baseline_runs]
-    if not per_seed or any(v is None for v in per_seed):
+def validation_worst(train_metrics: list[dict]) -> int | None:
+    """The worst class on the *validation* split (per-class PGD accuracy of the published weights,
+    averaged over runs) from the runs' training-sidecar metrics; None if any run lacks them."""
+    per_run = [m.get("val_pgd_accuracy_per_class") for m in train_metrics]
+    if not per_run or any(v is None for v in per_run):
         return None
-    return int(np.nanargmin(np.nanmean(np.asarray(per_seed, dtype=float), axis=0)))
+    return int(np.nanargmin(np.nanmean(np.asarray(per_run, dtype=float), axis=0)))
+
+
+def validation_target(baseline_runs: list[ClasswiseResult]) -> int | None:
+    """The baseline's worst class on the validation split, averaged over its seeds, from the training
+    sidecars the evaluations carry (``train_metrics``); None if any run lacks them."""
+    return validation_worst([r.meta.get("train_metrics", {}) for r in baseline_runs])
 
 
 def seed_level_tables(runs: pd.DataFrame, results: dict[str, ClasswiseResult],
@@ -62,14 +63,21 @@ def seed_level_tables(runs: pd.DataFrame, results: dict[str, ClasswiseResult],
         if len(ladder) >= 3:
             steps.append((ladder[0], ladder[-1], "weakest to strongest"))
         for lower, upper, kind in steps:
-            mean_lower = np.mean([r.attacks[lower].accuracy_per_class for r in seeds], axis=0)
-            vulnerable = np.argsort(mean_lower, kind="stable")[:k_vulnerable]
-            row = gain_attribution_seeds(
-                [(r.labels, r.attacks[lower].predictions == r.labels, r.attacks[upper].predictions == r.labels)
-                 for r in seeds], first.num_classes, vulnerable)
             gains.append({**ids, "step": kind, "from": lower, "to": upper,
-                          "vulnerable": ", ".join(first.classes[v] for v in vulnerable), **row})
+                          **pooled_gain(seeds, lower, upper, k_vulnerable)})
     return pd.DataFrame(disparity), pd.DataFrame(gains)
+
+
+def pooled_gain(runs: list[ClasswiseResult], lower: str, upper: str, k_vulnerable: int = 3) -> dict:
+    """:func:`gain_attribution_seeds` from attack ``lower`` to ``upper`` over ``runs``, the vulnerable
+    classes being the ``k_vulnerable`` lowest under ``lower`` averaged over the runs (named in
+    ``vulnerable``)."""
+    mean_lower = np.mean([r.attacks[lower].accuracy_per_class for r in runs], axis=0)
+    vulnerable = np.argsort(mean_lower, kind="stable")[:k_vulnerable]
+    row = gain_attribution_seeds([(r.labels, r.attacks[lower].predictions == r.labels,
+                                   r.attacks[upper].predictions == r.labels) for r in runs],
+                                 runs[0].num_classes, vulnerable)
+    return {"vulnerable": ", ".join(runs[0].classes[v] for v in vulnerable), **row}
 
 
 def ablation_tables(entries: list[dict], results: dict[str, ClasswiseResult]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -167,20 +175,16 @@ def temperature_tables(entry: dict, runs: pd.DataFrame, results: dict[str, Class
             table.loc[classes, "perm_p_holm"] = holm(table.loc[classes, "diff_perm_p"].to_numpy())
             seeds_rows.append(table)
         chosen_runs = [results[k] for k in keyed["key"][keyed["dataset"] == dataset]]
-        first = chosen_runs[0]
-        vulnerable = np.argsort(np.mean([r.attacks["pgd"].accuracy_per_class for r in chosen_runs], axis=0),
-                                kind="stable")[:k_vulnerable]
-        row = gain_attribution_seeds([(r.labels, r.attacks["pgd"].predictions == r.labels,
-                                       r.attacks["temp-pgd"].predictions == r.labels) for r in chosen_runs],
-                                     first.num_classes, vulnerable)
         gain_rows.append({"dataset": dataset, "temperature": chosen,
-                          "vulnerable": ", ".join(first.classes[v] for v in vulnerable), **row})
+                          **pooled_gain(chosen_runs, "pgd", "temp-pgd", k_vulnerable)})
     return {"temperature_runs": per_run, "temperature_seeds": pd.concat(seeds_rows, ignore_index=True),
             "temperature_gain": pd.DataFrame(gain_rows)}
 
 
-def experiment_tables(index: dict, results: dict[str, ClasswiseResult]) -> dict[str, pd.DataFrame]:
-    """All the combined tables, long format, from saved results only."""
+def experiment_tables(index: dict, results: dict[str, ClasswiseResult],
+                      temperature_results: dict[str, ClasswiseResult] | None = None) -> dict[str, pd.DataFrame]:
+    """All the combined tables, long format, from saved results only; ``temperature_results``: the
+    temperature step's test evaluations, by run key."""
     runs = pd.DataFrame(index["runs"])
     per_class, overview, att_cons, gains, norms, into = [], [], [], [], [], []
     for run in index["runs"]:
@@ -255,6 +259,5 @@ def experiment_tables(index: dict, results: dict[str, ClasswiseResult]) -> dict[
             "weight_norms": _holm_columns(pd.DataFrame(norms), ["pearson_p", "spearman_p", "partial_spearman_p"]),
             "attacked_into": cat(into), "ablation": ablation,
             "ablation_per_class": ablation_classes, "ablation_seeds": ablation_seed_tests(ablation),
-            **(temperature_tables(index["temperature"], runs, {k[:-len(TEMPERATURE_SUFFIX)]: v for k, v in
-                                                               results.items() if k.endswith(TEMPERATURE_SUFFIX)})
+            **(temperature_tables(index["temperature"], runs, temperature_results or {})
                if index.get("temperature") else {})}

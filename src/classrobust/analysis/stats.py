@@ -96,12 +96,19 @@ def bootstrap_disparity(correct: np.ndarray, n: np.ndarray, reps: int = 2000, co
         acc = rng.binomial(n[None, :], p[None, :], size=(reps, len(n))) / np.maximum(n, 1)[None, :]
     else:
         raise ValueError(f"method must be 'jeffreys' or 'binomial', got {method!r}")
+    return _disparity_intervals(acc, confidence)
+
+
+def _disparity_intervals(acc: np.ndarray, confidence: float) -> dict[str, tuple[float, float]]:
+    """Percentile intervals of :func:`disparity` over bootstrap draws of the class accuracies
+    ``acc`` (reps, K)."""
     mean = acc.mean(axis=1)
     std = acc.std(axis=1)
     draws = {"mean": mean, "worst": acc.min(axis=1), "best": acc.max(axis=1),
              "gap": acc.max(axis=1) - acc.min(axis=1), "std": std,
              "cv": np.divide(std, mean, out=np.full_like(std, np.nan), where=mean > 0)}
     lo, hi = 50 * (1 - confidence), 50 * (1 + confidence)
+
     def interval(v: np.ndarray) -> tuple[float, float]:
         if np.isnan(v).all():  # e.g. the CV when every class is at 0
             return float("nan"), float("nan")
@@ -229,14 +236,7 @@ def bootstrap_disparity_seeds(correct: np.ndarray, n: np.ndarray, reps: int = 20
     s, k = c.shape
     drawn = rng.integers(0, s, size=(reps, s))  # (reps, S) seed indices
     acc = rng.beta(c[drawn] + 0.5, (n - c)[drawn] + 0.5)  # (reps, S, K)
-    acc = acc.mean(axis=1)
-    mean, std = acc.mean(axis=1), acc.std(axis=1)
-    draws = {"mean": mean, "worst": acc.min(axis=1), "best": acc.max(axis=1),
-             "gap": acc.max(axis=1) - acc.min(axis=1), "std": std,
-             "cv": np.divide(std, mean, out=np.full_like(std, np.nan), where=mean > 0)}
-    lo, hi = 50 * (1 - confidence), 50 * (1 + confidence)
-    return {key: (float(np.nanpercentile(v, lo)), float(np.nanpercentile(v, hi))) if not np.isnan(v).all()
-            else (float("nan"), float("nan")) for key, v in draws.items()}
+    return _disparity_intervals(acc.mean(axis=1), confidence)
 
 
 def disparity_seeds_table(correct: np.ndarray, n: np.ndarray, reps: int = 2000, seed: int = 0) -> dict[str, float]:

@@ -16,7 +16,7 @@ import pandas as pd
 
 from classrobust import __version__
 from classrobust.analysis import seed_interval, wilson_interval
-from classrobust.analysis.experiment import TEMPERATURE_SUFFIX, experiment_tables
+from classrobust.analysis.experiment import experiment_tables
 from classrobust.errors import UsageError
 from classrobust.results import CLEAN, ClasswiseResult
 from classrobust.io import atomic_directory
@@ -32,8 +32,18 @@ def _cell(acc: float, lo: float, hi: float) -> str:
     return "" if pd.isna(acc) else interval_cell(acc, lo, hi)
 
 
-def load_runs(out_dir: Path) -> tuple[dict, dict[str, ClasswiseResult]]:
-    """The experiment index and every finished run's result, keyed by run key."""
+def _ratio(value: float, lo: float, hi: float) -> str:
+    return "" if pd.isna(value) else f"{value:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def _cells(frame: pd.DataFrame, key: str, fmt=_cell) -> list[str]:
+    """``fmt`` of each row's ``key`` with its ``key_low`` and ``key_high``."""
+    return [fmt(*v) for v in zip(frame[key], frame[f"{key}_low"], frame[f"{key}_high"])]
+
+
+def load_runs(out_dir: Path) -> tuple[dict, dict[str, ClasswiseResult], dict[str, ClasswiseResult]]:
+    """The experiment index, every finished run's result and the temperature step's test
+    evaluations (empty without the step), both keyed by run key."""
     index_path = out_dir / INDEX
     if not index_path.is_file():
         raise UsageError(f"{out_dir} holds no experiment ({INDEX}); run `classrobust experiment FILE` first")
@@ -46,10 +56,10 @@ def load_runs(out_dir: Path) -> tuple[dict, dict[str, ClasswiseResult]]:
             result.meta["train_metrics"] = json.loads(sidecar.read_text()).get("metrics", {})
         results[run["key"]] = result
     temperature = index.get("temperature")
-    for key in (temperature or {}).get("runs", []):  # the T chosen on validation, on the test subsets
-        run = next(r for r in index["runs"] if r["key"] == key)
-        results[key + TEMPERATURE_SUFFIX] = ClasswiseResult.load(out_dir / run["dir"] / temperature["dir"])
-    return index, results
+    dirs = {r["key"]: r["dir"] for r in index["runs"]}
+    temperature_results = {key: ClasswiseResult.load(out_dir / dirs[key] / temperature["dir"])  # the chosen T
+                           for key in (temperature or {}).get("runs", [])}
+    return index, results, temperature_results
 
 
 def _mean_matrix(long: pd.DataFrame, a: str, b: str, value: str) -> pd.DataFrame:
@@ -81,8 +91,8 @@ class _Sections:
 def build_experiment_report(out_dir: str | Path) -> Path:
     """Write ``<out_dir>/report/`` from the experiment's saved results; returns ``report.html``'s path."""
     out_dir = Path(out_dir)
-    index, results = load_runs(out_dir)
-    tables = experiment_tables(index, results)
+    index, results, temperature_results = load_runs(out_dir)
+    tables = experiment_tables(index, results, temperature_results)
     with atomic_directory(out_dir / "report") as stage:
         out = _Sections(_Page(stage))
         title = f"Experiment {index['name']}"
@@ -300,22 +310,15 @@ def _gain_section(out: _Sections, tables):
                     "gain_summary", {"top3_vulnerable_share": _pct})
     pooled = tables["gain_seeds"]
     if len(pooled):
-        ratio = lambda v, lo, hi: "" if pd.isna(v) else f"{v:.2f} [{lo:.2f}, {hi:.2f}]"  # noqa: E731
         shown = pd.DataFrame({
             "dataset": pooled["dataset"], "method": pooled["method"], "seeds": pooled["seeds"],
             "step": pooled["step"], "from": pooled["from"], "to": pooled["to"], "vulnerable": pooled["vulnerable"],
             "points lost": pooled["drop"].astype(int),
-            "vulnerable share of the loss": [_cell(*v) for v in zip(pooled.share, pooled.share_low,
-                                                                    pooled.share_high)],
+            "vulnerable share of the loss": _cells(pooled, "share"),
             "their share of all points": [_pct(v) for v in pooled.share_of_points],
-            "their share of the points robust under 'from'": [_cell(*v) for v in zip(
-                pooled.share_of_robust, pooled.share_of_robust_low, pooled.share_of_robust_high)],
-            "excess over all points": [ratio(*v) for v in zip(pooled.excess_over_points,
-                                                               pooled.excess_over_points_low,
-                                                               pooled.excess_over_points_high)],
-            "excess over robust points": [ratio(*v) for v in zip(pooled.excess_over_robust,
-                                                                  pooled.excess_over_robust_low,
-                                                                  pooled.excess_over_robust_high)]})
+            "their share of the points robust under 'from'": _cells(pooled, "share_of_robust"),
+            "excess over all points": _cells(pooled, "excess_over_points", _ratio),
+            "excess over robust points": _cells(pooled, "excess_over_robust", _ratio)})
         out.section("Gain attribution over seeds, with both denominators", "gain-seeds",
                     "Pooled over seeds: the share of the points lost between two attacks that falls on the 3 "
                     "classes weakest under the weaker one (averaged over seeds), against two baselines: their "
@@ -330,10 +333,9 @@ def _disparity_seeds_section(out: _Sections, tables):
     ds = tables["disparity_seeds"]
     if not len(ds):
         return
-    cell = lambda key: [_cell(*v) for v in zip(ds[key], ds[f"{key}_low"], ds[f"{key}_high"])]  # noqa: E731
     shown = pd.DataFrame({"dataset": ds["dataset"], "method": ds["method"], "attack": ds["attack"],
-                          "seeds": ds["seeds"], "average": cell("mean"), "worst class": cell("worst"),
-                          "gap (best - worst)": cell("gap"), "spread (std over classes)": cell("std")})
+                          "seeds": ds["seeds"], "average": _cells(ds, "mean"), "worst class": _cells(ds, "worst"),
+                          "gap (best - worst)": _cells(ds, "gap"), "spread (std over classes)": _cells(ds, "std")})
     out.section("Class disparity over seeds", "disparity-seeds",
                 "Per method and attack, from the per-class accuracy averaged over seeds (%): the worst class, the "
                 "gap to the best and the standard deviation across classes, each with a 95% two-level bootstrap "
@@ -430,15 +432,12 @@ def _temperature_section(out: _Sections, tables, entry):
                 shown, "temperature_table")
     gain = tables["temperature_gain"]
     if len(gain):
-        ratio = lambda v, lo, hi: "" if pd.isna(v) else f"{v:.2f} [{lo:.2f}, {hi:.2f}]"  # noqa: E731
         shown = pd.DataFrame({
             "dataset": gain["dataset"], "runs": gain["seeds"], "vulnerable (weakest under PGD)": gain["vulnerable"],
             "points Temperature-PGD adds": gain["drop"].astype(int),
-            "share on the vulnerable classes": [_cell(*v) for v in zip(gain.share, gain.share_low, gain.share_high)],
-            "excess over all points": [ratio(*v) for v in zip(gain.excess_over_points, gain.excess_over_points_low,
-                                                              gain.excess_over_points_high)],
-            "excess over points robust to PGD": [ratio(*v) for v in zip(
-                gain.excess_over_robust, gain.excess_over_robust_low, gain.excess_over_robust_high)]})
+            "share on the vulnerable classes": _cells(gain, "share"),
+            "excess over all points": _cells(gain, "excess_over_points", _ratio),
+            "excess over points robust to PGD": _cells(gain, "excess_over_robust", _ratio)})
         out.section("Where Temperature-PGD's extra successes fall", "temperature-gain",
                     "Net points Temperature-PGD breaks beyond PGD, pooled over runs, and the share on the 3 classes "
                     "weakest under PGD, against their share of all points and of the points robust to PGD "

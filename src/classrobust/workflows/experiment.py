@@ -21,7 +21,7 @@ from classrobust.defenses.calibrate import CalibrateConfig
 from classrobust.errors import CheckpointError, UsageError
 from classrobust.io import atomic_write_json, check_output_dir, check_own_directory
 from classrobust.report.experiment import INDEX
-from classrobust.results import CLEAN
+from classrobust.results import CLEAN, ClasswiseResult
 from classrobust.runtime import barrier, is_main, resolve_device
 from classrobust.workflows.calibrate import calibrate_checkpoint
 from classrobust.workflows.evaluate import evaluate_checkpoint
@@ -120,25 +120,21 @@ def ensure_run(spec, run, *, device=None, data_dir=None, download=False, progres
 
 
 def validation_worst_class(directory: Path) -> int | None:
-    """The run's worst class on the validation split (per-class PGD accuracy of the published
-    weights, from the training sidecar ``model.json``), or None when the sidecar lacks it."""
+    """The run's worst class on the validation split, from its training sidecar ``model.json``
+    (:func:`~classrobust.analysis.experiment.validation_worst`), or None without one."""
+    from classrobust.analysis.experiment import validation_worst
+
     sidecar = directory / "model.json"
-    if not sidecar.is_file():
-        return None
-    per_class = json.loads(sidecar.read_text()).get("metrics", {}).get("val_pgd_accuracy_per_class")
-    return None if per_class is None else int(np.nanargmin(np.asarray(per_class, dtype=float)))
+    return validation_worst([json.loads(sidecar.read_text()).get("metrics", {})]) if sidecar.is_file() else None
 
 
-def confused_class(eval_dir: Path, attack: str, weak: int | None = None) -> tuple[str, str, str, str]:
+def confused_class(result: ClasswiseResult, attack: str, weak: int | None = None) -> tuple[str, str, str, str]:
     """(weak class, the class that receives most of its *flipped* points, where the weak class was
     chosen, which points chose the confused class): the flipped points are the weak class's test
     points classified correctly when clean and wrongly under ``attack`` (clean errors are not the
     attack's doing); only when none is flipped do all its wrong predictions under ``attack`` choose,
     and the last element says so. ``weak``: a class index chosen beforehand (the validation split's
     worst class); None takes the worst under ``attack`` on the test results."""
-    from classrobust.results import ClasswiseResult
-
-    result = ClasswiseResult.load(eval_dir)
     chosen_on = "validation"
     if weak is None:
         weak, chosen_on = result.attacks[attack].worst_class, "test split"
@@ -171,12 +167,12 @@ def ablation_runs(spec: ExperimentSpec) -> list[dict[str, Any]]:
         for seed in spec.ablation.seeds:
             base = spec.run(dataset, spec.ablation.method, seed)
             directory = run_dir(spec, base)
-            weak, dropped, chosen_on, chosen_by = confused_class(directory / "eval", spec.ablation.attack,
+            result = ClasswiseResult.load(directory / "eval")
+            weak, dropped, chosen_on, chosen_by = confused_class(result, spec.ablation.attack,
                                                                  validation_worst_class(directory))
             variants = [("confused", dropped)]
             if spec.ablation.control:
-                classes = json.loads((directory / "eval" / "summary.json").read_text())["classes"]
-                variants.append(("control", control_class(classes, weak, dropped, seed)))
+                variants.append(("control", control_class(result.classes, weak, dropped, seed)))
             for variant, cls in variants:
                 out.append({"base": base, "retrained": spec.ablation_run(base, cls), "weak": weak, "dropped": cls,
                             "variant": variant, "weak_chosen_on": chosen_on, "confused_chosen_by": chosen_by})
@@ -261,7 +257,7 @@ def export_experiment(out_dir: str | Path, dest: str | Path) -> Path:
     from classrobust.workflows.temperature import TEMPERATURE_INDEX
 
     out_dir = Path(out_dir)
-    index, _ = load_runs(out_dir)  # refuses an unfinished or foreign folder before anything is copied
+    index, _, _ = load_runs(out_dir)  # refuses an unfinished or foreign folder before anything is copied
     dest = check_own_directory(dest, INDEX, "--export")
     if dest.resolve() == out_dir.resolve():
         raise UsageError("--export must name another folder than the experiment's")
