@@ -49,6 +49,49 @@ def render(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def render_members(records: list[dict]) -> str:
+    """Where our cascade spends its time (torch-free): per seed and member, the points it attacked,
+    its seconds, and the seconds per point and model pass against the model's own cost per image
+    (``unit_cost_us``: one forward, one forward + input gradient, fp32, measured in the same run).
+    A member's passes per point: APGD-CE steps; APGD-T and FAB-T targets x steps (FAB-T two
+    forwards and one gradient per step); Square queries (forwards). These are upper bounds: a
+    member stops early on a point it breaks."""
+    lines = ["| images | seed | member | points attacked | seconds | ms per point | model passes per point "
+             "(at most) | floor: passes x unit cost (ms) |", "|---|---|---|---|---|---|---|---|"]
+    for record in records:
+        if "unit_cost_us" not in record:
+            continue
+        fwd, grad = record["unit_cost_us"]["forward"], record["unit_cost_us"]["forward_gradient"]
+        per_point = {"apgd-ce": (100, 100 * grad), "apgd-t": (900, 900 * grad),
+                     "fab-t": (900, 900 * (grad + fwd)), "square": (5000, 5000 * fwd)}
+        for run in record["runs"]:
+            for member, secs in run.get("member_seconds", {}).items():
+                points = run["member_points"][member]
+                passes, floor_us = per_point[member]
+                ms = f"{1000 * secs / points:.0f}" if points else ""
+                lines.append(f"| {sum(record['n_per_class'])} | {run['seed']} | {member} | {points} | {secs:.0f} | "
+                             f"{ms} | {passes} | {floor_us / 1000:.0f} |")
+    return "\n".join(lines)
+
+
+def unit_costs(model, data, batch_size: int) -> dict[str, float]:
+    """The model's cost per image in microseconds at ``batch_size``, fp32: one forward (no graph)
+    and one forward plus the gradient of the loss with respect to the input (median of 5)."""
+    x, y = next(iter(make_loader(data, batch_size)))
+    times: dict[str, list[float]] = {"forward": [], "forward_gradient": []}
+    for _ in range(6):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            model(x)
+        t1 = time.perf_counter()
+        xr = x.clone().requires_grad_(True)
+        torch.autograd.grad(torch.nn.functional.cross_entropy(model(xr), y), xr)
+        t2 = time.perf_counter()
+        times["forward"].append(t1 - t0)
+        times["forward_gradient"].append(t2 - t1)
+    return {k: round(1e6 * float(np.median(v[1:])) / len(x), 1) for k, v in times.items()}  # first: warm-up
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--checkpoint", default="runs/demo/model.safetensors")
@@ -60,7 +103,10 @@ def main() -> None:
     p.add_argument("--render", nargs="+", metavar="JSON", help="print the Markdown table of finished records and exit")
     args = p.parse_args()
     if args.render:
-        print(render([json.loads(Path(f).read_text()) for f in args.render]))
+        records = [json.loads(Path(f).read_text()) for f in args.render]
+        print(render(records))
+        if any("unit_cost_us" in r for r in records):
+            print("\n" + render_members(records))
         return
     model, meta = load_checkpoint(args.checkpoint)
     model.eval()
@@ -75,6 +121,8 @@ def main() -> None:
         ours = AutoAttack(model, eps=eps, seed=seed)
         member_names = list(ours.attacks)
         flips = np.zeros((len(member_names), len(classes)), dtype=int)
+        member_seconds = dict.fromkeys(member_names, 0.0)
+        member_points = dict.fromkeys(member_names, 0)
         n_per_class = np.zeros(len(classes), dtype=int)
         curves = {}
         for x, y in make_loader(test, args.batch_size):
@@ -86,8 +134,10 @@ def main() -> None:
                 if side == "ours":
                     x_adv = x.clone()
                     x_adv[clean_ok], breaker = ours.cascade(x[clean_ok], y[clean_ok])
-                    for i in range(len(member_names)):
+                    for i, name in enumerate(member_names):
                         flips[i] += np.bincount(y[clean_ok][breaker == i].numpy(), minlength=len(classes))
+                        member_seconds[name] += ours.member_seconds[name]
+                        member_points[name] += ours.member_points[name]
                 elif side == "torchattacks":
                     import torchattacks
 
@@ -125,9 +175,12 @@ def main() -> None:
                      "seconds": {s: round(v, 1) for s, v in seconds.items()},
                      "member_flips_per_class": {m: flips[i].tolist() for i, m in enumerate(member_names)}
                      if "ours" in sides else {},
+                     "member_seconds": {m: round(v, 1) for m, v in member_seconds.items()} if "ours" in sides else {},
+                     "member_points": member_points if "ours" in sides else {},
                      "curves_robust_at_eps": {k: v.tolist() for k, v in curves.items() if not k.endswith("seconds")},
                      "curves_seconds": {k: round(v, 1) for k, v in curves.items() if k.endswith("seconds")}})
-    record = {"checkpoint": args.checkpoint, "eps": eps, "limit": args.limit, "batch_size": args.batch_size,
+    record = {"unit_cost_us": unit_costs(model, test, min(args.batch_size, args.limit)),
+              "checkpoint": args.checkpoint, "eps": eps, "limit": args.limit, "batch_size": args.batch_size,
               "classes": classes, "n_per_class": n_per_class.tolist(), "precision": "fp32",
               "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
               "torch": torch.__version__, "runs": runs}

@@ -51,8 +51,22 @@ def test_autoattack_benchmark_table_matches_its_results():
     script = _load(ROOT / "benchmarks" / "autoattack_speed.py")
     records = sorted((ROOT / "benchmarks" / "results").glob("autoattack_1000_seed*.json"))
     assert records
-    table = script.render([json.loads(p.read_text()) for p in records])
-    assert _block(ROOT / "benchmarks" / "README.md", "autoattack-speed") == table.strip()
+    loaded = [json.loads(p.read_text()) for p in records]
+    assert _block(ROOT / "benchmarks" / "README.md", "autoattack-speed") == script.render(loaded).strip()
+    if any("unit_cost_us" in r for r in loaded):  # records with the members' times
+        assert _block(ROOT / "benchmarks" / "README.md", "autoattack-members") == script.render_members(loaded).strip()
+
+
+def test_autoattack_member_times_against_the_models_own_cost():
+    script = _load(ROOT / "benchmarks" / "autoattack_speed.py")
+    record = {"unit_cost_us": {"forward": 200.0, "forward_gradient": 500.0}, "n_per_class": [5, 5],
+              "runs": [{"seed": 0, "member_seconds": {"apgd-ce": 0.5, "apgd-t": 3.6, "fab-t": 0.0, "square": 8.0},
+                        "member_points": {"apgd-ce": 10, "apgd-t": 8, "fab-t": 0, "square": 8}}]}
+    rows = script.render_members([record, {"runs": []}]).splitlines()[2:]  # a record without times adds nothing
+    assert rows[0] == "| 10 | 0 | apgd-ce | 10 | 0 | 50 | 100 | 50 |"  # 100 gradients x 0.5 ms
+    assert rows[1] == "| 10 | 0 | apgd-t | 8 | 4 | 450 | 900 | 450 |"
+    assert rows[2] == "| 10 | 0 | fab-t | 0 | 0 |  | 900 | 630 |"  # never reached: no per-point time
+    assert rows[3] == "| 10 | 0 | square | 8 | 8 | 1000 | 5000 | 1000 |"
 
 
 def test_lever_screen_table_matches_its_results():

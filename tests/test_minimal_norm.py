@@ -222,6 +222,13 @@ def test_autoattack_with_fab_t_is_the_per_point_worst_case(at_fmnist_model, poin
     robust_aa = robust(at_fmnist_model, aa(x, y), y)
     members = [robust(at_fmnist_model, atk(x, y), y) for atk in aa.attacks.values()]
     assert torch.equal(robust_aa, torch.stack(members).all(dim=0))
+    # where the time goes: each member's points are those every earlier member failed on
+    _, breaker = aa.cascade(x, y)
+    expected = len(x)
+    for i, name in enumerate(aa.attacks):
+        assert aa.member_points[name] == expected and aa.member_seconds[name] >= 0
+        expected -= int((breaker == i).sum())
+    assert sum(aa.member_seconds.values()) > 0
 
 
 # -- records, curves ---------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ Deviations of the members themselves from the reference are listed in docs/attac
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -54,6 +55,8 @@ class AutoAttack(Attack):
         self.deviations = [f"{key} {value}" for key, value in settings.items() if value != STANDARD[key]
                            and (key != "eot" or version == "rand")]
         common = dict(eps=eps, norm=norm, seed=seed, precision=precision, mode="best")
+        self.member_seconds: dict[str, float] = {}  # filled by each cascade() call
+        self.member_points: dict[str, int] = {}
         if version == "rand":
             self.attacks: dict[str, Attack] = {
                 "apgd-ce": APGD(model, steps=steps, loss="ce", eot=eot, **common),
@@ -84,16 +87,23 @@ class AutoAttack(Attack):
     def cascade(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the members in order on the points still robust. Returns (x_adv, breaker): breaker
         (N,) int64 is the index (in ``self.attacks``) of the member that broke each point, -1 where
-        none did: the members' marginal contributions."""
+        none did: the members' marginal contributions. ``self.member_seconds`` then holds each
+        member's wall time in this call and ``self.member_points`` how many points it attacked
+        (0 for a member never reached): where the cascade spends its time."""
+        self.member_seconds = dict.fromkeys(self.attacks, 0.0)
+        self.member_points = dict.fromkeys(self.attacks, 0)
         out = x.clone()
         breaker = torch.full((len(x),), -1, dtype=torch.long, device=x.device)
         todo = torch.arange(len(x), device=x.device)
-        for i, attack in enumerate(self.attacks.values()):
+        for i, (name, attack) in enumerate(self.attacks.items()):
             if len(todo) == 0:
                 break
+            start = time.perf_counter()
             x_adv = attack(x[todo], y[todo])
             fooled = self.fooled(x_adv, y[todo])
             out[todo[fooled]] = x_adv[fooled]
             breaker[todo[fooled]] = i
-            todo = todo[~fooled]
+            self.member_points[name] = len(todo)
+            todo = todo[~fooled]  # boolean indexing waits for the device: the time below is complete
+            self.member_seconds[name] = time.perf_counter() - start
         return out, breaker
