@@ -13,7 +13,7 @@ from classrobust.analysis.consistency import (ablation_per_class, attack_consist
                                               gain_attribution_seeds, rank_correlations, weight_norm_correlation)
 from classrobust.analysis.methods import compare_methods, per_class_differences
 from classrobust.analysis.stats import (disparity_seeds_table, holm, paired_seed_test, per_class_table,
-                                        wilson_interval)
+                                        seed_tests_by_class, wilson_interval)
 from classrobust.results import CLEAN, ClasswiseResult
 
 
@@ -162,17 +162,14 @@ def temperature_tables(entry: dict, runs: pd.DataFrame, results: dict[str, Class
     per_run = pd.DataFrame(per_run)
     for dataset, g in per_run.groupby("dataset", sort=False):
         for method, h in [("all methods", g), *g.groupby("method", sort=False)]:
-            block = []
-            for cls, by_class in h.groupby("class_name", sort=False):
-                test = paired_seed_test((by_class["temp_pgd"] - by_class["pgd"]).to_numpy(), alternative="less")
-                block.append({"dataset": dataset, "methods": method, "class_name": cls, "runs": test["seeds"],
-                              "pgd": float(by_class["pgd"].mean()), "temp_pgd": float(by_class["temp_pgd"].mean()),
-                              **{f"diff_{k}": test[k] for k in ("mean", "low", "high", "t_p", "perm_p")},
-                              "perm_floor": test["perm_floor"], "alternative": test["alternative"]})
-            table = pd.DataFrame(block)
-            classes = table["class_name"] != "all"
-            table["perm_p_holm"] = np.nan
-            table.loc[classes, "perm_p_holm"] = holm(table.loc[classes, "diff_perm_p"].to_numpy())
+            groups = dict(list(h.groupby("class_name", sort=False)))
+            table = seed_tests_by_class({cls: (g_["temp_pgd"] - g_["pgd"]).to_numpy() for cls, g_ in groups.items()},
+                                        alternative="less", overall="all")
+            table.rename(columns={"seeds": "runs"}, inplace=True)
+            table.insert(0, "methods", method)
+            table.insert(0, "dataset", dataset)
+            table.insert(4, "pgd", [float(g_["pgd"].mean()) for g_ in groups.values()])
+            table.insert(5, "temp_pgd", [float(g_["temp_pgd"].mean()) for g_ in groups.values()])
             seeds_rows.append(table)
         chosen_runs = [results[k] for k in keyed["key"][keyed["dataset"] == dataset]]
         gain_rows.append({"dataset": dataset, "temperature": chosen,

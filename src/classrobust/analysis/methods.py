@@ -12,7 +12,7 @@ import pandas as pd
 from scipy import stats
 
 from classrobust.analysis.consistency import discordant_pairs, mcnemar_exact
-from classrobust.analysis.stats import holm, paired_seed_test, wilson_interval
+from classrobust.analysis.stats import holm, paired_seed_test, seed_tests_by_class, wilson_interval
 
 
 def seed_interval(values, confidence: float = 0.95, bounds: tuple[float, float] = (0.0, 1.0),
@@ -139,15 +139,13 @@ def per_class_differences(results: Mapping[tuple[str, int], object], baseline: s
                 continue
             acc = {m: np.array([results[(m, s)].attacks[attack].accuracy_per_class for s in paired])
                    for m in (method, baseline)}
-            block = []
-            for k, cls in enumerate(results[(method, paired[0])].classes):
-                test = paired_seed_test(acc[method][:, k] - acc[baseline][:, k])
-                block.append({"method": method, "attack": attack, "class_index": k, "class_name": cls,
-                              "seeds": len(paired), "baseline": float(acc[baseline][:, k].mean()),
-                              "method_accuracy": float(acc[method][:, k].mean()),
-                              **{f"diff_{key}": test[key] for key in ("mean", "low", "high", "t_p", "perm_p")},
-                              "perm_floor": test["perm_floor"]})
-            table = pd.DataFrame(block)
-            table["perm_p_holm"] = holm(table["diff_perm_p"].to_numpy())
+            classes = results[(method, paired[0])].classes
+            table = seed_tests_by_class({cls: acc[method][:, k] - acc[baseline][:, k] for k, cls in enumerate(classes)}
+                                        ).drop(columns="alternative")  # always two-sided here
+            table.insert(0, "class_index", range(len(classes)))
+            table.insert(0, "attack", attack)
+            table.insert(0, "method", method)
+            table.insert(5, "baseline", acc[baseline].mean(axis=0))
+            table.insert(6, "method_accuracy", acc[method].mean(axis=0))
             rows.append(table)
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()

@@ -217,6 +217,26 @@ def paired_seed_test(differences, confidence: float = 0.95, alternative: str = "
     return out
 
 
+def seed_tests_by_class(differences: dict[str, np.ndarray], alternative: str = "two-sided",
+                        overall: str | None = None) -> pd.DataFrame:
+    """:func:`paired_seed_test` for each class: ``differences`` maps a class name to its per-seed
+    differences (one per training run). One row per class with ``diff_mean``, ``diff_low``,
+    ``diff_high``, ``diff_t_p``, ``diff_perm_p``, ``perm_floor``, ``alternative`` and
+    ``perm_p_holm``, Holm over the classes; the row named ``overall`` (the whole test subset, when
+    given) is reported but not part of the family."""
+    rows = []
+    for cls, values in differences.items():
+        test = paired_seed_test(values, alternative=alternative)
+        rows.append({"class_name": cls, "seeds": test["seeds"],
+                     **{f"diff_{key}": test[key] for key in ("mean", "low", "high", "t_p", "perm_p")},
+                     "perm_floor": test["perm_floor"], "alternative": test["alternative"]})
+    table = pd.DataFrame(rows)
+    family = (table["class_name"] != overall).to_numpy()
+    table["perm_p_holm"] = np.nan
+    table.loc[family, "perm_p_holm"] = holm(table.loc[family, "diff_perm_p"].to_numpy())
+    return table
+
+
 def bootstrap_disparity_seeds(correct: np.ndarray, n: np.ndarray, reps: int = 2000, confidence: float = 0.95,
                               seed: int = 0) -> dict[str, tuple[float, float]]:
     """Two-level percentile intervals of :func:`disparity` over training runs: each replicate draws
