@@ -10,6 +10,8 @@ fp32 forward pass here). Writes per-class robust counts, times and our members' 
     python benchmarks/autoattack_speed.py --limit 1000 --seeds 0,1 --sides ours,torchattacks
     python benchmarks/autoattack_speed.py --limit 500 --sides ours,reference  # pip install pyautoattack --no-deps
 
+``--out`` is rewritten after every batch: run the same command again after a kill and it resumes.
+
 ``reference`` is ``pyautoattack`` (PyPI), a packaging of fra31/auto-attack whose attack files differ
 from the repository's only in import lines (checked by diff on 2026-11-27).
 """
@@ -108,86 +110,96 @@ def main() -> None:
         if any("unit_cost_us" in r for r in records):
             print("\n" + render_members(records))
         return
+    measure(args)
+
+
+def measure(args) -> None:
+    """Run the sides seed by seed, batch by batch; ``--out`` is rewritten after every batch, so a
+    killed run resumes from its finished batches (with the same settings) and never mixes settings."""
     model, meta = load_checkpoint(args.checkpoint)
     model.eval()
     eps = float(meta.get("eps", 0.1))
     test = stratified_subset(get_dataset(meta["dataset"], "test"), args.limit, seed=0)
     classes = list(test.classes)
     sides = args.sides.split(",")
-    runs = []
-    for seed in (int(s) for s in args.seeds.split(",")):
-        counts = {s: np.zeros(len(classes), dtype=int) for s in sides}
-        seconds = dict.fromkeys(sides, 0.0)
-        ours = AutoAttack(model, eps=eps, seed=seed)
-        member_names = list(ours.attacks)
-        flips = np.zeros((len(member_names), len(classes)), dtype=int)
-        member_seconds = dict.fromkeys(member_names, 0.0)
-        member_points = dict.fromkeys(member_names, 0)
-        n_per_class = np.zeros(len(classes), dtype=int)
-        curves = {}
-        for x, y in make_loader(test, args.batch_size):
-            n_per_class += np.bincount(y.numpy(), minlength=len(classes))
-            with torch.no_grad():
-                clean_ok = model(x).argmax(1) == y
-            for side in sides:
-                t0 = time.perf_counter()
-                if side == "ours":
-                    x_adv = x.clone()
-                    x_adv[clean_ok], breaker = ours.cascade(x[clean_ok], y[clean_ok])
-                    for i, name in enumerate(member_names):
-                        flips[i] += np.bincount(y[clean_ok][breaker == i].numpy(), minlength=len(classes))
-                        member_seconds[name] += ours.member_seconds[name]
-                        member_points[name] += ours.member_points[name]
-                elif side == "torchattacks":
-                    import torchattacks
-
-                    x_adv = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard",
-                                                    n_classes=len(classes), seed=seed)(x, y)
-                elif side == "reference":
-                    import logging
-
-                    from pyautoattack import AutoAttack as Reference
-
-                    logging.getLogger("auto-attack").setLevel(logging.WARNING)
-                    ref = Reference(model, device="cpu", eps=eps, norm="Linf", seed=seed, version="standard")
-                    x_adv, _ = ref.run_standard_evaluation(x, y, batch_size=len(x))  # (x_adv, y_adv)
-                elif side == "curves":
-                    d = {}
-                    for cls in (FMN,):  # untargeted FAB needs one gradient per class per step: too slow here
-                        t1 = time.perf_counter()
-                        d[cls.__name__] = cls(model, eps=eps, seed=seed).minimal(x[clean_ok], y[clean_ok])[1]
-                        curves.setdefault(cls.__name__ + "_seconds", 0.0)
-                        curves[cls.__name__ + "_seconds"] += time.perf_counter() - t1
-                    x_adv = x
-                    for name, dist in d.items():
-                        robust = np.zeros(len(classes), dtype=int)
-                        np.add.at(robust, y[clean_ok][dist > eps].numpy(), 1)
-                        curves.setdefault(name, np.zeros(len(classes), dtype=int))
-                        curves[name] += robust
-                seconds[side] += time.perf_counter() - t0
-                if side != "curves":
-                    with torch.no_grad():
-                        robust = clean_ok & (model(x_adv).argmax(1) == y)
-                    counts[side] += np.bincount(y[robust].numpy(), minlength=len(classes))
-            print(f"seed {seed}, {int(n_per_class.sum())} images: "
-                  + ", ".join(f"{s} {seconds[s]:.0f} s" for s in sides), flush=True)
-        runs.append({"seed": seed, "robust_per_class": {s: counts[s].tolist() for s in sides if s != "curves"},
-                     "seconds": {s: round(v, 1) for s, v in seconds.items()},
-                     "member_flips_per_class": {m: flips[i].tolist() for i, m in enumerate(member_names)}
-                     if "ours" in sides else {},
-                     "member_seconds": {m: round(v, 1) for m, v in member_seconds.items()} if "ours" in sides else {},
-                     "member_points": member_points if "ours" in sides else {},
-                     "curves_robust_at_eps": {k: v.tolist() for k, v in curves.items() if not k.endswith("seconds")},
-                     "curves_seconds": {k: round(v, 1) for k, v in curves.items() if k.endswith("seconds")}})
-    record = {"unit_cost_us": unit_costs(model, test, min(args.batch_size, args.limit)),
-              "checkpoint": args.checkpoint, "eps": eps, "limit": args.limit, "batch_size": args.batch_size,
-              "classes": classes, "n_per_class": n_per_class.tolist(), "precision": "fp32",
-              "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-              "torch": torch.__version__, "runs": runs}
+    k = len(classes)
+    settings = {"checkpoint": args.checkpoint, "eps": eps, "limit": args.limit, "batch_size": args.batch_size,
+                "sides": sides}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=1))
+    record = json.loads(out.read_text()) if out.is_file() else None
+    if record is not None and {key: record.get(key) for key in settings} != settings:
+        raise SystemExit(f"{out} holds a run with other settings; choose another --out")
+    if record is None:
+        record = {**settings, "unit_cost_us": unit_costs(model, test, min(args.batch_size, args.limit)),
+                  "classes": classes, "n_per_class": np.bincount(test.targets.numpy(), minlength=k).tolist(),
+                  "precision": "fp32",
+                  "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+                  "torch": torch.__version__, "runs": []}
+    members = list(AutoAttack(model, eps=eps).attacks)
+    for seed in (int(s) for s in args.seeds.split(",")):
+        run = next((r for r in record["runs"] if r["seed"] == seed), None)
+        if run is None:
+            run = {"seed": seed, "batches_done": 0, "robust_per_class": {s: [0] * k for s in sides if s != "curves"},
+                   "seconds": dict.fromkeys(sides, 0.0)}
+            if "ours" in sides:
+                run.update(member_flips_per_class={m: [0] * k for m in members},
+                           member_seconds=dict.fromkeys(members, 0.0), member_points=dict.fromkeys(members, 0))
+            if "curves" in sides:
+                run.update(curves_robust_at_eps={"FMN": [0] * k}, curves_seconds={"FMN_seconds": 0.0})
+            record["runs"].append(run)
+        ours = AutoAttack(model, eps=eps, seed=seed)
+        for b, (x, y) in enumerate(make_loader(test, args.batch_size)):
+            if b < run["batches_done"]:
+                continue
+            run_batch(run, model, ours, x, y, eps, seed, sides, k)
+            run["batches_done"] = b + 1
+            out.parent.mkdir(parents=True, exist_ok=True)
+            partial = out.with_name(out.name + ".partial")  # a kill while writing leaves the last record whole
+            partial.write_text(json.dumps(record, indent=1))
+            partial.replace(out)
+            print(f"seed {seed}, batch {b + 1}: " + ", ".join(f"{s} {run['seconds'][s]:.0f} s" for s in sides), flush=True)
     print(f"wrote {out}")
+
+
+def run_batch(run: dict, model, ours: AutoAttack, x, y, eps: float, seed: int, sides: list[str], k: int) -> None:
+    """Every side on one batch, in turn; adds its counts and seconds to ``run``."""
+    def add(target: list, labels) -> None:
+        for c, v in enumerate(np.bincount(labels.numpy(), minlength=k)):
+            target[c] += int(v)
+
+    with torch.no_grad():
+        clean_ok = model(x).argmax(1) == y
+    for side in sides:
+        t0 = time.perf_counter()
+        if side == "ours":
+            x_adv = x.clone()
+            x_adv[clean_ok], breaker = ours.cascade(x[clean_ok], y[clean_ok])
+            for i, name in enumerate(ours.attacks):
+                add(run["member_flips_per_class"][name], y[clean_ok][breaker == i])
+                run["member_seconds"][name] = round(run["member_seconds"][name] + ours.member_seconds[name], 1)
+                run["member_points"][name] += ours.member_points[name]
+        elif side == "torchattacks":
+            import torchattacks
+
+            x_adv = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=k, seed=seed)(x, y)
+        elif side == "reference":
+            import logging
+
+            from pyautoattack import AutoAttack as Reference
+
+            logging.getLogger("auto-attack").setLevel(logging.WARNING)
+            ref = Reference(model, device="cpu", eps=eps, norm="Linf", seed=seed, version="standard")
+            x_adv, _ = ref.run_standard_evaluation(x, y, batch_size=len(x))  # (x_adv, y_adv)
+        elif side == "curves":  # untargeted FAB needs one gradient per class per step: too slow here
+            dist = FMN(model, eps=eps, seed=seed).minimal(x[clean_ok], y[clean_ok])[1]
+            add(run["curves_robust_at_eps"]["FMN"], y[clean_ok][dist > eps])
+            run["curves_seconds"]["FMN_seconds"] = round(run["curves_seconds"]["FMN_seconds"]
+                                                         + time.perf_counter() - t0, 1)
+        run["seconds"][side] = round(run["seconds"][side] + time.perf_counter() - t0, 1)
+        if side != "curves":
+            with torch.no_grad():
+                robust = clean_ok & (model(x_adv).argmax(1) == y)
+            add(run["robust_per_class"][side], y[robust])
 
 
 if __name__ == "__main__":
