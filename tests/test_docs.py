@@ -142,6 +142,12 @@ def test_seed_level_defense_table_matches_the_committed_per_class_results():
     module = _load(ROOT / "scripts" / "seed_table.py")
     table = module.seed_table(pd.read_csv(ROOT / "docs/results/quick-defenses/per_class.csv"), "pgd-at", "Shirt")
     assert _block(ROOT / "docs" / "defenses.md", "defenses-by-seed") == to_markdown(table).strip()
+    methods = pd.read_csv(ROOT / "docs/results/quick-defenses/methods.csv")
+    for attack in ("clean", "pgd", "autoattack"):
+        shown = to_markdown(module.methods_table(methods, attack)).strip()
+        assert _block(ROOT / "docs" / "defenses.md", f"defenses-methods-{attack}") == shown
+    # a zero-width interval is not printed as one
+    assert "[0.0, 0.0]" not in _block(ROOT / "docs" / "defenses.md", "defenses-methods-autoattack")
     reweight = table.set_index(["attack", "method"]).loc[("autoattack", "reweight")]
     assert reweight["Shirt: per seed"] == "+15.0, +4.0, +1.0"  # the numbers the prose quotes
     assert "t p 0.26" in reweight["Shirt: mean"] and "sign-flip p 0.25" in reweight["Shirt: mean"]
