@@ -151,3 +151,12 @@ def test_seed_level_defense_table_matches_the_committed_per_class_results():
     reweight = table.set_index(["attack", "method"]).loc[("autoattack", "reweight")]
     assert reweight["Shirt: per seed"] == "+15.0, +4.0, +1.0"  # the numbers the prose quotes
     assert "t p 0.26" in reweight["Shirt: mean"] and "sign-flip p 0.25" in reweight["Shirt: mean"]
+
+
+def test_seed_pair_summary_matches_the_committed_comparison():
+    from classrobust.report.markdown import to_markdown
+
+    module = _load(ROOT / "scripts" / "pair_summary.py")
+    comparison, ranks = module.markdown_tables((ROOT / "docs/results/demo_seed0_vs_seed1.md").read_text())[:2]
+    table = module.pair_summary(comparison, ranks, "Shirt")
+    assert _block(ROOT / "docs" / "seeds.md", "seeds-pair") == to_markdown(table).strip()
