@@ -108,6 +108,48 @@ def test_attacked_into(synthetic_result):
     assert pairs["share_of_flips"].sum() == pytest.approx(1.0)
 
 
+def test_destinations_pooled_over_runs(synthetic_result):
+    from classrobust.analysis.confusion import pooled_destinations
+
+    # a second run: class c's two flips go to b instead of a, and a third class-c point flips to b
+    labels = synthetic_result.labels
+    strong = synthetic_result.attacks["strong"].predictions.copy()
+    strong[[8, 9, 10]] = 1
+    other = ClasswiseResult(["a", "b", "c"], np.arange(12), labels,
+                            {"clean": synthetic_result.attacks["clean"], "strong": AttackResult("strong", labels, strong, 3)})
+    pooled = pooled_destinations([synthetic_result, other], "strong", top=2).set_index("class_name")
+    # c: 2 into a (first run) + 3 into b (second run): b on top with 3 of 5, the first run disagrees
+    assert pooled.loc["c", "fooled"] == 5 and pooled.loc["c", "into_1"] == "b"
+    assert pooled.loc["c", "share_1"] == pytest.approx(0.6) and pooled.loc["c", "into_2"] == "a"
+    assert (pooled.loc["c", "runs"], pooled.loc["c", "runs_same_top"]) == (2, 1)
+    # a: one flip into b in each run
+    assert pooled.loc["a", "fooled"] == 2 and (pooled.loc["a", "runs"], pooled.loc["a", "runs_same_top"]) == (2, 2)
+    # one run alone is top_destinations plus the two counts
+    alone = pooled_destinations([synthetic_result], "strong", top=2)
+    top = top_destinations(synthetic_result, "strong", top=2)
+    assert alone.drop(columns=["runs", "runs_same_top"]).equals(top)
+
+
+def test_weight_norms_over_seeds():
+    import pandas as pd
+
+    from classrobust.analysis.experiment import weight_norms_over_seeds
+
+    spearman = [0.6, 0.7, 0.65, 0.8, 0.55]
+    partial = [-0.1, 0.2, -0.3, 0.1, -0.2]
+    norms = pd.DataFrame({"dataset": "d", "method": "m", "attack": "pgd", "seed": range(5), "spearman": spearman,
+                          "spearman_p": [0.04, 0.01, 0.06, 0.001, 0.1], "spearman_p_holm": [1, 0.2, 1, 0.03, 1],
+                          "partial_spearman": partial, "partial_spearman_p": 0.5, "partial_spearman_p_holm": 1.0})
+    row = weight_norms_over_seeds(norms).iloc[0]
+    assert row["seeds"] == 5 and row["spearman_mean"] == pytest.approx(np.mean(spearman))
+    assert (row["spearman_min"], row["spearman_max"]) == (0.55, 0.8)
+    assert (row["spearman_runs_p05"], row["spearman_runs_p05_holm"]) == (3, 1)
+    # positive in every run: the one-sided sign-flip test's floor, 1/2^5
+    assert row["spearman_perm_p"] == pytest.approx(1 / 32) and row["spearman_t_p"] < 0.001
+    # mixed signs: no evidence for a positive partial correlation
+    assert row["partial_spearman_perm_p"] > 0.3 and row["partial_spearman_runs_p05"] == 0
+
+
 def test_gain_attribution(synthetic_result):
     gains = gain_attribution(synthetic_result, k_vulnerable=1)
     rungs = gains.groupby(["from", "to"], sort=False)

@@ -26,15 +26,32 @@ def row_normalised(matrix: np.ndarray) -> np.ndarray:
 def top_destinations(result, attack: str, top: int = 3) -> pd.DataFrame:
     """For each class: its fooled count and the ``top`` classes its adversarial examples land in,
     with the share of the class's fooled examples each takes."""
-    into = attacked_into(result, attack)
+    return _destinations(attacked_into(result, attack), result.classes, attack, top)
+
+
+def pooled_destinations(results: list, attack: str, top: int = 3) -> pd.DataFrame:
+    """:func:`top_destinations` over several runs (e.g. the seeds of one method): the attacked-into
+    counts summed over the runs, plus ``runs`` (how many had a fooled point of the class) and
+    ``runs_same_top`` (how many of those sent most of the class's points to the pooled top class):
+    whether the destination is a property of the recipe or of one training run."""
+    matrices = [attacked_into(r, attack) for r in results]
+    table = _destinations(np.sum(matrices, axis=0), results[0].classes, attack, top)
+    pooled_top = [results[0].classes.index(c) if c else -1 for c in table["into_1"]]
+    table["runs"] = [sum(int(m[i].sum() > 0) for m in matrices) for i in range(len(table))]
+    table["runs_same_top"] = [sum(int(m[i].sum() > 0 and np.argmax(m[i]) == j) for m in matrices)
+                              for i, j in enumerate(pooled_top)]
+    return table
+
+
+def _destinations(into: np.ndarray, classes, attack: str, top: int) -> pd.DataFrame:
     rows = []
-    for i, cls in enumerate(result.classes):
+    for i, cls in enumerate(classes):
         fooled = int(into[i].sum())
         order = np.argsort(-into[i], kind="stable")[:top]
         row = {"attack": attack, "class_name": cls, "fooled": fooled}
         for r, j in enumerate(order, 1):
             share = into[i, j] / fooled if fooled else 0.0
-            row[f"into_{r}"] = result.classes[j] if into[i, j] else ""
+            row[f"into_{r}"] = classes[j] if into[i, j] else ""
             row[f"share_{r}"] = float(share)
         row[f"top{top}_share"] = float(into[i, order].sum() / fooled) if fooled else float("nan")
         rows.append(row)

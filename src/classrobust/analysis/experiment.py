@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from classrobust.analysis.confusion import top_destinations
+from classrobust.analysis.confusion import pooled_destinations, top_destinations
 from classrobust.analysis.consistency import (ablation_per_class, attack_consistency, confused_class_ablation,
                                               discordant_pairs, gain_attribution, mcnemar_exact,
                                               gain_attribution_seeds, rank_correlations, weight_norm_correlation)
@@ -43,12 +43,14 @@ def validation_target(baseline_runs: list[ClasswiseResult]) -> int | None:
 
 
 def seed_level_tables(runs: pd.DataFrame, results: dict[str, ClasswiseResult],
-                      k_vulnerable: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
+                      k_vulnerable: int = 3) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Per (dataset, method): the across-class disparity under every attack with two-level
-    (seeds, then test points) intervals, and the stronger-attack gain attribution pooled over
-    seeds with both denominators (:func:`gain_attribution_seeds`). The vulnerable classes are the
-    ``k_vulnerable`` lowest under the weaker attack of each step, averaged over seeds."""
-    disparity, gains = [], []
+    (seeds, then test points) intervals; the stronger-attack gain attribution pooled over
+    seeds with both denominators (:func:`gain_attribution_seeds`; the vulnerable classes are the
+    ``k_vulnerable`` lowest under the weaker attack of each step, averaged over seeds); and where
+    each class's flipped points land under every attack, pooled over seeds
+    (:func:`~classrobust.analysis.confusion.pooled_destinations`)."""
+    disparity, gains, into = [], [], []
     for (dataset, method), group in runs.groupby(["dataset", "method"], sort=False):
         seeds = [results[k] for k in group["key"]]
         ids = {"dataset": dataset, "method": method}
@@ -58,6 +60,7 @@ def seed_level_tables(runs: pd.DataFrame, results: dict[str, ClasswiseResult],
             n = np.array([r.attacks[name].n_per_class for r in seeds])
             disparity.append({**ids, "attack": name, **disparity_seeds_table(correct, n)})
         attacks = [a for a in first.attacks if a != CLEAN]
+        into += [pooled_destinations(seeds, name).assign(**ids, seeds=len(seeds)) for name in attacks]
         ladder = sorted(attacks, key=lambda a: -np.mean([r.attacks[a].accuracy for r in seeds]))
         steps = [(a, b, "rung") for a, b in zip(ladder, ladder[1:])]
         if len(ladder) >= 3:
@@ -65,7 +68,34 @@ def seed_level_tables(runs: pd.DataFrame, results: dict[str, ClasswiseResult],
         for lower, upper, kind in steps:
             gains.append({**ids, "step": kind, "from": lower, "to": upper,
                           **pooled_gain(seeds, lower, upper, k_vulnerable)})
-    return pd.DataFrame(disparity), pd.DataFrame(gains)
+    return (pd.DataFrame(disparity), pd.DataFrame(gains),
+            pd.concat(into, ignore_index=True) if into else pd.DataFrame())
+
+
+def weight_norms_over_seeds(norms: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, method, attack): the per-run correlations of the classifier's per-class weight
+    norms with per-class accuracy, summarised with the training run as the unit: the mean, lowest
+    and highest Spearman and partial Spearman (controlling for clean accuracy) over seeds, how many
+    runs reach p < 0.05 on their own (uncorrected, and Holm over every run's tests), and the
+    sign-flip and t tests of "the correlation is positive" across seeds, one-sided: the paper's
+    direction (larger norms, more robust classes), fixed before the runs. ``*_perm_p_holm`` and
+    ``*_t_p_holm``: Holm over the table's sign-flip tests, and over its t-tests."""
+    if not len(norms):
+        return pd.DataFrame()
+    rows = []
+    for (dataset, method, attack), g in norms.groupby(["dataset", "method", "attack"], sort=False):
+        row = {"dataset": dataset, "method": method, "attack": attack, "seeds": len(g)}
+        for column in ("spearman", "partial_spearman"):
+            values = g[column].dropna().to_numpy(dtype=float)
+            test = paired_seed_test(values, alternative="greater")
+            row.update({f"{column}_mean": test["mean"], f"{column}_min": values.min() if len(values) else np.nan,
+                        f"{column}_max": values.max() if len(values) else np.nan,
+                        f"{column}_runs_p05": int((g[f"{column}_p"] < 0.05).sum()),
+                        f"{column}_runs_p05_holm": int((g[f"{column}_p_holm"] < 0.05).sum()),
+                        f"{column}_t_p": test["t_p"], f"{column}_perm_p": test["perm_p"]})
+        rows.append(row)
+    table = _holm_columns(pd.DataFrame(rows), ["spearman_perm_p", "partial_spearman_perm_p"])
+    return _holm_columns(table, ["spearman_t_p", "partial_spearman_t_p"])  # a family of its own
 
 
 def pooled_gain(runs: list[ClasswiseResult], lower: str, upper: str, k_vulnerable: int = 3) -> dict:
@@ -248,13 +278,14 @@ def experiment_tables(index: dict, results: dict[str, ClasswiseResult],
                                                                                                baseline]]),
                                            alternatives=index.get("compare")).assign(dataset=dataset))
         class_diffs.append(per_class_differences(keyed, baseline, names).assign(dataset=dataset))
-    disparity_seeds, gain_seeds = seed_level_tables(runs, results)
+    disparity_seeds, gain_seeds, into_seeds = seed_level_tables(runs, results)
+    norms = _holm_columns(pd.DataFrame(norms), ["pearson_p", "spearman_p", "partial_spearman_p"])
     cat = lambda frames: pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()  # noqa: E731
     return {"methods": cat(comparisons), "methods_per_class": cat(class_diffs), "disparity_seeds": disparity_seeds,
             "gain_seeds": gain_seeds, "per_class": cat(per_class), "overview": pd.DataFrame(overview), "attack_consistency": pd.DataFrame(att_cons),
             "defense_consistency": pd.DataFrame(def_cons), "gain_attribution": cat(gains),
-            "weight_norms": _holm_columns(pd.DataFrame(norms), ["pearson_p", "spearman_p", "partial_spearman_p"]),
-            "attacked_into": cat(into), "ablation": ablation,
+            "weight_norms": norms, "weight_norms_seeds": weight_norms_over_seeds(norms),
+            "attacked_into": cat(into), "attacked_into_seeds": into_seeds, "ablation": ablation,
             "ablation_per_class": ablation_classes, "ablation_seeds": ablation_seed_tests(ablation),
             **(temperature_tables(index["temperature"], runs, temperature_results or {})
                if index.get("temperature") else {})}

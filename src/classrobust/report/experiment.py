@@ -257,20 +257,19 @@ def _per_class_sections(out: _Sections, tables):
 
 
 def _attacked_into_section(out: _Sections, tables, strongest):
-    into = tables["attacked_into"]
+    into = tables.get("attacked_into_seeds", pd.DataFrame())
     if len(into):
-        rows = []
-        for dataset, g in into.groupby("dataset", sort=False):
-            g = g[(g.attack == strongest[dataset])]
-            first_run = g[(g.method == g.method.iloc[0]) & (g.seed == g.seed.iloc[0])]
-            rows.append(first_run)
-        shown = pd.concat(rows)[["dataset", "method", "seed", "attack", "class_name", "fooled", "into_1",
-                                 "share_1", "into_2", "share_2", "top3_share"]]
+        shown = pd.concat([g[g.attack == strongest[dataset]] for dataset, g in into.groupby("dataset", sort=False)])
+        shown = shown.assign(same_top=[f"{a} of {b}" for a, b in zip(shown.runs_same_top, shown.runs)])
+        shown = shown[["dataset", "method", "seeds", "attack", "class_name", "fooled", "into_1", "share_1", "into_2",
+                       "share_2", "top3_share", "same_top"]].rename(columns={"same_top": "runs with the same top class"})
         out.section("Where each class's adversarial examples land", "into",
-                    "For the first method and seed under the strongest attack: the two classes receiving most of a "
-                    "class's fooled points, and the share the top three receive (all runs: attacked_into.csv).",
-                    shown, "attacked_into_first", {c: _pct for c in ("share_1", "share_2", "top3_share")})
-
+                    "Per method under the strongest attack, pooled over seeds: each class's flipped points (correct "
+                    "clean, wrong under attack), the two classes receiving most of them and the share the top three "
+                    "receive; 'runs with the same top class': in how many of the runs with a flipped point of that "
+                    "class the largest share went to the pooled top class (ties: the lower class index). Every attack "
+                    "in attacked_into_seeds.csv; every run in attacked_into.csv.",
+                    shown, "attacked_into_pooled", {c: _pct for c in ("share_1", "share_2", "top3_share")})
 
 
 def _consistency_sections(out: _Sections, tables, strongest):
@@ -345,15 +344,40 @@ def _disparity_seeds_section(out: _Sections, tables):
 
 
 def _weight_norm_section(out: _Sections, tables):
-    norms = tables["weight_norms"]
-    if len(norms):
+    summary = tables.get("weight_norms_seeds", pd.DataFrame())
+    if len(summary):
+        def spread(mean, low, high):
+            return "" if pd.isna(mean) else f"{mean:.2f} [{low:.2f}, {high:.2f}]"
+
+        def tested(t_p, t_holm, perm_p, perm_holm):
+            if pd.isna(perm_p):
+                return ""
+            t = "" if pd.isna(t_p) else f"t p {t_p:.2g} (Holm {t_holm:.2g}), "
+            return f"{t}sign-flip p {perm_p:.2g} (Holm {perm_holm:.2g})"
+
+        shown = pd.DataFrame({
+            "dataset": summary.dataset, "method": summary.method, "attack": summary.attack, "seeds": summary.seeds,
+            "Spearman: mean [lowest, highest]": [spread(*v) for v in zip(summary.spearman_mean, summary.spearman_min,
+                                                                          summary.spearman_max)],
+            "runs p < 0.05 (Holm)": [f"{a} ({b})" for a, b in zip(summary.spearman_runs_p05,
+                                                                 summary.spearman_runs_p05_holm)],
+            "> 0 over seeds": [tested(*v) for v in zip(summary.spearman_t_p, summary.spearman_t_p_holm,
+                                                       summary.spearman_perm_p, summary.spearman_perm_p_holm)],
+            "partial (clean held fixed): mean [lowest, highest]": [
+                spread(*v) for v in zip(summary.partial_spearman_mean, summary.partial_spearman_min,
+                                        summary.partial_spearman_max)],
+            "partial > 0 over seeds": [tested(*v) for v in zip(
+                summary.partial_spearman_t_p, summary.partial_spearman_t_p_holm, summary.partial_spearman_perm_p,
+                summary.partial_spearman_perm_p_holm)]})
         out.section("Classifier weight norms against per-class accuracy", "norms",
-                    "Correlation of the final layer's per-class weight norm with each attack's per-class accuracy: "
-                    "Pearson (asymptotic p), Spearman (exact permutation p over the classes), and the partial "
-                    "Spearman correlation controlling for clean accuracy (permutation p): whether the norms say "
-                    "anything about robustness beyond clean accuracy. *_holm: Holm-adjusted over every p-value "
-                    "in this table. With 10 classes each correlation is uncertain.",
-                    norms.round(3), "weight_norms_table")
+                    "Per method and attack, over seeds: the Spearman correlation of the final layer's per-class weight "
+                    "norm with per-class accuracy (mean, lowest and highest run); how many runs reach p < 0.05 on "
+                    "their own (exact permutation p over the classes; in brackets after Holm over every run's "
+                    "tests); the t-test and the exact sign-flip test across seeds that the correlation is positive "
+                    "(one-sided, the paper's direction, fixed before the runs; Holm over this table's t-tests and, "
+                    "separately, its sign-flip tests; with n seeds the sign-flip p cannot go below 1/2^n); and the same for the partial Spearman correlation with clean accuracy held fixed: "
+                    "whether the norms say anything about robustness beyond clean accuracy. Per run, with Pearson: "
+                    "weight_norms.csv.", shown, "weight_norms_seeds_table")
 
 
 def _ablation_section(out: _Sections, tables):
