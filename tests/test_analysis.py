@@ -289,6 +289,16 @@ def test_weight_norm_permutation_p_values_by_enumeration():
                        for p in itertools.permutations(range(7))])
     p, method = permutation_correlation_p(rx, ry)
     assert method == "exact" and p == pytest.approx(by_hand)
+    # untied ranks take a cached null distribution; ties and other values count every permutation
+    # directly: both give the brute-force answer
+    for tied in (False, True):
+        ty = ry.copy()
+        if tied:
+            ty[ty == 2] = 1.5
+            ty[ty == 1] = 1.5
+        direct = np.mean([abs(np.dot(rx - rx.mean(), (ty - ty.mean())[list(q)])) >=
+                          abs(np.dot(rx - rx.mean(), ty - ty.mean())) - 1e-12 for q in itertools.permutations(range(7))])
+        assert permutation_correlation_p(rx, ty)[0] == pytest.approx(direct)
     # above 10 classes: Monte Carlo, close to the asymptotic value for a clear correlation
     big_x = rng.random(40)
     big_y = big_x + rng.normal(0, 0.5, 40)
