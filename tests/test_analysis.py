@@ -393,6 +393,14 @@ def test_gain_attribution_over_seeds_by_hand_and_both_denominators():
     assert fair["excess_over_points_high"] < 1  # fewer robust points in class 0: less to take
 
 
+def test_rounding_level_spread_is_no_spread():
+    from classrobust.analysis.stats import paired_seed_test
+
+    test = paired_seed_test([0.75 - 0.70, 0.80 - 0.75, 0.95 - 0.90])  # 0.05 three times, up to rounding
+    assert test["low"] == test["high"] == test["mean"] and test["t_p"] == 0.0
+    assert test["perm_p"] == pytest.approx(2 / 8)
+
+
 def test_per_class_differences_over_seeds():
     from classrobust.analysis.methods import per_class_differences
 
@@ -411,6 +419,42 @@ def test_per_class_differences_over_seeds():
     assert table.loc["a", "diff_perm_p"] == pytest.approx(2 / 32)  # every seed up: the 5-seed floor
     assert table.loc["b", "diff_mean"] == pytest.approx(-0.04) and table.loc["b", "diff_perm_p"] > 0.2
     assert table.loc["a", "perm_floor"] == pytest.approx(2 / 32)
+
+
+def test_each_baseline_is_compared_with_the_methods_that_name_it(tmp_path):
+    from classrobust.analysis.experiment import experiment_tables
+
+    labels = np.repeat([0, 1], 10)
+    rng = np.random.default_rng(0)
+
+    def result(p_right):
+        attacks = {name: AttackResult(name, labels, np.where(rng.random(20) < p_right, labels, 1 - labels), 2)
+                   for name in ("clean", "pgd")}
+        return ClasswiseResult(["a", "b"], np.arange(20), labels, attacks)
+
+    baselines = {"pgd-at": "pgd-at", "pgd-at+lever": "pgd-at", "trades": "pgd-at", "trades+lever": "trades"}
+    runs, results = [], {}
+    for method, baseline in baselines.items():
+        for seed in (0, 1):
+            key = f"d/{method}/seed{seed}"
+            runs.append({"key": key, "dataset": "d", "method": method, "baseline": baseline, "seed": seed})
+            results[key] = result(0.7)
+    tables = experiment_tables({"runs": runs, "ablation": []}, results)
+    groups = tables["methods"][tables["methods"].attack == "pgd"].groupby("baseline_method", sort=False)["method"]
+    assert {b: list(m) for b, m in groups} == {"pgd-at": ["pgd-at", "pgd-at+lever", "trades"],
+                                              "trades": ["trades", "trades+lever"]}
+    per_class = tables["methods_per_class"]
+    assert set(per_class[per_class.baseline_method == "trades"]["method"]) == {"trades+lever"}
+    # the report names the baseline of each group once a dataset has several
+    from classrobust.report import experiment as report
+
+    sections = report._Sections(report._Page(tmp_path))
+    report._methods_sections(sections, tables)
+    assert [line for line in sections.md if line.startswith("## ")] == [
+        f"## d: methods against {b} under {a}" for b in ("pgd-at", "trades") for a in ("clean", "pgd")]
+    # an index written before baselines existed: every method against the first
+    old = [{k: v for k, v in r.items() if k != "baseline"} for r in runs]
+    assert set(experiment_tables({"runs": old, "ablation": []}, results)["methods"]["baseline_method"]) == {"pgd-at"}
 
 
 def test_ablation_seed_tests_pair_the_confused_and_control_runs_of_each_seed():

@@ -211,6 +211,10 @@ def test_killed_experiment_resumes_half_trained_run(synthetic_env, tmp_path):
      "learning rate must be > 0"),
     ("datasets: [fashion-mnist]\nmethods: [pgd-at]\neval: {attacks: pgd}\n"
      "ablation: {remove_confused_class: {method: trades}}\n", "is not one of the trained methods"),
+    ("datasets: [fashion-mnist]\nmethods: {pgd-at: {}, trades: {baseline: mart}}\neval: {attacks: pgd}\n",
+     "methods.trades.baseline 'mart' is not one of the methods: pgd-at, trades"),
+    ("datasets: [fashion-mnist]\nmethods: {pgd-at: {}, trades: {baseline: trades}}\neval: {attacks: pgd}\n",
+     "methods.trades.baseline: a method cannot be its own baseline"),
     ("datasets: [fashion-mnist]\nmethods: [pgd-at]\neval: {attacks: pgd}\nseed: 3\n", "unknown key(s) seed"),
     ("datasets: [fashion-mnist\n", "not valid YAML"),
     ("datasets: [fashion-mnist]\nmethods: [pgd-at]\neval: {attacks: pgd}\ncompare: {worst: up}\n",

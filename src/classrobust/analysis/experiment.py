@@ -268,16 +268,20 @@ def experiment_tables(index: dict, results: dict[str, ClasswiseResult],
     ablation, ablation_classes = ablation_tables(index["ablation"], results)
     comparisons, class_diffs = [], []
     for dataset, group in runs.groupby("dataset", sort=False):
-        if group["method"].nunique() < 2:
-            continue
-        keyed = {(m, s): results[k] for m, s, k in zip(group["method"], group["seed"], group["key"])}
         names = list(results[group["key"].iloc[0]].attacks)
-        baseline = group["method"].iloc[0]
-        comparisons.append(compare_methods(keyed, baseline, names,
-                                           validation_target([results[k] for k in group["key"][group["method"] ==
-                                                                                               baseline]]),
-                                           alternatives=index.get("compare")).assign(dataset=dataset))
-        class_diffs.append(per_class_differences(keyed, baseline, names).assign(dataset=dataset))
+        # each baseline against the methods that name it (the first method's, for files without any)
+        baseline_of = group["baseline"] if "baseline" in group else pd.Series(group["method"].iloc[0], group.index)
+        for baseline in dict.fromkeys(baseline_of):
+            members = group[(group["method"] == baseline) | (baseline_of == baseline)]
+            members = pd.concat([members[members["method"] == baseline], members[members["method"] != baseline]])
+            if members["method"].nunique() < 2:
+                continue
+            keyed = {(m, s): results[k] for m, s, k in zip(members["method"], members["seed"], members["key"])}
+            target = validation_target([results[k] for k in members["key"][members["method"] == baseline]])
+            ids = {"dataset": dataset, "baseline_method": baseline}
+            comparisons.append(compare_methods(keyed, baseline, names, target,
+                                               alternatives=index.get("compare")).assign(**ids))
+            class_diffs.append(per_class_differences(keyed, baseline, names).assign(**ids))
     disparity_seeds, gain_seeds, into_seeds = seed_level_tables(runs, results)
     norms = _holm_columns(pd.DataFrame(norms), ["pearson_p", "spearman_p", "partial_spearman_p"])
     cat = lambda frames: pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()  # noqa: E731

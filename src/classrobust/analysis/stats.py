@@ -192,6 +192,8 @@ def paired_seed_test(differences, confidence: float = 0.95, alternative: str = "
     if n < 2:
         return out
     sd = d.std(ddof=1)
+    if sd <= 1e-12 * max(1.0, float(np.abs(d).max())):
+        sd = 0.0  # equal differences that differ by rounding (0.75 - 0.70 vs 0.80 - 0.75): no spread, not a t of 1e15
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / np.sqrt(n))
     out["low"], out["high"] = out["mean"] - half, out["mean"] + half
     if sd > 0:

@@ -135,8 +135,11 @@ def _seed_cell(mean, low, high, t_p, perm_p, unit: str = "seed") -> str:
 
 def _methods_sections(out: _Sections, tables):
     mc = tables["methods"]
-    for (dataset, attack), g in (mc.groupby(["dataset", "attack"], sort=False) if len(mc) else []):
-        baseline = g["method"].iloc[0]
+    if len(mc) and "baseline_method" not in mc:
+        mc = mc.assign(baseline_method=mc["method"].iloc[0])
+    for (dataset, baseline, attack), g in (mc.groupby(["dataset", "baseline_method", "attack"], sort=False)
+                                          if len(mc) else []):
+        several = mc[mc.dataset == dataset]["baseline_method"].nunique() > 1
 
         def ci(v, lo, hi):
             return f"{100 * v:.1f}" + ("" if pd.isna(lo) else f" [{100 * lo:.1f}, {100 * hi:.1f}]")
@@ -157,7 +160,8 @@ def _methods_sections(out: _Sections, tables):
                                                                     g.worst_diff_perm_p)],
             "McNemar b/c": [f"{b}/{c}" for b, c in zip(g.mcnemar_b, g.mcnemar_c)],
             "p (Holm)": ["" if pd.isna(p) else f"{p:.3g}" for p in g.mcnemar_p_holm]})
-        out.section(f"{dataset}: methods under {attack}", f"methods-{dataset}-{attack}",
+        against = f" against {baseline}" if several else ""
+        out.section(f"{dataset}: methods{against} under {attack}", f"methods-{dataset}{against.replace(' ', '-')}-{attack}",
                     ("Accuracy (%) of one seed with a 95% Wilson interval over the test points (one seed: no "
                      "interval across seeds); " if one_seed else
                      "Accuracy (%) averaged over seeds with a 95% Student-t interval across seeds; ")
@@ -174,7 +178,7 @@ def _methods_sections(out: _Sections, tables):
                     "'Δ worst, seeds' is the evidence: the per-seed paired difference on that class, its 95% "
                     "t-interval, the paired t-test p and the exact sign-flip permutation p over seeds ("
                     + _alternative_note(g["worst_alternative"].iloc[0] if "worst_alternative" in g else "two-sided")
-                    + ").", shown, f"methods_{dataset}_{attack}")
+                    + ").", shown, f"methods_{dataset}{against.replace(' ', '_')}_{attack}")
 
 
 
@@ -182,7 +186,11 @@ def _per_class_differences_section(out: _Sections, tables):
     diffs = tables["methods_per_class"]
     if not len(diffs) or (diffs["seeds"] < 2).all():
         return
-    for dataset, g in diffs.groupby("dataset", sort=False):
+    if "baseline_method" not in diffs:
+        diffs = diffs.assign(baseline_method="")
+    for (dataset, baseline), g in diffs.groupby(["dataset", "baseline_method"], sort=False):
+        several = diffs[diffs.dataset == dataset]["baseline_method"].nunique() > 1
+        against = f" {baseline}" if several else " the baseline"
         strongest = g.groupby("attack", sort=False)["baseline"].mean().idxmin()
         g = g[g.attack == strongest]
         shown = pd.DataFrame({
@@ -192,11 +200,13 @@ def _per_class_differences_section(out: _Sections, tables):
             "Δ, seeds": [_seed_cell(*v) for v in zip(g.diff_mean, g.diff_low, g.diff_high, g.diff_t_p,
                                                      g.diff_perm_p)],
             "perm p (Holm over classes)": [f"{p:.2g}" for p in g["perm_p_holm"]]})
-        out.section(f"{dataset}: every class against the baseline under {strongest}", f"pcd-{dataset}",
+        out.section(f"{dataset}: every class against{against} under {strongest}",
+                    f"pcd-{dataset}{against.replace(' ', '-') if several else ''}",
                     "Per class: the accuracy (%) averaged over seeds, and the per-seed paired difference against "
                     "the baseline of the same seed with its 95% t-interval, paired t-test p and exact sign-flip p "
                     "(two-sided), Holm-adjusted over the classes of one method. Every attack in "
-                    "methods_per_class.csv.", shown, f"methods_per_class_{dataset}")
+                    "methods_per_class.csv.", shown,
+                    f"methods_per_class_{dataset}{against.replace(' ', '_') if several else ''}")
 
 
 def _alternative_note(alternative: str) -> str:

@@ -223,6 +223,7 @@ def run_experiment(spec: ExperimentSpec | str | Path, *, device: str | None = No
         "name": spec.name, "description": spec.description, "source": str(spec.source),
         "eval": eval_settings(spec),
         "runs": [{"key": r.key, "dataset": r.dataset, "dataset_name": r.dataset_name, "method": r.method,
+                  "baseline": spec.baselines.get(r.method, next(iter(spec.methods))),
                   "seed": r.seed, "dir": str(Path("runs") / r.key)} for r in runs],
         "ablation": [{"base": a["base"].key, "retrained": a["retrained"].key,
                       "dir": str(Path("runs") / a["retrained"].key), "dataset": a["base"].dataset,

@@ -12,7 +12,7 @@
     methods:
       pgd-at: {}
       trades: {beta: 6.0}                          # TrainConfig overrides for this method
-      trades-b1: {method: trades, beta: 1.0}       # an alias of a registry method
+      trades-b1: {method: trades, beta: 1.0, baseline: trades}   # an alias, compared against trades
       pgd-at-cal: {base: pgd-at, calibrate: {max_avg_drop: 1.0}}   # `classrobust calibrate` on pgd-at's runs
     eval: {attacks: "fgsm,pgd:steps=20,autoattack", limit: 2000, subset_seed: per-seed}
     ablation:
@@ -21,6 +21,10 @@
 ``eval.subset_seed: per-seed`` gives every seed its own class-stratified test subset (the subset
 seed is the training seed), so that seeds are independent samples of test points as well as of
 training runs; methods of one seed still share their points (paired tests).
+
+Every method is compared against a baseline: the first method unless its entry names another
+(``baseline: ALIAS``), so one file can hold several baselines each with its own variants (PGD-AT and
+TRADES, each with a class-wise lever); the report compares each group on its own.
 
 Precedence of training settings: ``train`` < the dataset's ``train`` < the method's entry.
 Everything is validated by :func:`load_spec` without touching data (``classrobust experiment --check``).
@@ -111,6 +115,8 @@ class ExperimentSpec:
     compare: dict[str, str] = field(default_factory=dict)
     source: Path | None = None
     runs: tuple[RunSpec, ...] = field(default=())
+    #: method alias -> the alias it is compared against (the first method unless the entry names one)
+    baselines: dict[str, str] = field(default_factory=dict)
 
     @property
     def attack_names(self) -> list[str]:
@@ -224,7 +230,7 @@ def _parse_methods(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
     methods = _mapping(raw.get("methods"), "methods")
     for alias, entry in methods.items():
-        methods[alias] = entry = _mapping(entry, f"methods.{alias}")
+        methods[alias] = entry = {k: v for k, v in _mapping(entry, f"methods.{alias}").items() if k != "baseline"}
         if "-without-" in alias or "/" in alias:
             raise UsageError(f"methods.{alias}: a method alias may not contain '/' or '-without-'")
         if "calibrate" in entry:
@@ -244,6 +250,20 @@ def _parse_methods(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
         _only(set(entry), TRAIN_KEYS | {"method"}, f"methods.{alias}")
         METHODS.get(entry.get("method", alias))
     return methods
+
+
+def _parse_baselines(raw: dict[str, Any], methods: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Each method's baseline: ``baseline: ALIAS`` in its entry, else the first method."""
+    first = next(iter(methods))
+    baselines = {}
+    for alias, entry in _mapping(raw.get("methods"), "methods").items():
+        baseline = entry.get("baseline", first)
+        if baseline not in methods:
+            raise UsageError(f"methods.{alias}.baseline {baseline!r} is not one of the methods: {', '.join(methods)}")
+        if baseline == alias and alias != first:
+            raise UsageError(f"methods.{alias}.baseline: a method cannot be its own baseline")
+        baselines[alias] = baseline
+    return baselines
 
 
 def _parse_eval(raw: dict[str, Any]) -> dict[str, Any]:
@@ -337,6 +357,7 @@ def _parse(raw: dict[str, Any], path: Path, out: str | Path | None) -> Experimen
         datasets[alias] = _mapping(entry, f"datasets.{alias}")
         _check_dataset(alias, datasets[alias])
     methods = _parse_methods(raw)
+    baselines = _parse_baselines(raw, methods)
     evaluation = _parse_eval(raw)
     ablation = _parse_ablation(raw, methods, evaluation, seeds)
     temperature = _parse_temperature(raw, methods)
@@ -345,7 +366,8 @@ def _parse(raw: dict[str, Any], path: Path, out: str | Path | None) -> Experimen
     out_dir = Path(out) if out is not None else Path(raw.get("out") or f"runs/experiments/{_slug(name)}")
     return ExperimentSpec(name=name, description=str(raw.get("description", "")), out=out_dir,
                           seeds=tuple(seeds), datasets=datasets, methods=methods, train=train, eval=evaluation,
-                          ablation=ablation, temperature=temperature, compare=compare, source=path, runs=tuple(runs))
+                          ablation=ablation, temperature=temperature, compare=compare, source=path, runs=tuple(runs),
+                          baselines=baselines)
 
 
 def _build_runs(datasets, methods, train, seeds) -> list[RunSpec]:
