@@ -130,6 +130,12 @@ def throughput(device: torch.device, n_images: int, batch: int, steps: int, prec
                   + (", torch.compile" if compiled else ""))
         print(f"throughput PGD-{steps} AT epoch, preact-resnet18, {precision}, batch {batch}, {layout}: "
               f"{seen} images in {seconds:.2f} s ({seen / seconds:.0f} img/s)")
+        if compiled:  # why a compiled epoch is slow: graphs captured, recompilations, graph breaks
+            from torch._dynamo.utils import counters
+
+            print("torch.compile counters: " + "; ".join(
+                f"{group}: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items()))
+                for group, c in sorted(counters.items()) if c))
 
 
 def _sha(path: Path) -> str:

@@ -9,7 +9,8 @@
 # epochs of preact-resnet18 in bf16; evaluation with PGD and AutoAttack (fp32, TF32 off); calibration;
 # the report; torchrun with one process (NCCL on a GPU, gloo on the CPU); the resume promise (two
 # --deterministic runs, two default runs, a killed and resumed run: bitwise); with GPU_CHECK_COMPILE=1,
-# last, the throughput again with the model under torch.compile.
+# last, the throughput again with the model under torch.compile, and its dynamo counters (graphs,
+# recompilations, graph breaks: why a compiled epoch is slow).
 # Record the printed numbers in benchmarks/README.md.
 # Runs from a source checkout without installing the package (PYTHONPATH=src).
 set -euo pipefail
