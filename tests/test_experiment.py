@@ -277,6 +277,9 @@ def test_shipped_experiment_files_validate_without_data(path, tmp_path, monkeypa
     assert code == 0, err
     spec = load_spec(path)
     assert f"{len(spec.runs)} runs" in out and len(spec.runs) >= 1
+    if len(spec.methods) > 1:  # the plan says what is compared against what
+        first = next(iter(spec.methods))
+        assert f"against {first}" in out and all(m in out.split("compared: ")[1] for m in list(spec.methods)[1:])
 
 
 def test_precedence_of_training_settings(tmp_path):

@@ -295,6 +295,12 @@ def check_experiment(spec: ExperimentSpec) -> list[str]:
         what = (f"calibrate {run.base_key} ({run.calibrate or 'defaults'})" if run.calibrate is not None else
                 f"{c.model} {c.method}{' ' + c.classwise if c.classwise else ''} {c.epochs} epochs")
         lines.append(f"  {run.key}: {what}, eps {'the dataset default' if eps is None else f'{eps:.4g}'} [{state}]")
+    if len(spec.methods) > 1:
+        groups: dict[str, list[str]] = {}
+        for method, baseline in spec.baselines.items():
+            if method != baseline:
+                groups.setdefault(baseline, []).append(method)
+        lines.append("compared: " + "; ".join(f"{', '.join(m)} against {b}" for b, m in groups.items()))
     if spec.ablation:
         lines.append(f"  ablation: retrain {spec.ablation.method} without the class that receives most of its "
                      f"validation-worst class's flipped {spec.ablation.attack} points"
