@@ -247,8 +247,9 @@ def dafa_weights(similarity: np.ndarray, lam: float) -> np.ndarray:
 class DAFA(Lever):
     """Distance-aware loss weights and margins, set once at ``warmup_epoch`` (default: 65% of the
     run, the paper's 70 of 110 epochs) from that epoch's class similarity on the trained-on inputs.
-    ``margin=false``: weights only. Weights are floored at ``min_weight`` (with many classes or a
-    large ``lam`` the formula can reach 0 or below)."""
+    ``margin=false``: weights only (the authors' PGD-AT code re-projects every inner step onto the
+    common eps, so its PGD-AT margins are in effect off; docs/defenses.md). Weights are floored at
+    ``min_weight`` (with many classes or a large ``lam`` the formula can reach 0 or below)."""
 
     name = "dafa"
 
