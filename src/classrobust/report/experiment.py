@@ -135,8 +135,6 @@ def _seed_cell(mean, low, high, t_p, perm_p, unit: str = "seed") -> str:
 
 def _methods_sections(out: _Sections, tables):
     mc = tables["methods"]
-    if len(mc) and "baseline_method" not in mc:
-        mc = mc.assign(baseline_method=mc["method"].iloc[0])
     for (dataset, baseline, attack), g in (mc.groupby(["dataset", "baseline_method", "attack"], sort=False)
                                           if len(mc) else []):
         several = mc[mc.dataset == dataset]["baseline_method"].nunique() > 1
@@ -186,8 +184,6 @@ def _per_class_differences_section(out: _Sections, tables):
     diffs = tables["methods_per_class"]
     if not len(diffs) or (diffs["seeds"] < 2).all():
         return
-    if "baseline_method" not in diffs:
-        diffs = diffs.assign(baseline_method="")
     for (dataset, baseline), g in diffs.groupby(["dataset", "baseline_method"], sort=False):
         several = diffs[diffs.dataset == dataset]["baseline_method"].nunique() > 1
         against = f" {baseline}" if several else " the baseline"
@@ -356,9 +352,6 @@ def _disparity_seeds_section(out: _Sections, tables):
 def _weight_norm_section(out: _Sections, tables):
     summary = tables.get("weight_norms_seeds", pd.DataFrame())
     if len(summary):
-        def spread(mean, low, high):
-            return "" if pd.isna(mean) else f"{mean:.2f} [{low:.2f}, {high:.2f}]"
-
         def tested(t_p, t_holm, perm_p, perm_holm):
             if pd.isna(perm_p):
                 return ""
@@ -367,14 +360,14 @@ def _weight_norm_section(out: _Sections, tables):
 
         shown = pd.DataFrame({
             "dataset": summary.dataset, "method": summary.method, "attack": summary.attack, "seeds": summary.seeds,
-            "Spearman: mean [lowest, highest]": [spread(*v) for v in zip(summary.spearman_mean, summary.spearman_min,
+            "Spearman: mean [lowest, highest]": [_ratio(*v) for v in zip(summary.spearman_mean, summary.spearman_min,
                                                                           summary.spearman_max)],
             "runs p < 0.05 (Holm)": [f"{a} ({b})" for a, b in zip(summary.spearman_runs_p05,
                                                                  summary.spearman_runs_p05_holm)],
             "> 0 over seeds": [tested(*v) for v in zip(summary.spearman_t_p, summary.spearman_t_p_holm,
                                                        summary.spearman_perm_p, summary.spearman_perm_p_holm)],
             "partial (clean held fixed): mean [lowest, highest]": [
-                spread(*v) for v in zip(summary.partial_spearman_mean, summary.partial_spearman_min,
+                _ratio(*v) for v in zip(summary.partial_spearman_mean, summary.partial_spearman_min,
                                         summary.partial_spearman_max)],
             "partial > 0 over seeds": [tested(*v) for v in zip(
                 summary.partial_spearman_t_p, summary.partial_spearman_t_p_holm, summary.partial_spearman_perm_p,
