@@ -160,3 +160,32 @@ def test_seed_pair_summary_matches_the_committed_comparison():
     comparison, ranks = module.markdown_tables((ROOT / "docs/results/demo_seed0_vs_seed1.md").read_text())[:2]
     table = module.pair_summary(comparison, ranks, "Shirt")
     assert _block(ROOT / "docs" / "seeds.md", "seeds-pair") == to_markdown(table).strip()
+
+def test_quick_experiment_report_rebuilds_from_its_committed_records(tmp_path):
+    """The findings' tables come from this report: rebuilt from the committed records, every CSV and
+    report.md are what is committed (the version line aside)."""
+    import shutil
+
+    from classrobust.report.experiment import build_experiment_report
+
+    committed = ROOT / "docs" / "results" / "quick-fashion-mnist"
+    copy = tmp_path / "exp"
+    shutil.copytree(committed, copy, ignore=shutil.ignore_patterns("report"))
+    build_experiment_report(copy)
+    version = re.compile(r"classrobust \S+")
+    for name in sorted(p.name for p in (committed / "report").glob("*.csv")) + ["report.md"]:
+        rebuilt = version.sub("classrobust", (copy / "report" / name).read_text())
+        assert rebuilt == version.sub("classrobust", (committed / "report" / name).read_text()), name
+
+
+def test_findings_prose_quotes_only_numbers_its_tables_show():
+    """A decimal typed into findings.md's prose drifts; each must appear in one of the page's
+    generated blocks or in the experiment file's settings (the history section aside)."""
+    from classrobust.report.markdown import INCLUDE
+
+    text = (ROOT / "docs" / "findings.md").read_text().split("## Corrections")[0]
+    blocks = " ".join(m["body"] for m in INCLUDE.finditer(text))
+    prose = INCLUDE.sub("", text)
+    sources = blocks + (ROOT / "experiments" / "quick" / "fashion-mnist.yaml").read_text()
+    missing = [n for n in re.findall(r"(?<![\w.])\d+\.\d+(?![\w.])", prose) if n not in sources]
+    assert not missing, f"numbers in findings.md's prose that no included table shows: {missing}"
