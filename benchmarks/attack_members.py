@@ -54,9 +54,11 @@ def render(record: dict, aa: dict | None) -> str:
         t2.append(f"| {name} | " + " | ".join(str(sel(flips[m], k)) for m in MEMBERS) + " |")
     members = ("\n\nPoints each member of our AutoAttack broke first (a member sees only what the earlier ones "
                "left robust):\n\n" + "\n".join(t2)) if flips else ""
-    secs = {**record["seconds"], **{f"AutoAttack ({s})": v for s, v in run["seconds"].items() if s != "curves"}}
-    tail = "\n\nSeconds (same machine, see the record for what ran beside): " + ", ".join(
-        f"{k} {v:.0f}" for k, v in secs.items()) + "."
+    tail = f"\n\nSeconds ({record['machine']}): " + ", ".join(f"{k} {v:.0f}" for k, v in record["seconds"].items())
+    if aa is not None:  # the AutoAttack benchmark is its own run, perhaps with other threads
+        tail += f"; AutoAttack ({aa['machine']}): " + ", ".join(
+            f"{s} {v:.0f}" for s, v in run["seconds"].items() if s != "curves")
+    tail += "."
     sq = record["square_subset"]
     t3 = ["| class | n | clean | " + " | ".join(SQUARES) + " |", "|---" * (len(SQUARES) + 3) + "|"]
     for k, name in enumerate(classes + ["all"]):

@@ -59,7 +59,7 @@ def render_members(records: list[dict]) -> str:
     forwards and one gradient per step); Square queries (forwards). These are upper bounds: a
     member stops early on a point it breaks."""
     lines = ["| images | seed | member | points attacked | seconds | ms per point | model passes per point "
-             "(at most) | floor: passes x unit cost (ms) |", "|---|---|---|---|---|---|---|---|"]
+             "(at most) | those passes at the model's own cost (ms) |", "|---|---|---|---|---|---|---|---|"]
     for record in records:
         if "unit_cost_us" not in record:
             continue
