@@ -201,4 +201,5 @@ def test_committed_experiment_report_in_headless_chromium(tmp_path):
     report = Path(__file__).resolve().parents[1] / "docs/results/quick-fashion-mnist/report/report.html"
     images, ids, shot = open_in_chromium(report, tmp_path)
     assert len(images) >= 2 and all(complete and width > 0 for _, complete, width in images)
-    assert {"overview", "into", "ac-fashion-mnist", "dc-fashion-mnist", "gain", "norms", "ablation"} <= set(ids)
+    assert {"overview", "into", "ac-fashion-mnist", "dc-fashion-mnist", "gain", "norms", "ablation",
+            "temperature-sweep", "temperature", "temperature-gain"} <= set(ids)
