@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from classrobust import __version__
+from classrobust.attacks import DEFAULT_TEMPERATURE
 from classrobust.cli.main import main
 
 from conftest import TRAIN, run
@@ -240,7 +241,8 @@ def test_list_shows_an_attacks_parameters(capsys):
     assert code == 0 and out.startswith("attack temp-pgd:")
     lines = {line.split()[0]: line for line in out.splitlines()[1:]}
     assert {"eps", "alpha", "steps", "temperature", "mode", "precision", "seed"} <= set(lines)
-    assert "default 0.4" in lines["temperature"] and "default 20" in lines["steps"] and "int" in lines["steps"]
+    assert f"default {DEFAULT_TEMPERATURE:g}" in lines["temperature"]
+    assert "default 20" in lines["steps"] and "int" in lines["steps"]
     code, _, err = run(["list", "--attack", "nope"], capsys)
     assert code == 2 and "unknown attack 'nope'" in err
 
