@@ -173,6 +173,7 @@ def test_seed_pair_summary_matches_the_committed_comparison():
     table = module.pair_summary(comparison, ranks, "Shirt")
     assert _block(ROOT / "docs" / "seeds.md", "seeds-pair") == to_markdown(table).strip()
 
+
 def test_quick_experiment_report_rebuilds_from_its_committed_records(tmp_path):
     """The findings' tables come from this report: rebuilt from the committed records, every CSV and
     report.md are what is committed (the version line aside)."""
