@@ -195,7 +195,7 @@ def temperature_tables(entry: dict, runs: pd.DataFrame, results: dict[str, Class
             groups = dict(list(h.groupby("class_name", sort=False)))
             table = seed_tests_by_class({cls: (g_["temp_pgd"] - g_["pgd"]).to_numpy() for cls, g_ in groups.items()},
                                         alternative="less", overall="all")
-            table.rename(columns={"seeds": "runs"}, inplace=True)
+            table = table.rename(columns={"seeds": "runs"})
             table.insert(0, "methods", method)
             table.insert(0, "dataset", dataset)
             table.insert(4, "pgd", [float(g_["pgd"].mean()) for g_ in groups.values()])
