@@ -5,11 +5,14 @@ reference implementation's and torchattacks' robust accuracy).
 
 Writes ``--out`` (JSON, rewritten after every batch, so a killed run keeps its finished batches and
 resumes from them) and, with ``--render``, prints the Markdown that docs/attacks.md holds between
-``<!-- attack-members -->`` markers (tests/test_docs.py checks that they match the JSON files).
+``<!-- attack-members-1000 -->`` (1,000 images, with the reference implementation) and
+``<!-- attack-members -->`` (2,000 images) markers; tests/test_docs.py checks that they match the
+JSON files.
 
-    python benchmarks/attack_members.py --limit 1000 --out benchmarks/results/attack_members.json
-    python benchmarks/attack_members.py --render benchmarks/results/attack_members.json \
-        --autoattack benchmarks/results/autoattack_1000_seed0.json
+    python benchmarks/attack_members.py --limit 2000 --square-limit 2000 \
+        --out benchmarks/results/attack_members_2000.json
+    python benchmarks/attack_members.py --render benchmarks/results/attack_members_2000.json \
+        --autoattack benchmarks/results/autoattack_2000_seed0.json
 """
 
 from __future__ import annotations
@@ -65,9 +68,10 @@ def render(record: dict, aa: dict | None) -> str:
         nk = sel(sq["n_per_class"], k)
         t3.append(f"| {name} | {nk} | " + " | ".join(pct(sel(sq["robust_per_class"][c], k), nk)
                                                      for c in ["clean"] + SQUARES) + " |")
+    on = "all of these" if sum(sq["n_per_class"]) == sum(n) else f"the first {sum(sq['n_per_class'])} of these"
     return head + "\n".join(t1) + members + "\n\nSquare alone (5,000 queries), the " \
-        f"reference's p schedule against the old rescaled one, on the first {sum(sq['n_per_class'])} of these " \
-        "images (robust accuracy in %):\n\n" + "\n".join(t3) + tail
+        f"reference's p schedule against the old rescaled one, on {on} images (robust accuracy in %):\n\n" \
+        + "\n".join(t3) + tail
 
 
 def measure(args) -> None:
@@ -161,9 +165,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--square-limit", type=int, default=250, help="Square's two schedules on the first N images")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--out", default="benchmarks/results/attack_members.json")
+    p.add_argument("--out", default="runs/autoattack/attack_members.json")
     p.add_argument("--render", metavar="JSON", help="print the Markdown tables of a finished record and exit")
-    p.add_argument("--autoattack", default="benchmarks/results/autoattack_1000_seed0.json",
+    p.add_argument("--autoattack", default="benchmarks/results/autoattack_2000_seed0.json",
                    help="benchmarks/autoattack_speed.py's record on the same images (for --render)")
     args = p.parse_args()
     if args.render:

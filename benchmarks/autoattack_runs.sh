@@ -5,7 +5,8 @@
 #      AutoAttack, FMN curves                                                          (~90 min)
 #   2. 1,000 images, attack seed 1: ours and torchattacks                              (~35 min)
 #   3. 2,000 images: our AutoAttack (members' marginal flips), then PGD-20, APGD-CE, FMN and Square
-#      alone with both p schedules on every image (benchmarks/attack_members.py)         (~100 min)
+#      alone with both p schedules on every image (benchmarks/attack_members.py)
+#      (measured 2026-11-28, 2 threads: 38 min + 33 min)
 # Each step writes under runs/autoattack/ after every batch and resumes where a kill left it; copy
 # the finished records to benchmarks/results/ and re-render the tables (see benchmarks/README.md).
 #
