@@ -205,3 +205,22 @@ def test_findings_prose_quotes_only_numbers_its_tables_show():
     sources = blocks + (ROOT / "experiments" / "quick" / "fashion-mnist.yaml").read_text()
     missing = [n for n in re.findall(r"(?<![\w.])\d+\.\d+(?![\w.])", prose) if n not in sources]
     assert not missing, f"numbers in findings.md's prose that no included table shows: {missing}"
+
+
+def test_calibration_why_renders_differences_and_member_flips():
+    """experiments/quick/calibration_why.py's tables (issue #15, item 6): calibrated minus base in
+    points per class and attack, each AutoAttack member's flips side by side (torch-free)."""
+    script = _load(ROOT / "experiments" / "quick" / "calibration_why.py")
+    classes = ["a", "b"]
+    counts = lambda *v: {c: list(v) for c in ["clean", *script.ATTACKS, "autoattack"]}  # noqa: E731
+    record = {"settings": {"base": "b.safetensors", "calibrated": "c.safetensors", "limit": 20, "eps": 0.1,
+                           "seed": 0},
+              "classes": classes, "n_per_class": [10, 10], "offsets": [0.0, 0.5], "machine": "m", "torch": "t",
+              "robust_per_class": {"base": counts(8, 2), "calibrated": counts(7, 4)},
+              "member_flips_per_class": {"base": {"apgd-ce": [1, 3]}, "calibrated": {"apgd-ce": [2, 1]}},
+              "base_autoattack_on_calibrated": [8, 3], "seconds": {"base pgd-20": 1.0}}
+    text = script.render(record)
+    assert "| b | 10 | 40.0 (+20.0) |" in text and "| a | 10 | 70.0 (-10.0) |" in text
+    assert "| all | 20 | 55.0 (+5.0) |" in text and text.count("| 30.0 |") == 1  # base AA points on calibrated
+    assert "| b | 3 / 1 |" in text and "| all | 4 / 3 |" in text and "b +0.50" in text
+    assert "base `b.safetensors`, calibrated `c.safetensors`" in text
