@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from pathlib import Path
 
 COLUMNS = ["pgd-20", "apgd-ce", "fmn"]
@@ -38,7 +37,7 @@ def render(record: dict, aa: dict | None) -> str:
     run = aa["runs"][0] if aa is not None else {"seed": "-", "robust_per_class": {}, "member_flips_per_class": {},
                                                  "seconds": {}}
     counts = {**record["robust_per_class"], **{f"AutoAttack ({side})": v for side, v in run["robust_per_class"].items()}}
-    pct = lambda c, k: f"{100 * c / k:.1f}"  # noqa: E731
+    pct = lambda c, k: f"{100 * c / k:.1f}" if k else "-"  # noqa: E731  (a class with no image in a small run)
     sel = lambda v, k: v[k] if k < len(classes) else sum(v)  # noqa: E731
     head = (f"{sum(n)} class-stratified test images (subset seed 0) of `{record['checkpoint']}`, eps "
             f"{record['eps']:g} (L-inf), fp32, attack seed {record['seed']} (AutoAttack seed {run['seed']}); "
@@ -50,7 +49,8 @@ def render(record: dict, aa: dict | None) -> str:
     for k, name in enumerate(classes + ["all"]):
         nk = sel(n, k)
         med = record["fmn_median"][k] if k < len(classes) else record["fmn_median_all"]
-        t1.append(f"| {name} | {nk} | " + " | ".join(pct(sel(counts[c], k), nk) for c in cols) + f" | {med:.3f} |")
+        t1.append(f"| {name} | {nk} | " + " | ".join(pct(sel(counts[c], k), nk) for c in cols)
+                  + (" | - |" if med is None else f" | {med:.3f} |"))
     flips = run["member_flips_per_class"]
     t2 = ["| class | " + " | ".join(MEMBERS) + " |", "|---" * (len(MEMBERS) + 1) + "|"]
     for k, name in enumerate(classes + ["all"] if flips else []):
@@ -81,6 +81,8 @@ def measure(args) -> None:
     from classrobust.attacks import APGD, FMN, PGD, Square
     from classrobust.checkpoint import load_checkpoint
     from classrobust.data import get_dataset, make_loader, stratified_subset
+    from classrobust.evaluate.tally import add_per_class as add
+    from classrobust.evaluate.tally import still_correct, timed
 
     model, meta = load_checkpoint(args.checkpoint)
     eps = float(meta.get("eps", 0.1))
@@ -104,27 +106,18 @@ def measure(args) -> None:
                "square-old-schedule": Square(model, eps=eps, seed=args.seed, rescale_schedule=True)}
     fmn = FMN(model, eps=eps)
 
-    def add(target: list, labels) -> None:  # per-class counts of ``labels`` into ``target``
-        for c, v in enumerate(np.bincount(labels.numpy(), minlength=len(classes))):
-            target[c] += int(v)
-
-    def timed(name, fn):
-        t0 = time.perf_counter()
-        value = fn()
-        record["seconds"][name] = record["seconds"].get(name, 0.0) + time.perf_counter() - t0
-        return value
-
     for b, (x, y) in enumerate(make_loader(test, args.batch_size)):
         if b < record["batches_done"]:
             continue
-        with torch.no_grad():
-            ok = model(x).argmax(1) == y
+        ok = still_correct(model, x, y)
         robust = record["robust_per_class"]
         add(record["n_per_class"], y)
         add(robust["clean"], y[ok])
         xc, yc = x[ok], y[ok]
         for name, attack in attacks.items():
-            add(robust[name], yc[timed(name, lambda: robust_at(model, attack(xc, yc), yc))])
+            with timed(record["seconds"], name):
+                x_adv = attack(xc, yc)
+            add(robust[name], yc[still_correct(model, x_adv, yc)])
         if b * args.batch_size < args.square_limit:  # Square's two schedules on the first images only (its cost)
             part = slice(0, args.square_limit - b * args.batch_size)
             xs, ys, oks = x[part], y[part], ok[part]
@@ -132,29 +125,25 @@ def measure(args) -> None:
             add(sub["n_per_class"], ys)
             add(sub["robust_per_class"]["clean"], ys[oks])
             for name, attack in squares.items():
-                add(sub["robust_per_class"][name],
-                    ys[oks][timed(name, lambda: robust_at(model, attack(xs[oks], ys[oks]), ys[oks]))])
-        _, dist = timed("fmn", lambda: fmn.minimal(xc, yc))
+                with timed(record["seconds"], name):
+                    x_adv = attack(xs[oks], ys[oks])
+                add(sub["robust_per_class"][name], ys[oks][still_correct(model, x_adv, ys[oks])])
+        with timed(record["seconds"], "fmn"):
+            _, dist = fmn.minimal(xc, yc)
         add(robust["fmn"], yc[dist > eps])
         for c, d in zip(yc.tolist(), dist.tolist()):
             record["fmn_distances"][c].append(d)
         record["batches_done"] = b + 1
         n = record["n_per_class"]
         # clean errors are at distance 0
-        record["fmn_median"] = [float(np.median(d + [0.0] * (n[c] - len(d)))) for c, d in enumerate(record["fmn_distances"])]
+        record["fmn_median"] = [float(np.median(d + [0.0] * (n[c] - len(d)))) if n[c] else None
+                                for c, d in enumerate(record["fmn_distances"])]
         every = [d for ds in record["fmn_distances"] for d in ds] + [0.0] * (sum(n) - sum(map(len, record["fmn_distances"])))
         record["fmn_median_all"] = float(np.median(every))
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(record, indent=1))
         print(f"batch {b + 1}: {sum(n)} images, " + ", ".join(f"{k} {v:.0f} s" for k, v in record["seconds"].items()),
               flush=True)
-
-
-def robust_at(model, x_adv, y):
-    import torch
-
-    with torch.no_grad():
-        return model(x_adv).argmax(1) == y
 
 
 def main() -> None:

@@ -30,6 +30,8 @@ import torch
 from classrobust.attacks import FMN, AutoAttack
 from classrobust.checkpoint import load_checkpoint
 from classrobust.data import get_dataset, make_loader, stratified_subset
+from classrobust.evaluate.tally import add_per_class as add
+from classrobust.evaluate.tally import still_correct
 
 
 def render(records: list[dict]) -> str:
@@ -163,12 +165,7 @@ def measure(args) -> None:
 
 def run_batch(run: dict, model, ours: AutoAttack, x, y, eps: float, seed: int, sides: list[str], k: int) -> None:
     """Every side on one batch, in turn; adds its counts and seconds to ``run``."""
-    def add(target: list, labels) -> None:
-        for c, v in enumerate(np.bincount(labels.numpy(), minlength=k)):
-            target[c] += int(v)
-
-    with torch.no_grad():
-        clean_ok = model(x).argmax(1) == y
+    clean_ok = still_correct(model, x, y)
     for side in sides:
         t0 = time.perf_counter()
         if side == "ours":
@@ -197,8 +194,7 @@ def run_batch(run: dict, model, ours: AutoAttack, x, y, eps: float, seed: int, s
                                                          + time.perf_counter() - t0, 1)
         run["seconds"][side] = round(run["seconds"][side] + time.perf_counter() - t0, 1)
         if side != "curves":
-            with torch.no_grad():
-                robust = clean_ok & (model(x_adv).argmax(1) == y)
+            robust = clean_ok & still_correct(model, x_adv, y)
             add(run["robust_per_class"][side], y[robust])
 
 

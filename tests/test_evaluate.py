@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch import nn
 
 from classrobust.attacks import FGSM, PGD
 from classrobust.data import make_loader
@@ -172,3 +173,28 @@ def test_loader_workers_do_not_change_results(trained_run, tmp_path):
     assert np.array_equal(results[0].indices, results[1].indices)
     for name in results[0].attacks:
         assert np.array_equal(results[0].attacks[name].predictions, results[1].attacks[name].predictions), name
+
+
+def test_tally_helpers_count_per_class_check_correctness_and_time():
+    """The shared counters the benchmark and experiment scripts use for their resumable records."""
+    from classrobust.evaluate.tally import add_per_class, still_correct, timed
+
+    counts = [0, 0, 0, 5]
+    add_per_class(counts, torch.tensor([3, 0, 3, 1]))
+    add_per_class(counts, np.array([], dtype=np.int64))  # an empty batch (every point broken) adds nothing
+    assert counts == [1, 1, 0, 7]
+    with pytest.raises(ValueError):  # a label outside the record's classes is an error, not a silent extra class
+        add_per_class([0, 0], torch.tensor([2, 3]))
+
+    model = nn.Linear(2, 3, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(3, 2))  # class 0 for x[0] large, class 1 for x[1] large, never class 2
+    x, y = torch.tensor([[5.0, 0.0], [0.0, 5.0], [5.0, 0.0]]), torch.tensor([0, 0, 2])
+    assert still_correct(model, x, y).tolist() == [True, False, False]
+
+    seconds = {"a": 1.0}
+    with timed(seconds, "a"):
+        pass
+    with pytest.raises(RuntimeError), timed(seconds, "b"):  # time is counted even when the block fails
+        raise RuntimeError
+    assert seconds["a"] >= 1.0 and seconds["b"] >= 0.0 and set(seconds) == {"a", "b"}

@@ -33,7 +33,6 @@ import argparse
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 ATTACKS = ["pgd-20", "cw-20", "apgd-ce", "apgd-t"]
@@ -41,12 +40,14 @@ MODELS = ["base", "calibrated"]
 
 
 def measure(args) -> None:
-    import numpy as np
     import torch
 
     from classrobust.attacks import APGD, APGDT, CW, PGD, AutoAttack
     from classrobust.checkpoint import load_checkpoint
     from classrobust.data import get_dataset, make_loader, stratified_subset
+    from classrobust.evaluate.tally import add_per_class as add
+    from classrobust.evaluate.tally import still_correct as robust
+    from classrobust.evaluate.tally import timed
 
     models, metas = {}, {}
     for name, path in (("base", args.base), ("calibrated", args.calibrated)):
@@ -74,14 +75,6 @@ def measure(args) -> None:
                   "member_flips_per_class": {m: {} for m in MODELS},
                   "base_autoattack_on_calibrated": [0] * k}
 
-    def add(target: list, labels) -> None:
-        for c, v in enumerate(np.bincount(labels.cpu().numpy(), minlength=k)):
-            target[c] += int(v)
-
-    def robust(model, x, y):
-        with torch.no_grad():
-            return model(x).argmax(1) == y
-
     for b, (x, y) in enumerate(make_loader(test, args.batch_size)):
         if b < record["batches_done"]:
             continue
@@ -97,15 +90,12 @@ def measure(args) -> None:
                        "apgd-ce": APGD(model, eps=eps, seed=args.seed),
                        "apgd-t": APGDT(model, eps=eps, n_targets=min(9, k - 1), seed=args.seed)}
             for attack_name, attack in attacks.items():
-                t0 = time.perf_counter()
-                add(counts[attack_name], yc[robust(model, attack(xc, yc), yc)])
-                key = f"{name} {attack_name}"
-                record["seconds"][key] = round(record["seconds"].get(key, 0.0) + time.perf_counter() - t0, 1)
+                with timed(record["seconds"], f"{name} {attack_name}"):
+                    x_adv = attack(xc, yc)
+                add(counts[attack_name], yc[robust(model, x_adv, yc)])
             aa = AutoAttack(model, eps=eps, seed=args.seed)
-            t0 = time.perf_counter()
-            x_adv, breaker = aa.cascade(xc, yc)
-            record["seconds"][f"{name} autoattack"] = round(
-                record["seconds"].get(f"{name} autoattack", 0.0) + time.perf_counter() - t0, 1)
+            with timed(record["seconds"], f"{name} autoattack"):
+                x_adv, breaker = aa.cascade(xc, yc)
             add(counts["autoattack"], yc[breaker < 0])
             flips = record["member_flips_per_class"][name]
             for i, member in enumerate(aa.attacks):

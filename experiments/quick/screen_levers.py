@@ -5,8 +5,8 @@ selection rule below. No run here reads the test split: every number comes from 
 logs' per-epoch validation (held-out part of the training split, PGD-10 at eps 0.1).
 
   python experiments/quick/screen_levers.py run [--only NAME ...] [--seeds 100 101]
-  python experiments/quick/screen_levers.py summary          # -> docs/results/lever-screen/
-  python experiments/quick/screen_levers.py summary --write-docs   # + the table in docs/defenses.md
+  python experiments/quick/screen_levers.py summary               # prints the table, writes nothing
+  python experiments/quick/screen_levers.py summary --write-docs   # -> docs/results/lever-screen/ + docs/defenses.md
 
 ``run`` is resumable: finished runs are skipped, an interrupted one continues from its last epoch.
 TRADES (declared 2026-11-27, before any TRADES lever run): the screen runs on PGD-AT only, and the
@@ -70,8 +70,9 @@ def run(names: list[str], seeds: list[int]) -> None:
             train(config, out, progress=False, resume=True, log=lambda m: print(f"  {m}", flush=True))
 
 
-def summary() -> pd.DataFrame:
-    rows = []
+def summary() -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """One row per finished run (last epoch), and each finished run's training log by run name."""
+    rows, logs = [], {}
     for name, spec in GRID.items():
         for seed in SEEDS:
             log_path = RUNS / f"{name}-s{seed}" / "train_log.csv"
@@ -80,8 +81,7 @@ def summary() -> pd.DataFrame:
             log = pd.read_csv(log_path)
             if int(log.epoch.max()) < RECIPE["epochs"]:  # unfinished: its last epoch is not the recipe's
                 continue
-            (RESULTS / "logs").mkdir(parents=True, exist_ok=True)  # committed: every number in the docs rebuilds
-            log.to_csv(RESULTS / "logs" / f"{name}-s{seed}.csv", index=False)
+            logs[f"{name}-s{seed}"] = log
             last = log[log.epoch == log.epoch.max()]
             per_class = last[last.class_index >= 0]
             worst = per_class.loc[per_class.val_pgd_accuracy.idxmin()]
@@ -90,7 +90,7 @@ def summary() -> pd.DataFrame:
                          "val_pgd": float(last[last.class_index == -1].val_pgd_accuracy.iloc[0]),
                          "val_worst_pgd": float(worst.val_pgd_accuracy), "worst_class": worst.class_name,
                          "val_worst_clean": float(per_class.val_clean_accuracy.min())})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), logs
 
 
 def choose(table: pd.DataFrame) -> pd.DataFrame:
@@ -177,23 +177,28 @@ def main() -> int:
     r.add_argument("--only", nargs="*", choices=list(GRID), default=list(GRID))
     r.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
     s = sub.add_parser("summary")
-    s.add_argument("--write-docs", action="store_true", help="replace the table in docs/defenses.md")
+    s.add_argument("--write-docs", action="store_true",
+                   help="write docs/results/lever-screen/ (logs, runs.csv, settings.csv, baseline curve) and "
+                        "replace the table in docs/defenses.md (tracked files: without it, nothing is written)")
     args = parser.parse_args()
     if args.command == "run":
         run(args.only, args.seeds)
         return 0
-    table = summary()
+    table, logs = summary()
     if table.empty:
         print("no finished screening runs", file=sys.stderr)
         return 1
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    table.to_csv(RESULTS / "runs.csv", index=False)
     chosen = choose(table)
-    chosen.to_csv(RESULTS / "settings.csv", index=False)
-    baseline_curve()
     print(chosen.to_string(index=False, float_format=lambda v: f"{100 * v:.1f}"))
     if args.write_docs:
+        (RESULTS / "logs").mkdir(parents=True, exist_ok=True)
+        for run_name, log in logs.items():  # committed: every number in the docs rebuilds from them
+            log.to_csv(RESULTS / "logs" / f"{run_name}.csv", index=False)
+        table.to_csv(RESULTS / "runs.csv", index=False)
+        chosen.to_csv(RESULTS / "settings.csv", index=False)
+        baseline_curve()
         write_docs(render(table))
+        print(f"wrote {RESULTS} and the lever-screen table in docs/defenses.md")
     return 0
 
 
