@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,17 @@ def test_list_and_version(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
     assert exc.value.code == 0 and __version__ in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "report", "compare", "calibrate", "experiment", "demo"])
+def test_help_names_each_default_once(command, capsys):
+    """An option whose help already says its default (``default: the checkpoint's eps``) does not get a
+    second, generated ``(default: none)``."""
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert exc.value.code == 0
+    assert not re.search(r"\(default: [^)]*\) \(default:", out)
 
 
 @pytest.mark.parametrize("argv, code, message", [
