@@ -90,9 +90,33 @@ def test_lever_screen_table_matches_its_results():
     script = _load(ROOT / "experiments" / "quick" / "screen_levers.py")
     runs = pd.read_csv(ROOT / "docs" / "results" / "lever-screen" / "runs.csv")
     assert _block(ROOT / "docs" / "defenses.md", "lever-screen") == script.render(runs).strip()
+    assert _block(ROOT / "docs" / "defenses.md", "lever-tradeoff") == script.render_tradeoff(runs).strip()
     # the screen read the validation split only: every number comes from a training log
     assert set(runs.columns) >= {"val_clean", "val_pgd", "val_worst_pgd"}
     assert not any(c.startswith("test") for c in runs.columns)
+
+
+def test_lever_tradeoff_pairs_each_setting_with_the_baseline_of_its_seed(tmp_path):
+    """The screen's trade-off: differences taken seed by seed (the run is the unit), a seed the baseline
+    has not finished left out, intervals only from two seeds on; the plot is written."""
+    import pandas as pd
+
+    script = _load(ROOT / "experiments" / "quick" / "screen_levers.py")
+    row = lambda setting, seed, avg, worst: {"setting": setting, "classwise": "", "seed": seed,  # noqa: E731
+                                             "val_pgd": avg, "val_worst_pgd": worst}
+    runs = pd.DataFrame([row("pgd-at", 100, 0.70, 0.30), row("pgd-at", 101, 0.72, 0.40),
+                         row("lever", 100, 0.70, 0.36), row("lever", 101, 0.71, 0.44), row("lever", 102, 0.0, 0.0),
+                         row("other", 101, 0.74, 0.38)])
+    diffs = script.paired_differences(runs).set_index("setting")
+    assert diffs.loc["lever", "seeds"] == 2 and diffs.loc["lever", "worst_per_seed"] == pytest.approx([6.0, 4.0])
+    assert diffs.loc["lever", "worst_mean"] == pytest.approx(5.0) and diffs.loc["lever", "avg_mean"] == pytest.approx(-0.5)
+    # two seeds: t(0.975, 1) = 12.71 times sd / sqrt(2) = 12.71 * 1.414 / 1.414
+    assert diffs.loc["lever", "worst_high"] - 5.0 == pytest.approx(12.706, abs=1e-3)
+    text = script.render_tradeoff(runs)
+    assert "| lever | 2 | +5.0 [-7.7, +17.7] (+6.0, +4.0) | -0.5 [-6.9, +5.9] (+0.0, -1.0) |" in text
+    assert "| other | 1 | -2.0 (-2.0) | +2.0 (+2.0) |" in text  # one seed: no interval
+    script.tradeoff_plot(runs, tmp_path / "tradeoff.png")
+    assert (tmp_path / "tradeoff.png").stat().st_size > 10_000
 
 
 def test_leak_check_numbers_in_the_defenses_doc_match_the_record():

@@ -129,6 +129,83 @@ def render(runs: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def paired_differences(runs: pd.DataFrame, baseline: str = "pgd-at") -> pd.DataFrame:
+    """Each setting minus the baseline of the same seed (the training run is the unit), in points, with
+    the mean, its 95% Student-t interval over the seeds both have finished, and the per-seed values:
+    average validation PGD-10 accuracy, and the worst class's (each run's own worst class)."""
+    from classrobust.analysis.stats import paired_seed_test
+
+    base = runs[runs.setting == baseline].set_index("seed")
+    rows = []
+    for setting, group in runs[runs.setting != baseline].groupby("setting", sort=False):
+        group = group.set_index("seed")
+        seeds = [seed for seed in group.index if seed in base.index]
+        if not seeds:
+            continue
+        row = {"setting": setting, "seeds": len(seeds)}
+        for column, key in (("val_pgd", "avg"), ("val_worst_pgd", "worst")):
+            d = [100 * (group.loc[seed, column] - base.loc[seed, column]) for seed in seeds]
+            test = paired_seed_test(d)
+            row |= {f"{key}_per_seed": d, f"{key}_mean": test["mean"], f"{key}_low": test["low"],
+                    f"{key}_high": test["high"]}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def render_tradeoff(runs: pd.DataFrame) -> str:
+    """The markdown table docs/defenses.md shows between ``<!-- lever-tradeoff -->`` markers (from ``runs.csv``)."""
+    diffs = paired_differences(runs)
+    cell = lambda r, key: (f"{r[f'{key}_mean']:+.1f}" + ("" if r["seeds"] < 2 else  # noqa: E731
+                           f" [{r[f'{key}_low']:+.1f}, {r[f'{key}_high']:+.1f}]")
+                           + " (" + ", ".join(f"{v:+.1f}" for v in r[f"{key}_per_seed"]) + ")")
+    lines = ["| setting | seeds | worst class: mean [95% t] (per seed) | average: mean [95% t] (per seed) |",
+             "|---|---|---|---|"]
+    for _, r in diffs.iterrows():
+        lines.append(f"| {r['setting']} | {r['seeds']} | {cell(r, 'worst')} | {cell(r, 'avg')} |")
+    return "\n".join(lines)
+
+
+def tradeoff_plot(runs: pd.DataFrame, path: Path) -> None:
+    """Worst-class against average validation PGD-10 accuracy, each setting minus the baseline of the same
+    seed, one point per setting with its seed-level 95% t-interval (bars only where two or more seeds
+    finished), the per-seed differences as small dots, and the issue's target region (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    diffs = paired_differences(runs)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.fill_between([-MAX_AVG_DROP * 100, 100], 5, 100, color="tab:green", alpha=0.08,
+                    label="target: worst +5 or more at average -1 or better")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.axvline(0, color="grey", lw=0.8)
+    for i, r in diffs.iterrows():
+        color = f"C{i % 10}"
+        ax.scatter(r["avg_per_seed"], r["worst_per_seed"], s=12, color=color, alpha=0.5)
+        if r["seeds"] >= 2:
+            ax.errorbar(r["avg_mean"], r["worst_mean"], color=color, capsize=3, fmt="o",
+                        xerr=[[r["avg_mean"] - r["avg_low"]], [r["avg_high"] - r["avg_mean"]]],
+                        yerr=[[r["worst_mean"] - r["worst_low"]], [r["worst_high"] - r["worst_mean"]]])
+        else:
+            ax.plot(r["avg_mean"], r["worst_mean"], "o", color=color)
+        ax.annotate(f"{r['setting']} ({r['seeds']} seed{'s' if r['seeds'] > 1 else ''})",
+                    (r["avg_mean"], r["worst_mean"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    values = [v for col in ("avg_per_seed", "worst_per_seed") for vs in diffs[col] for v in vs] + [0, 5]
+    lo, hi = min(values) - 3, max(values) + 3
+    ax.set_xlim(min(lo, -5), max(hi, 3))
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("average validation PGD-10 accuracy, minus pgd-at's (points)")
+    ax.set_ylabel("worst class's validation PGD-10 accuracy, minus pgd-at's (points)")
+    ax.set_title("lever screen (validation split only): seed-paired differences,\n"
+                 "bars 95% Student-t over seeds, dots single seeds", fontsize=9)
+    ax.legend(fontsize=7, loc="lower left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def baseline_curve(name: str = "pgd-at") -> None:
     """Per-class validation PGD accuracy per epoch of the baseline's first finished seed (PNG)."""
     import matplotlib
@@ -159,15 +236,18 @@ def baseline_curve(name: str = "pgd-at") -> None:
     fig.savefig(RESULTS / "baseline_curve.png", dpi=100)
 
 
-def write_docs(table: str) -> None:
+def write_docs(tables: dict[str, str]) -> None:
+    """Replace each ``<!-- NAME -->`` ... ``<!-- /NAME -->`` block of docs/defenses.md with its table."""
     import re
 
     doc = ROOT / "docs" / "defenses.md"
-    block = re.compile(r"<!-- lever-screen -->\n.*?<!-- /lever-screen -->", re.S)
     text = doc.read_text()
-    if not block.search(text):
-        raise SystemExit(f"{doc} has no lever-screen block")
-    doc.write_text(block.sub(lambda _: f"<!-- lever-screen -->\n{table}\n<!-- /lever-screen -->", text))
+    for name, table in tables.items():
+        block = re.compile(rf"<!-- {name} -->\n.*?<!-- /{name} -->", re.S)
+        if not block.search(text):
+            raise SystemExit(f"{doc} has no {name} block")
+        text = block.sub(lambda _: f"<!-- {name} -->\n{table}\n<!-- /{name} -->", text)
+    doc.write_text(text)
 
 
 def main() -> int:
@@ -197,7 +277,8 @@ def main() -> int:
         table.to_csv(RESULTS / "runs.csv", index=False)
         chosen.to_csv(RESULTS / "settings.csv", index=False)
         baseline_curve()
-        write_docs(render(table))
+        tradeoff_plot(table, RESULTS / "tradeoff.png")
+        write_docs({"lever-screen": render(table), "lever-tradeoff": render_tradeoff(table)})
         print(f"wrote {RESULTS} and the lever-screen table in docs/defenses.md")
     return 0
 
