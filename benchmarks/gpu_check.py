@@ -85,22 +85,26 @@ def count_syncs(device: torch.device, batch: int = 64, steps: int = 10) -> None:
 
 
 def throughput(device: torch.device, n_images: int, batch: int, steps: int, precision: str,
-               compiled: bool = False) -> None:
+               compiled: bool = False, backend: str = "inductor") -> dict[str, float]:
     """One PGD-AT epoch (our PGDAT method, SGD step) over ``n_images`` random CIFAR-shaped images
-    already on the device: the compute path only, no data loading. ``compiled``: only the
-    channels-last + cudnn.benchmark layout, with the model under ``torch.compile`` (the warm-up
-    absorbs the compilation)."""
+    already on the device: the compute path only, no data loading. Whole batches only, as the
+    training loop does (``drop_last``): a last, smaller batch would make a compiled model recompile
+    for a new shape inside the timed epoch. ``compiled``: only the channels-last + cudnn.benchmark
+    layout, with the model under ``torch.compile(backend=backend)`` (the warm-up absorbs the
+    compilation; recompilations during the timed epoch are counted and printed).
+    Returns images per second and dynamo frames compiled during the timed epoch, per layout."""
     from classrobust.training.methods import METHODS
 
     g = torch.Generator().manual_seed(0)
     data_x = torch.rand(n_images, 3, 32, 32, generator=g)
     data_y = torch.randint(0, 10, (n_images,), generator=g)
     layouts = ((True, True),) if compiled else ((False, False), (True, False), (True, True))
+    results = {}
     for channels_last, autotune in layouts:
         torch.backends.cudnn.benchmark = autotune
         model = _model(device, channels_last=channels_last).train()
         if compiled:
-            model = torch.compile(model)
+            model = torch.compile(model, backend=backend)
         method = METHODS.build("pgd-at", attack_steps=steps, alpha=2 / 255, precision=precision)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -109,7 +113,7 @@ def throughput(device: torch.device, n_images: int, batch: int, steps: int, prec
 
         def epoch(limit):
             seen = 0
-            for i in range(0, limit, batch):
+            for i in range(0, limit - batch + 1, batch):  # whole batches only
                 x, y = xs[i:i + batch], ys[i:i + batch]
                 loss, _ = method.loss(model, x, y, eps=8 / 255, seed=i)
                 opt.zero_grad(set_to_none=True)
@@ -118,24 +122,36 @@ def throughput(device: torch.device, n_images: int, batch: int, steps: int, prec
                 seen += len(y)
             return seen
 
-        epoch(min(n_images, 4 * batch))  # warm-up (cuDNN autotuning, allocator)
+        epoch(min(n_images, 4 * batch))  # warm-up (cuDNN autotuning, allocator, compilation)
         if device.type == "cuda":
             torch.cuda.synchronize()
+        frames_before = _compiled_frames()
         t0 = time.perf_counter()
         seen = epoch(n_images)
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
+        recompiled = _compiled_frames() - frames_before
         layout = (("channels-last" if channels_last else "contiguous") + (", cudnn.benchmark" if autotune else "")
                   + (", torch.compile" if compiled else ""))
         print(f"throughput PGD-{steps} AT epoch, preact-resnet18, {precision}, batch {batch}, {layout}: "
-              f"{seen} images in {seconds:.2f} s ({seen / seconds:.0f} img/s)")
+              f"{seen} images in {seconds:.2f} s ({seen / seconds:.0f} img/s)"
+              + (f"; compiled during the timed epoch: {recompiled} frames" if compiled else ""))
+        results[layout] = {"images_per_second": seen / seconds, "recompiled_frames": recompiled}
         if compiled:  # why a compiled epoch is slow: graphs captured, recompilations, graph breaks
             from torch._dynamo.utils import counters
 
             print("torch.compile counters: " + "; ".join(
                 f"{group}: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items()))
                 for group, c in sorted(counters.items()) if c))
+    return results
+
+
+def _compiled_frames() -> int:
+    """Frames dynamo has compiled so far in this process (each recompilation adds one)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["frames"]["ok"])
 
 
 def _sha(path: Path) -> str:
@@ -201,6 +217,7 @@ def main() -> None:
     t.add_argument("--steps", type=int, default=10)
     t.add_argument("--precision", default="bf16")
     t.add_argument("--compile", action="store_true", help="the compiled model, channels-last + cudnn.benchmark only")
+    t.add_argument("--backend", default="inductor", help="torch.compile backend (with --compile)")
     r = sub.add_parser("determinism")
     r.add_argument("data", type=Path)
     r.add_argument("out", type=Path)
@@ -215,7 +232,8 @@ def main() -> None:
     elif args.command == "syncs":
         count_syncs(torch.device(args.device), args.batch, args.steps)
     else:
-        throughput(torch.device(args.device), args.images, args.batch, args.steps, args.precision, args.compile)
+        throughput(torch.device(args.device), args.images, args.batch, args.steps, args.precision, args.compile,
+                   args.backend)
 
 
 if __name__ == "__main__":
