@@ -119,6 +119,34 @@ def test_lever_tradeoff_pairs_each_setting_with_the_baseline_of_its_seed(tmp_pat
     assert (tmp_path / "tradeoff.png").stat().st_size > 10_000
 
 
+def test_freeze_writes_a_valid_confirmation_for_the_pick_once(tmp_path):
+    """screen_levers.py freeze: only from a finished screen, never over an existing file, and what it
+    writes is a valid experiment file that names the pick, the seeds and the table it came from."""
+    import pandas as pd
+
+    from classrobust.workflows.spec import load_spec
+
+    script = _load(ROOT / "experiments" / "quick" / "screen_levers.py")
+    rows = [{"setting": name, "classwise": spec or "(none)", "seed": seed, "val_pgd": 0.77,
+             "val_clean": 0.86, "val_worst_pgd": 0.40 + 0.01 * i}
+            for i, (name, spec) in enumerate(script.GRID.items()) for seed in script.SEEDS]
+    runs = pd.DataFrame(rows)
+    out = tmp_path / "defenses.yaml"
+    with pytest.raises(SystemExit, match="not finished"):
+        script.freeze(runs.iloc[1:], out, "2026-11-28", "abc")
+    assert not out.exists()
+    best = list(script.GRID)[-1]  # the highest worst class at the same average
+    assert script.freeze(runs, out, "2026-11-28", "abc") == best
+    spec = load_spec(out)
+    assert f"pgd-at+{best}" in spec.methods and f"trades+{best}+cal" in spec.methods
+    assert spec.methods[f"pgd-at+{best}"]["classwise"] == script.GRID[best]
+    assert list(spec.seeds) == [0, 1, 2, 3, 4] and not set(spec.seeds) & set(script.SEEDS)
+    assert "sha256 abc" in out.read_text() and "2026-11-28" in out.read_text()
+    with pytest.raises(SystemExit, match="exists"):
+        script.freeze(runs, out, "2026-11-29", "def")
+    assert "2026-11-28" in out.read_text()
+
+
 def test_leak_check_numbers_in_the_defenses_doc_match_the_record():
     record = json.loads((ROOT / "docs" / "results" / "lever-screen" / "leak_dafa-l1-s100.json").read_text())
     text = (ROOT / "docs" / "defenses.md").read_text()

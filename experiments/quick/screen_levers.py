@@ -7,6 +7,7 @@ logs' per-epoch validation (held-out part of the training split, PGD-10 at eps 0
   python experiments/quick/screen_levers.py run [--only NAME ...] [--seeds 100 101]
   python experiments/quick/screen_levers.py summary               # prints the table, writes nothing
   python experiments/quick/screen_levers.py summary --write-docs   # -> docs/results/lever-screen/ + docs/defenses.md
+  python experiments/quick/screen_levers.py freeze     # the confirmation file, experiments/quick/defenses.yaml
 
 ``run`` is resumable: finished runs are skipped, an interrupted one continues from its last epoch.
 TRADES (declared 2026-11-27, before any TRADES lever run): the screen runs on PGD-AT only, and the
@@ -250,6 +251,79 @@ def write_docs(tables: dict[str, str]) -> None:
     doc.write_text(text)
 
 
+#: the confirmation (issue #15, step 4), declared 2026-11-28 before the screen finished; ``freeze`` fills in
+#: the lever the screen picks and writes experiments/quick/defenses.yaml, which then never changes.
+CONFIRMATION = """\
+# Confirmation of the lever screen (issue #15), frozen before any test-split evaluation.
+# Written on {date} by `python experiments/quick/screen_levers.py freeze` after the screen picked
+# {setting} (`--classwise {spec}`) on the validation split of seeds {seeds}
+# (docs/results/lever-screen/runs.csv, sha256 {runs_sha}); nothing below is changed after a
+# confirmation run starts. Baselines: PGD-AT and TRADES with the screen's recipe (full training
+# split, 15 epochs); each with the chosen lever (carried over from PGD-AT to TRADES, as declared in
+# screen_levers.py) and with inference-phase calibration on top of it. Seeds 0-4 (disjoint from the
+# screen's), standard AutoAttack and PGD-20 on 1,000 class-stratified test images per seed (each seed
+# its own subset). The worst class is the baseline's validation-worst class; the direction (the lever
+# raises it) is declared here, before the runs.
+# Budget (2-core CPU, measured in the screen and the AutoAttack benchmark): training PGD-AT ~14 min,
+# TRADES ~16 min, calibration ~3 min, evaluation ~18 min per checkpoint: about 2.7 hours per seed,
+# 13-14 hours in all.
+name: quick-defenses
+description: >-
+  PGD-AT and TRADES (smallcnn, eps 0.1, full training split, 15 epochs) against the same method with
+  {setting} ({spec}), chosen on validation by the lever screen, and with calibration on top; standard
+  AutoAttack and PGD-20 on 1,000 test images per seed, 5 seeds; worst class = the baseline's
+  validation-worst class.
+out: runs/experiments/quick-defenses
+seeds: [0, 1, 2, 3, 4]
+train:
+  epochs: {epochs}
+  batch_size: {batch_size}
+  attack_steps: {attack_steps}
+  eps_warmup_epochs: {eps_warmup_epochs}
+  lr: {lr}
+  lr_warmup_epochs: {lr_warmup_epochs}
+  val_size: {val_size}
+  val_attack_steps: {val_attack_steps}
+  precision: {precision}
+datasets:
+  fashion-mnist: {{model: smallcnn, model_kwargs: {{dropout: 0.0}}, eps: {eps}}}
+methods:
+  pgd-at: {{}}
+  pgd-at+{setting}: {{method: pgd-at, classwise: "{spec}"}}
+  pgd-at+{setting}+cal: {{base: pgd-at+{setting}, calibrate: {{max_avg_drop: 1.0}}}}
+  trades: {{beta: 6.0}}
+  trades+{setting}: {{method: trades, beta: 6.0, classwise: "{spec}", baseline: trades}}
+  trades+{setting}+cal: {{base: trades+{setting}, calibrate: {{max_avg_drop: 1.0}}, baseline: trades}}
+eval:
+  attacks: "pgd:steps=20,autoattack"
+  limit: 1000
+  subset_seed: per-seed
+  seed: 0
+  precision: fp32
+compare: {{worst: greater}}
+"""
+
+
+def freeze(runs: pd.DataFrame, out: Path, date: str, runs_sha: str) -> str:
+    """Write the confirmation file for the screen's pick; refuses an unfinished screen or an existing file.
+    Returns the chosen setting's name."""
+    missing = [f"{name}-s{seed}" for name in GRID for seed in SEEDS
+               if not ((runs.setting == name) & (runs.seed == seed)).any()]
+    if missing:
+        raise SystemExit(f"screen_levers: the screen is not finished ({', '.join(missing)} missing); nothing frozen")
+    if out.exists():
+        raise SystemExit(f"screen_levers: {out} exists; the confirmation is frozen once (move it away first)")
+    picked = choose(runs)
+    picked = picked[picked.confirm]
+    if picked.empty:
+        raise SystemExit("screen_levers: no lever kept the average within the allowed loss; nothing to confirm")
+    setting, spec = picked.setting.iloc[0], picked.classwise.iloc[0]
+    text = CONFIRMATION.format(date=date, setting=setting, spec=spec, seeds=", ".join(map(str, SEEDS)),
+                               runs_sha=runs_sha, **{k: v for k, v in RECIPE.items() if k not in {"model_kwargs"}})
+    out.write_text(text)
+    return setting
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -257,12 +331,23 @@ def main() -> int:
     r.add_argument("--only", nargs="*", choices=list(GRID), default=list(GRID))
     r.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
     s = sub.add_parser("summary")
+    f = sub.add_parser("freeze", help="write the confirmation file for the screen's pick (once)")
+    f.add_argument("--out", type=Path, default=ROOT / "experiments" / "quick" / "defenses.yaml")
     s.add_argument("--write-docs", action="store_true",
                    help="write docs/results/lever-screen/ (logs, runs.csv, settings.csv, baseline curve) and "
                         "replace the table in docs/defenses.md (tracked files: without it, nothing is written)")
     args = parser.parse_args()
     if args.command == "run":
         run(args.only, args.seeds)
+        return 0
+    if args.command == "freeze":  # from the committed table, so that the file names what it was chosen from
+        import datetime
+        import hashlib
+
+        runs_csv = RESULTS / "runs.csv"
+        setting = freeze(pd.read_csv(runs_csv), args.out, datetime.date.today().isoformat(),
+                         hashlib.sha256(runs_csv.read_bytes()).hexdigest())
+        print(f"froze {setting} into {args.out}")
         return 0
     table, logs = summary()
     if table.empty:
