@@ -39,7 +39,7 @@ def make_data(root: Path, n_train: int, n_test: int, size: int = 32, classes: in
     print(f"data: {root} ({classes} classes, {n_train}/{n_test} train/test images per class, {size}x{size} RGB)")
 
 
-def _model(device, num_classes=10, channels_last=False):
+def _model(device, num_classes=10, channels_last=False, name="preact-resnet18"):
     from classrobust.data.base import DatasetInfo, ThreatModel
     from classrobust.models import create_model
 
@@ -47,7 +47,7 @@ def _model(device, num_classes=10, channels_last=False):
                        input_shape=(3, 32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
                        threat_model=ThreatModel(eps=8 / 255, step_size=2 / 255), splits=("train", "test"))
     torch.manual_seed(0)
-    model = create_model("preact-resnet18", info).to(device)
+    model = create_model(name, info).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
@@ -85,7 +85,8 @@ def count_syncs(device: torch.device, batch: int = 64, steps: int = 10) -> None:
 
 
 def throughput(device: torch.device, n_images: int, batch: int, steps: int, precision: str,
-               compiled: bool = False, backend: str = "inductor") -> dict[str, float]:
+               compiled: bool = False, backend: str = "inductor", model_name: str = "preact-resnet18"
+               ) -> dict[str, dict[str, float]]:
     """One PGD-AT epoch (our PGDAT method, SGD step) over ``n_images`` random CIFAR-shaped images
     already on the device: the compute path only, no data loading. Whole batches only, as the
     training loop does (``drop_last``): a last, smaller batch would make a compiled model recompile
@@ -102,7 +103,7 @@ def throughput(device: torch.device, n_images: int, batch: int, steps: int, prec
     results = {}
     for channels_last, autotune in layouts:
         torch.backends.cudnn.benchmark = autotune
-        model = _model(device, channels_last=channels_last).train()
+        model = _model(device, channels_last=channels_last, name=model_name).train()
         if compiled:
             model = torch.compile(model, backend=backend)
         method = METHODS.build("pgd-at", attack_steps=steps, alpha=2 / 255, precision=precision)
@@ -134,7 +135,7 @@ def throughput(device: torch.device, n_images: int, batch: int, steps: int, prec
         recompiled = _compiled_frames() - frames_before
         layout = (("channels-last" if channels_last else "contiguous") + (", cudnn.benchmark" if autotune else "")
                   + (", torch.compile" if compiled else ""))
-        print(f"throughput PGD-{steps} AT epoch, preact-resnet18, {precision}, batch {batch}, {layout}: "
+        print(f"throughput PGD-{steps} AT epoch, {model_name}, {precision}, batch {batch}, {layout}: "
               f"{seen} images in {seconds:.2f} s ({seen / seconds:.0f} img/s)"
               + (f"; compiled during the timed epoch: {recompiled} frames" if compiled else ""))
         results[layout] = {"images_per_second": seen / seconds, "recompiled_frames": recompiled}

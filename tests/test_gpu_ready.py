@@ -256,7 +256,7 @@ def test_throughput_times_whole_batches_without_recompiling(capsys):
     spec.loader.exec_module(gpu_check)
     torch._dynamo.reset()
     results = gpu_check.throughput(torch.device("cpu"), n_images=5 * 8 + 4, batch=8, steps=1, precision="fp32",
-                                   compiled=True, backend="eager")
+                                   compiled=True, backend="eager", model_name="smallcnn")
     (timed,) = results.values()
     assert timed["recompiled_frames"] == 0
     assert "40 images in" in capsys.readouterr().out  # the last 4 images (a partial batch) are left out
