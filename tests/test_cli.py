@@ -63,6 +63,14 @@ def test_list_and_version(capsys):
     assert exc.value.code == 0 and __version__ in capsys.readouterr().out
 
 
+def test_calibrate_help_says_it_shifts_thresholds(capsys):
+    """Issue #15, item 6: calibration is a decision-threshold shift, and its --help says so."""
+    with pytest.raises(SystemExit):
+        main(["calibrate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "shifts the decision thresholds between classes" in out and "no more robust" in out
+
+
 @pytest.mark.parametrize("command", ["train", "eval", "report", "compare", "calibrate", "experiment", "demo"])
 def test_help_names_each_default_once(command, capsys):
     """An option whose help already says its default (``default: the checkpoint's eps``) does not get a

@@ -259,6 +259,29 @@ def test_findings_prose_quotes_only_numbers_its_tables_show():
     assert not missing, f"numbers in findings.md's prose that no included table shows: {missing}"
 
 
+def test_calibration_why_block_matches_its_record():
+    """docs/defenses.md's calibration analysis (issue #15, item 6) is the committed record's rendering,
+    measured on the test split after the calibration was fitted on validation."""
+    script = _load(ROOT / "experiments" / "quick" / "calibration_why.py")
+    record = json.loads((ROOT / "docs" / "results" / "calibration-why.json").read_text())
+    assert sum(record["n_per_class"]) == record["settings"]["limit"]  # a finished run, not a partial one
+    assert _block(ROOT / "docs" / "defenses.md", "calibration-why") == script.render(record).strip()
+    # the prose's numbers, from the record
+    text = " ".join((ROOT / "docs" / "defenses.md").read_text().split())
+    shirt = record["classes"].index("Shirt")
+    n = record["n_per_class"][shirt]
+    gain = {a: 100 * (record["robust_per_class"]["calibrated"][a][shirt]
+                      - record["robust_per_class"]["base"][a][shirt]) / n
+            for a in ("clean", "pgd-20", "cw-20", "apgd-ce", "apgd-t", "autoattack")}
+    assert f"Shirt {gain['cw-20']:+.1f} under `cw-20` against {gain['pgd-20']:+.1f} under PGD-20" in text
+    assert f"Shirt's gain ({gain['autoattack']:+.1f} under AutoAttack, {gain['clean']:+.1f} clean)" in text
+    assert (f"Of the {gain['pgd-20']:.0f} PGD-20 points, APGD-CE takes {gain['pgd-20'] - gain['apgd-ce']:.0f} back "
+            f"and APGD-T, alone or inside AutoAttack, {gain['apgd-ce'] - gain['apgd-t']:.0f} more") in text
+    transfer = 100 * record["base_autoattack_on_calibrated"][shirt] / n
+    own = 100 * record["robust_per_class"]["calibrated"]["autoattack"][shirt] / n
+    assert f"{transfer:.1f}% of the base model's AutoAttack points on Shirt" in text and f"against {own:.1f}%" in text
+
+
 def test_calibration_why_renders_differences_and_member_flips():
     """experiments/quick/calibration_why.py's tables (issue #15, item 6): calibrated minus base in
     points per class and attack, each AutoAttack member's flips side by side (torch-free)."""

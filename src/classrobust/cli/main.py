@@ -85,10 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compare attacks whose recorded settings (eps, steps, mode, ...) differ between the runs")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("calibrate", help="fit per-class logit offsets on the validation split to raise the "
-                                         "worst class's PGD accuracy; writes a new checkpoint. This shifts the "
-                                         "decision thresholds between classes; it does not make the network "
-                                         "more robust (docs/defenses.md)")
+    about = ("fit per-class logit offsets on the validation split to raise the worst class's PGD accuracy; "
+             "writes a new checkpoint. This shifts the decision thresholds between classes: the raised classes "
+             "gain, clean and under attack, at their neighbours' expense; the network itself is no more robust "
+             "(measured: docs/defenses.md)")
+    p = sub.add_parser("calibrate", help=about, description=about)
     p.add_argument("--checkpoint", type=Path, required=True, help="a classrobust checkpoint (never modified)")
     p.add_argument("--out", type=Path, required=True, help="the new checkpoint (.safetensors; must not exist)")
     add_config_options(p, CalibrateConfig)
