@@ -170,6 +170,12 @@ def test_screen_prose_numbers_match_the_committed_logs():
     base = pd.read_csv(logs / "pgd-at-s100.csv")
     assert f"(Shirt {shirt(base, 13, 'val_pgd_accuracy')}, {shirt(base, 14, 'val_pgd_accuracy')}, " \
            f"{shirt(base, 15, 'val_pgd_accuracy')}% over epochs 13-15)" in text
+    wide = pd.read_csv(logs / "dafa-l2-s100.csv")
+    end = wide[wide.epoch == 15].set_index("class_name")
+    assert (f"(Shirt x{end.eps_scale['Shirt']:.2f}, Sneaker x{end.eps_scale['Sneaker']:.2f}, "
+            f"Pullover x{end.eps_scale['Pullover']:.2f}): validation clean accuracy "
+            f"{100 * end.val_clean_accuracy['Shirt']:.1f}% on Shirt and "
+            f"{100 * end.val_clean_accuracy['Sneaker']:.1f}% on Sneaker") in text
     dafa = pd.read_csv(logs / "dafa-l1-s100.csv")
     assert f"from {shirt(dafa, 10, 'val_clean_accuracy')}% to {float(shirt(dafa, 11, 'val_clean_accuracy')):.0f}%" in text
     assert (f"from {float(shirt(dafa, 10, 'train_accuracy')):.0f}% to {float(shirt(dafa, 11, 'train_accuracy')):.0f}%"
