@@ -353,6 +353,56 @@ eval: {attacks: "pgd:steps=3", limit: 100}
     assert code == 2 and "calibrated with other settings" in err
 
 
+def test_unfinished_experiment_exports_and_continues_from_the_export(synthetic_env, tmp_path, capsys):
+    """An unfinished experiment's export keeps finished runs without weights, and the weights only of a
+    run that later work still needs (here a calibration's base); `--out EXPORT` continues from it, skips
+    what is done, and a final export leaves no weights behind."""
+    grid = """
+seeds: [0]
+train: {epochs: 1, attack_steps: 1, batch_size: 50, val_size: 100, train_subset: 300, lr: 0.02}
+datasets: [fashion-mnist]
+methods:
+  pgd-at: {}
+  trades: {beta: 1.0}
+  pgd-at+cal: {base: pgd-at, calibrate: {max_avg_drop: 5.0, val_size: 60, steps: 2, rounds: 1}}
+eval: {attacks: "pgd:steps=3", limit: 100}
+"""
+    first = grid.replace("  trades: {beta: 1.0}\n", "").replace(
+        "  pgd-at+cal: {base: pgd-at, calibrate: {max_avg_drop: 5.0, val_size: 60, steps: 2, rounds: 1}}\n", "")
+    out, moved = tmp_path / "exp", tmp_path / "moved"
+    assert run(["experiment", write(tmp_path, first, "first.yaml"), "--out", out, "--no-progress"], capsys)[0] == 0
+    path = write(tmp_path, grid)
+    code, stdout, err = run(["experiment", path, "--out", out, "--export", moved], capsys)
+    assert code == 0 and "1 finished runs" in stdout and "2 runs to go" in stdout, err
+    progress = json.loads((moved / "experiment-progress.json").read_text())
+    assert progress["done"] == progress["with_weights"] == ["fashion-mnist/pgd-at/seed0"]
+    assert [p.relative_to(moved).as_posix() for p in moved.rglob("*.safetensors")] == [
+        "runs/fashion-mnist/pgd-at/seed0/model.safetensors"]  # the pending calibration's base
+    assert not (moved / "experiment.json").exists() and not (moved / "report").exists()
+
+    code, stdout, err = run(["experiment", path, "--out", moved, "--no-progress"], capsys)
+    assert code == 0, err
+    assert "fashion-mnist/pgd-at/seed0: complete, skipped" in stdout and "calibrating fashion-mnist/pgd-at" in stdout
+    assert not (moved / "experiment-progress.json").exists()
+    summary = json.loads((out / "runs/fashion-mnist/pgd-at/seed0/eval/summary.json").read_text())
+    assert json.loads((moved / "runs/fashion-mnist/pgd-at/seed0/eval/summary.json").read_text()) == summary
+    # once finished, the export is the weightless one with the report; the earlier export's weights go
+    final = tmp_path / "final"
+    assert run(["experiment", path, "--out", out, "--export", final], capsys)[0] == 0  # unfinished: partial
+    assert list(final.rglob("*.safetensors"))
+    code, stdout, err = run(["experiment", path, "--out", moved, "--export", final], capsys)
+    assert code == 0 and "report:" in stdout, err
+    assert not list(final.rglob("*.safetensors")) and not (final / "experiment-progress.json").exists()
+    assert (final / "report" / "report.md").is_file()
+    # a sidecar without weights or evaluation cannot be continued: one line, not a retrain over it
+    (moved / "runs/fashion-mnist/trades/seed0/model.safetensors").unlink()
+    import shutil
+
+    shutil.rmtree(moved / "runs/fashion-mnist/trades/seed0/eval")
+    code, _, err = run(["experiment", path, "--out", moved, "--no-progress"], capsys)
+    assert code == 2 and "neither weights nor an evaluation" in err and err.count("\n") == 1
+
+
 def test_calibrate_entry_needs_an_earlier_trained_base(tmp_path, capsys):
     text = ("datasets: [fashion-mnist]\nmethods:\n  cal: {base: pgd-at, calibrate: {}}\n  pgd-at: {}\n"
             "eval: {attacks: pgd}\n")

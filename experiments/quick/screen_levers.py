@@ -72,11 +72,15 @@ def run(names: list[str], seeds: list[int]) -> None:
 
 
 def summary() -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """One row per finished run (last epoch), and each finished run's training log by run name."""
+    """One row per finished run (last epoch), and each finished run's training log by run name: from
+    ``runs/screen`` or, for a run finished in an earlier session (runs/ does not outlive a checkout), from
+    its log committed under docs/results/lever-screen/logs."""
     rows, logs = [], {}
     for name, spec in GRID.items():
         for seed in SEEDS:
             log_path = RUNS / f"{name}-s{seed}" / "train_log.csv"
+            if not log_path.is_file():  # trained in an earlier session whose runs/ is gone: its committed log
+                log_path = RESULTS / "logs" / f"{name}-s{seed}.csv"
             if not log_path.is_file():
                 continue
             log = pd.read_csv(log_path)

@@ -105,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true", help="rebuild the combined report from saved results")
     p.add_argument("--export", type=Path, metavar="DIR",
                    help="copy the finished experiment's per-sample records, sidecars and logs (no weights) into DIR "
-                        "and build the report there: what others need to check every number")
+                        "and build the report there: what others need to check every number. Of an unfinished "
+                        "experiment: its finished runs (and the weights later steps still need), from which "
+                        "`--out DIR` continues it on another machine")
     p.add_argument("--tensorboard", type=Path, default=None, metavar="DIR",
                    help="TensorBoard event files, one folder per trained run (DIR/RUN); see train --help")
     add_data_options(p)
@@ -326,9 +328,16 @@ def cmd_experiment(args) -> int:
         print(f"report: {build_experiment_report(spec.out)}")
         return 0
     if args.export is not None:
-        from classrobust.workflows.experiment import export_experiment
+        from classrobust.workflows.experiment import export_experiment, export_progress, is_finished
 
-        print(f"exported to {args.export}; report: {export_experiment(spec.out, args.export)}")
+        if is_finished(spec):
+            print(f"exported to {args.export}; report: {export_experiment(spec.out, args.export)}")
+            return 0
+        progress = export_progress(spec, args.export)
+        print(f"exported {len(progress['done'])} finished runs to {args.export} (the experiment is unfinished: "
+              f"{len(progress['unfinished'])} runs to go, no report; weights kept for "
+              f"{', '.join(progress['with_weights']) or 'none'}); continue with "
+              f"`classrobust experiment {args.file} --out {args.export}`")
         return 0
     t0 = time.perf_counter()
     report = run_experiment(spec, device=args.device, data_dir=args.data_dir, download=args.download,

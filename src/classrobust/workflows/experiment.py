@@ -3,8 +3,11 @@ grid, then one combined report.
 
 Each run lives in ``<out>/runs/<dataset>/<method>/seed<s>/`` (checkpoint, training log, ``eval/``).
 A run whose checkpoint was made with the same training config and whose evaluation used the
-same settings is skipped; a half-trained run continues from its last completed epoch; a run
-made with *other* settings stops the experiment (results are never overwritten).
+same settings is skipped (its weights may be gone, as in an export: the sidecar and the evaluation
+decide); a half-trained run continues from its last completed epoch; a run made with *other*
+settings stops the experiment (results are never overwritten). An unfinished experiment's export
+(:func:`export_experiment`) is a folder the experiment continues from, on another machine or after
+``out`` is lost: ``classrobust experiment FILE --out EXPORT``.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ def run_state(spec: ExperimentSpec, run: RunSpec) -> str:
 
     directory = run_dir(spec, run)
     checkpoint = directory / "model.safetensors"
-    if checkpoint.is_file():
+    # the sidecar decides: an exported run (no weights) whose evaluation is there is as done as a local one
+    if checkpoint.is_file() or (directory / "model.json").is_file():
         try:
             saved_meta = read_checkpoint_meta(checkpoint)
         except CheckpointError as exc:
@@ -62,6 +66,9 @@ def run_state(spec: ExperimentSpec, run: RunSpec) -> str:
                              "move it away or give the experiment another out directory")
         summary = directory / "eval" / "summary.json"
         if not summary.is_file():
+            if not checkpoint.is_file():
+                raise UsageError(f"{directory} has a sidecar but neither weights nor an evaluation; move it away "
+                                 "to retrain")
             return "evaluate"
         saved_eval = json.loads(summary.read_text()).get("meta", {}).get("experiment_eval")
         if saved_eval != eval_settings(spec):
@@ -237,6 +244,7 @@ def run_experiment(spec: ExperimentSpec | str | Path, *, device: str | None = No
     report = spec.out / "report" / "report.html"
     if is_main():  # under torchrun every process ran the grid; one writes the index and the report
         atomic_write_json(spec.out / INDEX, index)
+        (spec.out / PROGRESS).unlink(missing_ok=True)  # continued from an unfinished export: now finished
         report = build_experiment_report(spec.out)
     barrier()
     return report
@@ -247,11 +255,68 @@ EXPORTED_RUN_FILES = ("model.json", "train_log.csv")
 EXPORTED_RESULT_FILES = ("summary.json", "samples.csv.gz", "curves.csv", "distances.csv")
 
 
+#: the marker of an unfinished experiment's export (a finished one's is the index, ``INDEX``)
+PROGRESS = "experiment-progress.json"
+
+
+def _check_export_dest(out_dir: Path, dest: str | Path) -> Path:
+    dest = Path(dest)
+    marker = PROGRESS if (dest / PROGRESS).is_file() else INDEX  # either kind of earlier export is ours
+    dest = check_own_directory(dest, marker, "--export")
+    if dest.resolve() == out_dir.resolve():
+        raise UsageError("--export must name another folder than the experiment's")
+    return dest
+
+
+def is_finished(spec: ExperimentSpec) -> bool:
+    """Whether ``spec.out`` holds this spec's finished experiment: its index lists exactly the spec's runs
+    (not an earlier, smaller grid's) and every run is done."""
+    index = spec.out / INDEX
+    if not index.is_file():
+        return False
+    listed = {r["key"] for r in json.loads(index.read_text()).get("runs", [])}
+    return listed == {run.key for run in spec.runs} and all(run_state(spec, run) == "done" for run in spec.runs)
+
+
+def export_progress(spec: ExperimentSpec, dest: str | Path) -> dict[str, Any]:
+    """Export an *unfinished* experiment into ``dest``: each finished run's sidecar, log and ``eval/``
+    records, and the weights only of runs that still have work waiting on them (a trained run not yet
+    evaluated, the base of a calibration not yet made), so that ``classrobust experiment FILE --out
+    DEST`` continues where ``spec.out`` stopped. Weights an earlier export left in ``dest`` that are no
+    longer needed are removed (``dest`` holds only files exports wrote). Returns what the marker
+    ``PROGRESS`` records: the runs exported as done and those whose weights travel."""
+    import shutil
+
+    dest = _check_export_dest(spec.out, dest)
+    states = {run.key: run_state(spec, run) for run in spec.runs}
+    waiting = {run.base_key for run in spec.runs if run.calibrate is not None and states[run.key] != "done"}
+    done = [key for key, state in states.items() if state == "done"]
+    weighted = [key for key, state in states.items()
+                if state == "evaluate" or (key in waiting and state == "done"
+                                           and (spec.out / "runs" / key / "model.safetensors").is_file())]
+    copies = [f"runs/{key}/{name}" for key in [*done, *weighted] for name in ("model.json", "train_log.csv")]
+    copies += [f"runs/{key}/eval/{name}" for key in done for name in EXPORTED_RESULT_FILES]
+    copies += [f"runs/{key}/model.safetensors" for key in weighted]
+    for stale in dest.glob("runs/**/model.safetensors"):
+        if str(stale.relative_to(dest)) not in copies:
+            stale.unlink()
+    for relative in copies:
+        if (spec.out / relative).is_file():
+            (dest / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(spec.out / relative, dest / relative)
+    progress = {"name": spec.name, "source": str(spec.source), "eval": eval_settings(spec),
+                "done": done, "with_weights": weighted,
+                "unfinished": [key for key in states if key not in done]}
+    atomic_write_json(dest / PROGRESS, progress)
+    return progress
+
+
 def export_experiment(out_dir: str | Path, dest: str | Path) -> Path:
     """Copy what rebuilds the report of the finished experiment in ``out_dir`` into ``dest``: the
     index, every run's per-sample records and summaries (``eval/``, the temperature step's), its
     training sidecar and log, and no weights; then build the report there. ``dest`` is refused if it
-    holds files of anything but an earlier export. Returns the report's path."""
+    holds files of anything but an earlier export. Returns the report's path. (An unfinished
+    experiment: :func:`export_progress`.)"""
     import shutil
 
     from classrobust.report.experiment import build_experiment_report, load_runs
@@ -259,9 +324,9 @@ def export_experiment(out_dir: str | Path, dest: str | Path) -> Path:
 
     out_dir = Path(out_dir)
     index, _, _ = load_runs(out_dir)  # refuses an unfinished or foreign folder before anything is copied
-    dest = check_own_directory(dest, INDEX, "--export")
-    if dest.resolve() == out_dir.resolve():
-        raise UsageError("--export must name another folder than the experiment's")
+    dest = _check_export_dest(out_dir, dest)
+    for stale in [*dest.glob("runs/**/model.safetensors"), dest / PROGRESS]:  # an earlier partial export's
+        stale.unlink(missing_ok=True)
     folders = [r["dir"] for r in index["runs"]] + [a["dir"] for a in index["ablation"]]
     temperature = index.get("temperature")
     results = [f"{d}/eval" for d in folders] + [
