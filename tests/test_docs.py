@@ -182,6 +182,28 @@ def test_screen_prose_numbers_match_the_committed_logs():
             in text)
     overall = dafa[dafa.class_index == -1].set_index("epoch")["train_loss"]
     assert f"({overall[10]:.2f} to {overall[15]:.2f} by epoch 15)" in text
+    # seed 101's collapses, and the pick the selection rule makes from the committed table
+    ends = {lam: pd.read_csv(logs / f"dafa-l{lam}-s101.csv").query("epoch == 15").set_index("class_name")
+            for lam in (1, 2)}
+    assert ("Sneaker at " + " validation clean accuracy with lam 1, ".join(
+        f"{100 * ends[lam].val_clean_accuracy['Shirt']:.1f}% and {100 * ends[lam].val_clean_accuracy['Sneaker']:.1f}%"
+        for lam in (1, 2)) + " with lam 2") in text
+    script = _load(ROOT / "experiments" / "quick" / "screen_levers.py")
+    runs = pd.read_csv(ROOT / "docs" / "results" / "lever-screen" / "runs.csv")
+    chosen = script.choose(runs).set_index("setting")
+    pick = chosen.index[chosen.confirm][0]
+    assert f"The rule picks `{pick}` (`{chosen.classwise[pick]}`)" in text
+    assert (f"mean worst-class validation PGD-10 accuracy {100 * chosen.val_worst_pgd[pick]:.1f}% against the "
+            f"baseline's {100 * chosen.val_worst_pgd['pgd-at']:.1f}%, average {100 * chosen.val_pgd[pick]:.1f}% "
+            f"against {100 * chosen.val_pgd['pgd-at']:.1f}%") in text
+    assert f"lifts the worst class further ({100 * chosen.val_worst_pgd['wat-e1']:.1f}%)" in text
+    diff = script.paired_differences(runs).set_index("setting").avg_mean
+    assert f"costs {-diff['wat-e1']:.1f} points of average" in text
+    assert f"lifts it to {100 * chosen.val_worst_pgd['reweight-s4']:.1f}% at {-diff['reweight-s4']:.1f} points" in text
+    nomargin = runs[runs.setting == "dafa-l1-nomargin"].set_index("seed").val_worst_pgd
+    base = runs[runs.setting == "pgd-at"].set_index("seed").val_worst_pgd
+    assert (f"Shirt ends at {100 * nomargin[100]:.1f}% and {100 * nomargin[101]:.1f}% validation PGD-10 on seeds 100 "
+            f"and 101 against the baseline's {100 * base[100]:.1f}% and {100 * base[101]:.1f}%") in text
 
 
 def test_included_report_sections_match_their_source(tmp_path):

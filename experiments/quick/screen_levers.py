@@ -270,7 +270,9 @@ CONFIRMATION = """\
 # raises it) is declared here, before the runs.
 # Budget (2-core CPU, measured in the screen and the AutoAttack benchmark): training PGD-AT ~14 min,
 # TRADES ~16 min, calibration ~3 min, evaluation ~18 min per checkpoint: about 2.7 hours per seed,
-# 13-14 hours in all.
+# 13-14 hours in all. It runs over several sessions: at each session's end its finished runs are
+# exported (`--export docs/results/defenses-confirmation`, weights only where later work needs them)
+# and committed, and the next session continues from a copy of that folder (`--out` there).
 name: quick-defenses
 description: >-
   PGD-AT and TRADES (smallcnn, eps 0.1, full training split, 15 epochs) against the same method with
