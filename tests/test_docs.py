@@ -182,6 +182,11 @@ def test_screen_prose_numbers_match_the_committed_logs():
             in text)
     overall = dafa[dafa.class_index == -1].set_index("epoch")["train_loss"]
     assert f"({overall[10]:.2f} to {overall[15]:.2f} by epoch 15)" in text
+    # what the screen cost, summed from the logs' per-epoch seconds (one overall row per epoch)
+    minutes = [pd.read_csv(f).query("class_index == -1").seconds.sum() / 60 for f in sorted(logs.glob("*.csv"))]
+    assert len(minutes) == 16
+    assert (f"its 16 runs logged {sum(minutes) / 60:.1f} hours of training epochs on the 2-core CPU, "
+            f"{min(minutes):.1f} to {max(minutes):.1f} minutes a run") in text
     # seed 101's collapses, and the pick the selection rule makes from the committed table
     ends = {lam: pd.read_csv(logs / f"dafa-l{lam}-s101.csv").query("epoch == 15").set_index("class_name")
             for lam in (1, 2)}
