@@ -198,3 +198,59 @@ def test_tally_helpers_count_per_class_check_correctness_and_time():
     with pytest.raises(RuntimeError), timed(seconds, "b"):  # time is counted even when the block fails
         raise RuntimeError
     assert seconds["a"] >= 1.0 and seconds["b"] >= 0.0 and set(seconds) == {"a", "b"}
+
+
+def test_killed_evaluation_continues_from_its_finished_batches(tiny_model, tmp_path, monkeypatch):
+    """A kill in the third batch leaves two batches in the resume folder; the rerun attacks only the
+    rest and gives the uninterrupted predictions. Another model, attack or data recomputes."""
+    from classrobust.evaluate import classwise
+
+    x, y = torch.rand(40, 1, 8, 8), torch.arange(40) % 4
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)  # 5 batches
+    attacks = {"pgd": PGD(tiny_model, eps=0.1, steps=3)}
+    reference = evaluate_classwise(tiny_model, loader, attacks, classes=list("abcd"), progress=False)
+    calls, real = [], classwise._attack_batch
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3 and kill:
+            raise KeyboardInterrupt  # the kill
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(classwise, "_attack_batch", counted)
+    folder = tmp_path / ".eval.resume"
+    kill = True
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_classwise(tiny_model, loader, attacks, classes=list("abcd"), progress=False, resume_dir=folder)
+    assert len(list(folder.glob("batch*.pt"))) == 2
+    kill, calls[:] = False, []
+    resumed = evaluate_classwise(tiny_model, loader, attacks, classes=list("abcd"), progress=False, resume_dir=folder)
+    assert len(calls) == 3  # batches 3-5 only
+    for name in reference.attacks:
+        np.testing.assert_array_equal(resumed.attacks[name].predictions, reference.attacks[name].predictions)
+    assert resumed.attacks["pgd"].seconds > 0
+    # other attack settings, other weights or other images: nothing is taken from the folder
+    calls[:] = []
+    evaluate_classwise(tiny_model, loader, {"pgd": PGD(tiny_model, eps=0.2, steps=3)}, classes=list("abcd"),
+                       progress=False, resume_dir=folder)
+    assert len(calls) == 5
+    with torch.no_grad():
+        next(tiny_model.parameters()).add_(0.01)
+    calls[:] = []
+    evaluate_classwise(tiny_model, loader, {"pgd": PGD(tiny_model, eps=0.2, steps=3)}, classes=list("abcd"),
+                       progress=False, resume_dir=folder)
+    assert len(calls) == 5
+    other = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x.flip(0), y.flip(0)), batch_size=8)
+    calls[:] = []
+    evaluate_classwise(tiny_model, other, {"pgd": PGD(tiny_model, eps=0.2, steps=3)}, classes=list("abcd"),
+                       progress=False, resume_dir=folder)
+    assert len(calls) == 5
+
+
+def test_evaluate_checkpoint_removes_its_resume_folder(trained_run, tmp_path):
+    from classrobust.workflows.evaluate import evaluate_checkpoint
+
+    result, out = evaluate_checkpoint(trained_run / "model.safetensors", tmp_path / "ev", attacks="fgsm", limit=40,
+                                      progress=False, report=False)
+    assert (out / "summary.json").is_file() and not (tmp_path / ".ev.resume").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ev", "run"]  # run: the trained fixture

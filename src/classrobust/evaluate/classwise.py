@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 import time
+from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
@@ -67,9 +70,62 @@ def progress_lines(batches: Iterable, total: int | None, what: str = "evaluate")
                   file=sys.stderr, flush=True)
 
 
+class BatchCache:
+    """Finished batches of an evaluation, kept in ``folder`` so that a killed evaluation continues
+    where it stopped: each batch's labels, predictions, distances and seconds, under a key of
+    everything that decides them (the model's weights, the attacks' settings, the classes, the
+    batch's place). Attacks are per-sample deterministic (keyed noise), so a continued evaluation
+    gives the uninterrupted one's predictions. A folder made for another key is emptied (it holds
+    only files this class wrote); the caller deletes it once the result is saved."""
+
+    KEY = "key.json"
+
+    def __init__(self, folder: str | Path, model: nn.Module, attacks: Mapping[str, Attack], classes: list[str]):
+        digest = hashlib.sha256()
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        self.key = {"weights_sha256": digest.hexdigest(), "classes": list(classes),
+                    "attacks": {name: attack.config() for name, attack in attacks.items()}}
+        self.folder = Path(folder)
+        key_path = self.folder / self.KEY
+        if self.folder.is_dir() and (not key_path.is_file() or json.loads(key_path.read_text()) != self.key):
+            for stale in self.folder.glob("batch*.pt"):
+                stale.unlink()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        from classrobust.io import atomic_write_json
+
+        atomic_write_json(key_path, self.key)
+        self.done = len(list(self.folder.glob("batch*.pt")))
+
+    @staticmethod
+    def fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
+        """The batch's images and labels, hashed: a batch is taken from the cache only if it is the same."""
+        digest = hashlib.sha256(x.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(y.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+    def load(self, index: int, fingerprint: str) -> dict[str, Any] | None:
+        path = self.folder / f"batch{index:06d}.pt"
+        if not path.is_file():
+            return None
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return saved if saved.get("fingerprint") == fingerprint else None  # other images: attack them
+
+    def save(self, index: int, entry: dict[str, Any], fingerprint: str) -> None:
+        import io
+
+        from classrobust.io import atomic_write_bytes
+
+        buffer = io.BytesIO()
+        torch.save({**entry, "fingerprint": fingerprint}, buffer)
+        atomic_write_bytes(self.folder / f"batch{index:06d}.pt", buffer.getvalue())
+
+
 def evaluate_classwise(model: nn.Module, loader: Iterable, attacks: Mapping[str, Attack], *,
                        classes: list[str] | None = None, device: str | torch.device | None = None,
-                       progress: bool = True, meta: dict[str, Any] | None = None) -> ClasswiseResult:
+                       progress: bool = True, meta: dict[str, Any] | None = None,
+                       resume_dir: str | Path | None = None) -> ClasswiseResult:
     """Clean and adversarial per-sample predictions, from which every per-class number derives.
 
     Args:
@@ -83,6 +139,9 @@ def evaluate_classwise(model: nn.Module, loader: Iterable, attacks: Mapping[str,
             adversarial distance (0 for clean errors, inf where none was found); its prediction
             is taken at its smallest adversarial point if that lies within eps, else at x.
         classes: class names (default: ``loader.dataset.classes``).
+        resume_dir: keep each finished batch there (:class:`BatchCache`) and take the batches an
+            interrupted evaluation with the same model and attacks left there instead of attacking
+            them again.
     """
     if CLEAN in attacks:
         raise UsageError("'clean' is reserved for the unattacked model")
@@ -95,27 +154,28 @@ def evaluate_classwise(model: nn.Module, loader: Iterable, attacks: Mapping[str,
     labels, preds = [], {name: [] for name in (CLEAN, *attacks)}
     distances = {name: [] for name, a in attacks.items() if isinstance(a, MinimalNormAttack)}
     seconds = dict.fromkeys(preds, 0.0)
+    cache = BatchCache(resume_dir, model, attacks, classes) if resume_dir is not None else None
+    if cache is not None and cache.done and progress:
+        print(f"evaluate: continuing an interrupted evaluation ({cache.done} batches done)", file=sys.stderr)
     with model_mode(model, False), fast_weights(model):  # attacks inside find it already converted
         # a bar on a terminal; elsewhere (a log file, CI) a line per tenth of the batches
         if progress and not sys.stderr.isatty():
             batches = progress_lines(loader, len(loader) if hasattr(loader, "__len__") else None)
         else:
             batches = tqdm(loader, desc="evaluate", disable=None if progress else True, leave=False)
-        for x, y in batches:
-            x, y = x.to(device), y.to(device)
-            check_labels(y, k)
-            t0 = time.perf_counter()
-            clean = predict(model, x)
-            seconds[CLEAN] += time.perf_counter() - t0
-            labels.append(y.cpu())
-            preds[CLEAN].append(clean.cpu())
-            for name, attack in attacks.items():
-                t0 = time.perf_counter()
-                pred, dist = worst_case_predictions(model, attack, x, y, clean)
-                seconds[name] += time.perf_counter() - t0
-                preds[name].append(pred.cpu())
-                if dist is not None:
-                    distances[name].append(dist.cpu())
+        for index, (x, y) in enumerate(batches):
+            fingerprint = BatchCache.fingerprint(x, y) if cache is not None else ""
+            entry = cache.load(index, fingerprint) if cache is not None else None
+            if entry is None:
+                entry = _attack_batch(model, attacks, x.to(device), y.to(device), k)
+                if cache is not None:
+                    cache.save(index, entry, fingerprint)
+            labels.append(entry["labels"])
+            for name in preds:
+                preds[name].append(entry["preds"][name])
+                seconds[name] += entry["seconds"][name]
+            for name in distances:
+                distances[name].append(entry["distances"][name])
     if not labels:
         raise UsageError("the loader yielded no samples")
     y_all = torch.cat(labels).numpy().astype(np.int64)
@@ -132,6 +192,25 @@ def evaluate_classwise(model: nn.Module, loader: Iterable, attacks: Mapping[str,
         results[name] = AttackResult(name, y_all, torch.cat(chunks).numpy().astype(np.int64), k,
                                      config, seconds[name], dist)
     return ClasswiseResult(classes, indices, y_all, results, meta)
+
+
+def _attack_batch(model: nn.Module, attacks: Mapping[str, Attack], x: torch.Tensor, y: torch.Tensor,
+                  k: int) -> dict[str, Any]:
+    """One batch's labels, clean and per-attack predictions, distances and seconds (on the CPU)."""
+    check_labels(y, k)
+    entry: dict[str, Any] = {"labels": y.cpu(), "preds": {}, "seconds": {}, "distances": {}}
+    t0 = time.perf_counter()
+    clean = predict(model, x)
+    entry["seconds"][CLEAN] = time.perf_counter() - t0
+    entry["preds"][CLEAN] = clean.cpu()
+    for name, attack in attacks.items():
+        t0 = time.perf_counter()
+        pred, dist = worst_case_predictions(model, attack, x, y, clean)
+        entry["seconds"][name] = time.perf_counter() - t0
+        entry["preds"][name] = pred.cpu()
+        if dist is not None:
+            entry["distances"][name] = dist.cpu()
+    return entry
 
 
 def _classifier_head(model: nn.Module, num_classes: int) -> nn.Linear | None:

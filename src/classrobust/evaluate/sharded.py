@@ -16,22 +16,28 @@ from classrobust.results import AttackResult, ClasswiseResult
 
 def evaluate_dataset(model, dataset, attacks: Mapping[str, Attack], *, batch_size: int = 256,
                      classes: list[str] | None = None, device=None, progress: bool = True,
-                     meta: dict[str, Any] | None = None, workers: int = 0) -> ClasswiseResult:
+                     meta: dict[str, Any] | None = None, workers: int = 0,
+                     resume_dir=None) -> ClasswiseResult:
     """:func:`evaluate_classwise` over ``dataset``; under torchrun each process takes every
     world-th sample and every process receives the whole result, in dataset order.
 
     Attacks are per-sample deterministic (keyed noise), so the result equals a single-process
     run's sample by sample, up to floating-point effects of batch composition. ``workers``: loader
-    processes decoding batches in parallel (the batches are the same).
+    processes decoding batches in parallel (the batches are the same). ``resume_dir``: where finished
+    batches are kept so that a killed evaluation continues (one subfolder per process under torchrun;
+    see :class:`~classrobust.evaluate.classwise.BatchCache`).
     """
+    from pathlib import Path
+
     rank, size = world()
     if size == 1:
         return evaluate_classwise(model, make_loader(dataset, batch_size, num_workers=workers), attacks, classes=classes,
-                                  device=device, progress=progress, meta=meta)
+                                  device=device, progress=progress, meta=meta, resume_dir=resume_dir)
     positions = torch.arange(rank, len(dataset), size)
     part = evaluate_classwise(model, make_loader(dataset.subset(positions), batch_size, num_workers=workers), attacks,
                               classes=classes or dataset.classes, device=device,
-                              progress=progress and rank == 0, meta=meta)
+                              progress=progress and rank == 0, meta=meta,
+                              resume_dir=None if resume_dir is None else Path(resume_dir) / f"rank{rank}of{size}")
     pieces = gather({"positions": positions.numpy(), "labels": part.labels,
                      "preds": {n: r.predictions for n, r in part.attacks.items()},
                      "seconds": {n: r.seconds for n, r in part.attacks.items()},

@@ -3,6 +3,7 @@ write the report: the workflow behind ``classrobust eval``."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -202,8 +203,10 @@ def evaluate_checkpoint(checkpoint: str | Path | None = None, out: str | Path | 
                 "eps_l2": test.threat_model.eps_l2, "torch_version": torch.__version__, "mode": config.mode,
                 **tf32, **({"superclasses": groups} if groups else {}), **(extra_meta or {})}
     t0 = time.perf_counter()
+    # finished batches wait beside ``out`` until the result is saved: a killed evaluation continues
+    resume_dir = out.parent / f".{out.name}.resume"
     result = evaluate_dataset(net, test, attacks, batch_size=config.batch_size, device=dev, progress=progress,
-                              meta=run_meta, workers=config.workers)
+                              meta=run_meta, workers=config.workers, resume_dir=resume_dir)
     result.meta["seconds"] = round(time.perf_counter() - t0, 2)
     if config.sanity:
         _sanity(net, test, result, attacks, config, globals_, dev)
@@ -214,6 +217,8 @@ def evaluate_checkpoint(checkpoint: str | Path | None = None, out: str | Path | 
 
             build_report(out)
     barrier()  # under torchrun, the other processes return only once the files are complete
+    if is_main():
+        shutil.rmtree(resume_dir, ignore_errors=True)
     return result, out
 
 
