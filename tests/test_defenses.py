@@ -349,3 +349,20 @@ def test_dafa_collects_the_class_similarity_in_the_loop(synthetic_env, tmp_path,
         terms = log[log.epoch == epoch].sort_values("class_index")
         np.testing.assert_allclose(terms["weights"], np.maximum(dafa_weights(probs, 1.0), 0.05), rtol=1e-6)
         np.testing.assert_allclose(terms["eps_scale"], terms["weights"], rtol=1e-6)
+
+
+def test_wat_trains_with_trades_as_the_confirmation_runs_it(synthetic_env, tmp_path, capsys):
+    """The confirmation carries the screen's `wat` over to TRADES: it trains, and from the second epoch
+    its per-class weights (mean 1) differ between classes, logged per epoch."""
+    import pandas as pd
+
+    out = tmp_path / "run"
+    code, _, err = run([*TRAIN, "--epochs", "3", "--method", "trades", "--beta", "6", "--classwise", "wat:eta=0.3",
+                        "--out", out], capsys)
+    assert code == 0, err
+    log = pd.read_csv(out / "train_log.csv")
+    log = log[log.class_index >= 0]
+    assert (log[log.epoch == 1]["weights"] == 1).all()
+    for epoch in (2, 3):
+        weights = log[log.epoch == epoch]["weights"]
+        assert weights.mean() == pytest.approx(1.0, abs=1e-5) and weights.std() > 0
