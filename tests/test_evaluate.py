@@ -245,6 +245,12 @@ def test_killed_evaluation_continues_from_its_finished_batches(tiny_model, tmp_p
     evaluate_classwise(tiny_model, other, {"pgd": PGD(tiny_model, eps=0.2, steps=3)}, classes=list("abcd"),
                        progress=False, resume_dir=folder)
     assert len(calls) == 5
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="did not write there"):
+        evaluate_classwise(tiny_model, loader, attacks, classes=list("abcd"), progress=False, resume_dir=foreign)
+    assert (foreign / "notes.txt").read_text() == "mine"
 
 
 def test_evaluate_checkpoint_removes_its_resume_folder(trained_run, tmp_path):

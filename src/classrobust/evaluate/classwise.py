@@ -89,7 +89,10 @@ class BatchCache:
                     "attacks": {name: attack.config() for name, attack in attacks.items()}}
         self.folder = Path(folder)
         key_path = self.folder / self.KEY
-        if self.folder.is_dir() and (not key_path.is_file() or json.loads(key_path.read_text()) != self.key):
+        if self.folder.is_dir() and any(self.folder.iterdir()) and not key_path.is_file():
+            raise UsageError(f"{str(self.folder)!r} holds files that classrobust did not write there; move them "
+                             "away (an evaluation keeps its finished batches there)")
+        if self.folder.is_dir() and key_path.is_file() and json.loads(key_path.read_text()) != self.key:
             for stale in self.folder.glob("batch*.pt"):
                 stale.unlink()
         self.folder.mkdir(parents=True, exist_ok=True)
