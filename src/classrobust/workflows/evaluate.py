@@ -217,8 +217,9 @@ def evaluate_checkpoint(checkpoint: str | Path | None = None, out: str | Path | 
 
             build_report(out)
     barrier()  # under torchrun, the other processes return only once the files are complete
-    if is_main():
-        shutil.rmtree(resume_dir, ignore_errors=True)
+    # past the barrier every process has finished its batches and the result is saved: the kept
+    # batches go (each process removes what is left; a folder another one removed is no error)
+    shutil.rmtree(resume_dir, ignore_errors=True)
     return result, out
 
 
