@@ -70,6 +70,11 @@ def progress_lines(batches: Iterable, total: int | None, what: str = "evaluate")
                   file=sys.stderr, flush=True)
 
 
+def _raw_bytes(tensor: torch.Tensor) -> bytes:
+    """A tensor's memory as bytes (any dtype), for hashing."""
+    return tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+
+
 class BatchCache:
     """Finished batches of an evaluation, kept in ``folder`` so that a killed evaluation continues
     where it stopped: each batch's labels, predictions, distances and seconds, under a key of
@@ -84,7 +89,7 @@ class BatchCache:
         digest = hashlib.sha256()
         for name, tensor in sorted(model.state_dict().items()):
             digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+            digest.update(_raw_bytes(tensor))
         self.key = {"weights_sha256": digest.hexdigest(), "classes": list(classes),
                     "attacks": {name: attack.config() for name, attack in attacks.items()}}
         self.folder = Path(folder)
@@ -104,8 +109,8 @@ class BatchCache:
     @staticmethod
     def fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
         """The batch's images and labels, hashed: a batch is taken from the cache only if it is the same."""
-        digest = hashlib.sha256(x.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-        digest.update(y.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        digest = hashlib.sha256(_raw_bytes(x))
+        digest.update(_raw_bytes(y))
         return digest.hexdigest()
 
     def load(self, index: int, fingerprint: str) -> dict[str, Any] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -27,8 +28,6 @@ def evaluate_dataset(model, dataset, attacks: Mapping[str, Attack], *, batch_siz
     batches are kept so that a killed evaluation continues (one subfolder per process under torchrun;
     see :class:`~classrobust.evaluate.classwise.BatchCache`).
     """
-    from pathlib import Path
-
     rank, size = world()
     if size == 1:
         return evaluate_classwise(model, make_loader(dataset, batch_size, num_workers=workers), attacks, classes=classes,

@@ -6,7 +6,7 @@ A run whose checkpoint was made with the same training config and whose evaluati
 same settings is skipped (its weights may be gone, as in an export: the sidecar and the evaluation
 decide); a half-trained run continues from its last completed epoch; a run made with *other*
 settings stops the experiment (results are never overwritten). An unfinished experiment's export
-(:func:`export_experiment`) is a folder the experiment continues from, on another machine or after
+(:func:`export_progress`) is a folder the experiment continues from, on another machine or after
 ``out`` is lost: ``classrobust experiment FILE --out EXPORT``.
 """
 
@@ -294,7 +294,7 @@ def export_progress(spec: ExperimentSpec, dest: str | Path) -> dict[str, Any]:
     weighted = [key for key, state in states.items()
                 if state == "evaluate" or (key in waiting and state == "done"
                                            and (spec.out / "runs" / key / "model.safetensors").is_file())]
-    copies = [f"runs/{key}/{name}" for key in [*done, *weighted] for name in ("model.json", "train_log.csv")]
+    copies = [f"runs/{key}/{name}" for key in [*done, *weighted] for name in EXPORTED_RUN_FILES]
     copies += [f"runs/{key}/eval/{name}" for key in done for name in EXPORTED_RESULT_FILES]
     copies += [f"runs/{key}/model.safetensors" for key in weighted]
     for stale in dest.glob("runs/**/model.safetensors"):
