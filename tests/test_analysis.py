@@ -491,3 +491,36 @@ def test_sign_flip_test_stays_exact_for_few_runs_and_samples_for_many():
     from scipy import stats
     exact = 2 * stats.binom.sf(19, 30, 0.5)
     assert result["perm_p"] == pytest.approx(exact, abs=0.005)
+
+
+def test_judge_target_needs_gain_average_and_both_seed_tests():
+    from classrobust.analysis import compare_methods, judge_target
+
+    labels = np.repeat([0, 1], 20)
+
+    def result(right_a, right_b):  # right_a of class a's 20 points correct, right_b of class b's
+        correct = np.r_[np.arange(20) < right_a, np.arange(20) < right_b]
+        return ClasswiseResult(["a", "b"], np.arange(40), labels,
+                               {"autoattack": AttackResult("autoattack", labels, np.where(correct, labels, 1 - labels), 2)})
+
+    base = [(4, 16), (5, 15), (3, 17), (6, 16), (4, 15)]
+    results = {("base", s): result(*ab) for s, ab in enumerate(base)}
+    for s, (a, b) in enumerate(base):
+        results[("lift", s)] = result(a + 2, b)           # +10 points on a every seed, average +5
+        results[("costly", s)] = result(a + 2, b - 4)     # +10 on a, average -5
+        results[("mixed", s)] = result(a + (3 if s else -1), b)  # one seed loses a
+    table = compare_methods(results, "base", ["autoattack"], target=0, alternatives={"worst": "greater"})
+    verdict = judge_target(table).set_index("method")
+    assert list(verdict.index) == ["lift", "costly", "mixed"]  # the baseline is not judged
+    assert bool(verdict.loc["lift", "meets"]) and verdict.loc["lift", "short_of"] == ""
+    assert verdict.loc["lift", "worst_diff_mean"] == pytest.approx(0.10)
+    assert verdict.loc["lift", "worst_diff_perm_p"] == pytest.approx(1 / 32)  # every seed up, one-sided
+    assert not verdict.loc["costly", "meets"] and verdict.loc["costly", "short_of"] == "average -5.0 < -1"
+    # +11 points on average but one seed lost: sign-flip p = 2/32 is not below 0.05
+    assert not verdict.loc["mixed", "meets"] and "sign-flip p 0.062" in verdict.loc["mixed", "short_of"]
+    assert not judge_target(table, worst_gain=0.2).set_index("method").loc["lift", "meets"]
+    assert verdict.loc["lift", "alternative"] == "greater" and verdict.loc["lift", "target_class"] == "a"
+    one_seed = compare_methods({k: v for k, v in results.items() if k[1] == 0}, "base", ["autoattack"], target=0)
+    assert not judge_target(one_seed).meets.any()  # no seed-level test from one seed: never met
+    with pytest.raises(ValueError):
+        judge_target(table, alpha=0.0)

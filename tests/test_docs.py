@@ -147,6 +147,49 @@ def test_freeze_writes_a_valid_confirmation_for_the_pick_once(tmp_path):
     assert "2026-11-28" in out.read_text()
 
 
+def test_confirmation_verdict_only_from_a_finished_export(tmp_path):
+    """screen_levers.py verdict: refused while the export is unfinished or missing; from a finished one,
+    every non-baseline method judged under AutoAttack against the target declared in the script."""
+    import pandas as pd
+
+    script = _load(ROOT / "experiments" / "quick" / "screen_levers.py")
+    assert script.TARGET == dict(attack="autoattack", worst_gain=0.05, max_avg_drop=0.01, alpha=0.05)
+    with pytest.raises(SystemExit, match="no .*methods.csv"):
+        script.verdict(tmp_path)
+    (tmp_path / "experiment-progress.json").write_text("{}")
+    with pytest.raises(SystemExit, match="unfinished"):
+        script.verdict(tmp_path)
+    (tmp_path / "experiment-progress.json").unlink()
+    row = lambda attack, method, base, worst, avg, t_p, perm_p: {  # noqa: E731
+        "dataset": "fashion-mnist", "attack": attack, "method": method, "baseline_method": base, "seeds": 5,
+        "worst_class": "Shirt", "worst_alternative": "greater", "worst_diff_mean": worst,
+        "worst_diff_low": worst - 0.02, "worst_diff_high": worst + 0.02, "worst_diff_t_p": t_p,
+        "worst_diff_perm_p": perm_p, "avg_diff_mean": avg, "avg_diff_low": avg - 0.01, "avg_diff_high": avg + 0.01}
+    pd.DataFrame([row("autoattack", "pgd-at", "pgd-at", 0, 0, float("nan"), float("nan")),
+                  row("autoattack", "pgd-at+x", "pgd-at", 0.08, -0.004, 0.001, 1 / 32),
+                  row("pgd", "pgd-at+x", "pgd-at", 0.0, 0.0, 0.9, 0.9),  # another attack: not judged
+                  row("autoattack", "trades+x", "trades", 0.04, 0.0, 0.01, 1 / 32)]).to_csv(tmp_path / "methods.csv")
+    table = script.verdict(tmp_path)
+    assert list(table.method) == ["pgd-at+x", "trades+x"] and list(table.meets) == [True, False]
+    text = script.render_verdict(table)
+    assert "| pgd-at+x | pgd-at | 5 | Shirt | +8.0 [+6.0, +10.0] | 0.001 | 0.031 | -0.4 [-1.4, +0.6] | yes |  |" in text
+    assert "| trades+x | trades | 5 | Shirt | +4.0 [+2.0, +6.0] | 0.01 | 0.031 | +0.0 [-1.0, +1.0] | no | " \
+           "worst-class gain +4.0 < +5 |" in text
+
+
+def test_defenses_doc_states_the_verdict_only_once_the_confirmation_is_finished():
+    """While the committed confirmation export is unfinished the doc has no verdict and says it is
+    running; once finished, its verdict table is the one the script rebuilds from the export."""
+    script = _load(ROOT / "experiments" / "quick" / "screen_levers.py")
+    doc = (ROOT / "docs" / "defenses.md").read_text()
+    if (script.CONFIRMED / "experiment-progress.json").exists():
+        assert "<!-- defenses-verdict -->" not in doc
+        assert "## The confirmation on the test split (issue #15, step 4; running)" in doc
+    else:
+        assert _block(ROOT / "docs" / "defenses.md", "defenses-verdict") == \
+            script.render_verdict(script.verdict()).strip()
+
+
 def test_leak_check_numbers_in_the_defenses_doc_match_the_record():
     record = json.loads((ROOT / "docs" / "results" / "lever-screen" / "leak_dafa-l1-s100.json").read_text())
     text = (ROOT / "docs" / "defenses.md").read_text()

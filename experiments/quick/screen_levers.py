@@ -8,6 +8,7 @@ logs' per-epoch validation (held-out part of the training split, PGD-10 at eps 0
   python experiments/quick/screen_levers.py summary               # prints the table, writes nothing
   python experiments/quick/screen_levers.py summary --write-docs   # -> docs/results/lever-screen/ + docs/defenses.md
   python experiments/quick/screen_levers.py freeze     # the confirmation file, experiments/quick/defenses.yaml
+  python experiments/quick/screen_levers.py verdict [--write-docs]   # the confirmation against the target
 
 ``run`` is resumable: finished runs are skipped, an interrupted one continues from its last epoch.
 TRADES (declared 2026-11-27, before any TRADES lever run): the screen runs on PGD-AT only, and the
@@ -55,6 +56,13 @@ GRID = {
     "wat-e03": "wat:eta=0.3",
 }
 MAX_AVG_DROP = 0.01
+#: the finished confirmation's export (experiments/quick/defenses.yaml, --export there)
+CONFIRMED = ROOT / "docs" / "results" / "defenses-confirmation"
+#: issue #15's target, written here on 2026-11-28 before any confirmation number was read: under standard
+#: AutoAttack, the worst class (the baseline's validation-worst) gains at least 5 points over the same
+#: method's baseline (mean over the 5 seeds' paired differences), the average loses at most 1 point, and
+#: the gain is significant across seeds: one-sided paired t-test p < 0.05 and exact sign-flip p < 0.05.
+TARGET = dict(attack="autoattack", worst_gain=0.05, max_avg_drop=0.01, alpha=0.05)
 
 
 def run(names: list[str], seeds: list[int]) -> None:
@@ -330,6 +338,37 @@ def freeze(runs: pd.DataFrame, out: Path, date: str, runs_sha: str) -> str:
     return setting
 
 
+def verdict(export: Path = CONFIRMED) -> pd.DataFrame:
+    """The confirmation's methods against :data:`TARGET`; refuses an unfinished or missing export."""
+    from classrobust.analysis import judge_target
+
+    if (export / "experiment-progress.json").exists():
+        raise SystemExit(f"screen_levers: {export} holds an unfinished confirmation; no verdict before all its runs")
+    if not (export / "methods.csv").is_file():
+        raise SystemExit(f"screen_levers: no {export / 'methods.csv'}; export the finished confirmation there first")
+    methods = pd.read_csv(export / "methods.csv")
+    table = judge_target(methods[methods.attack == TARGET["attack"]], worst_gain=TARGET["worst_gain"],
+                         max_avg_drop=TARGET["max_avg_drop"], alpha=TARGET["alpha"])
+    if table.empty:
+        raise SystemExit(f"screen_levers: {export / 'methods.csv'} has no method to judge under {TARGET['attack']}")
+    return table
+
+
+def render_verdict(table: pd.DataFrame) -> str:
+    """The verdict as a markdown table (points; 95% t-intervals over seeds)."""
+    def points(mean, low, high):
+        return f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+
+    lines = [f"| method | against | seeds | class | Δ worst class [95% t] | t p ({table.alternative.iloc[0]}) "
+             "| sign-flip p | Δ average [95% t] | target met | short of |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in table.itertuples(index=False):
+        lines.append(f"| {r.method} | {r.baseline_method} | {r.seeds} | {r.target_class} "
+                     f"| {points(r.worst_diff_mean, r.worst_diff_low, r.worst_diff_high)} | {r.worst_diff_t_p:.2g} "
+                     f"| {r.worst_diff_perm_p:.2g} | {points(r.avg_diff_mean, r.avg_diff_low, r.avg_diff_high)} "
+                     f"| {'yes' if r.meets else 'no'} | {r.short_of} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -339,6 +378,8 @@ def main() -> int:
     s = sub.add_parser("summary")
     f = sub.add_parser("freeze", help="write the confirmation file for the screen's pick (once)")
     f.add_argument("--out", type=Path, default=ROOT / "experiments" / "quick" / "defenses.yaml")
+    v = sub.add_parser("verdict", help="the finished confirmation against issue #15's target")
+    v.add_argument("--write-docs", action="store_true", help="replace the verdict table in docs/defenses.md")
     s.add_argument("--write-docs", action="store_true",
                    help="write docs/results/lever-screen/ (logs, runs.csv, settings.csv, baseline curve) and "
                         "replace the table in docs/defenses.md (tracked files: without it, nothing is written)")
@@ -354,6 +395,16 @@ def main() -> int:
         setting = freeze(pd.read_csv(runs_csv), args.out, datetime.date.today().isoformat(),
                          hashlib.sha256(runs_csv.read_bytes()).hexdigest())
         print(f"froze {setting} into {args.out}")
+        return 0
+    if args.command == "verdict":
+        table = verdict()
+        text = render_verdict(table)
+        print(f"target under {TARGET['attack']}: worst class +{100 * TARGET['worst_gain']:g} points or more, "
+              f"average -{100 * TARGET['max_avg_drop']:g} or less, t and sign-flip p < {TARGET['alpha']:g}")
+        print(text)
+        if args.write_docs:
+            write_docs({"defenses-verdict": text})
+            print("wrote the defenses-verdict table in docs/defenses.md")
         return 0
     table, logs = summary()
     if table.empty:

@@ -149,3 +149,44 @@ def per_class_differences(results: Mapping[tuple[str, int], object], baseline: s
             table.insert(6, "method_accuracy", acc[method].mean(axis=0))
             rows.append(table)
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
+def judge_target(methods: pd.DataFrame, worst_gain: float = 0.05, max_avg_drop: float = 0.01,
+                 alpha: float = 0.05) -> pd.DataFrame:
+    """Whether each method meets a declared target against its baseline, from :func:`compare_methods`' table.
+
+    A method meets it when, over its seeds (the training run is the unit), the mean per-seed gain on
+    the target class is at least ``worst_gain`` (accuracies in [0, 1], so 0.05 is 5 points), the mean
+    per-seed change of the average is at least ``-max_avg_drop``, and the gain on the target class is
+    significant: paired t-test p < ``alpha`` *and* exact sign-flip p < ``alpha``, both in the
+    direction the table's ``worst_alternative`` declares (the tests are against no change, not against
+    ``worst_gain``). One row per (dataset, baseline, attack, method) other than the baselines, with
+    ``meets`` (bool) and ``short_of`` (the criteria missed, "" when met)."""
+    if not 0 < alpha < 1 or worst_gain < 0 or max_avg_drop < 0:
+        raise ValueError("judge_target needs 0 < alpha < 1, worst_gain >= 0 and max_avg_drop >= 0")
+    table = methods.copy()
+    if "baseline_method" not in table:
+        table["baseline_method"] = table["method"].iloc[0] if len(table) else ""
+    if "dataset" not in table:
+        table["dataset"] = ""
+    table = table[table["method"] != table["baseline_method"]]
+    rows = []
+    for row in table.itertuples(index=False):
+        missed = []
+        if not row.worst_diff_mean >= worst_gain:
+            missed.append(f"worst-class gain {100 * row.worst_diff_mean:+.1f} < +{100 * worst_gain:g}")
+        if not row.avg_diff_mean >= -max_avg_drop:
+            missed.append(f"average {100 * row.avg_diff_mean:+.1f} < -{100 * max_avg_drop:g}")
+        if not row.worst_diff_t_p < alpha:  # NaN (one seed) fails too
+            missed.append(f"t-test p {row.worst_diff_t_p:.2g} >= {alpha:g}")
+        if not row.worst_diff_perm_p < alpha:
+            missed.append(f"sign-flip p {row.worst_diff_perm_p:.2g} >= {alpha:g}")
+        rows.append({"dataset": row.dataset, "baseline_method": row.baseline_method, "attack": row.attack,
+                     "method": row.method, "seeds": row.seeds, "target_class": row.worst_class,
+                     "alternative": getattr(row, "worst_alternative", "two-sided"),
+                     "worst_diff_mean": row.worst_diff_mean, "worst_diff_low": row.worst_diff_low,
+                     "worst_diff_high": row.worst_diff_high, "worst_diff_t_p": row.worst_diff_t_p,
+                     "worst_diff_perm_p": row.worst_diff_perm_p, "avg_diff_mean": row.avg_diff_mean,
+                     "avg_diff_low": row.avg_diff_low, "avg_diff_high": row.avg_diff_high,
+                     "meets": not missed, "short_of": "; ".join(missed)})
+    return pd.DataFrame(rows)
