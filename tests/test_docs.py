@@ -177,17 +177,52 @@ def test_confirmation_verdict_only_from_a_finished_export(tmp_path):
            "worst-class gain +4.0 < +5 |" in text
 
 
+def test_confirmation_plateau_reads_the_baselines_validation_logs(tmp_path):
+    """The 'worst class has stopped moving' table: per baseline run, its last epoch's worst validation
+    class and that class's validation PGD accuracy over the last epochs; levers' logs are not read."""
+    import pandas as pd
+
+    script = _load(ROOT / "experiments" / "quick" / "screen_levers.py")
+
+    def log(shirt):  # per-class rows (two classes) and the overall row (-1) per epoch
+        rows = []
+        for epoch, s in enumerate(shirt, 1):
+            rows += [{"epoch": epoch, "class_index": -1, "class_name": "all", "val_clean_accuracy": 0.8,
+                      "val_pgd_accuracy": 0.7},
+                     {"epoch": epoch, "class_index": 0, "class_name": "Shirt", "val_clean_accuracy": 0.5,
+                      "val_pgd_accuracy": s},
+                     {"epoch": epoch, "class_index": 1, "class_name": "Bag", "val_clean_accuracy": 0.9,
+                      "val_pgd_accuracy": 0.45}]
+        return pd.DataFrame(rows)
+
+    for method, seed, shirt in (("pgd-at", 0, [0.1, 0.3, 0.38, 0.40, 0.39]), ("trades", 1, [0.2, 0.5, 0.6, 0.5, 0.55]),
+                                ("pgd-at+lever", 0, [0.0] * 5)):
+        folder = tmp_path / "runs" / "fashion-mnist" / method / f"seed{seed}"
+        folder.mkdir(parents=True)
+        log(shirt).to_csv(folder / "train_log.csv", index=False)
+    logs = script.confirmation_logs(tmp_path)
+    assert sorted(logs) == [("pgd-at", 0), ("trades", 1)]
+    table = script.plateau(logs).set_index("method")
+    assert table.loc["pgd-at", "worst_class"] == "Shirt" and table.loc["pgd-at", "range"] == pytest.approx(0.02)
+    assert table.loc["trades", "worst_class"] == "Bag"  # the last epoch's worst class, not Shirt's history
+    assert "| pgd-at | 0 | Shirt | 38.0, 40.0, 39.0 | 2.0 |" in script.render_plateau(table.reset_index())
+    script.curve_plot(logs[("trades", 1)], "trades seed 1", tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").stat().st_size > 10_000
+
+
 def test_defenses_doc_states_the_verdict_only_once_the_confirmation_is_finished():
     """While the committed confirmation export is unfinished the doc has no verdict and says it is
     running; once finished, its verdict table is the one the script rebuilds from the export."""
     script = _load(ROOT / "experiments" / "quick" / "screen_levers.py")
     doc = (ROOT / "docs" / "defenses.md").read_text()
     if (script.CONFIRMED / "experiment-progress.json").exists():
-        assert "<!-- defenses-verdict -->" not in doc
+        assert "<!-- defenses-verdict -->" not in doc and "<!-- defenses-plateau -->" not in doc
         assert "## The confirmation on the test split (issue #15, step 4; running)" in doc
     else:
         assert _block(ROOT / "docs" / "defenses.md", "defenses-verdict") == \
             script.render_verdict(script.verdict()).strip()
+        assert _block(ROOT / "docs" / "defenses.md", "defenses-plateau") == \
+            script.render_plateau(script.plateau(script.confirmation_logs())).strip()
 
 
 def test_leak_check_numbers_in_the_defenses_doc_match_the_record():

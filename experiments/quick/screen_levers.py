@@ -8,7 +8,8 @@ logs' per-epoch validation (held-out part of the training split, PGD-10 at eps 0
   python experiments/quick/screen_levers.py summary               # prints the table, writes nothing
   python experiments/quick/screen_levers.py summary --write-docs   # -> docs/results/lever-screen/ + docs/defenses.md
   python experiments/quick/screen_levers.py freeze     # the confirmation file, experiments/quick/defenses.yaml
-  python experiments/quick/screen_levers.py verdict [--write-docs]   # the confirmation against the target
+  python experiments/quick/screen_levers.py verdict [--write-docs]   # the finished confirmation against the target,
+                                           # and its baselines' validation plateau and curves
 
 ``run`` is resumable: finished runs are skipped, an interrupted one continues from its last epoch.
 TRADES (declared 2026-11-27, before any TRADES lever run): the screen runs on PGD-AT only, and the
@@ -220,19 +221,21 @@ def tradeoff_plot(runs: pd.DataFrame, path: Path) -> None:
 
 
 def baseline_curve(name: str = "pgd-at") -> None:
-    """Per-class validation PGD accuracy per epoch of the baseline's first finished seed (PNG)."""
+    """Per-class validation curves of the screen baseline's first seed still in runs/screen (PNG)."""
+    for seed in SEEDS:
+        log_path = RUNS / f"{name}-s{seed}" / "train_log.csv"
+        if log_path.is_file():
+            curve_plot(pd.read_csv(log_path), f"{name} seed {seed}", RESULTS / "baseline_curve.png")
+            return
+
+
+def curve_plot(log: pd.DataFrame, label: str, path: Path) -> None:
+    """Per-class validation clean and PGD accuracy per epoch of one training log (PNG at ``path``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    for seed in SEEDS:
-        log_path = RUNS / f"{name}-s{seed}" / "train_log.csv"
-        if log_path.is_file():
-            break
-    else:
-        return
-    log = pd.read_csv(log_path)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, column, title in ((axes[0], "val_clean_accuracy", "validation clean"),
                               (axes[1], "val_pgd_accuracy", "validation PGD-10")):
@@ -240,13 +243,54 @@ def baseline_curve(name: str = "pgd-at") -> None:
             ax.plot(group.epoch, 100 * group[column], marker=".", label=group.class_name.iloc[0])
         overall = log[log.class_index == -1]
         ax.plot(overall.epoch, 100 * overall[column], color="black", lw=2.5, label="all")
-        ax.set_title(f"{title}, {name} seed {seed}", fontsize=10)
+        ax.set_title(f"{title}, {label}", fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy (%)")
     axes[1].legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.tight_layout()
-    fig.savefig(RESULTS / "baseline_curve.png", dpi=100)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+#: the confirmation's baselines, whose validation curves show whether training ran long enough
+CONFIRMED_BASELINES = ("pgd-at", "trades")
+#: how many last epochs "the worst class has stopped moving" looks at
+PLATEAU_EPOCHS = 3
+
+
+def plateau(logs: dict[tuple[str, int], pd.DataFrame]) -> pd.DataFrame:
+    """Per (method, seed) training log: the last epoch's worst validation-PGD class and its validation PGD
+    accuracy over the last :data:`PLATEAU_EPOCHS` epochs (validation only), with their range."""
+    rows = []
+    for (method, seed), log in logs.items():
+        per_class = log[log.class_index >= 0]
+        last = per_class[per_class.epoch == per_class.epoch.max()]
+        worst = last.loc[last.val_pgd_accuracy.idxmin()]
+        tail = per_class[(per_class.class_index == worst.class_index)
+                         & (per_class.epoch > per_class.epoch.max() - PLATEAU_EPOCHS)].sort_values("epoch")
+        rows.append({"method": method, "seed": seed, "worst_class": worst.class_name,
+                     "last_epochs": [float(v) for v in tail.val_pgd_accuracy],
+                     "range": float(tail.val_pgd_accuracy.max() - tail.val_pgd_accuracy.min())})
+    return pd.DataFrame(rows)
+
+
+def render_plateau(table: pd.DataFrame) -> str:
+    lines = [f"| baseline | seed | worst class (last epoch) | its validation PGD-10, last {PLATEAU_EPOCHS} epochs | range |",
+             "|---|---|---|---|---|"]
+    for r in table.itertuples(index=False):
+        lines.append(f"| {r.method} | {r.seed} | {r.worst_class} | {', '.join(f'{100 * v:.1f}' for v in r.last_epochs)} "
+                     f"| {100 * r.range:.1f} |")
+    return "\n".join(lines)
+
+
+def confirmation_logs(export: Path = CONFIRMED) -> dict[tuple[str, int], pd.DataFrame]:
+    """The confirmation baselines' training logs (validation per epoch) from its export, by (method, seed)."""
+    logs = {}
+    for method in CONFIRMED_BASELINES:
+        for log_path in sorted((export / "runs" / "fashion-mnist" / method).glob("seed*/train_log.csv")):
+            logs[(method, int(log_path.parent.name.removeprefix("seed")))] = pd.read_csv(log_path)
+    return logs
 
 
 def write_docs(tables: dict[str, str]) -> None:
@@ -402,9 +446,15 @@ def main() -> int:
         print(f"target under {TARGET['attack']}: worst class +{100 * TARGET['worst_gain']:g} points or more, "
               f"average -{100 * TARGET['max_avg_drop']:g} or less, t and sign-flip p < {TARGET['alpha']:g}")
         print(text)
+        logs = confirmation_logs()
+        steady = render_plateau(plateau(logs))
+        print(steady)
         if args.write_docs:
-            write_docs({"defenses-verdict": text})
-            print("wrote the defenses-verdict table in docs/defenses.md")
+            for method in CONFIRMED_BASELINES:
+                seed = min(s for m, s in logs if m == method)
+                curve_plot(logs[(method, seed)], f"{method} seed {seed}", CONFIRMED / f"{method}_curve.png")
+            write_docs({"defenses-verdict": text, "defenses-plateau": steady})
+            print(f"wrote the defenses-verdict and defenses-plateau tables in docs/defenses.md and the curves in {CONFIRMED}")
         return 0
     table, logs = summary()
     if table.empty:
