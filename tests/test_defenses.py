@@ -88,6 +88,7 @@ def test_calibrate_end_to_end(trained_run, tmp_path, capsys, monkeypatch):
     model, meta = load_checkpoint(out)
     cal = meta["calibration"]
     assert cal["fitted_on"] == "validation" and len(cal["offsets"]) == 10
+    assert cal["seconds"] > 0  # what the fit cost, for an experiment's budget
     assert torch.allclose(model.offsets, torch.tensor(cal["offsets"]))
     # attacked end to end with the adjustment inside, the validation numbers are those reported
     _, val = run_splits(TrainConfig.from_dict(meta["config"]), val_size=60)

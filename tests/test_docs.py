@@ -210,19 +210,43 @@ def test_confirmation_plateau_reads_the_baselines_validation_logs(tmp_path):
     assert (tmp_path / "curve.png").stat().st_size > 10_000
 
 
+def test_confirmation_cost_reads_each_runs_records(tmp_path):
+    """What the confirmation cost: training epochs from the log (once per epoch, not per class row), the
+    calibration fit from its record (missing in older records: shown as '-'), the evaluation's seconds."""
+    import pandas as pd
+
+    script = _load(ROOT / "experiments" / "quick" / "screen_levers.py")
+    base = tmp_path / "runs" / "fashion-mnist" / "pgd-at" / "seed0"
+    cal = tmp_path / "runs" / "fashion-mnist" / "pgd-at+cal" / "seed0"
+    for folder in (base, cal):
+        (folder / "eval").mkdir(parents=True)
+        (folder / "eval" / "summary.json").write_text(json.dumps({"meta": {"seconds": 600.0}}))
+    (base / "model.json").write_text(json.dumps({"config": {}}))
+    (cal / "model.json").write_text(json.dumps({"calibration": {"seconds": 180.0}}))
+    pd.DataFrame({"epoch": [1, 1, 2, 2], "class_index": [0, 1, 0, 1], "seconds": [30.0, 30.0, 90.0, 90.0]}
+                 ).to_csv(base / "train_log.csv", index=False)
+    table = script.confirmation_cost(tmp_path).set_index("method")
+    assert table.loc["pgd-at", "train_s"] == 120.0 and table.loc["pgd-at+cal", "calibrate_s"] == 180.0
+    text = script.render_cost(table.reset_index())
+    assert "| pgd-at | 1 | 2.0 | - | 10.0 |" in text and "| pgd-at+cal | 1 | - | 3.0 | 10.0 |" in text
+    assert "| all | 2 | | | 0.4 h in all (recorded parts) |" in text
+
+
 def test_defenses_doc_states_the_verdict_only_once_the_confirmation_is_finished():
     """While the committed confirmation export is unfinished the doc has no verdict and says it is
     running; once finished, its verdict table is the one the script rebuilds from the export."""
     script = _load(ROOT / "experiments" / "quick" / "screen_levers.py")
     doc = (ROOT / "docs" / "defenses.md").read_text()
     if (script.CONFIRMED / "experiment-progress.json").exists():
-        assert "<!-- defenses-verdict -->" not in doc and "<!-- defenses-plateau -->" not in doc
+        assert not any(f"<!-- defenses-{name} -->" in doc for name in ("verdict", "plateau", "cost"))
         assert "## The confirmation on the test split (issue #15, step 4; running)" in doc
     else:
         assert _block(ROOT / "docs" / "defenses.md", "defenses-verdict") == \
             script.render_verdict(script.verdict()).strip()
         assert _block(ROOT / "docs" / "defenses.md", "defenses-plateau") == \
             script.render_plateau(script.plateau(script.confirmation_logs())).strip()
+        assert _block(ROOT / "docs" / "defenses.md", "defenses-cost") == \
+            script.render_cost(script.confirmation_cost()).strip()
 
 
 def test_leak_check_numbers_in_the_defenses_doc_match_the_record():

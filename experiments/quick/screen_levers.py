@@ -413,6 +413,44 @@ def render_verdict(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def confirmation_cost(export: Path = CONFIRMED) -> pd.DataFrame:
+    """What each exported confirmation run cost, in seconds: its training epochs (the log's per-epoch
+    training time, validation excluded), its calibration fit (recorded since 2026-11-28; NaN before) and its
+    evaluation (PGD-20 + AutoAttack on the test subset)."""
+    import json
+
+    rows = []
+    for meta_path in sorted((export / "runs").glob("*/*/seed*/model.json")):
+        folder = meta_path.parent
+        log = folder / "train_log.csv"
+        summary = folder / "eval" / "summary.json"
+        calibration = json.loads(meta_path.read_text()).get("calibration") or {}
+        rows.append({"method": folder.parent.name, "seed": int(folder.name.removeprefix("seed")),
+                     "train_s": (float(pd.read_csv(log).groupby("epoch").seconds.first().sum())
+                                 if log.is_file() else float("nan")),
+                     "calibrate_s": float(calibration.get("seconds", float("nan"))) if calibration else float("nan"),
+                     "eval_s": (float(json.loads(summary.read_text())["meta"]["seconds"])
+                                if summary.is_file() else float("nan"))})
+    return pd.DataFrame(rows, columns=["method", "seed", "train_s", "calibrate_s", "eval_s"])
+
+
+def render_cost(table: pd.DataFrame) -> str:
+    """Minutes per method (mean and range over seeds) and the total, from :func:`confirmation_cost`."""
+    def minutes(values):
+        v = values.dropna() / 60
+        if v.empty:
+            return "-"
+        return f"{v.mean():.1f}" if len(v) == 1 else f"{v.mean():.1f} ({v.min():.1f}-{v.max():.1f})"
+
+    lines = ["| method | runs | training, min | calibration, min | evaluation, min |", "|---|---|---|---|---|"]
+    for method, group in table.groupby("method", sort=False):
+        lines.append(f"| {method} | {len(group)} | {minutes(group.train_s)} | {minutes(group.calibrate_s)} "
+                     f"| {minutes(group.eval_s)} |")
+    total = table[["train_s", "calibrate_s", "eval_s"]].sum().sum() / 3600
+    lines.append(f"| all | {len(table)} | | | {total:.1f} h in all (recorded parts) |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -453,8 +491,9 @@ def main() -> int:
             for method in CONFIRMED_BASELINES:
                 seed = min(s for m, s in logs if m == method)
                 curve_plot(logs[(method, seed)], f"{method} seed {seed}", CONFIRMED / f"{method}_curve.png")
-            write_docs({"defenses-verdict": text, "defenses-plateau": steady})
-            print(f"wrote the defenses-verdict and defenses-plateau tables in docs/defenses.md and the curves in {CONFIRMED}")
+            write_docs({"defenses-verdict": text, "defenses-plateau": steady,
+                        "defenses-cost": render_cost(confirmation_cost())})
+            print(f"wrote the defenses-verdict, -plateau and -cost tables in docs/defenses.md and the curves in {CONFIRMED}")
         return 0
     table, logs = summary()
     if table.empty:

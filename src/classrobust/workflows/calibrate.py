@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -49,6 +50,7 @@ def calibrate_checkpoint(src: str | Path, out: str | Path, *, config: CalibrateC
     # the training run's own validation split (its fraction, seed and dropped classes)
     _, val = run_splits(TrainConfig.from_dict(meta["config"]), root=data_dir, val_size=config.val_size)
     eps = config.eps if config.eps is not None else meta.get("eps")
+    started = time.perf_counter()
     log(f"calibrating {src} on {len(val)} validation images (PGD-{config.steps}, eps {eps:g}); "
         f"allowed average loss {config.max_avg_drop:g} points")
     adjusted, fit = calibrate(model, val, eps=eps, steps=config.steps, seed=config.seed, precision=config.precision,
@@ -57,7 +59,7 @@ def calibrate_checkpoint(src: str | Path, out: str | Path, *, config: CalibrateC
     settings_meta = {"source": str(src), "source_sha256": meta["sha256"], "eps": eps, **config.recorded(),
                      "val_size": len(val)}
     new_meta = {k: v for k, v in meta.items() if k not in _FILE_KEYS}
-    new_meta["calibration"] = fit.to_meta(settings_meta)
+    new_meta["calibration"] = {**fit.to_meta(settings_meta), "seconds": round(time.perf_counter() - started, 2)}
     if is_main():
         out.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(out, adjusted.cpu(), new_meta)
