@@ -240,7 +240,9 @@ def test_defenses_doc_states_the_verdict_only_once_the_confirmation_is_finished(
     if (script.CONFIRMED / "experiment-progress.json").exists():
         assert not any(f"<!-- defenses-{name} -->" in doc for name in ("verdict", "plateau", "cost"))
         assert "## The confirmation on the test split (issue #15, step 4; running)" in doc
+        assert "(`experiments/quick/defenses.yaml`, multi-session) is not finished" in (ROOT / "README.md").read_text()
     else:
+        assert "is not finished" not in (ROOT / "README.md").read_text()
         assert _block(ROOT / "docs" / "defenses.md", "defenses-verdict") == \
             script.render_verdict(script.verdict()).strip()
         assert _block(ROOT / "docs" / "defenses.md", "defenses-plateau") == \
