@@ -524,3 +524,10 @@ def test_judge_target_needs_gain_average_and_both_seed_tests():
     assert not judge_target(one_seed).meets.any()  # no seed-level test from one seed: never met
     with pytest.raises(ValueError):
         judge_target(table, alpha=0.0)
+    # a lever whose seed-1 run diverged has no result there: compared on 4 seeds, and it misses the
+    # target however good those 4 are (every declared seed counts)
+    lost = compare_methods({k: v for k, v in results.items() if k != ("lift", 1)}, "base", ["autoattack"],
+                           target=0, alternatives={"worst": "greater"})
+    row = judge_target(lost).set_index("method").loc["lift"]
+    assert row["seeds"] == 4 and not row["meets"]
+    assert row["short_of"].startswith("1 of 5 seeds without a result (diverged)")

@@ -408,3 +408,55 @@ def test_calibrate_entry_needs_an_earlier_trained_base(tmp_path, capsys):
             "eval: {attacks: pgd}\n")
     code, _, err = run(["experiment", write(tmp_path, text), "--check"], capsys)
     assert code == 2 and "calibrate needs a base" in err
+
+
+def test_a_diverged_run_is_recorded_and_the_grid_goes_on(synthetic_env, tmp_path, capsys, monkeypatch):
+    """trades seed 1 hits a NaN loss in epoch 2: it is recorded (diverged.json, its log so far), the
+    calibration on top of it is skipped, every other run finishes, trades is compared on seed 0 only,
+    the report lists the divergence, a rerun does not retry it, and the export keeps the record."""
+    from classrobust.training.methods.trades import TRADES
+
+    real = TRADES.loss
+
+    def nan_for_seed_1_in_epoch_2(self, model, x, y, *, eps, seed, **kw):
+        loss, logits = real(self, model, x, y, eps=eps, seed=seed, **kw)
+        step = (seed - 1_000_003) // 7  # the loop's per-step seed for config seed 1
+        return (loss * float("nan"), logits) if seed >= 1_000_003 and step >= 8 else (loss, logits)
+
+    monkeypatch.setattr(TRADES, "loss", nan_for_seed_1_in_epoch_2)
+    text = """
+seeds: [0, 1]
+train: {epochs: 2, attack_steps: 1, batch_size: 50, val_size: 100, train_subset: 300, lr: 0.02}
+datasets: [fashion-mnist]
+methods:
+  pgd-at: {}
+  trades: {beta: 1.0}
+  trades+cal: {base: trades, calibrate: {max_avg_drop: 5.0, val_size: 60, steps: 2, rounds: 1}}
+eval: {attacks: "pgd:steps=2", limit: 60}
+"""
+    path, out = write(tmp_path, text), tmp_path / "exp"
+    code, stdout, err = run(["experiment", path, "--out", out, "--no-progress"], capsys)
+    assert code == 0, err
+    assert "fashion-mnist/trades/seed1: diverged at epoch 2" in stdout
+    assert "fashion-mnist/trades+cal/seed1: skipped, the training of its base fashion-mnist/trades/seed1 diverged" \
+        in stdout
+    record = json.loads((out / "runs/fashion-mnist/trades/seed1/diverged.json").read_text())
+    assert (record["epoch"], record["epochs_completed"], record["config"]["seed"]) == (2, 1, 1)
+    assert sorted(pd.read_csv(out / "runs/fashion-mnist/trades/seed1/train_log.csv")["epoch"].unique()) == [1]
+    assert not (out / "runs/fashion-mnist/trades+cal/seed1").exists()
+    index = json.loads((out / "experiment.json").read_text())
+    assert len(index["runs"]) == 4 and [d["key"] for d in index["diverged"]] == [
+        "fashion-mnist/trades/seed1", "fashion-mnist/trades+cal/seed1"]
+    methods = pd.read_csv(out / "report" / "methods.csv")
+    seeds = methods[methods.attack == "pgd"].set_index("method")["seeds"]
+    assert seeds.to_dict() == {"pgd-at": 2, "trades": 1, "trades+cal": 1}
+    report = (out / "report" / "report.md").read_text()
+    assert "## Runs that diverged" in report and "its base fashion-mnist/trades/seed1" in report
+    # a rerun skips it (the same seed would diverge again) and changes nothing
+    monkeypatch.setattr(TRADES, "loss", real)
+    code, stdout, err = run(["experiment", path, "--out", out, "--no-progress"], capsys)
+    assert code == 0 and stdout.count("complete, skipped") == 4 and "trades/seed1: skipped, its training" in stdout
+    final = tmp_path / "final"
+    assert run(["experiment", path, "--out", out, "--export", final], capsys)[0] == 0
+    assert (final / "runs/fashion-mnist/trades/seed1/diverged.json").is_file()
+    assert "## Runs that diverged" in (final / "report" / "report.md").read_text()

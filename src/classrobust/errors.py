@@ -23,3 +23,13 @@ class CheckpointError(ClassrobustError):
 
 class NonFiniteError(ClassrobustError):
     """A model produced NaN or infinite values (a broken model, or training that diverged)."""
+
+
+class TrainingDivergedError(NonFiniteError):
+    """Training hit a non-finite loss; ``epoch`` is the epoch it happened in, ``step`` the optimiser step
+    by which it was caught. The last completed epoch is kept for ``--resume``."""
+
+    def __init__(self, message: str, *, epoch: int, step: int):
+        super().__init__(message)
+        self.epoch = epoch
+        self.step = step

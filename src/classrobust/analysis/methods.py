@@ -160,8 +160,9 @@ def judge_target(methods: pd.DataFrame, worst_gain: float = 0.05, max_avg_drop: 
     per-seed change of the average is at least ``-max_avg_drop``, and the gain on the target class is
     significant: paired t-test p < ``alpha`` *and* exact sign-flip p < ``alpha``, both in the
     direction the table's ``worst_alternative`` declares (the tests are against no change, not against
-    ``worst_gain``). One row per (dataset, baseline, attack, method) other than the baselines, with
-    ``meets`` (bool) and ``short_of`` (the criteria missed, "" when met)."""
+    ``worst_gain``). A method with fewer seeds than its baseline (a run that diverged) misses: the
+    target is about every declared seed. One row per (dataset, baseline, attack, method) other than the
+    baselines, with ``meets`` (bool) and ``short_of`` (the criteria missed, "" when met)."""
     if not 0 < alpha < 1 or worst_gain < 0 or max_avg_drop < 0:
         raise ValueError("judge_target needs 0 < alpha < 1, worst_gain >= 0 and max_avg_drop >= 0")
     table = methods.copy()
@@ -169,10 +170,15 @@ def judge_target(methods: pd.DataFrame, worst_gain: float = 0.05, max_avg_drop: 
         table["baseline_method"] = table["method"].iloc[0] if len(table) else ""
     if "dataset" not in table:
         table["dataset"] = ""
+    base_seeds = {(r.dataset, r.baseline_method, r.attack): r.seeds
+                  for r in table[table["method"] == table["baseline_method"]].itertuples(index=False)}
     table = table[table["method"] != table["baseline_method"]]
     rows = []
     for row in table.itertuples(index=False):
         missed = []
+        expected = base_seeds.get((row.dataset, row.baseline_method, row.attack), row.seeds)
+        if row.seeds < expected:
+            missed.append(f"{expected - row.seeds} of {expected} seeds without a result (diverged)")
         if not row.worst_diff_mean >= worst_gain:
             missed.append(f"worst-class gain {100 * row.worst_diff_mean:+.1f} < +{100 * worst_gain:g}")
         if not row.avg_diff_mean >= -max_avg_drop:

@@ -105,6 +105,7 @@ def build_experiment_report(out_dir: str | Path) -> Path:
                      f"{len(first.labels)} test images per run; classrobust {__version__}")
         out.page.text(meta_line, "meta")
         out.md += [meta_line, ""]
+        _diverged_section(out, index)
         for name, df in tables.items():
             df.to_csv(stage / f"{name}.csv", index=False)
         _methods_sections(out, tables)
@@ -121,6 +122,23 @@ def build_experiment_report(out_dir: str | Path) -> Path:
         (stage / "report.html").write_text(html_document(title, "\n".join(out.page.parts)))
         (stage / "report.md").write_text("\n".join(out.md))
     return out_dir / "report" / "report.html"
+
+
+def _diverged_section(out: _Sections, index: dict) -> None:
+    """The runs whose training diverged: left out of every table below, listed here so that a method's
+    seed count is read with them in mind."""
+    diverged = index.get("diverged") or []
+    if not diverged:
+        return
+    table = pd.DataFrame([{"run": d["key"], "method": d["method"], "seed": d["seed"],
+                           "diverged": (f"epoch {d['epoch']}, by step {d['step']}" if d["diverged_run"] == d["key"]
+                                        else f"its base {d['diverged_run']} (epoch {d['epoch']})")}
+                          for d in diverged])
+    out.section("Runs that diverged", "diverged",
+                f"{len(diverged)} run(s) hit a non-finite training loss and have no test results; every table "
+                "below leaves them out, so their methods are compared with their baselines on the seeds that "
+                "finished (the seeds column says how many). A diverged run is a failure of its method's recipe "
+                "on that seed, not missing data.", table, "diverged")
 
 
 def _seed_cell(mean, low, high, t_p, perm_p, unit: str = "seed") -> str:

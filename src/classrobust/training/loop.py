@@ -20,7 +20,7 @@ from classrobust.attacks.pgd import PGD
 from classrobust.checkpoint import save_checkpoint
 from classrobust.data import make_loader, run_splits
 from classrobust.defenses.levers import ClasswiseTerms
-from classrobust.errors import NonFiniteError, UsageError
+from classrobust.errors import NonFiniteError, TrainingDivergedError, UsageError
 from classrobust.evaluate.sharded import evaluate_dataset
 from classrobust.io import atomic_write_bytes, atomic_write_text, check_writable, replace_directory
 from classrobust.models import check_model_name, create_model
@@ -319,8 +319,8 @@ def _train_epoch(run: _Run, epoch: int, step: int,
 
 def _diverged(run: _Run, epoch: int, step: int, what: str):
     kept = f"; epoch {epoch - 1} is kept in {run.stage} for --resume" if epoch > 1 else ""
-    raise NonFiniteError(f"training diverged at epoch {epoch}, by step {step} ({what}){kept}; "
-                         "try a lower --lr") from None
+    raise TrainingDivergedError(f"training diverged at epoch {epoch}, by step {step} ({what}){kept}; "
+                                "try a lower --lr", epoch=epoch, step=step) from None
 
 
 def _publish(run: _Run, rows: list[dict[str, Any]], best: dict[str, Any]) -> list[dict[str, Any]]:

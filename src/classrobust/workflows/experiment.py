@@ -5,7 +5,12 @@ Each run lives in ``<out>/runs/<dataset>/<method>/seed<s>/`` (checkpoint, traini
 A run whose checkpoint was made with the same training config and whose evaluation used the
 same settings is skipped (its weights may be gone, as in an export: the sidecar and the evaluation
 decide); a half-trained run continues from its last completed epoch; a run made with *other*
-settings stops the experiment (results are never overwritten). An unfinished experiment's export
+settings stops the experiment (results are never overwritten). A run whose training diverges (a
+non-finite loss) is an outcome, not a crash: it is recorded in ``<run>/diverged.json`` with its log up
+to the divergence, the runs that build on it (a calibration) are skipped, the rest of the grid goes on,
+and the index and report list it; its method is compared on the seeds that finished. A rerun does not
+retry it (on the same machine the same seed diverges again); move ``diverged.json`` away to try.
+An unfinished experiment's export
 (:func:`export_progress`) is a folder the experiment continues from, on another machine or after
 ``out`` is lost: ``classrobust experiment FILE --out EXPORT``.
 """
@@ -21,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from classrobust.defenses.calibrate import CalibrateConfig
-from classrobust.errors import CheckpointError, UsageError
+from classrobust.errors import CheckpointError, TrainingDivergedError, UsageError
 from classrobust.io import atomic_write_json, check_output_dir, check_own_directory
 from classrobust.report.experiment import INDEX
 from classrobust.results import CLEAN, ClasswiseResult
@@ -39,8 +44,28 @@ def run_dir(spec: ExperimentSpec, run: RunSpec) -> Path:
     return spec.out / "runs" / run.key
 
 
+#: the record of a run whose training diverged (its presence is the run's final state)
+DIVERGED = "diverged.json"
+
+
+def diverged_record(spec: ExperimentSpec, run: RunSpec) -> dict[str, Any] | None:
+    """The divergence record of ``run`` (for a calibration: of its base), or None."""
+    key = run.base_key if run.calibrate is not None else run.key
+    path = spec.out / "runs" / key / DIVERGED
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    differing = [k for k in run.config.differences(record.get("config", {})) if k != "device"] \
+        if run.calibrate is None else []
+    if differing:
+        raise UsageError(f"{path} records a run with other settings ({', '.join(differing)} differ); move it away "
+                         "or give the experiment another out directory")
+    return record
+
+
 def run_state(spec: ExperimentSpec, run: RunSpec) -> str:
-    """``"done"``, ``"evaluate"`` (trained), ``"resume"`` (half trained) or ``"train"``."""
+    """``"done"``, ``"diverged"`` (its training, or its base's, diverged: final), ``"evaluate"``
+    (trained), ``"resume"`` (half trained), ``"calibrate"`` or ``"train"``."""
     from classrobust.checkpoint import read_checkpoint_meta
     from classrobust.training.loop import STATE, staging_dir
 
@@ -75,6 +100,8 @@ def run_state(spec: ExperimentSpec, run: RunSpec) -> str:
             raise UsageError(f"{directory / 'eval'} was evaluated with other settings; move it away or give the "
                              "experiment another out directory")
         return "done"
+    if diverged_record(spec, run) is not None:
+        return "diverged"
     if run.calibrate is not None:
         return "calibrate"
     return "resume" if (staging_dir(directory) / STATE).is_file() else "train"
@@ -108,6 +135,12 @@ def ensure_run(spec, run, *, device=None, data_dir=None, download=False, progres
     if state == "done":
         log(f"{run.key}: complete, skipped")
         return state
+    if state == "diverged":
+        record = diverged_record(spec, run)
+        whose = "its training" if run.calibrate is None else f"the training of its base {run.base_key}"
+        log(f"{run.key}: skipped, {whose} diverged at epoch {record['epoch']} (recorded in "
+            f"{record['key']}/{DIVERGED}; move that file away to try again)")
+        return state
     t0 = time.perf_counter()
     if state == "calibrate":
         base = spec.out / "runs" / run.base_key / "model.safetensors"
@@ -118,12 +151,38 @@ def ensure_run(spec, run, *, device=None, data_dir=None, download=False, progres
                              device=device, data_dir=data_dir, log=lambda m: log(f"  {m}"))
     if state in ("train", "resume"):
         log(f"{run.key}: {'resuming training' if state == 'resume' else 'training'}")
-        _train(spec, run, resume=state == "resume", device=device, data_dir=data_dir, download=download,
-               progress=progress, log=log, tensorboard=tensorboard)
+        try:
+            _train(spec, run, resume=state == "resume", device=device, data_dir=data_dir, download=download,
+                   progress=progress, log=log, tensorboard=tensorboard)
+        except TrainingDivergedError as exc:  # every process raises it at the same step
+            _record_divergence(spec, run, exc, time.perf_counter() - t0)
+            log(f"{run.key}: diverged at epoch {exc.epoch} (non-finite loss by step {exc.step}); recorded in "
+                f"{DIVERGED}, the experiment goes on without it")
+            return "diverged"
     log(f"{run.key}: evaluating ({spec.eval['attacks']})")
     _evaluate(spec, run, device=device, data_dir=data_dir, download=download, progress=progress)
     log(f"{run.key}: done in {time.perf_counter() - t0:.0f}s")
     return state
+
+
+def _record_divergence(spec, run, exc: TrainingDivergedError, seconds: float) -> None:
+    """Write ``<run>/diverged.json`` and, beside it, the training log up to the divergence (the staged
+    run stays where ``--resume`` finds it)."""
+    import shutil
+
+    from classrobust.training.loop import staging_dir
+
+    directory = run_dir(spec, run)
+    if is_main():
+        directory.mkdir(parents=True, exist_ok=True)
+        staged_log = staging_dir(directory) / "train_log.csv"
+        if staged_log.is_file():
+            shutil.copyfile(staged_log, directory / "train_log.csv")
+        atomic_write_json(directory / DIVERGED, {
+            "key": run.key, "epoch": exc.epoch, "step": exc.step, "error": str(exc),
+            "epochs_completed": exc.epoch - 1, "seconds_this_attempt": round(seconds, 1),
+            "config": run.config.to_dict()})
+    barrier()
 
 
 def validation_worst_class(directory: Path) -> int | None:
@@ -173,6 +232,8 @@ def ablation_runs(spec: ExperimentSpec) -> list[dict[str, Any]]:
     for dataset in spec.datasets:
         for seed in spec.ablation.seeds:
             base = spec.run(dataset, spec.ablation.method, seed)
+            if run_state(spec, base) == "diverged":
+                continue
             directory = run_dir(spec, base)
             result = ClasswiseResult.load(directory / "eval")
             weak, dropped, chosen_on, chosen_by = confused_class(result, spec.ablation.attack,
@@ -208,9 +269,15 @@ def run_experiment(spec: ExperimentSpec | str | Path, *, device: str | None = No
     log(f"experiment {spec.name}: {len(runs)} runs"
         + (" + the remove-the-confused-class ablation" if spec.ablation else "") + f" -> {spec.out}")
     # seed by seed, so that an interrupted experiment leaves whole seeds (every method) behind
+    states = {}
     for run in sorted(runs, key=lambda r: spec.seeds.index(r.seed)):
-        ensure_run(spec, run, device=device, data_dir=data_dir, download=download, progress=progress, log=log,
-                   tensorboard=tensorboard)
+        states[run.key] = ensure_run(spec, run, device=device, data_dir=data_dir, download=download,
+                                     progress=progress, log=log, tensorboard=tensorboard)
+    diverged = [r for r in runs if states[r.key] == "diverged"]
+    runs = [r for r in runs if states[r.key] != "diverged"]
+    if diverged:
+        log(f"{len(diverged)} run(s) diverged and are left out: {', '.join(r.key for r in diverged)}; their "
+            "methods are compared on the seeds that finished")
     ablations = ablation_runs(spec)
     for a in ablations:
         why = (f"its weak class {a['weak']!r} (worst on the {a['weak_chosen_on']}) is flipped by "
@@ -232,6 +299,10 @@ def run_experiment(spec: ExperimentSpec | str | Path, *, device: str | None = No
         "runs": [{"key": r.key, "dataset": r.dataset, "dataset_name": r.dataset_name, "method": r.method,
                   "baseline": spec.baselines.get(r.method, next(iter(spec.methods))),
                   "seed": r.seed, "dir": str(Path("runs") / r.key)} for r in runs],
+        "diverged": [{"key": r.key, "dataset": r.dataset, "method": r.method, "seed": r.seed,
+                      "baseline": spec.baselines.get(r.method, next(iter(spec.methods))),
+                      "dir": str(Path("runs") / r.key), **_divergence_summary(diverged_record(spec, r))}
+                     for r in diverged],
         "ablation": [{"base": a["base"].key, "retrained": a["retrained"].key,
                       "dir": str(Path("runs") / a["retrained"].key), "dataset": a["base"].dataset,
                       "seed": a["base"].seed, "attack": spec.ablation.attack, "weakest_class": a["weak"],
@@ -250,8 +321,13 @@ def run_experiment(spec: ExperimentSpec | str | Path, *, device: str | None = No
     return report
 
 
+def _divergence_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """What the index says about a diverged run: where it diverged, and whose training it was."""
+    return {"diverged_run": record["key"], "epoch": record["epoch"], "step": record["step"]}
+
+
 #: per run, what an export keeps: enough to rebuild the report, no weights
-EXPORTED_RUN_FILES = ("model.json", "train_log.csv")
+EXPORTED_RUN_FILES = ("model.json", "train_log.csv", DIVERGED)
 EXPORTED_RESULT_FILES = ("summary.json", "samples.csv.gz", "curves.csv", "distances.csv")
 
 
@@ -274,8 +350,10 @@ def is_finished(spec: ExperimentSpec) -> bool:
     index = spec.out / INDEX
     if not index.is_file():
         return False
-    listed = {r["key"] for r in json.loads(index.read_text()).get("runs", [])}
-    return listed == {run.key for run in spec.runs} and all(run_state(spec, run) == "done" for run in spec.runs)
+    index_data = json.loads(index.read_text())
+    listed = {r["key"] for r in [*index_data.get("runs", []), *index_data.get("diverged", [])]}
+    return listed == {run.key for run in spec.runs} and all(run_state(spec, run) in ("done", "diverged")
+                                                            for run in spec.runs)
 
 
 def export_progress(spec: ExperimentSpec, dest: str | Path) -> dict[str, Any]:
@@ -290,7 +368,7 @@ def export_progress(spec: ExperimentSpec, dest: str | Path) -> dict[str, Any]:
     dest = _check_export_dest(spec.out, dest)
     states = {run.key: run_state(spec, run) for run in spec.runs}
     waiting = {run.base_key for run in spec.runs if run.calibrate is not None and states[run.key] != "done"}
-    done = [key for key, state in states.items() if state == "done"]
+    done = [key for key, state in states.items() if state in ("done", "diverged")]  # diverged: final too
     weighted = [key for key, state in states.items()
                 if state == "evaluate" or (key in waiting and state == "done"
                                            and (spec.out / "runs" / key / "model.safetensors").is_file())]
@@ -327,7 +405,7 @@ def export_experiment(out_dir: str | Path, dest: str | Path) -> Path:
     dest = _check_export_dest(out_dir, dest)
     for stale in [*dest.glob("runs/**/model.safetensors"), dest / PROGRESS]:  # an earlier partial export's
         stale.unlink(missing_ok=True)
-    folders = [r["dir"] for r in index["runs"]] + [a["dir"] for a in index["ablation"]]
+    folders = [r["dir"] for r in [*index["runs"], *index.get("diverged", [])]] + [a["dir"] for a in index["ablation"]]
     temperature = index.get("temperature")
     results = [f"{d}/eval" for d in folders] + [
         f"{r['dir']}/{sub}" for r in index["runs"] if temperature and r["key"] in temperature["runs"]
