@@ -435,11 +435,19 @@ methods:
 eval: {attacks: "pgd:steps=2", limit: 60}
 """
     path, out = write(tmp_path, text), tmp_path / "exp"
-    code, stdout, err = run(["experiment", path, "--out", out, "--no-progress"], capsys)
+    # seed 1 first; an export then says what diverged, and the continuation does not retry it
+    first = write(tmp_path, text.replace("seeds: [0, 1]", "seeds: [1]"), "first.yaml")
+    code, stdout, err = run(["experiment", first, "--out", out, "--no-progress"], capsys)
     assert code == 0, err
     assert "fashion-mnist/trades/seed1: diverged at epoch 2" in stdout
+    code, stdout, err = run(["experiment", path, "--out", out, "--export", tmp_path / "partial"], capsys)
+    assert code == 0 and "3 finished runs, 2 of them diverged" in stdout and "3 runs to go" in stdout, err
+    assert json.loads((tmp_path / "partial/experiment-progress.json").read_text())["diverged"] == [
+        "fashion-mnist/trades/seed1", "fashion-mnist/trades+cal/seed1"]
+    code, stdout, err = run(["experiment", path, "--out", out, "--no-progress"], capsys)
+    assert code == 0, err
     assert "fashion-mnist/trades+cal/seed1: skipped, the training of its base fashion-mnist/trades/seed1 diverged" \
-        in stdout
+        in stdout and "trades/seed1: skipped, its training diverged" in stdout
     record = json.loads((out / "runs/fashion-mnist/trades/seed1/diverged.json").read_text())
     assert (record["epoch"], record["epochs_completed"], record["config"]["seed"]) == (2, 1, 1)
     assert sorted(pd.read_csv(out / "runs/fashion-mnist/trades/seed1/train_log.csv")["epoch"].unique()) == [1]

@@ -334,8 +334,9 @@ def cmd_experiment(args) -> int:
             print(f"exported to {args.export}; report: {export_experiment(spec.out, args.export)}")
             return 0
         progress = export_progress(spec, args.export)
-        print(f"exported {len(progress['done'])} finished runs to {args.export} (the experiment is unfinished: "
-              f"{len(progress['unfinished'])} runs to go, no report; weights kept for "
+        diverged = f", {len(progress['diverged'])} of them diverged" if progress["diverged"] else ""
+        print(f"exported {len(progress['done'])} finished runs{diverged} to {args.export} (the experiment is "
+              f"unfinished: {len(progress['unfinished'])} runs to go, no report; weights kept for "
               f"{', '.join(progress['with_weights']) or 'none'}); continue with "
               f"`classrobust experiment {args.file} --out {args.export}`")
         return 0

@@ -362,7 +362,8 @@ def export_progress(spec: ExperimentSpec, dest: str | Path) -> dict[str, Any]:
     evaluated, the base of a calibration not yet made), so that ``classrobust experiment FILE --out
     DEST`` continues where ``spec.out`` stopped. Weights an earlier export left in ``dest`` that are no
     longer needed are removed (``dest`` holds only files exports wrote). Returns what the marker
-    ``PROGRESS`` records: the runs exported as done and those whose weights travel."""
+    ``PROGRESS`` records: the runs exported as done (``diverged``: those of them that diverged) and those
+    whose weights travel."""
     import shutil
 
     dest = _check_export_dest(spec.out, dest)
@@ -383,7 +384,8 @@ def export_progress(spec: ExperimentSpec, dest: str | Path) -> dict[str, Any]:
             (dest / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(spec.out / relative, dest / relative)
     progress = {"name": spec.name, "source": str(spec.source), "eval": eval_settings(spec),
-                "done": done, "with_weights": weighted,
+                "done": done, "diverged": [key for key, state in states.items() if state == "diverged"],
+                "with_weights": weighted,
                 "unfinished": [key for key in states if key not in done]}
     atomic_write_json(dest / PROGRESS, progress)
     return progress
