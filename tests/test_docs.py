@@ -200,6 +200,10 @@ def test_confirmation_plateau_reads_the_baselines_validation_logs(tmp_path):
         folder = tmp_path / "runs" / "fashion-mnist" / method / f"seed{seed}"
         folder.mkdir(parents=True)
         log(shirt).to_csv(folder / "train_log.csv", index=False)
+    lost = tmp_path / "runs" / "fashion-mnist" / "trades" / "seed2"  # diverged: its log stops early
+    lost.mkdir()
+    log([0.1, 0.2]).to_csv(lost / "train_log.csv", index=False)
+    (lost / "diverged.json").write_text("{}")
     logs = script.confirmation_logs(tmp_path)
     assert sorted(logs) == [("pgd-at", 0), ("trades", 1)]
     table = script.plateau(logs).set_index("method")
@@ -230,6 +234,15 @@ def test_confirmation_cost_reads_each_runs_records(tmp_path):
     text = script.render_cost(table.reset_index())
     assert "| pgd-at | 1 | 2.0 | - | 10.0 |" in text and "| pgd-at+cal | 1 | - | 3.0 | 10.0 |" in text
     assert "| all | 2 | | | 0.4 h in all (recorded parts) |" in text
+    # a diverged run: its completed epochs count in the total, apart from the finished runs' figures
+    lost = base.parent / "seed1"
+    lost.mkdir()
+    (lost / "diverged.json").write_text(json.dumps({"epoch": 2}))
+    pd.DataFrame({"epoch": [1, 1], "class_index": [0, 1], "seconds": [360.0, 360.0]}).to_csv(
+        lost / "train_log.csv", index=False)
+    text = script.render_cost(script.confirmation_cost(tmp_path))
+    assert "| pgd-at | 1 + 1 diverged (6.0 min of training) | 2.0 | - | 10.0 |" in text
+    assert "| all | 3 | | | 0.5 h in all (recorded parts) |" in text
 
 
 def test_defenses_doc_states_the_verdict_only_once_the_confirmation_is_finished():

@@ -289,6 +289,8 @@ def confirmation_logs(export: Path = CONFIRMED) -> dict[tuple[str, int], pd.Data
     logs = {}
     for method in CONFIRMED_BASELINES:
         for log_path in sorted((export / "runs" / "fashion-mnist" / method).glob("seed*/train_log.csv")):
+            if (log_path.parent / "diverged.json").is_file():  # its log stops early: no plateau to read
+                continue
             logs[(method, int(log_path.parent.name.removeprefix("seed")))] = pd.read_csv(log_path)
     return logs
 
@@ -416,26 +418,31 @@ def render_verdict(table: pd.DataFrame) -> str:
 def confirmation_cost(export: Path = CONFIRMED) -> pd.DataFrame:
     """What each exported confirmation run cost, in seconds: its training epochs (the log's per-epoch
     training time, validation excluded), its calibration fit (recorded since 2026-11-28; NaN before) and its
-    evaluation (PGD-20 + AutoAttack on the test subset)."""
+    evaluation (PGD-20 + AutoAttack on the test subset). A run that diverged (``diverged.json``) counts
+    its completed epochs (``diverged`` True)."""
     import json
 
     rows = []
-    for meta_path in sorted((export / "runs").glob("*/*/seed*/model.json")):
+    records = [*(export / "runs").glob("*/*/seed*/model.json"), *(export / "runs").glob("*/*/seed*/diverged.json")]
+    for meta_path in sorted(records):
         folder = meta_path.parent
         log = folder / "train_log.csv"
         summary = folder / "eval" / "summary.json"
         calibration = json.loads(meta_path.read_text()).get("calibration") or {}
         rows.append({"method": folder.parent.name, "seed": int(folder.name.removeprefix("seed")),
+                     "diverged": meta_path.name == "diverged.json",
                      "train_s": (float(pd.read_csv(log).groupby("epoch").seconds.first().sum())
                                  if log.is_file() else float("nan")),
                      "calibrate_s": float(calibration.get("seconds", float("nan"))) if calibration else float("nan"),
                      "eval_s": (float(json.loads(summary.read_text())["meta"]["seconds"])
                                 if summary.is_file() else float("nan"))})
-    return pd.DataFrame(rows, columns=["method", "seed", "train_s", "calibrate_s", "eval_s"])
+    return pd.DataFrame(rows, columns=["method", "seed", "diverged", "train_s", "calibrate_s", "eval_s"])
 
 
 def render_cost(table: pd.DataFrame) -> str:
-    """Minutes per method (mean and range over seeds) and the total, from :func:`confirmation_cost`."""
+    """Minutes per method (mean and range over its finished runs) and the total, from
+    :func:`confirmation_cost`; a diverged run is counted apart, by its completed epochs' training time,
+    and in the total."""
     def minutes(values):
         v = values.dropna() / 60
         if v.empty:
@@ -444,7 +451,11 @@ def render_cost(table: pd.DataFrame) -> str:
 
     lines = ["| method | runs | training, min | calibration, min | evaluation, min |", "|---|---|---|---|---|"]
     for method, group in table.groupby("method", sort=False):
-        lines.append(f"| {method} | {len(group)} | {minutes(group.train_s)} | {minutes(group.calibrate_s)} "
+        lost = group[group.diverged.astype(bool)]
+        group = group[~group.diverged.astype(bool)]  # the per-run figures are of finished runs
+        runs = f"{len(group)}" + (f" + {len(lost)} diverged ({lost.train_s.sum() / 60:.1f} min of training)"
+                                  if len(lost) else "")
+        lines.append(f"| {method} | {runs} | {minutes(group.train_s)} | {minutes(group.calibrate_s)} "
                      f"| {minutes(group.eval_s)} |")
     total = table[["train_s", "calibrate_s", "eval_s"]].sum().sum() / 3600
     lines.append(f"| all | {len(table)} | | | {total:.1f} h in all (recorded parts) |")
