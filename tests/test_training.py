@@ -120,6 +120,25 @@ def test_loader_workers_give_the_same_weights(synthetic_env, tmp_path):
         assert torch.equal(tensor, runs[2][name]), name
 
 
+def test_grad_clip_bounds_every_step(synthetic_env, tmp_path):
+    """--grad-clip clips the gradient before each step: clipped to 1e-9 (no weight decay) the weights
+    stay where the seed put them; unclipped, the same run moves them."""
+    from classrobust.training import loop
+
+    argv = [*TRAIN, "--weight-decay", "0"]
+    assert main([*argv, "--grad-clip", "1e-9", "--out", str(tmp_path / "clipped")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "free")]) == 0
+    saved = json.loads((tmp_path / "clipped" / "model.json").read_text())["config"]
+    assert saved["grad_clip"] == 1e-9
+    init = loop._prepare(TrainConfig.from_dict(saved), tmp_path / "init", None, False).net.state_dict()
+    clipped, free = _weights(tmp_path / "clipped"), _weights(tmp_path / "free")
+    # 6 steps of lr 0.02 with a momentum buffer below 10 x 1e-9: far below 1e-6
+    assert max(float((clipped[k] - init[k].cpu()).abs().max()) for k in clipped) < 1e-6
+    assert max(float((free[k] - init[k].cpu()).abs().max()) for k in free) > 1e-3
+    with pytest.raises(Exception, match="grad clip must be > 0"):
+        TrainConfig(grad_clip=0.0)
+
+
 @pytest.mark.parametrize("select", ["avg", "worst-class"])
 def test_select_keeps_the_best_epoch(select, synthetic_env, tmp_path, capsys):
     out = tmp_path / "run"

@@ -49,6 +49,8 @@ class TrainConfig:
     lr: float = option(0.03, "peak learning rate (SGD, Nesterov momentum)")
     momentum: float = option(0.9, "SGD momentum")
     weight_decay: float = option(5e-4, "weight decay (not on biases and norm layers)")
+    grad_clip: float | None = option(None, "clip the gradient's global L2 norm to this value before each step "
+                                           "(default: no clipping); a remedy for loss spikes that diverge")
     schedule: str = option("piecewise", "learning-rate schedule (cyclic: the one-cycle schedule of fast AT)",
                            choices=SCHEDULES)
     lr_milestones: tuple[float, ...] = option((0.5, 0.75), "piecewise schedule: decay points, fractions of the run")
@@ -83,6 +85,7 @@ class TrainConfig:
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
             (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
             (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
+            (self.grad_clip is None or self.grad_clip > 0, f"grad clip must be > 0, got {self.grad_clip}"),
             (0 < self.val_fraction < 1, f"validation fraction must be in (0, 1), got {self.val_fraction}"),
             (self.val_size >= 1, f"validation size must be >= 1, got {self.val_size}"),
             (self.eps_warmup_epochs >= 0, "eps warm-up epochs must be >= 0"),

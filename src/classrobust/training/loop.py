@@ -279,6 +279,8 @@ def _train_epoch(run: _Run, epoch: int, step: int,
             _diverged(run, epoch, step, "non-finite loss")  # every process stops at the same step
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if config.grad_clip is not None:  # after DDP's all-reduce: every process clips the same gradient
+            torch.nn.utils.clip_grad_norm_(run.net.parameters(), config.grad_clip)
         run.optimizer.step()
         if run.levers:
             run.levers.after_step(run.net)
@@ -320,7 +322,7 @@ def _train_epoch(run: _Run, epoch: int, step: int,
 def _diverged(run: _Run, epoch: int, step: int, what: str):
     kept = f"; epoch {epoch - 1} is kept in {run.stage} for --resume" if epoch > 1 else ""
     raise TrainingDivergedError(f"training diverged at epoch {epoch}, by step {step} ({what}){kept}; "
-                                "try a lower --lr", epoch=epoch, step=step) from None
+                                "try a lower --lr or --grad-clip", epoch=epoch, step=step) from None
 
 
 def _publish(run: _Run, rows: list[dict[str, Any]], best: dict[str, Any]) -> list[dict[str, Any]]:
