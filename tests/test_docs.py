@@ -175,6 +175,8 @@ def test_confirmation_verdict_only_from_a_finished_export(tmp_path):
     assert "| pgd-at+x | pgd-at | 5 | Shirt | +8.0 [+6.0, +10.0] | 0.001 | 0.031 | -0.4 [-1.4, +0.6] | yes |  |" in text
     assert "| trades+x | trades | 5 | Shirt | +4.0 [+2.0, +6.0] | 0.01 | 0.031 | +0.0 [-1.0, +1.0] | no | " \
            "worst-class gain +4.0 < +5 |" in text
+    script.verdict_plot(table, tmp_path / "tradeoff.png")  # the trade-off item 5 asks for when no lever meets it
+    assert (tmp_path / "tradeoff.png").stat().st_size > 10_000
 
 
 def test_confirmation_plateau_reads_the_baselines_validation_logs(tmp_path):

@@ -415,6 +415,46 @@ def render_verdict(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def verdict_plot(table: pd.DataFrame, path: Path) -> None:
+    """The confirmation's trade-off (issue #15, item 5): per lever row of :func:`verdict`, the mean
+    per-seed change of the target class's accuracy against that of the average, each against the same
+    method's baseline, with 95% Student-t intervals over seeds, and the target region (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.fill_between([-100 * TARGET["max_avg_drop"], 100], 100 * TARGET["worst_gain"], 100, color="tab:green",
+                    alpha=0.08, label=f"target: worst +{100 * TARGET['worst_gain']:g} or more at average "
+                                      f"-{100 * TARGET['max_avg_drop']:g} or better")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.axvline(0, color="grey", lw=0.8)
+    values = [0.0, 100 * TARGET["worst_gain"]]
+    for i, r in enumerate(table.itertuples(index=False)):
+        x, y = 100 * r.avg_diff_mean, 100 * r.worst_diff_mean
+        xerr = [[x - 100 * r.avg_diff_low], [100 * r.avg_diff_high - x]] if pd.notna(r.avg_diff_low) else None
+        yerr = [[y - 100 * r.worst_diff_low], [100 * r.worst_diff_high - y]] if pd.notna(r.worst_diff_low) else None
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", capsize=3, color=f"C{i % 10}")
+        ax.annotate(f"{r.method} vs {r.baseline_method}, {r.target_class} ({r.seeds} seeds)", (x, y), fontsize=7,
+                    xytext=(4, 4),
+                    textcoords="offset points")
+        values += [100 * v for v in (r.avg_diff_low, r.avg_diff_high, r.worst_diff_low, r.worst_diff_high)
+                   if pd.notna(v)] + [x, y]
+    lo, hi = min(values) - 3, max(values) + 3
+    ax.set_xlim(min(lo, -5), max(hi, 3))
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel(f"average {TARGET['attack']} accuracy, minus the baseline's (points)")
+    ax.set_ylabel(f"target class's {TARGET['attack']} accuracy, minus the baseline's (points)")
+    ax.set_title("confirmation (test split): seed-paired differences, bars 95% Student-t over seeds;\n"
+                 "the class is the baseline's validation-worst", fontsize=9)
+    ax.legend(fontsize=7, loc="lower left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def confirmation_cost(export: Path = CONFIRMED) -> pd.DataFrame:
     """What each exported confirmation run cost, in seconds: its training epochs (the log's per-epoch
     training time, validation excluded), its calibration fit (recorded since 2026-11-28; NaN before) and its
@@ -502,9 +542,11 @@ def main() -> int:
             for method in CONFIRMED_BASELINES:
                 seed = min(s for m, s in logs if m == method)
                 curve_plot(logs[(method, seed)], f"{method} seed {seed}", CONFIRMED / f"{method}_curve.png")
+            verdict_plot(table, CONFIRMED / "tradeoff.png")
             write_docs({"defenses-verdict": text, "defenses-plateau": steady,
                         "defenses-cost": render_cost(confirmation_cost())})
-            print(f"wrote the defenses-verdict, -plateau and -cost tables in docs/defenses.md and the curves in {CONFIRMED}")
+            print(f"wrote the defenses-verdict, -plateau and -cost tables in docs/defenses.md and the curves and "
+                  f"the trade-off plot in {CONFIRMED}")
         return 0
     table, logs = summary()
     if table.empty:
