@@ -36,6 +36,17 @@ temperature: {values: [0.5, 1.0, 2.0], steps: 2, val_limit: 50}
 """
 
 
+#: the start of a two-seed defense grid (its other methods and eval follow), and a quick calibration
+TWO_SEEDS = """
+seeds: [0, 1]
+train: {epochs: 2, attack_steps: 1, batch_size: 50, val_size: 100, train_subset: 300, lr: 0.02}
+datasets: [fashion-mnist]
+methods:
+  pgd-at: {}
+"""
+CALIBRATE = "{max_avg_drop: 5.0, val_size: 60, steps: 2, rounds: 1}"
+
+
 def write(tmp_path, text, name="exp.yaml"):
     path = tmp_path / name
     path.write_text(text)
@@ -306,15 +317,10 @@ eval: {attacks: pgd}
 
 
 def test_defense_grid_with_levers_calibration_and_seeds(synthetic_env, tmp_path, capsys):
-    text = """
-seeds: [0, 1]
-train: {epochs: 2, attack_steps: 1, batch_size: 50, val_size: 100, train_subset: 300, lr: 0.02}
-datasets: [fashion-mnist]
-methods:
-  pgd-at: {}
-  reweight: {method: pgd-at, classwise: reweight}
-  pgd-at+cal: {base: pgd-at, calibrate: {max_avg_drop: 5.0, val_size: 60, steps: 2, rounds: 1}}
-eval: {attacks: "pgd:steps=3", limit: 100}
+    text = TWO_SEEDS + f"""\
+  reweight: {{method: pgd-at, classwise: reweight}}
+  pgd-at+cal: {{base: pgd-at, calibrate: {CALIBRATE}}}
+eval: {{attacks: "pgd:steps=3", limit: 100}}
 """
     out = tmp_path / "exp"
     code, stdout, err = run(["experiment", write(tmp_path, text), "--out", out, "--no-progress"], capsys)
@@ -424,15 +430,10 @@ def test_a_diverged_run_is_recorded_and_the_grid_goes_on(synthetic_env, tmp_path
         return (loss * float("nan"), logits) if seed >= 1_000_003 and step >= 8 else (loss, logits)
 
     monkeypatch.setattr(TRADES, "loss", nan_for_seed_1_in_epoch_2)
-    text = """
-seeds: [0, 1]
-train: {epochs: 2, attack_steps: 1, batch_size: 50, val_size: 100, train_subset: 300, lr: 0.02}
-datasets: [fashion-mnist]
-methods:
-  pgd-at: {}
-  trades: {beta: 1.0}
-  trades+cal: {base: trades, calibrate: {max_avg_drop: 5.0, val_size: 60, steps: 2, rounds: 1}}
-eval: {attacks: "pgd:steps=2", limit: 60}
+    text = TWO_SEEDS + f"""\
+  trades: {{beta: 1.0}}
+  trades+cal: {{base: trades, calibrate: {CALIBRATE}}}
+eval: {{attacks: "pgd:steps=2", limit: 60}}
 """
     path, out = write(tmp_path, text), tmp_path / "exp"
     # seed 1 first; an export then says what diverged, and the continuation does not retry it

@@ -189,11 +189,7 @@ def tradeoff_plot(runs: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     diffs = paired_differences(runs)
-    fig, ax = plt.subplots(figsize=(7, 5))
-    ax.fill_between([-MAX_AVG_DROP * 100, 100], 5, 100, color="tab:green", alpha=0.08,
-                    label="target: worst +5 or more at average -1 or better")
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.axvline(0, color="grey", lw=0.8)
+    fig, ax = _tradeoff_axes(plt, -MAX_AVG_DROP * 100, 5)
     for i, r in diffs.iterrows():
         color = f"C{i % 10}"
         ax.scatter(r["avg_per_seed"], r["worst_per_seed"], s=12, color=color, alpha=0.5)
@@ -206,13 +202,31 @@ def tradeoff_plot(runs: pd.DataFrame, path: Path) -> None:
         ax.annotate(f"{r['setting']} ({r['seeds']} seed{'s' if r['seeds'] > 1 else ''})",
                     (r["avg_mean"], r["worst_mean"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
     values = [v for col in ("avg_per_seed", "worst_per_seed") for vs in diffs[col] for v in vs] + [0, 5]
+    _save_tradeoff(plt, fig, ax, values, path, "average validation PGD-10 accuracy, minus pgd-at's (points)",
+                   "worst class's validation PGD-10 accuracy, minus pgd-at's (points)",
+                   "lever screen (validation split only): seed-paired differences,\n"
+                   "bars 95% Student-t over seeds, dots single seeds")
+
+
+def _tradeoff_axes(plt, min_avg: float, min_worst: float):
+    """A trade-off figure's frame: the target region (average change >= ``min_avg``, worst-class change
+    >= ``min_worst``, in points) and the zero lines."""
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.fill_between([min_avg, 100], min_worst, 100, color="tab:green", alpha=0.08,
+                    label=f"target: worst +{min_worst:g} or more at average {min_avg:g} or better")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.axvline(0, color="grey", lw=0.8)
+    return fig, ax
+
+
+def _save_tradeoff(plt, fig, ax, values: list[float], path: Path, xlabel: str, ylabel: str, title: str) -> None:
+    """Limits that show every plotted value (points) and the target, labels, and the PNG at ``path``."""
     lo, hi = min(values) - 3, max(values) + 3
     ax.set_xlim(min(lo, -5), max(hi, 3))
     ax.set_ylim(lo, hi)
-    ax.set_xlabel("average validation PGD-10 accuracy, minus pgd-at's (points)")
-    ax.set_ylabel("worst class's validation PGD-10 accuracy, minus pgd-at's (points)")
-    ax.set_title("lever screen (validation split only): seed-paired differences,\n"
-                 "bars 95% Student-t over seeds, dots single seeds", fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="lower left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -424,12 +438,7 @@ def verdict_plot(table: pd.DataFrame, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 5))
-    ax.fill_between([-100 * TARGET["max_avg_drop"], 100], 100 * TARGET["worst_gain"], 100, color="tab:green",
-                    alpha=0.08, label=f"target: worst +{100 * TARGET['worst_gain']:g} or more at average "
-                                      f"-{100 * TARGET['max_avg_drop']:g} or better")
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.axvline(0, color="grey", lw=0.8)
+    fig, ax = _tradeoff_axes(plt, -100 * TARGET["max_avg_drop"], 100 * TARGET["worst_gain"])
     values = [0.0, 100 * TARGET["worst_gain"]]
     for i, r in enumerate(table.itertuples(index=False)):
         x, y = 100 * r.avg_diff_mean, 100 * r.worst_diff_mean
@@ -441,18 +450,10 @@ def verdict_plot(table: pd.DataFrame, path: Path) -> None:
                     textcoords="offset points")
         values += [100 * v for v in (r.avg_diff_low, r.avg_diff_high, r.worst_diff_low, r.worst_diff_high)
                    if pd.notna(v)] + [x, y]
-    lo, hi = min(values) - 3, max(values) + 3
-    ax.set_xlim(min(lo, -5), max(hi, 3))
-    ax.set_ylim(lo, hi)
-    ax.set_xlabel(f"average {TARGET['attack']} accuracy, minus the baseline's (points)")
-    ax.set_ylabel(f"target class's {TARGET['attack']} accuracy, minus the baseline's (points)")
-    ax.set_title("confirmation (test split): seed-paired differences, bars 95% Student-t over seeds;\n"
-                 "the class is the baseline's validation-worst", fontsize=9)
-    ax.legend(fontsize=7, loc="lower left")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save_tradeoff(plt, fig, ax, values, path, f"average {TARGET['attack']} accuracy, minus the baseline's (points)",
+                   f"target class's {TARGET['attack']} accuracy, minus the baseline's (points)",
+                   "confirmation (test split): seed-paired differences, bars 95% Student-t over seeds;\n"
+                   "the class is the baseline's validation-worst")
 
 
 def confirmation_cost(export: Path = CONFIRMED) -> pd.DataFrame:
