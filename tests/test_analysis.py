@@ -530,4 +530,9 @@ def test_judge_target_needs_gain_average_and_both_seed_tests():
                            target=0, alternatives={"worst": "greater"})
     row = judge_target(lost).set_index("method").loc["lift"]
     assert row["seeds"] == 4 and not row["meets"]
-    assert row["short_of"].startswith("1 of 5 seeds without a result (diverged)")
+    assert row["short_of"].startswith("1 of 5 seeds without a pair of results (a run diverged)")
+    # the baseline's seed-1 run lost instead: the lever's 5 runs pair on 4 seeds, and it misses too
+    lost = compare_methods({k: v for k, v in results.items() if k != ("base", 1)}, "base", ["autoattack"],
+                           target=0, alternatives={"worst": "greater"})
+    row = judge_target(lost).set_index("method").loc["lift"]
+    assert row["seeds"] == 5 and not row["meets"] and "1 of 5 seeds without a pair" in row["short_of"]

@@ -469,3 +469,21 @@ eval: {{attacks: "pgd:steps=2", limit: 60}}
     assert run(["experiment", path, "--out", out, "--export", final], capsys)[0] == 0
     assert (final / "runs/fashion-mnist/trades/seed1/diverged.json").is_file()
     assert "## Runs that diverged" in (final / "report" / "report.md").read_text()
+
+
+def test_a_grid_whose_every_run_diverged_says_so_in_one_line(synthetic_env, tmp_path, capsys, monkeypatch):
+    from classrobust.training.methods.pgd_at import PGDAT
+
+    real = PGDAT.loss
+
+    def always_nan(self, *args, **kwargs):
+        loss, logits = real(self, *args, **kwargs)
+        return loss * float("nan"), logits
+
+    monkeypatch.setattr(PGDAT, "loss", always_nan)
+    text = TWO_SEEDS.replace("seeds: [0, 1]", "seeds: [0]").replace("epochs: 2", "epochs: 1") + \
+        'eval: {attacks: "pgd:steps=2", limit: 60}\n'
+    code, stdout, err = run(["experiment", write(tmp_path, text), "--out", tmp_path / "exp", "--no-progress"], capsys)
+    assert code == 1 and err.count("\n") == 1 and "every run of" in err and "diverged" in err, err
+    assert (tmp_path / "exp/runs/fashion-mnist/pgd-at/seed0/diverged.json").is_file()
+    assert not (tmp_path / "exp/experiment.json").exists()

@@ -272,6 +272,8 @@ def experiment_tables(index: dict, results: dict[str, ClasswiseResult],
         # each baseline against the methods that name it (the first method's, for files without any)
         baseline_of = group["baseline"] if "baseline" in group else pd.Series(group["method"].iloc[0], group.index)
         for baseline in dict.fromkeys(baseline_of):
+            if not (group["method"] == baseline).any():  # every run of the baseline diverged: nothing to pair
+                continue
             members = group[(group["method"] == baseline) | (baseline_of == baseline)]
             members = pd.concat([members[members["method"] == baseline], members[members["method"] != baseline]])
             if members["method"].nunique() < 2:

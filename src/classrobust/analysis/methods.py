@@ -103,7 +103,8 @@ def compare_methods(results: Mapping[tuple[str, int], object], baseline: str, at
                                         alternative=alternatives[key])
                 seed_tests.update({f"{key}_diff_{k}": test[k] for k in ("mean", "low", "high", "t_p", "perm_p")})
                 seed_tests[f"{key}_alternative"] = alternatives[key]
-            block.append({**seed_tests, "attack": attack, "method": method, "seeds": len(runs), "avg": avg[0], "avg_low": avg[1],
+            block.append({**seed_tests, "attack": attack, "method": method, "seeds": len(runs),
+                          "paired_seeds": len(paired), "avg": avg[0], "avg_low": avg[1],
                           "avg_high": avg[2], "avg_pooled_low": float(alo), "avg_pooled_high": float(ahi),
                           "worst_class": runs[0][1].classes[worst], "target_chosen_on": chosen_on,
                           "worst": on_worst[0],
@@ -160,8 +161,9 @@ def judge_target(methods: pd.DataFrame, worst_gain: float = 0.05, max_avg_drop: 
     per-seed change of the average is at least ``-max_avg_drop``, and the gain on the target class is
     significant: paired t-test p < ``alpha`` *and* exact sign-flip p < ``alpha``, both in the
     direction the table's ``worst_alternative`` declares (the tests are against no change, not against
-    ``worst_gain``). A method with fewer seeds than its baseline (a run that diverged) misses: the
-    target is about every declared seed. One row per (dataset, baseline, attack, method) other than the
+    ``worst_gain``). A method with fewer paired seeds (its run and its baseline's both finished) than
+    the comparison's most complete method has seeds misses: the target is about every declared seed,
+    and a run that diverged counts against its method. One row per (dataset, baseline, attack, method) other than the
     baselines, with ``meets`` (bool) and ``short_of`` (the criteria missed, "" when met)."""
     if not 0 < alpha < 1 or worst_gain < 0 or max_avg_drop < 0:
         raise ValueError("judge_target needs 0 < alpha < 1, worst_gain >= 0 and max_avg_drop >= 0")
@@ -170,15 +172,18 @@ def judge_target(methods: pd.DataFrame, worst_gain: float = 0.05, max_avg_drop: 
         table["baseline_method"] = table["method"].iloc[0] if len(table) else ""
     if "dataset" not in table:
         table["dataset"] = ""
-    base_seeds = {(r.dataset, r.baseline_method, r.attack): r.seeds
-                  for r in table[table["method"] == table["baseline_method"]].itertuples(index=False)}
+    if "paired_seeds" not in table:  # a table from before the column: every seed paired
+        table["paired_seeds"] = table["seeds"]
+    # the seeds every run of a comparison should have: the most any of its methods has
+    expected_seeds = table.groupby(["dataset", "baseline_method", "attack"])["seeds"].transform("max")
+    table = table.assign(expected_seeds=expected_seeds)
     table = table[table["method"] != table["baseline_method"]]
     rows = []
     for row in table.itertuples(index=False):
         missed = []
-        expected = base_seeds.get((row.dataset, row.baseline_method, row.attack), row.seeds)
-        if row.seeds < expected:
-            missed.append(f"{expected - row.seeds} of {expected} seeds without a result (diverged)")
+        if row.paired_seeds < row.expected_seeds:
+            missed.append(f"{row.expected_seeds - row.paired_seeds} of {row.expected_seeds} seeds without a "
+                          "pair of results (a run diverged)")
         if not row.worst_diff_mean >= worst_gain:
             missed.append(f"worst-class gain {100 * row.worst_diff_mean:+.1f} < +{100 * worst_gain:g}")
         if not row.avg_diff_mean >= -max_avg_drop:

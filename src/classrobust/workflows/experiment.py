@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from classrobust.defenses.calibrate import CalibrateConfig
-from classrobust.errors import CheckpointError, TrainingDivergedError, UsageError
+from classrobust.errors import CheckpointError, NonFiniteError, TrainingDivergedError, UsageError
 from classrobust.io import atomic_write_json, check_output_dir, check_own_directory
 from classrobust.report.experiment import INDEX
 from classrobust.results import CLEAN, ClasswiseResult
@@ -275,19 +275,25 @@ def run_experiment(spec: ExperimentSpec | str | Path, *, device: str | None = No
                                      progress=progress, log=log, tensorboard=tensorboard)
     diverged = [r for r in runs if states[r.key] == "diverged"]
     runs = [r for r in runs if states[r.key] != "diverged"]
-    if diverged:
-        log(f"{len(diverged)} run(s) diverged and are left out: {', '.join(r.key for r in diverged)}; their "
-            "methods are compared on the seeds that finished")
-    ablations = ablation_runs(spec)
-    for a in ablations:
+    if not runs:
+        raise NonFiniteError(f"every run of {spec.name} diverged; nothing to compare (records: {DIVERGED} in each "
+                             f"run folder under {spec.out / 'runs'})")
+    ablations = []
+    for a in ablation_runs(spec):
         why = (f"its weak class {a['weak']!r} (worst on the {a['weak_chosen_on']}) is flipped by "
                f"{spec.ablation.attack} mostly into {a['dropped']!r}" if a["variant"] == "confused" else
                f"control: {a['dropped']!r}, drawn at random from the other classes")
         log(f"ablation: {a['base'].key}: {why}; retraining without {a['dropped']!r}")
-        ensure_run(spec, a["retrained"], device=device, data_dir=data_dir, download=download, progress=progress,
-                   log=log, tensorboard=tensorboard)
+        if ensure_run(spec, a["retrained"], device=device, data_dir=data_dir, download=download,
+                      progress=progress, log=log, tensorboard=tensorboard) == "diverged":
+            diverged.append(a["retrained"])
+        else:
+            ablations.append(a)
+    if diverged:
+        log(f"{len(diverged)} run(s) diverged and are left out: {', '.join(r.key for r in diverged)}; their "
+            "methods are compared on the seeds that finished")
     temperature = None
-    if spec.temperature is not None:
+    if spec.temperature is not None and any(r.method in spec.temperature.methods for r in runs):
         from classrobust.workflows.temperature import run_temperature_step
 
         temperature = run_temperature_step(spec, [r for r in runs if r.method in spec.temperature.methods],
