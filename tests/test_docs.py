@@ -451,3 +451,24 @@ def test_calibration_why_renders_differences_and_member_flips():
     assert "| all | 20 | 55.0 (+5.0) |" in text and text.count("| 30.0 |") == 1  # base AA points on calibrated
     assert "| b | 3 / 1 |" in text and "| all | 4 / 3 |" in text and "b +0.50" in text
     assert "base `b.safetensors`, calibrated `c.safetensors`" in text
+
+
+def test_divergence_prose_matches_its_replay_record():
+    """The numbers docs/defenses.md gives for the diverged confirmation run, from the replay's record."""
+    record = json.loads((ROOT / "docs" / "results" / "divergence-trades-wat-e03-seed1.json").read_text())
+    variants = {v["variant"]: v for v in record["variants"]}
+    text = " ".join((ROOT / "docs" / "defenses.md").read_text().split())  # line breaks as spaces
+    as_run, spike = variants["as-run"], variants["as-run"]["spike"]
+    assert f"about {as_run['median_loss']:.1f} per batch" in text
+    assert f"jumps to {spike['loss']:.2f} at step {spike['step']} (gradient norm {spike['grad_norm']:.0f};" in text
+    assert f"{spike['beta']:g} x a mean KL of {spike['mean_kl']:.2f}" in text
+    rest = as_run["losses_from_first_spike"][1:]
+    assert rest[-1] is None and not as_run["finite"]  # ends in a non-finite loss
+    shown = [f"{rest[0]:.0f}", *(f"{v:.1e}".replace("e+0", "e").replace("e+", "e") for v in rest[1:-1])]
+    assert f"then {', '.join(shown)} and NaN within {len(rest)} steps" in text.replace("five", "5")
+    assert not variants["other-start"]["finite"] and variants["other-start"]["steps_above_spike"][0] == spike["step"]
+    assert variants["fp32"]["finite"] and not variants["fp32"]["steps_above_spike"]
+    assert variants["unit-weights"]["finite"] and not variants["unit-weights"]["steps_above_spike"]
+    clip = variants["clip10"]
+    assert clip["finite"] and clip["steps_above_spike"] == [spike["step"]] and clip["last_step"] >= spike["step"] + 50
+    assert f"(one batch at {clip['max_finite_loss']:.2f}, then back to normal)" in text
