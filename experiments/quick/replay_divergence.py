@@ -29,6 +29,7 @@ import math
 import shutil
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +81,7 @@ def replay(partial: Path, variant: str, until: int, spike: float) -> dict:
             terms = run.levers.per_class
             run.levers.per_class = lambda: {k: np.ones_like(v) for k, v in terms().items()}
         elif variant == "clip10":
-            run.config = TrainConfig.from_dict({**run.config.to_dict(), "grad_clip": 10.0})
+            run.config = replace(run.config, grad_clip=10.0)
         loss_of = run.method.loss
         losses: list[float] = []
         parts: dict = {}

@@ -163,8 +163,8 @@ def judge_target(methods: pd.DataFrame, worst_gain: float = 0.05, max_avg_drop: 
     direction the table's ``worst_alternative`` declares (the tests are against no change, not against
     ``worst_gain``). A method with fewer paired seeds (its run and its baseline's both finished) than
     the comparison's most complete method has seeds misses: the target is about every declared seed,
-    and a run that diverged counts against its method. One row per (dataset, baseline, attack, method) other than the
-    baselines, with ``meets`` (bool) and ``short_of`` (the criteria missed, "" when met)."""
+    and a run that diverged counts against its method. One row per (dataset, baseline, attack, method)
+    other than the baselines, with ``meets`` (bool) and ``short_of`` (the criteria missed, "" when met)."""
     if not 0 < alpha < 1 or worst_gain < 0 or max_avg_drop < 0:
         raise ValueError("judge_target needs 0 < alpha < 1, worst_gain >= 0 and max_avg_drop >= 0")
     table = methods.copy()

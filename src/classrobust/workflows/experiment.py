@@ -357,9 +357,11 @@ def is_finished(spec: ExperimentSpec) -> bool:
     if not index.is_file():
         return False
     index_data = json.loads(index.read_text())
-    listed = {r["key"] for r in [*index_data.get("runs", []), *index_data.get("diverged", [])]}
-    return listed == {run.key for run in spec.runs} and all(run_state(spec, run) in ("done", "diverged")
-                                                            for run in spec.runs)
+    keys = {run.key for run in spec.runs}
+    # the diverged list also holds ablation retrains, which are not the spec's runs
+    listed = {r["key"] for r in index_data.get("runs", [])} | {d["key"] for d in index_data.get("diverged", [])
+                                                               if d["key"] in keys}
+    return listed == keys and all(run_state(spec, run) in ("done", "diverged") for run in spec.runs)
 
 
 def export_progress(spec: ExperimentSpec, dest: str | Path) -> dict[str, Any]:
