@@ -471,6 +471,27 @@ eval: {{attacks: "pgd:steps=2", limit: 60}}
     assert "## Runs that diverged" in (final / "report" / "report.md").read_text()
 
 
+def test_a_finished_experiment_with_a_diverged_ablation_retrain_is_finished(tmp_path, monkeypatch):
+    """The index's diverged list holds ablation retrains too; they are not the spec's runs, so they must not
+    make a finished experiment look unfinished (its export would then be a progress export)."""
+    from classrobust.report.experiment import INDEX
+    from classrobust.workflows import experiment
+
+    spec = load_spec(write(tmp_path, TINY), out=tmp_path / "exp")
+    spec.out.mkdir()
+    monkeypatch.setattr(experiment, "run_state", lambda spec, run: "done")
+    retrain = spec.ablation_run(spec.runs[0], "Shirt")
+    index = {"runs": [{"key": r.key} for r in spec.runs], "diverged": [{"key": retrain.key}]}
+    (spec.out / INDEX).write_text(json.dumps(index))
+    assert experiment.is_finished(spec)
+    # a spec run that diverged counts as finished; one missing from the index does not
+    index = {"runs": [{"key": spec.runs[0].key}], "diverged": [{"key": spec.runs[1].key}, {"key": retrain.key}]}
+    (spec.out / INDEX).write_text(json.dumps(index))
+    assert experiment.is_finished(spec)
+    (spec.out / INDEX).write_text(json.dumps({"runs": [{"key": spec.runs[0].key}], "diverged": [{"key": retrain.key}]}))
+    assert not experiment.is_finished(spec)
+
+
 def test_a_grid_whose_every_run_diverged_says_so_in_one_line(synthetic_env, tmp_path, capsys, monkeypatch):
     from classrobust.training.methods.pgd_at import PGDAT
 
