@@ -183,13 +183,8 @@ def tradeoff_plot(runs: pd.DataFrame, path: Path) -> None:
     """Worst-class against average validation PGD-10 accuracy, each setting minus the baseline of the same
     seed, one point per setting with its seed-level 95% t-interval (bars only where two or more seeds
     finished), the per-seed differences as small dots, and the issue's target region (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     diffs = paired_differences(runs)
-    fig, ax = _tradeoff_axes(plt, -MAX_AVG_DROP * 100, 5)
+    fig, ax = _tradeoff_axes(-MAX_AVG_DROP * 100, 5)
     for i, r in diffs.iterrows():
         color = f"C{i % 10}"
         ax.scatter(r["avg_per_seed"], r["worst_per_seed"], s=12, color=color, alpha=0.5)
@@ -202,16 +197,26 @@ def tradeoff_plot(runs: pd.DataFrame, path: Path) -> None:
         ax.annotate(f"{r['setting']} ({r['seeds']} seed{'s' if r['seeds'] > 1 else ''})",
                     (r["avg_mean"], r["worst_mean"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
     values = [v for col in ("avg_per_seed", "worst_per_seed") for vs in diffs[col] for v in vs] + [0, 5]
-    _save_tradeoff(plt, fig, ax, values, path, "average validation PGD-10 accuracy, minus pgd-at's (points)",
+    _save_tradeoff(fig, ax, values, path, "average validation PGD-10 accuracy, minus pgd-at's (points)",
                    "worst class's validation PGD-10 accuracy, minus pgd-at's (points)",
                    "lever screen (validation split only): seed-paired differences,\n"
                    "bars 95% Student-t over seeds, dots single seeds")
 
 
-def _tradeoff_axes(plt, min_avg: float, min_worst: float):
+def _pyplot():
+    """matplotlib's pyplot on the file-only backend (no display on these machines)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _tradeoff_axes(min_avg: float, min_worst: float):
     """A trade-off figure's frame: the target region (average change >= ``min_avg``, worst-class change
     >= ``min_worst``, in points) and the zero lines."""
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = _pyplot().subplots(figsize=(7, 5))
     ax.fill_between([min_avg, 100], min_worst, 100, color="tab:green", alpha=0.08,
                     label=f"target: worst +{min_worst:g} or more at average {min_avg:g} or better")
     ax.axhline(0, color="grey", lw=0.8)
@@ -219,7 +224,7 @@ def _tradeoff_axes(plt, min_avg: float, min_worst: float):
     return fig, ax
 
 
-def _save_tradeoff(plt, fig, ax, values: list[float], path: Path, xlabel: str, ylabel: str, title: str) -> None:
+def _save_tradeoff(fig, ax, values: list[float], path: Path, xlabel: str, ylabel: str, title: str) -> None:
     """Limits that show every plotted value (points) and the target, labels, and the PNG at ``path``."""
     lo, hi = min(values) - 3, max(values) + 3
     ax.set_xlim(min(lo, -5), max(hi, 3))
@@ -231,7 +236,7 @@ def _save_tradeoff(plt, fig, ax, values: list[float], path: Path, xlabel: str, y
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _pyplot().close(fig)
 
 
 def baseline_curve(name: str = "pgd-at") -> None:
@@ -245,11 +250,7 @@ def baseline_curve(name: str = "pgd-at") -> None:
 
 def curve_plot(log: pd.DataFrame, label: str, path: Path) -> None:
     """Per-class validation clean and PGD accuracy per epoch of one training log (PNG at ``path``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, column, title in ((axes[0], "val_clean_accuracy", "validation clean"),
                               (axes[1], "val_pgd_accuracy", "validation PGD-10")):
@@ -433,12 +434,7 @@ def verdict_plot(table: pd.DataFrame, path: Path) -> None:
     """The confirmation's trade-off (issue #15, item 5): per lever row of :func:`verdict`, the mean
     per-seed change of the target class's accuracy against that of the average, each against the same
     method's baseline, with 95% Student-t intervals over seeds, and the target region (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = _tradeoff_axes(plt, -100 * TARGET["max_avg_drop"], 100 * TARGET["worst_gain"])
+    fig, ax = _tradeoff_axes(-100 * TARGET["max_avg_drop"], 100 * TARGET["worst_gain"])
     values = [0.0, 100 * TARGET["worst_gain"]]
     for i, r in enumerate(table.itertuples(index=False)):
         x, y = 100 * r.avg_diff_mean, 100 * r.worst_diff_mean
@@ -450,7 +446,7 @@ def verdict_plot(table: pd.DataFrame, path: Path) -> None:
                     textcoords="offset points")
         values += [100 * v for v in (r.avg_diff_low, r.avg_diff_high, r.worst_diff_low, r.worst_diff_high)
                    if pd.notna(v)] + [x, y]
-    _save_tradeoff(plt, fig, ax, values, path, f"average {TARGET['attack']} accuracy, minus the baseline's (points)",
+    _save_tradeoff(fig, ax, values, path, f"average {TARGET['attack']} accuracy, minus the baseline's (points)",
                    f"target class's {TARGET['attack']} accuracy, minus the baseline's (points)",
                    "confirmation (test split): seed-paired differences, bars 95% Student-t over seeds;\n"
                    "the class is the baseline's validation-worst")
