@@ -160,6 +160,7 @@ def test_confirmation_verdict_only_from_a_finished_export(tmp_path):
     with pytest.raises(SystemExit, match="unfinished"):
         script.verdict(tmp_path)
     (tmp_path / "experiment-progress.json").unlink()
+    (tmp_path / "report").mkdir()  # where a finished export's report tables are
     row = lambda attack, method, base, worst, avg, t_p, perm_p: {  # noqa: E731
         "dataset": "fashion-mnist", "attack": attack, "method": method, "baseline_method": base, "seeds": 5,
         "worst_class": "Shirt", "worst_alternative": "greater", "worst_diff_mean": worst,
@@ -168,7 +169,9 @@ def test_confirmation_verdict_only_from_a_finished_export(tmp_path):
     pd.DataFrame([row("autoattack", "pgd-at", "pgd-at", 0, 0, float("nan"), float("nan")),
                   row("autoattack", "pgd-at+x", "pgd-at", 0.08, -0.004, 0.001, 1 / 32),
                   row("pgd", "pgd-at+x", "pgd-at", 0.0, 0.0, 0.9, 0.9),  # another attack: not judged
-                  row("autoattack", "trades+x", "trades", 0.04, 0.0, 0.01, 1 / 32)]).to_csv(tmp_path / "methods.csv")
+                  row("autoattack", "trades+x", "trades", 0.04, 0.0, 0.01, 1 / 32),
+                  row("autoattack", "trades", "pgd-at", 0.01, 0.0, 0.5, 0.5)]).to_csv(  # a baseline: not judged
+        tmp_path / "report" / "methods.csv")
     table = script.verdict(tmp_path)
     assert list(table.method) == ["pgd-at+x", "trades+x"] and list(table.meets) == [True, False]
     text = script.render_verdict(table)
@@ -472,3 +475,44 @@ def test_divergence_prose_matches_its_replay_record():
     clip = variants["clip10"]
     assert clip["finite"] and clip["steps_above_spike"] == [spike["step"]] and clip["last_step"] >= spike["step"] + 50
     assert f"(one batch at {clip['max_finite_loss']:.2f}, then back to normal)" in text
+
+
+def test_confirmation_scripts_read_a_real_finished_export(synthetic_env, tmp_path, capsys):
+    """The frozen confirmation file, shrunk (2 seeds, 1 epoch on 200 synthetic images, a short AutoAttack),
+    run and exported by `classrobust experiment`: the verdict, plateau and cost helpers read that export's
+    layout (the unit tests above build their inputs by hand, which once hid a wrong path)."""
+    import yaml
+
+    from conftest import run
+
+    script = _load(ROOT / "experiments" / "quick" / "screen_levers.py")
+    spec = yaml.safe_load((ROOT / "experiments" / "quick" / "defenses.yaml").read_text())
+    spec.update(seeds=[0, 1], out=str(tmp_path / "exp"))
+    spec["train"].update(epochs=1, train_subset=200, batch_size=50, val_size=60, attack_steps=1,
+                         val_attack_steps=1, precision="fp32", eps_warmup_epochs=0.0, lr_warmup_epochs=0.0)
+    for name, method in spec["methods"].items():
+        if "calibrate" in method:
+            method["calibrate"].update(max_avg_drop=5.0, val_size=40, steps=2, rounds=1)
+    spec["eval"].update(attacks="autoattack:steps=2,n_targets=1,n_queries=5", limit=20)
+    path = tmp_path / "confirmation.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    export = tmp_path / "export"
+    code, _, err = run(["experiment", path, "--no-progress"], capsys)
+    assert code == 0, err
+    code, stdout, err = run(["experiment", path, "--export", export], capsys)
+    assert code == 0 and "report:" in stdout, err
+
+    table = script.verdict(export)
+    assert set(table.method) == {"pgd-at+wat-e03", "pgd-at+wat-e03+cal", "trades+wat-e03", "trades+wat-e03+cal"}
+    assert (table.seeds == 2).all() and table.target_class.notna().all()
+    assert "| pgd-at+wat-e03 | pgd-at | 2 |" in script.render_verdict(table)
+    logs = script.confirmation_logs(export)
+    assert sorted(logs) == [("pgd-at", 0), ("pgd-at", 1), ("trades", 0), ("trades", 1)]
+    steady = script.plateau(logs)
+    assert (steady.last_epochs.map(len) == 1).all()  # one epoch trained
+    cost = script.confirmation_cost(export)
+    assert len(cost) == 12 and (cost.eval_s > 0).all()
+    assert cost[cost.method.str.endswith("+cal")].calibrate_s.gt(0).all()
+    assert cost[~cost.method.str.endswith("+cal")].train_s.gt(0).all()
+    script.verdict_plot(table, tmp_path / "tradeoff.png")
+    assert (tmp_path / "tradeoff.png").stat().st_size > 10_000

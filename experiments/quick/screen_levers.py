@@ -405,13 +405,16 @@ def verdict(export: Path = CONFIRMED) -> pd.DataFrame:
 
     if (export / "experiment-progress.json").exists():
         raise SystemExit(f"screen_levers: {export} holds an unfinished confirmation; no verdict before all its runs")
-    if not (export / "methods.csv").is_file():
-        raise SystemExit(f"screen_levers: no {export / 'methods.csv'}; export the finished confirmation there first")
-    methods = pd.read_csv(export / "methods.csv")
+    methods_csv = export / "report" / "methods.csv"  # a finished export's report tables
+    if not methods_csv.is_file():
+        raise SystemExit(f"screen_levers: no {methods_csv}; export the finished confirmation there first")
+    methods = pd.read_csv(methods_csv)
     table = judge_target(methods[methods.attack == TARGET["attack"]], worst_gain=TARGET["worst_gain"],
                          max_avg_drop=TARGET["max_avg_drop"], alpha=TARGET["alpha"])
+    # a baseline is compared with the first method too (trades against pgd-at): not a lever, not judged
+    table = table[~table.method.isin(set(methods.baseline_method))].reset_index(drop=True)
     if table.empty:
-        raise SystemExit(f"screen_levers: {export / 'methods.csv'} has no method to judge under {TARGET['attack']}")
+        raise SystemExit(f"screen_levers: {methods_csv} has no method to judge under {TARGET['attack']}")
     return table
 
 
