@@ -256,13 +256,15 @@ def test_defenses_doc_states_the_verdict_only_once_the_confirmation_is_finished(
     script = _load(ROOT / "experiments" / "quick" / "screen_levers.py")
     doc = (ROOT / "docs" / "defenses.md").read_text()
     if (script.CONFIRMED / "experiment-progress.json").exists():
-        assert not any(f"<!-- defenses-{name} -->" in doc for name in ("verdict", "plateau", "cost"))
+        assert not any(f"<!-- defenses-{name} -->" in doc for name in ("verdict", "per-class", "plateau", "cost"))
         assert "## The confirmation on the test split (issue #15, step 4; running)" in doc
         assert "(`experiments/quick/defenses.yaml`, multi-session) is not finished" in (ROOT / "README.md").read_text()
     else:
         assert "is not finished" not in (ROOT / "README.md").read_text()
         assert _block(ROOT / "docs" / "defenses.md", "defenses-verdict") == \
             script.render_verdict(script.verdict()).strip()
+        assert _block(ROOT / "docs" / "defenses.md", "defenses-per-class") == \
+            script.render_per_class(script.per_class()).strip()
         assert _block(ROOT / "docs" / "defenses.md", "defenses-plateau") == \
             script.render_plateau(script.plateau(script.confirmation_logs())).strip()
         assert _block(ROOT / "docs" / "defenses.md", "defenses-cost") == \
@@ -514,5 +516,11 @@ def test_confirmation_scripts_read_a_real_finished_export(synthetic_env, tmp_pat
     assert len(cost) == 12 and (cost.eval_s > 0).all()
     assert cost[cost.method.str.endswith("+cal")].calibrate_s.gt(0).all()
     assert cost[~cost.method.str.endswith("+cal")].train_s.gt(0).all()
+    classes = script.per_class(export)
+    assert len(classes) == 10 * 6 and set(classes.kind) == {"accuracy", "change"}
+    assert set(classes[classes.kind == "accuracy"].method) == {"pgd-at", "trades"}
+    text = script.render_per_class(classes)
+    assert text.startswith("| class | pgd-at (2 seeds) | Δ pgd-at+wat-e03 (2 seeds) | Δ pgd-at+wat-e03+cal (2 seeds) "
+                           "| trades (2 seeds) |") and text.count("\n") == 11
     script.verdict_plot(table, tmp_path / "tradeoff.png")
     assert (tmp_path / "tradeoff.png").stat().st_size > 10_000

@@ -433,6 +433,52 @@ def render_verdict(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def per_class(export: Path = CONFIRMED) -> pd.DataFrame:
+    """Every class under :data:`TARGET`'s attack, from a finished export's report tables: each baseline's
+    accuracy over its seeds (mean, 95% Student-t over seeds) and each lever's per-seed paired change
+    against it (mean, 95% t). One row per (class, method); accuracies in [0, 1]."""
+    from classrobust.analysis import seed_interval
+
+    report = export / "report"
+    runs = pd.read_csv(report / "per_class.csv")
+    runs = runs[runs.attack == TARGET["attack"]]
+    diffs = pd.read_csv(report / "methods_per_class.csv")
+    diffs = diffs[diffs.attack == TARGET["attack"]]
+    rows = []
+    for method in CONFIRMED_BASELINES:
+        for (index, name), group in runs[runs.method == method].groupby(["class_index", "class_name"]):
+            mean, low, high = seed_interval(group.accuracy, counts=(int(group.correct.sum()), int(group.n.sum())))
+            rows.append({"class_index": index, "class_name": name, "method": method, "baseline_method": method,
+                         "seeds": len(group), "value": mean, "low": low, "high": high, "kind": "accuracy"})
+    levers = diffs[~diffs.method.isin(set(diffs.baseline_method))]  # trades against pgd-at is no lever
+    for r in levers.itertuples(index=False):
+        rows.append({"class_index": r.class_index, "class_name": r.class_name, "method": r.method,
+                     "baseline_method": r.baseline_method, "seeds": r.seeds, "value": r.diff_mean,
+                     "low": r.diff_low, "high": r.diff_high, "kind": "change"})
+    return pd.DataFrame(rows)
+
+
+def render_per_class(table: pd.DataFrame) -> str:
+    """:func:`per_class` as one markdown table: a row per class, a column per method (baselines in %, levers
+    as the change in points against their baseline), 95% t-intervals over seeds in brackets."""
+    def cell(r):
+        sign = "+" if r.kind == "change" else ""
+        interval = ("" if pd.isna(r.low) or r.low == r.high  # one seed, or every seed the same change
+                    else f" [{100 * r.low:{sign}.1f}, {100 * r.high:{sign}.1f}]")
+        return f"{100 * r.value:{sign}.1f}{interval}"
+
+    order = [m for b in CONFIRMED_BASELINES for m in [b, *table[(table.baseline_method == b)
+                                                                 & (table.method != b)].method.unique()]]
+    seeds = table.groupby("method").seeds.max()
+    header = [f"{m} ({seeds[m]} seeds)" if table[table.method == m].kind.iloc[0] == "accuracy"
+              else f"Δ {m} ({seeds[m]} seeds)" for m in order]
+    lines = ["| class | " + " | ".join(header) + " |", "|---|" + "---|" * len(order)]
+    for (index, name), group in table.groupby(["class_index", "class_name"]):
+        by_method = {r.method: r for r in group.itertuples(index=False)}
+        lines.append(f"| {name} | " + " | ".join(cell(by_method[m]) if m in by_method else "-" for m in order) + " |")
+    return "\n".join(lines)
+
+
 def verdict_plot(table: pd.DataFrame, path: Path) -> None:
     """The confirmation's trade-off (issue #15, item 5): per lever row of :func:`verdict`, the mean
     per-seed change of the target class's accuracy against that of the average, each against the same
@@ -543,7 +589,8 @@ def main() -> int:
                 seed = min(s for m, s in logs if m == method)
                 curve_plot(logs[(method, seed)], f"{method} seed {seed}", CONFIRMED / f"{method}_curve.png")
             verdict_plot(table, CONFIRMED / "tradeoff.png")
-            write_docs({"defenses-verdict": text, "defenses-plateau": steady,
+            write_docs({"defenses-verdict": text, "defenses-per-class": render_per_class(per_class()),
+                        "defenses-plateau": steady,
                         "defenses-cost": render_cost(confirmation_cost())})
             print(f"wrote the defenses-verdict, -plateau and -cost tables in docs/defenses.md and the curves and "
                   f"the trade-off plot in {CONFIRMED}")
