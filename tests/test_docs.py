@@ -524,3 +524,53 @@ def test_confirmation_scripts_read_a_real_finished_export(synthetic_env, tmp_pat
                            "| trades (2 seeds) |") and text.count("\n") == 11
     script.verdict_plot(table, tmp_path / "tradeoff.png")
     assert (tmp_path / "tradeoff.png").stat().st_size > 10_000
+
+
+def test_confirmation_findings_quote_the_export():
+    """The numbers the confirmation's findings quote in prose, recomputed from the committed export."""
+    import pandas as pd
+
+    script = _load(ROOT / "experiments" / "quick" / "screen_levers.py")
+    text = re.sub(r"\s+", " ", (ROOT / "docs" / "defenses.md").read_text())
+    runs = pd.read_csv(script.CONFIRMED / "report" / "per_class.csv")
+
+    def average(attack):
+        rows = runs[runs.attack == attack]
+        return rows.groupby(["method", "seed"]).apply(lambda g: 100 * g.correct.sum() / g.n.sum()).unstack()
+
+    def shirt(attack):
+        rows = runs[(runs.attack == attack) & (runs.class_name == "Shirt")]
+        return 100 * rows.set_index(["method", "seed"]).accuracy.unstack()
+
+    lever = "pgd-at+wat-e03"
+    gains = shirt("autoattack").loc[lever] - shirt("autoattack").loc["pgd-at"]
+    losses = average("autoattack").loc[lever] - average("autoattack").loc["pgd-at"]
+    assert f"per seed {', '.join(f'{v:+.0f}' for v in gains)} points" in text
+    assert f"per seed {', '.join(f'{v:+.1f}' for v in losses)} points" in text
+    assert (gains > 0).all() and (losses < 0).all()  # "on every seed", both ways
+    clean_shirt = (shirt("clean").loc[lever] - shirt("clean").loc["pgd-at"]).mean()
+    clean_avg = (average("clean").loc[lever] - average("clean").loc["pgd-at"]).mean()
+    assert f"Shirt {clean_shirt:+.1f} points clean, the average clean accuracy {clean_avg:+.1f}" in text
+    classes = script.per_class()
+    change = classes[classes.method == lever].set_index("class_name").value * 100
+    assert (f"T-shirt/top ({change['T-shirt/top']:+.1f}), Coat ({change['Coat']:+.1f}) and Dress "
+            f"({change['Dress']:+.1f})") in text
+    far = ["Trouser", "Sandal", "Sneaker", "Bag", "Ankle boot"]
+    assert f"move by at most {change[far].abs().max():.1f} points" in text
+    after = (classes[classes.method == "pgd-at"].set_index("class_name").value * 100 + change)
+    assert after.idxmin() == "Shirt" and f"({after['Shirt']:.1f}% against Pullover's and Coat's " \
+        f"{after['Pullover']:.1f}%)" in text and round(after["Pullover"], 1) == round(after["Coat"], 1)
+    verdict = script.verdict().set_index("method")
+    cal = verdict.loc[f"{lever}+cal"]
+    assert (f"add +{100 * (cal.worst_diff_mean - verdict.loc[lever].worst_diff_mean):.1f} points on Shirt "
+            f"(+{100 * cal.worst_diff_mean:.1f} in all) for {100 * (cal.avg_diff_mean - verdict.loc[lever].avg_diff_mean):.1f}"
+            f" of average ({100 * cal.avg_diff_mean:.1f} in all)") in text
+    trades = average("autoattack").loc["trades+wat-e03"] - average("autoattack").loc["trades"]
+    assert f"seed 3 ({trades[3]:+.1f} points of average" in text
+    others = trades.drop(3).dropna()
+    assert f"three seeds {others.max():+.1f} to {others.min():+.1f})" in text
+    base = runs[(runs.attack.isin(["clean", "autoattack"])) & (runs.class_name == "Shirt")]
+    for method in ("pgd-at", "trades"):
+        clean, robust = (100 * base[(base.method == method) & (base.attack == a)].accuracy.mean()
+                         for a in ("clean", "autoattack"))
+        assert f"{clean:.1f}% clean and {robust:.1f}%" in text or f"{clean:.1f}% and {robust:.1f}%" in text

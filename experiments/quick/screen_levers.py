@@ -197,7 +197,7 @@ def tradeoff_plot(runs: pd.DataFrame, path: Path) -> None:
         ax.annotate(f"{r['setting']} ({r['seeds']} seed{'s' if r['seeds'] > 1 else ''})",
                     (r["avg_mean"], r["worst_mean"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
     values = [v for col in ("avg_per_seed", "worst_per_seed") for vs in diffs[col] for v in vs] + [0, 5]
-    _save_tradeoff(fig, ax, values, path, "average validation PGD-10 accuracy, minus pgd-at's (points)",
+    _save_tradeoff(fig, ax, values, values, path, "average validation PGD-10 accuracy, minus pgd-at's (points)",
                    "worst class's validation PGD-10 accuracy, minus pgd-at's (points)",
                    "lever screen (validation split only): seed-paired differences,\n"
                    "bars 95% Student-t over seeds, dots single seeds")
@@ -224,11 +224,11 @@ def _tradeoff_axes(min_avg: float, min_worst: float):
     return fig, ax
 
 
-def _save_tradeoff(fig, ax, values: list[float], path: Path, xlabel: str, ylabel: str, title: str) -> None:
+def _save_tradeoff(fig, ax, x_values: list[float], y_values: list[float], path: Path, xlabel: str, ylabel: str,
+                   title: str) -> None:
     """Limits that show every plotted value (points) and the target, labels, and the PNG at ``path``."""
-    lo, hi = min(values) - 3, max(values) + 3
-    ax.set_xlim(min(lo, -5), max(hi, 3))
-    ax.set_ylim(lo, hi)
+    ax.set_xlim(min(min(x_values) - 3, -5), max(max(x_values) + 3, 3))
+    ax.set_ylim(min(y_values) - 3, max(y_values) + 3)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
@@ -484,18 +484,16 @@ def verdict_plot(table: pd.DataFrame, path: Path) -> None:
     per-seed change of the target class's accuracy against that of the average, each against the same
     method's baseline, with 95% Student-t intervals over seeds, and the target region (PNG)."""
     fig, ax = _tradeoff_axes(-100 * TARGET["max_avg_drop"], 100 * TARGET["worst_gain"])
-    values = [0.0, 100 * TARGET["worst_gain"]]
+    xs, ys = [0.0], [0.0, 100 * TARGET["worst_gain"]]
     for i, r in enumerate(table.itertuples(index=False)):
         x, y = 100 * r.avg_diff_mean, 100 * r.worst_diff_mean
         xerr = [[x - 100 * r.avg_diff_low], [100 * r.avg_diff_high - x]] if pd.notna(r.avg_diff_low) else None
         yerr = [[y - 100 * r.worst_diff_low], [100 * r.worst_diff_high - y]] if pd.notna(r.worst_diff_low) else None
-        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", capsize=3, color=f"C{i % 10}")
-        ax.annotate(f"{r.method} vs {r.baseline_method}, {r.target_class} ({r.seeds} seeds)", (x, y), fontsize=7,
-                    xytext=(4, 4),
-                    textcoords="offset points")
-        values += [100 * v for v in (r.avg_diff_low, r.avg_diff_high, r.worst_diff_low, r.worst_diff_high)
-                   if pd.notna(v)] + [x, y]
-    _save_tradeoff(fig, ax, values, path, f"average {TARGET['attack']} accuracy, minus the baseline's (points)",
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", capsize=3, color=f"C{i % 10}",
+                    label=f"{r.method} vs {r.baseline_method}, {r.target_class} ({r.seeds} seeds)")
+        xs += [x] + [100 * v for v in (r.avg_diff_low, r.avg_diff_high) if pd.notna(v)]
+        ys += [y] + [100 * v for v in (r.worst_diff_low, r.worst_diff_high) if pd.notna(v)]
+    _save_tradeoff(fig, ax, xs, ys, path, f"average {TARGET['attack']} accuracy, minus the baseline's (points)",
                    f"target class's {TARGET['attack']} accuracy, minus the baseline's (points)",
                    "confirmation (test split): seed-paired differences, bars 95% Student-t over seeds;\n"
                    "the class is the baseline's validation-worst")
