@@ -516,6 +516,9 @@ def test_judge_target_needs_gain_average_and_both_seed_tests():
     assert verdict.loc["lift", "worst_diff_mean"] == pytest.approx(0.10)
     assert verdict.loc["lift", "worst_diff_perm_p"] == pytest.approx(1 / 32)  # every seed up, one-sided
     assert not verdict.loc["costly", "meets"] and verdict.loc["costly", "short_of"] == "average -5.0 < -1"
+    # the average's seed-level tests travel with the verdict (two-sided): -5 points on every seed
+    assert verdict.loc["costly", "avg_diff_perm_p"] == pytest.approx(2 / 32)
+    assert verdict.loc["costly", "avg_diff_t_p"] < 0.05
     # +11 points on average but one seed lost: sign-flip p = 2/32 is not below 0.05
     assert not verdict.loc["mixed", "meets"] and "sign-flip p 0.062" in verdict.loc["mixed", "short_of"]
     assert not judge_target(table, worst_gain=0.2).set_index("method").loc["lift", "meets"]

@@ -165,7 +165,8 @@ def test_confirmation_verdict_only_from_a_finished_export(tmp_path):
         "dataset": "fashion-mnist", "attack": attack, "method": method, "baseline_method": base, "seeds": 5,
         "worst_class": "Shirt", "worst_alternative": "greater", "worst_diff_mean": worst,
         "worst_diff_low": worst - 0.02, "worst_diff_high": worst + 0.02, "worst_diff_t_p": t_p,
-        "worst_diff_perm_p": perm_p, "avg_diff_mean": avg, "avg_diff_low": avg - 0.01, "avg_diff_high": avg + 0.01}
+        "worst_diff_perm_p": perm_p, "avg_diff_mean": avg, "avg_diff_low": avg - 0.01, "avg_diff_high": avg + 0.01,
+        "avg_diff_t_p": 0.2, "avg_diff_perm_p": 0.5}
     pd.DataFrame([row("autoattack", "pgd-at", "pgd-at", 0, 0, float("nan"), float("nan")),
                   row("autoattack", "pgd-at+x", "pgd-at", 0.08, -0.004, 0.001, 1 / 32),
                   row("pgd", "pgd-at+x", "pgd-at", 0.0, 0.0, 0.9, 0.9),  # another attack: not judged
@@ -175,8 +176,9 @@ def test_confirmation_verdict_only_from_a_finished_export(tmp_path):
     table = script.verdict(tmp_path)
     assert list(table.method) == ["pgd-at+x", "trades+x"] and list(table.meets) == [True, False]
     text = script.render_verdict(table)
-    assert "| pgd-at+x | pgd-at | 5 | Shirt | +8.0 [+6.0, +10.0] | 0.001 | 0.031 | -0.4 [-1.4, +0.6] | yes |  |" in text
-    assert "| trades+x | trades | 5 | Shirt | +4.0 [+2.0, +6.0] | 0.01 | 0.031 | +0.0 [-1.0, +1.0] | no | " \
+    assert "| pgd-at+x | pgd-at | 5 | Shirt | +8.0 [+6.0, +10.0] | 0.001 | 0.031 | -0.4 [-1.4, +0.6] | 0.2, 0.5 | yes " \
+           "|  |" in text
+    assert "| trades+x | trades | 5 | Shirt | +4.0 [+2.0, +6.0] | 0.01 | 0.031 | +0.0 [-1.0, +1.0] | 0.2, 0.5 | no | " \
            "worst-class gain +4.0 < +5 |" in text
     script.verdict_plot(table, tmp_path / "tradeoff.png")  # the trade-off item 5 asks for when no lever meets it
     assert (tmp_path / "tradeoff.png").stat().st_size > 10_000

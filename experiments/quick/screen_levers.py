@@ -424,12 +424,13 @@ def render_verdict(table: pd.DataFrame) -> str:
         return f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
 
     lines = [f"| method | against | seeds | class | Δ worst class [95% t] | t p ({table.alternative.iloc[0]}) "
-             "| sign-flip p | Δ average [95% t] | target met | short of |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| sign-flip p | Δ average [95% t] | its t p, sign-flip p (two-sided) | target met | short of |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples(index=False):
         lines.append(f"| {r.method} | {r.baseline_method} | {r.seeds} | {r.target_class} "
                      f"| {points(r.worst_diff_mean, r.worst_diff_low, r.worst_diff_high)} | {r.worst_diff_t_p:.2g} "
                      f"| {r.worst_diff_perm_p:.2g} | {points(r.avg_diff_mean, r.avg_diff_low, r.avg_diff_high)} "
-                     f"| {'yes' if r.meets else 'no'} | {r.short_of} |")
+                     f"| {r.avg_diff_t_p:.2g}, {r.avg_diff_perm_p:.2g} | {'yes' if r.meets else 'no'} | {r.short_of} |")
     return "\n".join(lines)
 
 

@@ -199,5 +199,8 @@ def judge_target(methods: pd.DataFrame, worst_gain: float = 0.05, max_avg_drop: 
                      "worst_diff_high": row.worst_diff_high, "worst_diff_t_p": row.worst_diff_t_p,
                      "worst_diff_perm_p": row.worst_diff_perm_p, "avg_diff_mean": row.avg_diff_mean,
                      "avg_diff_low": row.avg_diff_low, "avg_diff_high": row.avg_diff_high,
+                     # the average's seed-level tests (two-sided; not part of the target, which is on its mean)
+                     "avg_diff_t_p": getattr(row, "avg_diff_t_p", float("nan")),
+                     "avg_diff_perm_p": getattr(row, "avg_diff_perm_p", float("nan")),
                      "meets": not missed, "short_of": "; ".join(missed)})
     return pd.DataFrame(rows)
