@@ -411,8 +411,6 @@ def verdict(export: Path = CONFIRMED) -> pd.DataFrame:
     methods = pd.read_csv(methods_csv)
     table = judge_target(methods[methods.attack == TARGET["attack"]], worst_gain=TARGET["worst_gain"],
                          max_avg_drop=TARGET["max_avg_drop"], alpha=TARGET["alpha"])
-    # a baseline is compared with the first method too (trades against pgd-at): not a lever, not judged
-    table = table[~table.method.isin(set(methods.baseline_method))].reset_index(drop=True)
     if table.empty:
         raise SystemExit(f"screen_levers: {methods_csv} has no method to judge under {TARGET['attack']}")
     return table
@@ -468,11 +466,10 @@ def render_per_class(table: pd.DataFrame) -> str:
                     else f" [{100 * r.low:{sign}.1f}, {100 * r.high:{sign}.1f}]")
         return f"{100 * r.value:{sign}.1f}{interval}"
 
-    order = [m for b in CONFIRMED_BASELINES for m in [b, *table[(table.baseline_method == b)
-                                                                 & (table.method != b)].method.unique()]]
+    levers = table[table.kind == "change"]
+    order = [m for b in CONFIRMED_BASELINES for m in [b, *levers[levers.baseline_method == b].method.unique()]]
     seeds = table.groupby("method").seeds.max()
-    header = [f"{m} ({seeds[m]} seeds)" if table[table.method == m].kind.iloc[0] == "accuracy"
-              else f"Δ {m} ({seeds[m]} seeds)" for m in order]
+    header = [f"{'' if m in CONFIRMED_BASELINES else 'Δ '}{m} ({seeds[m]} seeds)" for m in order]
     lines = ["| class | " + " | ".join(header) + " |", "|---|" + "---|" * len(order)]
     for (index, name), group in table.groupby(["class_index", "class_name"]):
         by_method = {r.method: r for r in group.itertuples(index=False)}
@@ -591,7 +588,7 @@ def main() -> int:
             write_docs({"defenses-verdict": text, "defenses-per-class": render_per_class(per_class()),
                         "defenses-plateau": steady,
                         "defenses-cost": render_cost(confirmation_cost())})
-            print(f"wrote the defenses-verdict, -plateau and -cost tables in docs/defenses.md and the curves and "
+            print(f"wrote the defenses-verdict, -per-class, -plateau and -cost tables in docs/defenses.md and the curves and "
                   f"the trade-off plot in {CONFIRMED}")
         return 0
     table, logs = summary()
