@@ -494,7 +494,7 @@ def test_confirmation_scripts_read_a_real_finished_export(synthetic_env, tmp_pat
     spec.update(seeds=[0, 1], out=str(tmp_path / "exp"))
     spec["train"].update(epochs=1, train_subset=200, batch_size=50, val_size=60, attack_steps=1,
                          val_attack_steps=1, precision="fp32", eps_warmup_epochs=0.0, lr_warmup_epochs=0.0)
-    for name, method in spec["methods"].items():
+    for method in spec["methods"].values():
         if "calibrate" in method:
             method["calibrate"].update(max_avg_drop=5.0, val_size=40, steps=2, rounds=1)
     spec["eval"].update(attacks="autoattack:steps=2,n_targets=1,n_queries=5", limit=20)
