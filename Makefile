@@ -12,9 +12,10 @@ setup: $(STAMP) data
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
-	@# torchattacks is a test-only cross-check; its metadata pins an old `requests`
-	@# that would downgrade the user's, so it is installed without dependencies.
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps 'torchattacks>=3.5.1'
+	@# torchattacks and pyautoattack (the reference AutoAttack, fra31/auto-attack packaged) are
+	@# test-only cross-checks; torchattacks' metadata pins an old `requests` that would downgrade
+	@# the user's, so both are installed without dependencies (each needs only torch).
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps 'torchattacks>=3.5.1' 'pyautoattack>=0.2.0'
 	touch $(STAMP)
 
 data:

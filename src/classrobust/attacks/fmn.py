@@ -56,7 +56,8 @@ class FMN(MinimalNormAttack):
         return {**super().config(), "steps": self.steps, "alpha_init": self.alpha_init,
                 "gamma_init": self.gamma_init, "gamma_final": self.gamma_final}
 
-    def search(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def search(self, x: torch.Tensor, y: torch.Tensor, *, early_stop: bool
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         best = self.start_tracking(x, y)
         delta = torch.zeros_like(x)
         budget = torch.full((len(x),), float("inf"), device=x.device, dtype=x.dtype)

@@ -10,7 +10,14 @@ far is this point from being misclassified?", which gives every class a whole ro
 * ``attack(x, y)``: an attack at radius ``eps`` like every other, returning x_min where its
   distance is at most eps and x elsewhere (how AutoAttack uses FAB-T).
 
-A point counts as adversarial only if a wrong class beats the true one by ``FOOL_MARGIN``, in fp32.
+A point is *recorded* as adversarial only if it passes the verdict (a wrong class beats the true
+one by the fooling margin, in fp32: :meth:`Attack.fooled`). What steers a search is the search's own
+business: FAB, like the reference, steps back as soon as the prediction changes (margin > 0), since
+its iterates land on the decision boundary by construction and the verdict's margin would stall it.
+
+``minimal`` always runs the whole search (every target, restart and step): a curve needs each
+point's smallest distance over all of them. Only the attack at radius eps (``attack(x, y)``, as
+AutoAttack calls it) stops a point early in ``mode="best"`` once it is broken within eps.
 """
 
 from __future__ import annotations
@@ -30,18 +37,21 @@ class MinimalNormAttack(Attack):
             if validate:
                 self._check_inputs(x, y)
             return x.detach().clone(), torch.zeros(0, device=x.device)
-        x_min, dist = self._guarded(self.search, x, y, validate)
+        x_min, dist = self._guarded(lambda xx, yy: self.search(xx, yy, early_stop=False), x, y, validate)
         return x_min.detach().to(x.dtype), dist
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.at_radius(x, *self.search(x, y))
+        return self.at_radius(x, *self.search(x, y, early_stop=self.mode == "best"))
 
     def at_radius(self, x: torch.Tensor, x_min: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
         """The attack at radius eps from a search's result: x_min where its distance is at most eps, else x."""
         return torch.where((distance <= self.eps).view(-1, *([1] * (x.dim() - 1))), x_min, x)
 
-    def search(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x_min, distance): called with the model frozen in eval mode, on private copies."""
+    def search(self, x: torch.Tensor, y: torch.Tensor, *, early_stop: bool
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_min, distance): called with the model frozen in eval mode, on private copies.
+        ``early_stop``: a point broken within eps may skip the rest of the search (its distance is
+        then an upper bound of its smallest one)."""
         raise NotImplementedError
 
     def start_tracking(self, x: torch.Tensor, y: torch.Tensor) -> "BestAdversarial":
