@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.classrobust-installed
 
 setup: $(STAMP) data
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	@# torchattacks and pyautoattack (the reference AutoAttack, fra31/auto-attack packaged) are

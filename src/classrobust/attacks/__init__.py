@@ -16,6 +16,7 @@ from classrobust.attacks.autoattack import AutoAttack
 from classrobust.attacks.base import MODES, Attack
 from classrobust.attacks.fab import FAB
 from classrobust.attacks.fmn import FMN
+from classrobust.attacks.mindist import MinDist
 from classrobust.attacks.minimal import MinimalNormAttack
 from classrobust.attacks.pgd import CW, FGSM, PGD
 from classrobust.attacks.square import Square
@@ -44,6 +45,8 @@ ATTACKS.register("fab-t", summary="FAB-T, minimal-norm, targeted over the top-9 
                  defaults={"targeted": True})(FAB)
 ATTACKS.register("fmn", summary="Fast Minimum-Norm, 100 steps; records each point's distance "
                  "(robustness curves)")(FMN)
+ATTACKS.register("mindist", summary="the tightest curves: FMN, PGD at eps, then a PGD bisection below each "
+                 "point's distance; records each point's distance")(MinDist)
 ATTACKS.register("autoattack", summary="standard AutoAttack, per-point worst case: APGD-CE, APGD-T, FAB-T, "
                  "Square (version=fast: APGD only; version=rand: EOT)")(AutoAttack)
 
@@ -56,5 +59,5 @@ def create_attack(name: str, model: nn.Module, **kwargs: Any) -> Attack:
 
 
 __all__ = ["ATTACKS", "Attack", "FGSM", "PGD", "CW", "TemperaturePGD", "APGD", "APGDT", "Square",
-           "AutoAttack", "FAB", "FMN", "MinimalNormAttack", "DEFAULT_TEMPERATURE", "PRECISIONS", "MODES", "create_attack",
+           "AutoAttack", "FAB", "FMN", "MinDist", "MinimalNormAttack", "DEFAULT_TEMPERATURE", "PRECISIONS", "MODES", "create_attack",
            "parse_attack_specs", "build_attacks", "attack_kwargs"]
