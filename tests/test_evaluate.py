@@ -260,3 +260,28 @@ def test_evaluate_checkpoint_removes_its_resume_folder(trained_run, tmp_path):
                                       progress=False, report=False)
     assert (out / "summary.json").is_file() and not (tmp_path / ".ev.resume").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ev", "run"]  # run: the trained fixture
+
+
+@pytest.mark.parametrize("scale, warned", [(1.0, None), (1e-3, "tiny"), (1e4, "huge"), ("softmax", "probabilities")])
+def test_outputs_the_fooling_margin_does_not_fit_get_a_one_line_warning(tiny_model, tiny_batch, scale, warned):
+    from classrobust.attacks import FGSM
+    from classrobust.report import format_warnings
+
+    class Scaled(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            z = self.inner(x)
+            return z.softmax(dim=1) if scale == "softmax" else z * scale
+
+    model = Scaled(tiny_model).eval()
+    x, y = tiny_batch
+    result = evaluate_classwise(model, [(x, y)], {"fgsm": FGSM(model, eps=0.1)}, classes=list("abcd"),
+                                progress=False)
+    lines = [line for line in format_warnings(result) if "fooling margin" in line or "probabilities" in line]
+    if warned is None:
+        assert not lines
+    else:
+        assert len(lines) == 1 and warned in lines[0] and "\n" not in lines[0]

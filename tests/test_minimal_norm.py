@@ -9,7 +9,7 @@ import torch
 from scipy.optimize import linprog, minimize
 from torch import nn
 
-from classrobust.attacks import APGD, FAB, FMN, AutoAttack, Square, TemperaturePGD, create_attack
+from classrobust.attacks import APGD, FAB, FMN, AutoAttack, MinDist, Square, TemperaturePGD, create_attack
 from classrobust.attacks.losses import tempered_ce
 from classrobust.attacks.projections import project_onto_hyperplane
 from classrobust.attacks.square import l2_pattern, square_fraction
@@ -70,7 +70,8 @@ def test_projection_is_the_least_norm_step_inside_the_box(norm):
 
 # -- FAB and FMN -------------------------------------------------------------------------------
 @pytest.mark.parametrize("cls,kw", [(FAB, {"steps": 10}), (FAB, {"steps": 10, "targeted": True, "n_targets": 2}),
-                                    (FMN, {"steps": 20})])
+                                    (FMN, {"steps": 20}),
+                                    (MinDist, {"fab_steps": 10, "n_targets": 2, "rounds": 2, "steps": 3})])
 @pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.0)])
 def test_minimal_norm_distances_are_true_distances_of_fooling_points(at_fmnist_model, points, cls, kw, norm, eps):
     x, y = points[0][:25], points[1][:25]
@@ -93,7 +94,8 @@ def test_minimal_norm_respects_the_model_and_inputs(tiny_model, tiny_batch):
     x, y = tiny_batch
     x_copy = x.clone()
     tiny_model.train()
-    for attack in (FAB(tiny_model, eps=0.1, steps=3), FMN(tiny_model, eps=0.1, steps=3)):
+    for attack in (FAB(tiny_model, eps=0.1, steps=3), FMN(tiny_model, eps=0.1, steps=3),
+                   MinDist(tiny_model, eps=0.1, fab_steps=3, n_targets=2, rounds=1, steps=2)):
         x_min, dist = attack.minimal(x, y)
         assert torch.equal(x, x_copy) and tiny_model.training
         with torch.no_grad():
@@ -118,6 +120,25 @@ def test_fab_t_curves_take_every_target_and_only_the_attack_at_eps_stops_early(a
     assert torch.equal(robust(at_fmnist_model, fab(x, y), y), early > 0.1)
     last = FAB(at_fmnist_model, eps=0.1, steps=8, targeted=True, n_targets=3, mode="last").minimal(x, y)[1]
     assert torch.equal(full, last)
+
+
+def test_mindist_tightens_its_fab_t_start_and_says_where_each_distance_came_from(at_fmnist_model, points):
+    x, y = points[0][:30], points[1][:30]
+    eps = 0.05  # below most points' distance, so the check at eps has work
+    kw = dict(eps=eps, fab_steps=20, n_targets=2)
+    start = FAB(at_fmnist_model, targeted=True, steps=20, n_targets=2, eps=eps).minimal(x, y)[1]
+    x_min, dist, source = MinDist(at_fmnist_model, rounds=3, steps=5, **kw).minimal_with_source(x, y)
+    assert len(source) == len(x) and set(source) <= {"clean", "fab-t", "pgd-at-eps", "bisection", "none"}
+    # never looser than its own start; the bisection improved some points, and those say so
+    assert (dist <= start + 1e-7).all()
+    improved = dist < start * 0.999
+    assert improved.any()
+    assert all(source[i] in ("pgd-at-eps", "bisection") for i in improved.nonzero().flatten().tolist())
+    assert torch.equal(torch.tensor([s == "none" for s in source]), torch.isinf(dist))
+    # the same search as minimal()
+    torch.testing.assert_close(MinDist(at_fmnist_model, rounds=3, steps=5, **kw).minimal(x, y)[1], dist)
+    with pytest.raises(UsageError, match="bracket"):
+        MinDist(at_fmnist_model, eps=0.1, bracket=1.0)
 
 
 # -- Square -------------------------------------------------------------------------------------

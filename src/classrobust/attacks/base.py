@@ -108,6 +108,34 @@ FOOL_MARGIN = 1e-4
 BF16_CANDIDATE_SLACK = 1 / 32
 
 
+#: The margin is absolute, in logit units: the rounding it guards against, measured on the demo
+#: model (the same 500 images in other batch sizes and memory layouts), moved logits by at most
+#: 3.8e-6, or 3.4e-7 of the largest |logit|. It fits logits of everyday scale (largest |logit|
+#: from ~0.1 to ~300); outside that :func:`output_scale_warning` says so.
+LOGIT_SCALE_RANGE = (0.1, 300.0)
+
+
+def output_scale_warning(logits: torch.Tensor) -> str | None:
+    """One line if a model's outputs (N, K) do not look like logits the fooling margin fits: a
+    probability vector per row, or a median largest |logit| outside :data:`LOGIT_SCALE_RANGE`."""
+    logits = logits.detach().float()
+    if not len(logits):
+        return None
+    rows = logits.sum(dim=1)
+    if bool(((logits >= -1e-5) & (logits <= 1 + 1e-5)).all() and ((rows - 1).abs() < 1e-4).all()):
+        return ("warning: the model's outputs look like probabilities (each row in [0, 1], summing to 1); "
+                "attacks and their verdicts expect logits: pass the model without its softmax")
+    scale = float(logits.abs().amax(dim=1).median())
+    low, high = LOGIT_SCALE_RANGE
+    if scale < low:
+        return (f"warning: the model's logits are tiny (median largest |logit| {scale:.2g}): the attacks' "
+                f"fooling margin ({FOOL_MARGIN:g}, absolute) is a large part of them; rescale the outputs")
+    if scale > high:
+        return (f"warning: the model's logits are huge (median largest |logit| {scale:.3g}): fp32 rounding may "
+                f"exceed the attacks' fooling margin ({FOOL_MARGIN:g}, absolute); rescale the outputs")
+    return None
+
+
 def wrong_by_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(N,) bool: the largest other logit exceeds the true logit by more than FOOL_MARGIN."""
     return margin(logits, y) > FOOL_MARGIN

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm  # not tqdm.auto: its asyncio class calls iter() on the loader when built (#17)
 
-from classrobust.attacks.base import Attack, fast_layout, fast_weights
+from classrobust.attacks.base import Attack, fast_layout, fast_weights, output_scale_warning
 from classrobust.attacks.minimal import MinimalNormAttack
 from classrobust.errors import UsageError
 from classrobust.runtime import model_mode
@@ -163,6 +163,7 @@ def evaluate_classwise(model: nn.Module, loader: Iterable, attacks: Mapping[str,
     distances = {name: [] for name, a in attacks.items() if isinstance(a, MinimalNormAttack)}
     seconds = dict.fromkeys(preds, 0.0)
     cache = BatchCache(resume_dir, model, attacks, classes) if resume_dir is not None else None
+    scale_warning = None
     if cache is not None and cache.done and progress:
         print(f"evaluate: continuing an interrupted evaluation ({cache.done} batches done)", file=sys.stderr)
     with model_mode(model, False), fast_weights(model):  # attacks inside find it already converted
@@ -172,6 +173,9 @@ def evaluate_classwise(model: nn.Module, loader: Iterable, attacks: Mapping[str,
         else:
             batches = tqdm(loader, desc="evaluate", disable=None if progress else True, leave=False)
         for index, (x, y) in enumerate(batches):
+            if index == 0:  # one forward pass: do the outputs look like logits the verdicts fit?
+                with torch.no_grad():
+                    scale_warning = output_scale_warning(model(fast_layout(x.to(device))))
             fingerprint = BatchCache.fingerprint(x, y) if cache is not None else ""
             entry = cache.load(index, fingerprint) if cache is not None else None
             if entry is None:
@@ -190,6 +194,8 @@ def evaluate_classwise(model: nn.Module, loader: Iterable, attacks: Mapping[str,
     indices = getattr(dataset, "indices", None)
     indices = np.asarray(indices) if indices is not None and len(indices) == len(y_all) else np.arange(len(y_all))
     meta = dict(meta or {})
+    if scale_warning:
+        meta["output_warning"] = scale_warning
     head = _classifier_head(model, k)
     if head is not None:  # per-class weight norms, for the weight-norm analysis (no model needed later)
         meta["classifier_weight_norms"] = head.weight.detach().float().norm(dim=1).cpu().tolist()

@@ -94,6 +94,8 @@ def format_warnings(result: ClasswiseResult) -> list[str]:
                    f"(below twice chance, {2 / result.num_classes:.0%}); its robust accuracy says nothing")
     if CLEAN in result.attacks and result.attacks[CLEAN].accuracy < 2 / result.num_classes:
         out.append("warning: overall clean accuracy is near chance; the model has not learned")
+    if result.meta.get("output_warning"):
+        out.append(result.meta["output_warning"])
     if result.sanity:
         out.extend(result.sanity["warnings"])
     return out
