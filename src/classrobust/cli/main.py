@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     from classrobust.defenses.calibrate import CalibrateConfig
     from classrobust.training.config import TrainConfig
     from classrobust.workflows.evaluate import EvalConfig
+    from classrobust.workflows.frontier import FrontierConfig
 
     parser = _Parser(
         prog="classrobust", description="Class-wise robustness in adversarial training.")
@@ -95,6 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p, CalibrateConfig)
     add_data_options(p)
     p.set_defaults(func=cmd_calibrate)
+
+    about = ("the calibration frontier: per-class logit offsets fitted on each checkpoint's validation split at "
+             "a series of average-cost allowances, every calibrated model judged on the same test images (default: "
+             "standard AutoAttack); the control every class-wise training lever is compared with (docs/defenses.md)")
+    p = sub.add_parser("frontier", help=about, description=about)
+    p.add_argument("--checkpoint", type=Path, nargs="+", required=True,
+                   help="one or more classrobust checkpoints (several: seeds of one recipe; never modified)")
+    p.add_argument("--out", type=Path, default=None, help="default: frontier/ beside the first checkpoint")
+    add_config_options(p, FrontierConfig)
+    add_data_options(p)
+    p.set_defaults(func=cmd_frontier)
 
     p = sub.add_parser("experiment", help="run a grid of datasets x methods x seeds from a YAML file, "
                                           "with one combined report")
@@ -311,6 +323,20 @@ def cmd_calibrate(args) -> int:
     print(f"validation worst class: {b['worst_class']} {100 * b['worst_robust_accuracy']:.1f}% -> "
           f"{a['worst_class']} {100 * a['worst_robust_accuracy']:.1f}% (PGD-{config.steps}, measured end to end)")
     print(f"calibrated checkpoint: {out}")
+    return 0
+
+
+def cmd_frontier(args) -> int:
+    import pandas as pd
+
+    from classrobust.workflows.frontier import FrontierConfig, run_frontier
+
+    first = args.checkpoint[0]
+    out = args.out if args.out is not None else (first if first.is_dir() else first.parent) / "frontier"
+    out = run_frontier(args.checkpoint, out, config=config_from_args(FrontierConfig, args), device=args.device,
+                       data_dir=args.data_dir, download=args.download, progress=not args.no_progress)
+    print((out / "frontier.md").read_text().split("![frontier]")[0].rstrip())
+    print(f"\nfrontier: {out}/ (frontier.csv, frontier.png, frontier.md, frontier.json)")
     return 0
 
 
