@@ -72,6 +72,23 @@ def test_autoattack_benchmark_table_matches_its_results():
     assert compared or not any("reference" in r.get("sides", []) for r in loaded)
 
 
+def test_curve_tightness_table_matches_its_results():
+    script = _load(ROOT / "benchmarks" / "curve_tightness.py")
+    records = sorted((ROOT / "benchmarks" / "results").glob("curves_*.json"))
+    assert records
+    loaded = [json.loads(p.read_text()) for p in records]
+    assert _block(ROOT / "docs" / "attacks.md", "curve-tightness") == script.render(loaded).strip()
+    # the records' own consistency: every method on the same points, mindist never looser than the
+    # best it started from can be checked only per point: its distance is a real one (finite where
+    # the best is, and at least the best)
+    for record in loaded:
+        n = len(record["labels"])
+        assert all(len(record["distances"][m]) == n for m in record["methods"])
+        assert len(record["mindist_source"]) == n == len(record["autoattack_robust"])
+        rows = {r["method"]: r for r in script.summary(record)}
+        assert rows["mindist"]["median_ratio"] >= 1.0
+
+
 def test_autoattack_member_times_against_the_models_own_cost():
     script = _load(ROOT / "benchmarks" / "autoattack_speed.py")
     record = {"unit_cost_us": {"forward": 200.0, "forward_gradient": 500.0}, "n_per_class": [5, 5],

@@ -45,7 +45,7 @@ ATTACKS.register("fab-t", summary="FAB-T, minimal-norm, targeted over the top-9 
                  defaults={"targeted": True})(FAB)
 ATTACKS.register("fmn", summary="Fast Minimum-Norm, 100 steps; records each point's distance "
                  "(robustness curves)")(FMN)
-ATTACKS.register("mindist", summary="the tightest curves: FAB-T on 3 targets, PGD at eps, then a PGD bisection below each "
+ATTACKS.register("mindist", summary="the tightest curves: FAB-T on 5 targets, PGD at eps, then a PGD bisection below each "
                  "point's distance; records each point's distance")(MinDist)
 ATTACKS.register("autoattack", summary="standard AutoAttack, per-point worst case: APGD-CE, APGD-T, FAB-T, "
                  "Square (version=fast: APGD only; version=rand: EOT)")(AutoAttack)
