@@ -34,6 +34,11 @@ from classrobust.evaluate.tally import add_per_class as add
 from classrobust.evaluate.tally import still_correct
 
 
+#: how our FAB-T decided "past the boundary" in its search: records made before issue #32's fix
+#: (which carry no ``fab_search``) used the verdict's 1e-4 margin there
+FAB_BEFORE = "the verdict margin (before #32)"
+FAB_NOW = "the prediction, as the reference"
+
 #: the minimal-norm searches of the "curves" side, each read at eps
 CURVES = {"FMN": FMN, "MinDist": MinDist}
 
@@ -41,18 +46,21 @@ CURVES = {"FMN": FMN, "MinDist": MinDist}
 def render(records: list[dict]) -> str:
     """The Markdown table of one or more records (torch-free): per seed, each side's time and robust
     accuracy, and our speed-up against each other side."""
-    lines = ["| images | seed | side | seconds | robust accuracy | ours is faster by |", "|---|---|---|---|---|---|"]
+    lines = ["| images | seed | our FAB-T searched on | side | seconds | robust accuracy | ours is faster by |",
+             "|---|---|---|---|---|---|---|"]
     for record in records:
         n = sum(record["n_per_class"])
+        fab = record.get("fab_search", FAB_BEFORE)
         for run in record["runs"]:
             ours = run["seconds"].get("ours")
             for side, counts in run["robust_per_class"].items():
                 secs = run["seconds"][side]
                 ratio = "" if side == "ours" or not ours else f"{secs / ours:.2f}x"
-                lines.append(f"| {n} | {run['seed']} | {side} | {secs:.0f} | {100 * sum(counts) / n:.1f}% | {ratio} |")
+                lines.append(f"| {n} | {run['seed']} | {fab} | {side} | {secs:.0f} | {100 * sum(counts) / n:.1f}% | "
+                             f"{ratio} |")
             for name, secs in run.get("curves_seconds", {}).items():
                 robust = sum(run["curves_robust_at_eps"][name.removesuffix("_seconds")])
-                lines.append(f"| {n} | {run['seed']} | curves: {name.removesuffix('_seconds')} (minimal norm, "
+                lines.append(f"| {n} | {run['seed']} | {fab} | curves: {name.removesuffix('_seconds')} (minimal norm, "
                              f"read at eps) | {secs:.0f} | {100 * robust / n:.1f}% | |")
     return "\n".join(lines)
 
@@ -64,8 +72,8 @@ def render_members(records: list[dict]) -> str:
     A member's passes per point: APGD-CE steps; APGD-T and FAB-T targets x steps (FAB-T two
     forwards and one gradient per step); Square queries (forwards). These are upper bounds: a
     member stops early on a point it breaks."""
-    lines = ["| images | seed | member | points attacked | seconds | ms per point | model passes per point "
-             "(at most) | those passes at the model's own cost (ms) |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| images | seed | our FAB-T searched on | member | points attacked | seconds | ms per point | model "
+             "passes per point (at most) | those passes at the model's own cost (ms) |", "|---|---|---|---|---|---|---|---|---|"]
     for record in records:
         if "unit_cost_us" not in record:
             continue
@@ -77,7 +85,8 @@ def render_members(records: list[dict]) -> str:
                 points = run["member_points"][member]
                 passes, floor_us = per_point[member]
                 ms = f"{1000 * secs / points:.0f}" if points else ""
-                lines.append(f"| {sum(record['n_per_class'])} | {run['seed']} | {member} | {points} | {secs:.0f} | "
+                lines.append(f"| {sum(record['n_per_class'])} | {run['seed']} | {record.get('fab_search', FAB_BEFORE)} | "
+                             f"{member} | {points} | {secs:.0f} | "
                              f"{ms} | {passes} | {floor_us / 1000:.0f} |")
     return "\n".join(lines)
 
@@ -138,7 +147,7 @@ def measure(args) -> None:
     if record is None:
         record = {**settings, "unit_cost_us": unit_costs(model, test, min(args.batch_size, args.limit)),
                   "classes": classes, "n_per_class": np.bincount(test.targets.numpy(), minlength=k).tolist(),
-                  "precision": "fp32",
+                  "precision": "fp32", "fab_search": FAB_NOW,
                   "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
                   "torch": torch.__version__, "runs": []}
     members = list(AutoAttack(model, eps=eps).attacks)

@@ -95,10 +95,10 @@ def test_autoattack_member_times_against_the_models_own_cost():
               "runs": [{"seed": 0, "member_seconds": {"apgd-ce": 0.5, "apgd-t": 3.6, "fab-t": 0.0, "square": 8.0},
                         "member_points": {"apgd-ce": 10, "apgd-t": 8, "fab-t": 0, "square": 8}}]}
     rows = script.render_members([record, {"runs": []}]).splitlines()[2:]  # a record without times adds nothing
-    assert rows[0] == "| 10 | 0 | apgd-ce | 10 | 0 | 50 | 100 | 50 |"  # 100 gradients x 0.5 ms
-    assert rows[1] == "| 10 | 0 | apgd-t | 8 | 4 | 450 | 900 | 450 |"
-    assert rows[2] == "| 10 | 0 | fab-t | 0 | 0 |  | 900 | 630 |"  # never reached: no per-point time
-    assert rows[3] == "| 10 | 0 | square | 8 | 8 | 1000 | 5000 | 1000 |"
+    assert rows[0] == f"| 10 | 0 | {script.FAB_BEFORE} | apgd-ce | 10 | 0 | 50 | 100 | 50 |"  # 100 gradients x 0.5 ms
+    assert rows[1] == f"| 10 | 0 | {script.FAB_BEFORE} | apgd-t | 8 | 4 | 450 | 900 | 450 |"
+    assert rows[2] == f"| 10 | 0 | {script.FAB_BEFORE} | fab-t | 0 | 0 |  | 900 | 630 |"  # never reached: no per-point time
+    assert rows[3] == f"| 10 | 0 | {script.FAB_BEFORE} | square | 8 | 8 | 1000 | 5000 | 1000 |"
 
 
 def test_lever_screen_table_matches_its_results():
