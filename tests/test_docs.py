@@ -72,6 +72,19 @@ def test_autoattack_benchmark_table_matches_its_results():
     assert compared or not any("reference" in r.get("sides", []) for r in loaded)
 
 
+def test_fab_fix_paragraph_quotes_its_record():
+    """The numbers benchmarks/README.md types about the AutoAttack re-run after #32's FAB-T fix."""
+    record = json.loads((ROOT / "benchmarks" / "results" / "autoattack_1000_seed0_fab-fixed.json").read_text())
+    before = json.loads((ROOT / "benchmarks" / "results" / "autoattack_1000_seed0.json").read_text())
+    run, old = record["runs"][0], before["runs"][0]
+    text = (ROOT / "benchmarks" / "README.md").read_text()
+    paragraph = text[text.index("**After issue #32's FAB-T fix**"):].split("\n\n")[0]
+    counts = run["robust_per_class"]
+    assert counts["ours"] == old["robust_per_class"]["ours"] and counts["reference"] == old["robust_per_class"]["reference"]
+    assert f"ours {sum(counts['ours'])}, the reference {sum(counts['reference'])}" in paragraph
+    assert f"{run['seconds']['reference'] / run['seconds']['ours']:.2f}x faster" in paragraph
+
+
 def test_curve_tightness_table_matches_its_results():
     script = _load(ROOT / "benchmarks" / "curve_tightness.py")
     records = sorted((ROOT / "benchmarks" / "results").glob("curves_*.json"))
