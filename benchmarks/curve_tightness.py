@@ -39,7 +39,8 @@ def pgd_bisection(model, x, y, eps: float, norm: str, seed: int, halvings: int =
     lo, hi = torch.zeros(len(x)), torch.full((len(x),), 4 * eps)
     found = torch.full((len(x),), float("inf"))
     for radius in [hi] + [None] * halvings:
-        r = radius if radius is not None else (lo + hi) / 2
+        # a point not broken at 4 eps has hi = inf: radius 0 for it (no attack), it stays inf
+        r = radius if radius is not None else torch.where(torch.isfinite(hi), (lo + hi) / 2, torch.zeros_like(hi))
         attack = PGD(model, eps=r, steps=steps, loss="margin", norm=norm, seed=seed, mode="last")
         x_adv = attack(x, y)
         broke = ~still_correct(model, x_adv, y)
