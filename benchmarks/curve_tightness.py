@@ -144,8 +144,11 @@ def per_class(record: dict, method: str = "mindist") -> list[dict]:
 def render(records: list[dict]) -> str:
     lines = []
     for r in records:
-        lines += [f"{r['norm']}, eps {r['eps']:g}, {len(r['labels'])} clean-correct points of {r['limit']} "
-                  f"test images, {r['checkpoint']}, {r['machine']}", "",
+        done = min(r["limit"], r["batches_done"] * r["batch_size"])
+        of = f"{r['limit']}" if done == r["limit"] else f"the first {done} (of {r['limit']} planned)"
+        lines += [f"{r['norm']}, eps {r['eps']:g}, {len(r['labels'])} clean-correct points of {of} class-stratified "
+                  f"test images (subset seed 0), {r['checkpoint']}, attack seed {r['seed']}, fp32, {r['machine']}, "
+                  f"torch {r['torch']}", "",
                   f"| method | median distance / best | points within {100 * (r['tight'] - 1):.0f}% of best | "
                   "seconds | of standard AutoAttack's |", "|---|---|---|---|---|"]
         lines += [f"| {s['method']} | {s['median_ratio']:.3f} | {100 * s['within']:.1f}% | {s['seconds']:.0f} | "
