@@ -102,6 +102,26 @@ def test_curve_tightness_table_matches_its_results():
         assert rows["mindist"]["median_ratio"] >= 1.0
 
 
+def test_curve_tightness_prose_matches_its_records():
+    """What docs/attacks.md says of the tightness records, checked against them."""
+    import numpy as np
+
+    script = _load(ROOT / "benchmarks" / "curve_tightness.py")
+    results = ROOT / "benchmarks" / "results"
+    linf, l2 = (json.loads((results / f"curves_{n}_200.json").read_text()) for n in ("linf", "l2"))
+    rows = {n: {r["method"]: r for r in script.summary(rec)} for n, rec in (("linf", linf), ("l2", l2))}
+    assert rows["linf"]["mindist"]["within"] > 0.9  # "more than 90% of the points"
+    assert all(c["curve_at_eps"] == c["autoattack"] for c in script.per_class(linf))  # "in every class"
+    assert all(rows["linf"][m]["seconds"] > rows["linf"]["mindist"]["seconds"] for m in ("fmn-1000", "fab-t"))
+    assert 0.6 <= rows["l2"]["mindist"]["within"] < 0.75 and rows["l2"]["mindist"]["median_ratio"] < 1.005
+    assert sum(c["curve_at_eps"] > c["autoattack"] for c in script.per_class(l2)) == 3  # "three classes"
+    assert all(1 / 7 < rows[n]["mindist"]["of_autoattack"] < 1 / 5 for n in rows)  # "about a sixth"
+    d = {m: np.array(l2["distances"][m]) for m in l2["methods"]}
+    best = np.min(np.stack(list(d.values())), 0)
+    for m in ("mindist", "fmn-1000"):  # "each find the smallest distance on about two in five points"
+        assert 0.35 <= np.mean(d[m] <= best) <= 0.45
+
+
 def test_autoattack_member_times_against_the_models_own_cost():
     script = _load(ROOT / "benchmarks" / "autoattack_speed.py")
     record = {"unit_cost_us": {"forward": 200.0, "forward_gradient": 500.0}, "n_per_class": [5, 5],
