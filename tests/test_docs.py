@@ -50,11 +50,16 @@ def test_attack_member_tables_match_their_results(marker, members, autoattack):
         assert ours[k] <= record["robust_per_class"]["apgd-ce"][k]
 
 
+def _records(pattern: str) -> list[dict]:
+    """The committed benchmark records matching ``pattern``, in name order (at least one)."""
+    paths = sorted((ROOT / "benchmarks" / "results").glob(pattern))
+    assert paths, f"no benchmarks/results/{pattern}"
+    return [json.loads(p.read_text()) for p in paths]
+
+
 def test_autoattack_benchmark_table_matches_its_results():
     script = _load(ROOT / "benchmarks" / "autoattack_speed.py")
-    records = sorted((ROOT / "benchmarks" / "results").glob("autoattack_1000_seed*.json"))
-    assert records
-    loaded = [json.loads(p.read_text()) for p in records]
+    loaded = _records("autoattack_1000_seed*.json")
     assert _block(ROOT / "benchmarks" / "README.md", "autoattack-speed") == script.render(loaded).strip()
     if any("unit_cost_us" in r for r in loaded):  # records with the members' times
         assert _block(ROOT / "benchmarks" / "README.md", "autoattack-members") == script.render_members(loaded).strip()
@@ -87,13 +92,10 @@ def test_fab_fix_paragraph_quotes_its_record():
 
 def test_curve_tightness_table_matches_its_results():
     script = _load(ROOT / "benchmarks" / "curve_tightness.py")
-    records = sorted((ROOT / "benchmarks" / "results").glob("curves_*.json"))
-    assert records
-    loaded = [json.loads(p.read_text()) for p in records]
+    loaded = _records("curves_*.json")
     assert _block(ROOT / "docs" / "attacks.md", "curve-tightness") == script.render(loaded).strip()
-    # the records' own consistency: every method on the same points, mindist never looser than the
-    # best it started from can be checked only per point: its distance is a real one (finite where
-    # the best is, and at least the best)
+    # the records' own consistency: every method, the source record and AutoAttack's verdicts cover
+    # the same points, and no method beats the per-point best it is part of (median ratio >= 1)
     for record in loaded:
         n = len(record["labels"])
         assert all(len(record["distances"][m]) == n for m in record["methods"])

@@ -67,23 +67,21 @@ class MinDist(MinimalNormAttack):
         self.bracket = float(bracket)
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "n_targets": self.n_targets, "fab_steps": self.fab_steps, "rounds": self.rounds, "steps": self.steps,
-                "bracket": self.bracket}
+        return {**super().config(), "n_targets": self.n_targets, "fab_steps": self.fab_steps,
+                "rounds": self.rounds, "steps": self.steps, "bracket": self.bracket}
 
     def minimal_with_source(self, x: torch.Tensor, y: torch.Tensor
                             ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """Like :meth:`minimal`, plus each point's source of its distance (one of :data:`SOURCES`)."""
-        found: dict[str, torch.Tensor] = {}
-        x_min, dist = self._guarded(lambda xx, yy: self._search(xx, yy, found), x, y, True)
-        codes = found.get("source", torch.zeros(0, dtype=torch.long)).tolist()
-        return x_min.detach().to(x.dtype), dist, [SOURCES[c] for c in codes]
+        x_min, dist, source = self._guarded(self._search, x, y, True)
+        return x_min.detach().to(x.dtype), dist, [SOURCES[c] for c in source.tolist()]
 
     def search(self, x: torch.Tensor, y: torch.Tensor, *, early_stop: bool
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._search(x, y, {})
+        return self._search(x, y)[:2]
 
-    def _search(self, x: torch.Tensor, y: torch.Tensor, record: dict[str, torch.Tensor]
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _search(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(points, distances, source codes (N,) indexing :data:`SOURCES`)."""
         fab = FAB(self.model, eps=self.eps, steps=self.fab_steps, targeted=True, n_targets=self.n_targets,
                   norm=self.norm, seed=self.seed, precision=self.precision, mode="last")
         fab._nonfinite = self._nonfinite  # inside this call: its logits' checks accumulate into ours
@@ -112,8 +110,7 @@ class MinDist(MinimalNormAttack):
             source[todo[broke]] = 3
             hi[todo] = torch.where(broke, best.distance[todo], hi[todo])
             lo[todo] = torch.where(broke, lo[todo], mid)
-        record["source"] = source.cpu()
-        return best.points, best.distance
+        return best.points, best.distance, source
 
     def _pgd(self, best: BestAdversarial, idx: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
         """PGD on the margin loss at per-point ``radius`` (M,) from each point's best adversarial
