@@ -509,13 +509,21 @@ def test_judge_target_needs_gain_average_and_both_seed_tests():
         results[("lift", s)] = result(a + 2, b)           # +10 points on a every seed, average +5
         results[("costly", s)] = result(a + 2, b - 4)     # +10 on a, average -5
         results[("mixed", s)] = result(a + (3 if s else -1), b)  # one seed loses a
+        results[("noisy", s)] = result(a + 2, b + [-4, 4, -4, 0, 4][s])  # average +5 on the mean, seeds -5 to +15
     table = compare_methods(results, "base", ["autoattack"], target=0, alternatives={"worst": "greater"})
     verdict = judge_target(table).set_index("method")
-    assert list(verdict.index) == ["lift", "costly", "mixed"]  # the baseline is not judged
+    assert list(verdict.index) == ["lift", "costly", "mixed", "noisy"]  # the baseline is not judged
     assert bool(verdict.loc["lift", "meets"]) and verdict.loc["lift", "short_of"] == ""
     assert verdict.loc["lift", "worst_diff_mean"] == pytest.approx(0.10)
     assert verdict.loc["lift", "worst_diff_perm_p"] == pytest.approx(1 / 32)  # every seed up, one-sided
-    assert not verdict.loc["costly", "meets"] and verdict.loc["costly", "short_of"] == "average -5.0 < -1"
+    assert not verdict.loc["costly", "meets"]
+    assert verdict.loc["costly", "short_of"] == "average's one-sided 95% lower bound -5.0 < -1"
+    # non-inferiority: a mean of +5 whose seeds spread from -5 to +15 has a lower bound of -4.5, below -1;
+    # judged on the mean alone (as the 2026-11-28 confirmation declared) it would have passed
+    assert verdict.loc["noisy", "avg_diff_lower95"] == pytest.approx(0.05 - 2.1318 * 0.10 / np.sqrt(5), abs=1e-4)
+    assert not verdict.loc["noisy", "meets"] and "lower bound -4.5 < -1" in verdict.loc["noisy", "short_of"]
+    assert judge_target(table, average="mean").set_index("method").loc["noisy", "meets"]
+    assert judge_target(table, average="mean").set_index("method").loc["costly", "short_of"] == "average -5.0 < -1"
     # the average's seed-level tests travel with the verdict (two-sided): -5 points on every seed
     assert verdict.loc["costly", "avg_diff_perm_p"] == pytest.approx(2 / 32)
     assert verdict.loc["costly", "avg_diff_t_p"] < 0.05

@@ -410,7 +410,7 @@ def verdict(export: Path = CONFIRMED) -> pd.DataFrame:
         raise SystemExit(f"screen_levers: no {methods_csv}; export the finished confirmation there first")
     methods = pd.read_csv(methods_csv)
     table = judge_target(methods[methods.attack == TARGET["attack"]], worst_gain=TARGET["worst_gain"],
-                         max_avg_drop=TARGET["max_avg_drop"], alpha=TARGET["alpha"])
+                         max_avg_drop=TARGET["max_avg_drop"], alpha=TARGET["alpha"], average="mean")  # as declared
     if table.empty:
         raise SystemExit(f"screen_levers: {methods_csv} has no method to judge under {TARGET['attack']}")
     return table

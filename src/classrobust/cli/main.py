@@ -125,6 +125,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_options(p)
     p.set_defaults(func=cmd_experiment)
 
+    about = ("the defense protocol: screen levers on validation, freeze the choice, confirm it on fresh seeds, "
+             "judge it against a declared target and the calibration frontier (docs/defenses.md)")
+    p = sub.add_parser("protocol", help=about, description=about)
+    steps = p.add_subparsers(dest="step", metavar="STEP", required=True)
+    for step, text in (("screen", "run a screen file's grid on validation images and show the selection"),
+                       ("select", "write the confirmation file for a finished screen (frozen from then on)"),
+                       ("confirm", "run a frozen confirmation file, its calibration frontiers, and the verdict"),
+                       ("verdict", "the finished confirmation's verdict again, from its records")):
+        q = steps.add_parser(step, help=text, description=text)
+        q.add_argument("file", type=Path, help=("screen file" if step in ("screen", "select") else "confirmation file"))
+        if step == "select":
+            q.add_argument("--out", type=Path, required=True, help="the confirmation file to write")
+        if step in ("screen", "confirm"):
+            add_data_options(q)
+        q.set_defaults(func=cmd_protocol)
+
     p = sub.add_parser("demo", help="train (or reuse) a PGD-AT smallcnn on Fashion-MNIST and evaluate it")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--retrain", action="store_true", help="train even if a matching model exists")
@@ -370,6 +386,36 @@ def cmd_experiment(args) -> int:
     report = run_experiment(spec, device=args.device, data_dir=args.data_dir, download=args.download,
                             progress=not args.no_progress, tensorboard=args.tensorboard)
     print(f"report: {report} (+ report.md and CSV tables beside it); {time.perf_counter() - t0:.0f}s")
+    return 0
+
+
+def cmd_protocol(args) -> int:
+    from classrobust.workflows import protocol
+
+    if args.step == "select":
+        path, kept = protocol.select(args.file, args.out)
+        print(f"froze {', '.join(kept)} into {path}; run `classrobust protocol confirm {path}`")
+        return 0
+    if args.step == "screen":
+        from classrobust.report.protocol import screen_markdown
+        from classrobust.workflows.spec import load_spec
+
+        spec = load_spec(args.file)
+        table = protocol.screen(args.file, device=args.device, data_dir=args.data_dir, download=args.download,
+                                progress=not args.no_progress)
+        print(screen_markdown(table, spec.protocol.attack, spec.protocol.margin, spec.protocol.keep))
+        print(f"next: `classrobust protocol select {args.file} --out CONFIRM.yaml`")
+        return 0
+    if args.step == "confirm":
+        protocol.confirm(args.file, device=args.device, data_dir=args.data_dir, download=args.download,
+                         progress=not args.no_progress)
+    else:
+        protocol.verdict(args.file)
+    from classrobust.workflows.spec import load_spec
+
+    out = load_spec(args.file).out
+    print((out / f"{protocol.VERDICT}.md").read_text().rstrip())
+    print(f"\nverdict: {out}/{protocol.VERDICT}.md (and .csv)")
     return 0
 
 

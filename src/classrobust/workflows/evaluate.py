@@ -20,6 +20,10 @@ from classrobust.attacks.specs import GLOBAL_OPTIONS
 from classrobust.runtime import PRECISIONS, barrier, is_main, set_tf32, setup_device
 
 
+#: the images an evaluation attacks: the test split, or the training run's validation split
+SPLITS = ("test", "val")
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """The settings of an evaluation (``classrobust eval`` builds its options from these)."""
@@ -37,6 +41,8 @@ class EvalConfig:
                                "last: run every iteration and return the attack's final output", choices=MODES)
     batch_size: int = option(256, "evaluation batch size")
     seed: int = option(GLOBAL_OPTIONS["seed"], "attack seed (random starts)")
+    split: str = option("test", "the images attacked: test, or val (the checkpoint's training run's own validation "
+                                "split, never the test split: for choosing settings)", choices=SPLITS)
     limit: int | None = option(None, "evaluate a class-stratified subset of N test images")
     subset_seed: int = option(0, "seed of the --limit subset (kept apart from --seed so that evaluations of "
                                  "different models pair up for `compare`)")
@@ -64,6 +70,7 @@ class EvalConfig:
                 raise UsageError(f"{name} must be >= 0, got {getattr(self, name)}")
         check_choice(EvalConfig, "precision", self.precision)
         check_choice(EvalConfig, "mode", self.mode)
+        check_choice(EvalConfig, "split", self.split)
         parse_attack_specs(self.attacks)
 
     def global_attack_options(self, eps: float) -> dict[str, Any]:
@@ -151,13 +158,25 @@ def load_model(checkpoint: Path | None, device: torch.device, *, model_name: str
 
 
 def _test_set(meta: dict[str, Any], config: EvalConfig, data_dir, download: bool, checkpoint):
-    from classrobust.data import get_dataset, stratified_subset
+    """The images ``config`` evaluates: the test split, or (``split="val"``) the validation split the
+    checkpoint's training run carved out of its training split; class-stratified to ``config.limit``."""
+    from classrobust.data import get_dataset, run_splits, stratified_subset
 
-    test = get_dataset(meta["dataset"], "test", root=data_dir, download=download)
-    if list(test.classes) != list(meta["classes"]):
+    if config.split == "val":
+        if not meta.get("config"):
+            raise UsageError(f"{checkpoint} has no training config, so its validation split is unknown; "
+                             "--split val needs a checkpoint trained by classrobust")
+        from classrobust.training import TrainConfig
+
+        # the whole held-out part (val_size=None would be the run's own subset size): --limit subsets it
+        run = TrainConfig.from_dict(meta["config"])
+        _, images = run_splits(run, root=data_dir, download=download, val_size=10 ** 9)
+    else:
+        images = get_dataset(meta["dataset"], "test", root=data_dir, download=download)
+    if list(images.classes) != list(meta["classes"]):
         raise CheckpointError(f"{checkpoint} was trained on classes {meta['classes']}, "
-                              f"but dataset {meta['dataset']!r} has {test.classes}")
-    return stratified_subset(test, config.limit, seed=config.subset_seed) if config.limit is not None else test
+                              f"but dataset {meta['dataset']!r} has {images.classes}")
+    return stratified_subset(images, config.limit, seed=config.subset_seed) if config.limit is not None else images
 
 
 def evaluate_checkpoint(checkpoint: str | Path | None = None, out: str | Path | None = None, *,
@@ -196,7 +215,7 @@ def evaluate_checkpoint(checkpoint: str | Path | None = None, out: str | Path | 
     globals_ = config.global_attack_options(eps)
     attacks = build_attacks(with_l2_radius(config, test.threat_model.eps_l2), net, **globals_)
     run_meta = {"checkpoint": str(checkpoint) if checkpoint else None, "weights": meta.get("weights"),
-                "dataset": meta["dataset"], "split": "test", "model": meta["model"], "eps": eps,
+                "dataset": meta["dataset"], "split": config.split, "model": meta["model"], "eps": eps,
                 # the number of test images actually evaluated (a --limit above the split's size is all of it)
                 "limit": len(test) if config.limit is not None else None, "subset_seed": config.subset_seed, "seed": config.seed,
                 "precision": config.precision, "batch_size": config.batch_size, "device": str(dev),

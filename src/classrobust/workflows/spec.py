@@ -42,16 +42,24 @@ from classrobust.options import defaults
 from classrobust.training.config import TrainConfig
 from classrobust.workflows.evaluate import EvalConfig
 
-TOP_KEYS = {"name", "description", "out", "seeds", "train", "datasets", "methods", "eval", "ablation", "temperature", "compare"}
+TOP_KEYS = {"name", "description", "out", "seeds", "train", "datasets", "methods", "eval", "ablation", "temperature", "compare",
+            "protocol"}
 DATASET_KEYS = {"name", "model", "model_kwargs", "eps", "alpha", "train"}
 #: the evaluation settings an experiment file may set (EvalConfig fields; their defaults come from there)
-EVAL_KEYS = {"attacks", "limit", "subset_seed", "seed", "batch_size", "precision", "mode", "eps"}
+EVAL_KEYS = {"attacks", "split", "limit", "subset_seed", "seed", "batch_size", "precision", "mode", "eps"}
 ABLATION_KEYS = {"remove_confused_class"}
 CONFUSED_KEYS = {"method", "attack", "seeds", "control"}
 TEMPERATURE_KEYS = {"values", "steps", "val_limit", "methods"}
 #: the seed-level tests' direction, declared before the runs: average and worst-class accuracy
 COMPARE_KEYS = {"avg", "worst"}
 ALTERNATIVES = ("two-sided", "greater", "less")
+#: the defense protocol's section (:mod:`classrobust.workflows.protocol`): a screen file declares the
+#: selection and the confirmation; the confirmation file ``select`` writes adds the screen's fingerprint
+PROTOCOL_KEYS = {"stage", "attack", "margin", "keep", "target", "confirm", "frontier", "screen", "frozen_at", "chosen"}
+TARGET_KEYS = {"attack", "worst_gain", "max_avg_drop", "alpha"}
+CONFIRM_KEYS = {"seeds", "out", "eval"}
+FRONTIER_KEYS = {"allowances", "of", "fit_steps", "fit_targets", "val_size"}
+KEEP = ("best", "per-lever")
 CALIBRATE_KEYS = {f.name for f in fields(CalibrateConfig)} - {"eps", "precision"}
 #: keys a run's TrainConfig takes from the file (the device comes from the machine)
 TRAIN_KEYS = {f.name for f in fields(TrainConfig)} - {"dataset", "model", "method", "seed", "device", "drop_classes"}
@@ -101,6 +109,33 @@ class TemperatureStep:
 
 
 @dataclass(frozen=True)
+class ProtocolSpec:
+    """The defense protocol of an experiment file (:mod:`classrobust.workflows.protocol`).
+
+    A screen (``stage: screen``) runs its grid on validation images (``eval.split: val``) and picks, per
+    lever, the setting with the highest mean worst-class robust accuracy among those whose mean paired
+    change of the average is at least ``-margin`` points (ties: the higher average); ``keep`` says
+    whether the best pick alone or every lever's goes to the confirmation. The confirmation
+    (``stage: confirm``, written by ``select``) judges ``target`` on fresh seeds: the worst class's
+    mean per-seed gain of at least ``worst_gain`` points, significant by the paired t-test and the exact
+    sign-flip test at ``alpha``, and the average non-inferior (its one-sided 95% lower bound above
+    ``-max_avg_drop`` points); ``frontier`` names the calibration frontier every lever is compared with.
+    """
+
+    stage: str = "screen"
+    attack: str | None = None  # the screen's judged attack (default: the last of eval.attacks)
+    margin: float = 1.0  # points
+    keep: str = "best"
+    target: dict[str, Any] = field(default_factory=lambda: {"attack": "autoattack", "worst_gain": 5.0,
+                                                            "max_avg_drop": 1.0, "alpha": 0.05})
+    confirm: dict[str, Any] = field(default_factory=dict)
+    frontier: dict[str, Any] | None = None
+    screen: dict[str, Any] | None = None  # confirm stage: the screen's file, fingerprint and read time
+    frozen_at: str | None = None
+    chosen: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ExperimentSpec:
     name: str
     description: str
@@ -113,6 +148,7 @@ class ExperimentSpec:
     ablation: ConfusedClassAblation | None = None
     temperature: TemperatureStep | None = None
     compare: dict[str, str] = field(default_factory=dict)
+    protocol: "ProtocolSpec | None" = None
     source: Path | None = None
     runs: tuple[RunSpec, ...] = field(default=())
     #: method alias -> the alias it is compared against (the first method unless the entry names one)
@@ -344,6 +380,74 @@ def _parse_compare(raw: dict[str, Any]) -> dict[str, str]:
     return dict(entry)
 
 
+def _number(value: Any, where: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise UsageError(f"{where} must be a number in [{low:g}, {high:g}], got {value!r}")
+    return float(value)
+
+
+def _parse_protocol(raw: dict[str, Any], methods, evaluation, seeds) -> ProtocolSpec | None:
+    from classrobust.attacks import parse_attack_specs
+
+    if raw.get("protocol") is None:
+        return None
+    entry = _mapping(raw["protocol"], "protocol")
+    _only(set(entry), PROTOCOL_KEYS, "protocol")
+    stage = entry.get("stage", "screen")
+    if stage not in ("screen", "confirm"):
+        raise UsageError(f"protocol.stage must be screen or confirm, got {stage!r}")
+    names = [n for n, _ in parse_attack_specs(evaluation["attacks"])]
+    attack = entry.get("attack", names[-1])
+    if attack not in names:
+        raise UsageError(f"protocol.attack {attack!r} is not in eval.attacks ({', '.join(names)})")
+    if stage == "screen" and evaluation.get("split", "test") != "val":
+        raise UsageError("a screen chooses on validation images only: set eval.split: val")
+    keep = entry.get("keep", "best")
+    if keep not in KEEP:
+        raise UsageError(f"protocol.keep must be one of {', '.join(KEEP)}, got {keep!r}")
+    target = {**ProtocolSpec().target, **_mapping(entry.get("target"), "protocol.target")}
+    _only(set(target), TARGET_KEYS, "protocol.target")
+    for key, high in (("worst_gain", 100), ("max_avg_drop", 100), ("alpha", 0.5)):
+        target[key] = _number(target[key], f"protocol.target.{key}", 0, high)
+    if not target["alpha"] > 0:
+        raise UsageError("protocol.target.alpha must be above 0")
+    _check_attacks(str(target["attack"]))
+    confirm = _mapping(entry.get("confirm"), "protocol.confirm")
+    _only(set(confirm), CONFIRM_KEYS, "protocol.confirm")
+    if stage == "screen":
+        confirm_seeds = confirm.get("seeds")
+        if (not isinstance(confirm_seeds, list) or not confirm_seeds
+                or not all(isinstance(s, int) and not isinstance(s, bool) for s in confirm_seeds)):
+            raise UsageError("protocol.confirm.seeds must be a non-empty list of integers (fresh training seeds)")
+        if set(confirm_seeds) & set(seeds):
+            raise UsageError(f"protocol.confirm.seeds must be disjoint from the screen's seeds (both have "
+                             f"{sorted(set(confirm_seeds) & set(seeds))}): a confirmation is on fresh runs")
+        confirm_eval = {"attacks": target["attack"], **_mapping(confirm.get("eval"), "protocol.confirm.eval")}
+        if confirm_eval.get("split", "test") != "test":
+            raise UsageError("protocol.confirm.eval.split: the confirmation is judged on the test split")
+        confirm_eval = _parse_eval({"eval": confirm_eval})
+        if str(target["attack"]) not in [n for n, _ in parse_attack_specs(confirm_eval["attacks"])]:
+            raise UsageError(f"protocol.confirm.eval.attacks must include the target's attack {target['attack']!r}")
+        confirm["eval"] = {k: v for k, v in confirm_eval.items() if v is not None}  # a file reads null as {}
+    frontier = entry.get("frontier")
+    if frontier is not None:
+        frontier = _mapping(frontier, "protocol.frontier")
+        _only(set(frontier), FRONTIER_KEYS, "protocol.frontier")
+        if frontier.get("of", "baselines") not in ("baselines", "all"):
+            raise UsageError(f"protocol.frontier.of must be baselines or all, got {frontier['of']!r}")
+        allowances = frontier.get("allowances", [0, 0.5, 1, 2, 4])
+        if not isinstance(allowances, list) or not allowances:
+            raise UsageError("protocol.frontier.allowances must be a list of points, e.g. [0, 0.5, 1, 2, 4]")
+        frontier["allowances"] = [_number(a, "protocol.frontier.allowances", 0, 99.99) for a in allowances]
+    chosen = entry.get("chosen", [])
+    if stage == "confirm" and (not chosen or not set(chosen) <= set(methods) or not entry.get("screen")):
+        raise UsageError("a confirmation file names its chosen methods and its screen (written by "
+                         "`classrobust protocol select`)")
+    return ProtocolSpec(stage=stage, attack=attack, margin=_number(entry.get("margin", 1.0), "protocol.margin", 0, 100),
+                        keep=keep, target=target, confirm=confirm, frontier=frontier,
+                        screen=entry.get("screen"), frozen_at=entry.get("frozen_at"), chosen=tuple(chosen))
+
+
 def _parse(raw: dict[str, Any], path: Path, out: str | Path | None) -> ExperimentSpec:
     _only(set(raw), TOP_KEYS, "experiment")
     name = str(raw.get("name") or path.stem)
@@ -362,11 +466,12 @@ def _parse(raw: dict[str, Any], path: Path, out: str | Path | None) -> Experimen
     ablation = _parse_ablation(raw, methods, evaluation, seeds)
     temperature = _parse_temperature(raw, methods)
     compare = _parse_compare(raw)
+    protocol = _parse_protocol(raw, methods, evaluation, seeds)
     runs = _build_runs(datasets, methods, train, seeds)
     out_dir = Path(out) if out is not None else Path(raw.get("out") or f"runs/experiments/{_slug(name)}")
     return ExperimentSpec(name=name, description=str(raw.get("description", "")), out=out_dir,
                           seeds=tuple(seeds), datasets=datasets, methods=methods, train=train, eval=evaluation,
-                          ablation=ablation, temperature=temperature, compare=compare, source=path, runs=tuple(runs),
+                          ablation=ablation, temperature=temperature, compare=compare, protocol=protocol, source=path, runs=tuple(runs),
                           baselines=baselines)
 
 
