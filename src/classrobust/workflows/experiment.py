@@ -433,7 +433,8 @@ def export_experiment(out_dir: str | Path, dest: str | Path) -> Path:
 def check_experiment(spec: ExperimentSpec) -> list[str]:
     """A plan of what running ``spec`` would do, per run (no data read)."""
     lines = [f"{spec.source}: valid; {len(spec.runs)} runs -> {spec.out}",
-             f"attacks: {spec.eval['attacks']} (limit {spec.eval['limit'] or 'all'} test images)"]
+             f"attacks: {spec.eval['attacks']} (limit {spec.eval['limit'] or 'all'} "
+             f"{'validation' if spec.eval.get('split') == 'val' else 'test'} images)"]
     for run in spec.runs:
         c = run.config
         eps = c.eps
