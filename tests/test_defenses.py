@@ -61,7 +61,8 @@ def test_search_adjustment_fits_a_temperature_where_an_offset_cannot_help():
     assert per.min() > per_offsets.min() + 0.1 and avg >= avg0 - 0.01
 
 
-def test_calibrate_end_to_end(trained_run, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("fit", ["margins", "pgd-refit"])
+def test_calibrate_end_to_end(fit, trained_run, tmp_path, capsys, monkeypatch):
     import classrobust.data as data
     from classrobust.checkpoint import load_checkpoint
     from classrobust.evaluate.sharded import evaluate_dataset
@@ -81,7 +82,7 @@ def test_calibrate_end_to_end(trained_run, tmp_path, capsys, monkeypatch):
     before = src.read_bytes(), (trained_run / "model.json").read_bytes()
     out = tmp_path / "calibrated.safetensors"
     code, stdout, err = run(["calibrate", "--checkpoint", src, "--out", out, "--val-size", "60", "--steps", "3",
-                             "--max-avg-drop", "5"], capsys)
+                             "--max-avg-drop", "5", "--fit", fit, "--targets", "4"], capsys)
     assert code == 0, err
     assert splits and set(splits) == {"train"}  # the test split is never read
     assert (src.read_bytes(), (trained_run / "model.json").read_bytes()) == before  # the input is untouched
@@ -92,12 +93,21 @@ def test_calibrate_end_to_end(trained_run, tmp_path, capsys, monkeypatch):
     assert torch.allclose(model.offsets, torch.tensor(cal["offsets"]))
     # attacked end to end with the adjustment inside, the validation numbers are those reported
     _, val = run_splits(TrainConfig.from_dict(meta["config"]), val_size=60)
-    result = evaluate_dataset(model, val, {"pgd": PGD(model, eps=meta["eps"], steps=3, seed=0, mode="best")},
+    steps = 3 if fit == "pgd-refit" else cal["measured_with"]["steps"]  # a margins fit is measured with PGD-10
+    result = evaluate_dataset(model, val, {"pgd": PGD(model, eps=meta["eps"], steps=steps, seed=0, mode="best")},
                               progress=False)
     assert result.attacks["pgd"].accuracy == pytest.approx(cal["after"]["robust_accuracy"])
     assert result.attacks["pgd"].accuracy_per_class.tolist() == pytest.approx(cal["after"]["robust_per_class"])
-    assert cal["after"]["robust_accuracy"] >= cal["before"]["robust_accuracy"] - 0.05 - 1e-9
-    assert cal["after"]["worst_robust_accuracy"] >= cal["before"]["worst_robust_accuracy"]
+    if fit == "pgd-refit":  # kept only when the re-attacked model is within the budget and better
+        assert cal["after"]["robust_accuracy"] >= cal["before"]["robust_accuracy"] - 0.05 - 1e-9
+        assert cal["after"]["worst_robust_accuracy"] >= cal["before"]["worst_robust_accuracy"]
+    else:  # `calibrate` is the frontier's one-point case: the same offsets as its fit at this allowance
+        from classrobust.defenses.frontier import fit_frontier
+
+        base, _ = load_checkpoint(src)
+        frontier = fit_frontier(base, val, eps=meta["eps"], allowances=(5.0,), steps=3, n_targets=4, log=lambda m: None)
+        assert cal["offsets"] == pytest.approx(frontier.offsets[0])
+        assert cal["attack"]["name"] == "targeted-margins" and cal["fit"] == "margins"
     # the calibrated checkpoint goes through eval like any other
     code, _, err = run(["eval", "--checkpoint", out, "--attacks", "fgsm", "--no-progress", "--no-report",
                         "--out", tmp_path / "eval"], capsys)

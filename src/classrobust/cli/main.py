@@ -323,7 +323,7 @@ def cmd_compare(args) -> int:
 
 def cmd_calibrate(args) -> int:
     from classrobust.checkpoint import read_checkpoint_meta
-    from classrobust.defenses.calibrate import CalibrateConfig
+    from classrobust.defenses.calibrate import MEASURE_STEPS, CalibrateConfig
     from classrobust.workflows.calibrate import calibrate_checkpoint
 
     config = config_from_args(CalibrateConfig, args)
@@ -337,7 +337,10 @@ def cmd_calibrate(args) -> int:
         print(f"{str(name)[:13]:<14}{off:>8.2f}{t:>7.2f}{100 * rb:>8.1f}%{100 * ra:>8.1f}%")
     print(f"{'all':<14}{'':>15}{100 * b['robust_accuracy']:>8.1f}%{100 * a['robust_accuracy']:>8.1f}%")
     print(f"validation worst class: {b['worst_class']} {100 * b['worst_robust_accuracy']:.1f}% -> "
-          f"{a['worst_class']} {100 * a['worst_robust_accuracy']:.1f}% (PGD-{config.steps}, measured end to end)")
+          f"{a['worst_class']} {100 * a['worst_robust_accuracy']:.1f}% (PGD-"
+          f"{MEASURE_STEPS if config.fit == 'margins' else config.fit_steps}, measured end to end)")
+    if not any(fit.offsets) and all(t == 1 for t in fit.temperatures):
+        print("no shift raised the worst class within the allowance: the new checkpoint equals the original")
     print(f"calibrated checkpoint: {out}")
     return 0
 

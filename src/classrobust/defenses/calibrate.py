@@ -33,6 +33,12 @@ from classrobust.options import check_choice, option
 from classrobust.runtime import PRECISIONS
 
 ATTACK = "pgd"
+#: how the offsets are fitted: ``margins``, the calibration frontier's fit at one allowance (per-target
+#: margins, no re-attack: :mod:`classrobust.defenses.frontier`); ``pgd-refit``, the earlier fit to one
+#: untargeted PGD run's logits, attack and refit in rounds (needed for per-class temperatures)
+FITS = ("margins", "pgd-refit")
+#: PGD steps of the end-to-end validation measurement before and after a margins fit
+MEASURE_STEPS = 10
 #: fractions of a round's proposed change tried, largest first, until the re-attacked model is within budget
 BACKOFF = (1.0, 0.5, 0.25, 0.125)
 
@@ -47,10 +53,14 @@ class CalibrateConfig:
     """
 
     max_avg_drop: float = option(1.0, "largest allowed loss of average validation robust accuracy, in points")
-    temperature: bool = option(False, "also fit a per-class temperature")
+    fit: str = option("margins", "margins: the frontier's fit at this one allowance (per-target margins, the "
+                                 "strongest); pgd-refit: the earlier fit to PGD logits in rounds", choices=FITS)
+    temperature: bool = option(False, "also fit a per-class temperature (pgd-refit only)")
     val_size: int = option(2000, "validation images used for the fit")
-    steps: int = option(10, "PGD steps of the fit's attack")
-    rounds: int = option(3, "attack-and-refit rounds")
+    steps: int | None = option(None, "steps of the fit's attack (default: 50 per target for margins, 10 for "
+                                     "pgd-refit)")
+    targets: int = option(9, "targets of the margins fit (the classes ranked highest after the top one)")
+    rounds: int = option(3, "attack-and-refit rounds (pgd-refit only)")
     eps: float | None = option(None, "perturbation budget (default: the checkpoint's eps)")
     precision: str = option("fp32", "attack arithmetic during the fit", choices=PRECISIONS)
     seed: int = option(0, "attack seed")
@@ -58,18 +68,31 @@ class CalibrateConfig:
     def __post_init__(self):
         if not 0 <= self.max_avg_drop < 100:
             raise UsageError(f"max average drop must be in [0, 100) points, got {self.max_avg_drop}")
-        for name in ("val_size", "steps", "rounds"):
+        check_choice(CalibrateConfig, "fit", self.fit)
+        if self.temperature and self.fit != "pgd-refit":
+            raise UsageError("per-class temperatures are fitted by --fit pgd-refit only")
+        for name in ("val_size", "fit_steps", "rounds", "targets"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name.replace('_', ' ')} must be >= 1, got {getattr(self, name)}")
         if self.eps is not None and not self.eps >= 0:
             raise UsageError(f"eps must be >= 0, got {self.eps}")
         check_choice(CalibrateConfig, "precision", self.precision)
 
+    @property
+    def fit_steps(self) -> int:
+        return self.steps if self.steps is not None else (50 if self.fit == "margins" else 10)
+
     def recorded(self) -> dict[str, Any]:
-        """The settings a calibrated checkpoint records (and an experiment compares)."""
-        return {"max_avg_drop": self.max_avg_drop / 100, "temperature": self.temperature, "val_size": self.val_size,
-                "rounds": self.rounds, "attack": {"name": ATTACK, "steps": self.steps, "seed": self.seed,
-                                                   "precision": self.precision}}
+        """The settings a calibrated checkpoint records (and an experiment compares); a pgd-refit's are
+        recorded as before the margins fit existed, so earlier checkpoints still match."""
+        if self.fit == "pgd-refit":
+            return {"max_avg_drop": self.max_avg_drop / 100, "temperature": self.temperature,
+                    "val_size": self.val_size, "rounds": self.rounds,
+                    "attack": {"name": ATTACK, "steps": self.fit_steps, "seed": self.seed, "precision": self.precision}}
+        return {"fit": self.fit, "max_avg_drop": self.max_avg_drop / 100, "val_size": self.val_size,
+                "attack": {"name": "targeted-margins", "steps": self.fit_steps, "n_targets": self.targets,
+                           "seed": self.seed, "precision": self.precision},
+                "measured_with": {"name": ATTACK, "steps": MEASURE_STEPS, "seed": self.seed}}
 
 
 @dataclass
@@ -152,14 +175,17 @@ def _logits(model: ClassLogitAdjust, dataset, attack: PGD, batch_size: int, devi
 
 def calibrate(model: nn.Module, val_set, *, eps: float, steps: int = 10, seed: int = 0, precision: str = "fp32",
               max_avg_drop: float = 0.01, fit_temperature: bool = False, rounds: int = 3, batch_size: int = 500,
-              device=None, log: Callable[[str], None] = print) -> tuple[ClassLogitAdjust, Calibration]:
+              fit: str = "pgd-refit", targets: int = 9, device=None, log: Callable[[str], None] = print
+              ) -> tuple[ClassLogitAdjust, Calibration]:
     """Fit per-class offsets (and temperatures) on ``val_set`` (a validation split, never test).
 
     Args:
         model: the classifier, ``(N, C, H, W) in [0, 1] -> (N, K)``.
         val_set: validation images and labels.
-        eps: the L-inf budget the fit defends against (PGD with ``steps`` steps, seeded).
+        eps: the L-inf budget the fit defends against (``steps`` steps, seeded).
         max_avg_drop: the largest allowed loss of average robust accuracy (0.01 = 1 point).
+        fit: ``margins`` (the calibration frontier's fit at this one allowance, ``targets`` targets;
+            before and after measured end to end with PGD-:data:`MEASURE_STEPS`) or ``pgd-refit``.
     Returns ``(adjusted model, Calibration)``; the adjusted model wraps ``model``.
     """
     if not 0 <= max_avg_drop < 1:
@@ -170,13 +196,28 @@ def calibrate(model: nn.Module, val_set, *, eps: float, steps: int = 10, seed: i
     adjusted = ClassLogitAdjust(model, k).to(device).eval()
 
     def attack_for(m):
-        return PGD(m, eps=eps, steps=steps, seed=seed, precision=precision, mode="best")
+        return PGD(m, eps=eps, steps=steps if fit == "pgd-refit" else MEASURE_STEPS, seed=seed,
+                   precision=precision, mode="best")
 
     def measure():
         return _summary(evaluate_dataset(adjusted, val_set, {ATTACK: attack_for(adjusted)}, batch_size=batch_size,
                                          device=device, progress=False))
 
     before = measure()
+    if fit == "margins":  # the frontier's fit, one allowance: the same code as `classrobust frontier`
+        from classrobust.defenses.frontier import fit_frontier
+
+        fitted = fit_frontier(model, val_set, eps=eps, allowances=(100 * max_avg_drop,), steps=steps,
+                              n_targets=targets, seed=seed, precision=precision, batch_size=batch_size,
+                              device=device, log=log)
+        adjusted.set(fitted.offsets[0])
+        after = measure()
+        log(f"validation before: robust {before['robust_accuracy']:.1%}, worst class {before['worst_class']} "
+            f"{before['worst_robust_accuracy']:.1%}; after (PGD-{MEASURE_STEPS}): robust {after['robust_accuracy']:.1%}, "
+            f"worst class {after['worst_class']} {after['worst_robust_accuracy']:.1%}")
+        return adjusted, Calibration(offsets=fitted.offsets[0], temperatures=[1.0] * k, before=before, after=after,
+                                     rounds=[{"fit": "margins", "estimated_average": fitted.val_average[0],
+                                              "estimated_worst": fitted.val_worst[0]}])
     floor = before["robust_accuracy"] - max_avg_drop
     best = (before, np.zeros(k), np.ones(k))
     history = []

@@ -51,11 +51,13 @@ def calibrate_checkpoint(src: str | Path, out: str | Path, *, config: CalibrateC
     _, val = run_splits(TrainConfig.from_dict(meta["config"]), root=data_dir, val_size=config.val_size)
     eps = config.eps if config.eps is not None else meta.get("eps")
     started = time.perf_counter()
-    log(f"calibrating {src} on {len(val)} validation images (PGD-{config.steps}, eps {eps:g}); "
+    how = (f"targeted margins, {config.fit_steps} steps x {config.targets} targets" if config.fit == "margins"
+           else f"PGD-{config.fit_steps} refit")
+    log(f"calibrating {src} on {len(val)} validation images ({how}, eps {eps:g}); "
         f"allowed average loss {config.max_avg_drop:g} points")
-    adjusted, fit = calibrate(model, val, eps=eps, steps=config.steps, seed=config.seed, precision=config.precision,
+    adjusted, fit = calibrate(model, val, eps=eps, steps=config.fit_steps, seed=config.seed, precision=config.precision,
                               max_avg_drop=config.max_avg_drop / 100, fit_temperature=config.temperature,
-                              rounds=config.rounds, device=dev, log=log)
+                              rounds=config.rounds, fit=config.fit, targets=config.targets, device=dev, log=log)
     settings_meta = {"source": str(src), "source_sha256": meta["sha256"], "eps": eps, **config.recorded(),
                      "val_size": len(val)}
     new_meta = {k: v for k, v in meta.items() if k not in _FILE_KEYS}
