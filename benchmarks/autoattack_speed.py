@@ -184,11 +184,12 @@ def run_batch(run: dict, model, ours: AutoAttack, x, y, eps: float, seed: int, s
         t0 = time.perf_counter()
         if side == "ours":
             x_adv = x.clone()
-            x_adv[clean_ok], breaker = ours.cascade(x[clean_ok], y[clean_ok])
+            record = ours.cascade(x[clean_ok], y[clean_ok])
+            x_adv[clean_ok] = record.x_adv
             for i, name in enumerate(ours.attacks):
-                add(run["member_flips_per_class"][name], y[clean_ok][breaker == i])
-                run["member_seconds"][name] = round(run["member_seconds"][name] + ours.member_seconds[name], 1)
-                run["member_points"][name] += ours.member_points[name]
+                add(run["member_flips_per_class"][name], y[clean_ok][record.breaker == i])
+                run["member_seconds"][name] = round(run["member_seconds"][name] + record.seconds[name], 1)
+                run["member_points"][name] += record.points[name]
         elif side == "torchattacks":
             import torchattacks
 

@@ -3,6 +3,8 @@ fidelity fixes, and the robustness curves they feed."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -250,12 +252,40 @@ def test_autoattack_with_fab_t_is_the_per_point_worst_case(at_fmnist_model, poin
     members = [robust(at_fmnist_model, atk(x, y), y) for atk in aa.attacks.values()]
     assert torch.equal(robust_aa, torch.stack(members).all(dim=0))
     # where the time goes: each member's points are those every earlier member failed on
-    _, breaker = aa.cascade(x, y)
+    record = aa.cascade(x, y)
     expected = len(x)
     for i, name in enumerate(aa.attacks):
-        assert aa.member_points[name] == expected and aa.member_seconds[name] >= 0
-        expected -= int((breaker == i).sum())
-    assert sum(aa.member_seconds.values()) > 0
+        assert record.points[name] == expected and record.seconds[name] >= 0
+        expected -= int((record.breaker == i).sum())
+    assert sum(record.seconds.values()) > 0
+
+
+def test_autoattack_member_attribution_in_the_results(at_fmnist_model, points, tmp_path):
+    """evaluate_classwise records which member broke each point and each member's seconds and points;
+    the record survives save/load and a resumed evaluation (from its kept batches)."""
+    from classrobust.evaluate import evaluate_classwise
+    from classrobust.results import ClasswiseResult
+
+    x, y = points[0][:40], points[1][:40]
+    loader = [(x[:20], y[:20]), (x[20:], y[20:])]
+    attacks = {"autoattack": AutoAttack(at_fmnist_model, eps=0.1, steps=8, n_targets=2, n_queries=60, seed=2)}
+    classes = [str(k) for k in range(10)]
+    result = evaluate_classwise(at_fmnist_model, loader, attacks, classes=classes, progress=False,
+                                resume_dir=tmp_path / "cache")
+    aa, clean = result.attacks["autoattack"], result.attacks["clean"]
+    assert aa.members == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    broken = (clean.predictions == y.numpy()) & (aa.predictions != y.numpy())
+    assert np.array_equal(aa.breakers >= 0, broken)  # a member is named exactly where a correct point fell
+    assert aa.member_stats["apgd-ce"]["points"] == int((clean.predictions == y.numpy()).sum())
+    assert sum(v.sum() for v in aa.member_breaks_per_class().values()) == broken.sum()
+    result.save(tmp_path / "eval")
+    loaded = ClasswiseResult.load(tmp_path / "eval").attacks["autoattack"]
+    assert np.array_equal(loaded.breakers, aa.breakers) and loaded.member_stats == aa.member_stats
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())["attacks"]["autoattack"]["members"]
+    assert sum(m["broke"] for m in summary.values()) == broken.sum()
+    again = evaluate_classwise(at_fmnist_model, loader, attacks, classes=classes, progress=False,
+                               resume_dir=tmp_path / "cache").attacks["autoattack"]  # from the kept batches
+    assert np.array_equal(again.breakers, aa.breakers) and again.member_stats == aa.member_stats
 
 
 # -- records, curves ---------------------------------------------------------------------------------

@@ -95,7 +95,8 @@ def measure(args) -> None:
                 add(counts[attack_name], yc[robust(model, x_adv, yc)])
             aa = AutoAttack(model, eps=eps, seed=args.seed)
             with timed(record["seconds"], f"{name} autoattack"):
-                x_adv, breaker = aa.cascade(xc, yc)
+                cascade = aa.cascade(xc, yc)
+            x_adv, breaker = cascade.x_adv, cascade.breaker
             add(counts["autoattack"], yc[breaker < 0])
             flips = record["member_flips_per_class"][name]
             for i, member in enumerate(aa.attacks):

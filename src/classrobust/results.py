@@ -43,6 +43,20 @@ class AttackResult:
     #: (N,) smallest adversarial distance in the attack's norm, for minimal-norm attacks only:
     #: 0 for clean errors, inf where none was found within the attack's budget
     distances: np.ndarray | None = None
+    #: (N,) for AutoAttack only: the index of the member that broke each point (in ``members``'s
+    #: order), -1 where none did (a clean error, or a robust point)
+    breakers: np.ndarray | None = None
+    #: AutoAttack only: per member (in cascade order) its wall ``seconds`` and the ``points`` it attacked
+    member_stats: dict[str, dict[str, float]] | None = None
+
+    @property
+    def members(self) -> list[str]:
+        return list(self.member_stats or {})
+
+    def member_breaks_per_class(self) -> dict[str, np.ndarray]:
+        """Per member, (K,) how many points of each class it broke (its marginal contribution)."""
+        return {m: np.bincount(self.labels[self.breakers == i], minlength=self.num_classes)
+                for i, m in enumerate(self.members)}
 
     @property
     def confusion(self) -> np.ndarray:
@@ -129,6 +143,10 @@ class ClasswiseResult:
             }
             if res.distances is not None:
                 out["attacks"][name]["records_distance"] = True
+            if res.member_stats is not None:
+                broke = res.member_breaks_per_class()
+                out["attacks"][name]["members"] = {m: {**v, "broke": int(broke[m].sum())}
+                                                   for m, v in res.member_stats.items()}
         out["collapsed_classes"] = collapsed_classes(self)
         if self.sanity is not None:
             out["sanity"] = self.sanity
@@ -145,6 +163,9 @@ class ClasswiseResult:
         for name, res in self.attacks.items():
             if res.distances is not None:
                 table[f"distance_{name}"] = res.distances
+            if res.breakers is not None:  # the member that broke the point, "" where none did
+                names = np.array([*res.members, ""], dtype=object)
+                table[f"member_{name}"] = names[res.breakers]
         if CLEAN in self.attacks:
             clean_ok = self.attacks[CLEAN].predictions == self.labels
             for name, res in self.attacks.items():
@@ -249,6 +270,13 @@ class ClasswiseResult:
                                       samples[f"distance_{name}"].to_numpy(dtype=np.float64)
                                       if f"distance_{name}" in samples else None)
                    for name, info in summary["attacks"].items()}
+        for name, info in summary["attacks"].items():
+            if "members" in info and f"member_{name}" in samples:  # results from before 2026-12-03 have none
+                members = list(info["members"])
+                column = samples[f"member_{name}"].fillna("").astype(str)
+                attacks[name].breakers = np.array([members.index(m) if m else -1 for m in column], dtype=np.int64)
+                attacks[name].member_stats = {m: {"seconds": v["seconds"], "points": v["points"]}
+                                              for m, v in info["members"].items()}
         return cls(summary["classes"], samples["index"].to_numpy(), labels, attacks, summary.get("meta", {}),
                    summary.get("sanity"))
 

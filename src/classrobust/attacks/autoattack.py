@@ -19,6 +19,7 @@ Deviations of the members themselves from the reference are listed in docs/attac
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,6 +35,19 @@ VERSIONS = ("standard", "fast", "rand")
 #: the reference's standard settings; any other value makes a run non-standard
 STANDARD = {"version": "standard", "steps": 100, "n_targets": 9, "n_queries": 5000, "eot": 20,
             "rescale_schedule": False, "precision": "fp32"}
+
+
+@dataclass
+class CascadeRecord:
+    """What one :meth:`AutoAttack.cascade` call did: ``x_adv`` (N, C, H, W); ``breaker`` (N,) int64,
+    the index (in the attack's members, in order) of the member that broke each point, -1 where none
+    did (the members' marginal contributions); per member its wall ``seconds`` and how many
+    ``points`` it attacked (0 for a member never reached): where the cascade spends its time."""
+
+    x_adv: torch.Tensor
+    breaker: torch.Tensor
+    seconds: dict[str, float]
+    points: dict[str, int]
 
 
 class AutoAttack(Attack):
@@ -55,8 +69,6 @@ class AutoAttack(Attack):
         self.deviations = [f"{key} {value}" for key, value in settings.items() if value != STANDARD[key]
                            and (key != "eot" or version == "rand")]
         common = dict(eps=eps, norm=norm, seed=seed, precision=precision, mode="best")
-        self.member_seconds: dict[str, float] = {}  # filled by each cascade() call
-        self.member_points: dict[str, int] = {}
         if version == "rand":
             self.attacks: dict[str, Attack] = {
                 "apgd-ce": APGD(model, steps=steps, loss="ce", eot=eot, **common),
@@ -81,17 +93,19 @@ class AutoAttack(Attack):
                 "deviations": self.deviations,
                 "attacks": {name: a.config() for name, a in self.attacks.items()}}
 
-    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.cascade(x, y)[0]
+    @property
+    def members(self) -> list[str]:
+        """The members' names, in the order they run (``CascadeRecord.breaker`` indexes them)."""
+        return list(self.attacks)
 
-    def cascade(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the members in order on the points still robust. Returns (x_adv, breaker): breaker
-        (N,) int64 is the index (in ``self.attacks``) of the member that broke each point, -1 where
-        none did: the members' marginal contributions. ``self.member_seconds`` then holds each
-        member's wall time in this call and ``self.member_points`` how many points it attacked
-        (0 for a member never reached): where the cascade spends its time."""
-        self.member_seconds = dict.fromkeys(self.attacks, 0.0)
-        self.member_points = dict.fromkeys(self.attacks, 0)
+    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.cascade(x, y).x_adv
+
+    def cascade(self, x: torch.Tensor, y: torch.Tensor) -> CascadeRecord:
+        """Run the members in order, each on the points every earlier one failed on (see
+        :class:`CascadeRecord`). x: (N, C, H, W) in [0, 1], y: (N,)."""
+        seconds = dict.fromkeys(self.attacks, 0.0)
+        points = dict.fromkeys(self.attacks, 0)
         out = x.clone()
         breaker = torch.full((len(x),), -1, dtype=torch.long, device=x.device)
         todo = torch.arange(len(x), device=x.device)
@@ -103,7 +117,7 @@ class AutoAttack(Attack):
             fooled = self.fooled(x_adv, y[todo])
             out[todo[fooled]] = x_adv[fooled]
             breaker[todo[fooled]] = i
-            self.member_points[name] = len(todo)
+            points[name] = len(todo)
             todo = todo[~fooled]  # boolean indexing waits for the device: the time below is complete
-            self.member_seconds[name] = time.perf_counter() - start
-        return out, breaker
+            seconds[name] = time.perf_counter() - start
+        return CascadeRecord(out, breaker, seconds, points)

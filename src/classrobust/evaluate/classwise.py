@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm  # not tqdm.auto: its asyncio class calls iter() on the loader when built (#17)
 
+from classrobust.attacks.autoattack import AutoAttack, CascadeRecord
 from classrobust.attacks.base import Attack, fast_layout, fast_weights, output_scale_warning
 from classrobust.attacks.minimal import MinimalNormAttack
 from classrobust.errors import UsageError
@@ -43,18 +44,37 @@ def worst_case_predictions(model: nn.Module, attack: Attack, x: torch.Tensor, y:
     minimal-norm attack also gives each point's smallest adversarial distance (inf: none found),
     and its prediction is taken at that point if it lies within eps, else at x. ``model`` in eval mode.
     """
+    pred, dist, _ = _worst_case(model, attack, x, y, clean)
+    return pred, dist
+
+
+def _worst_case(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, clean: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor | None, CascadeRecord | None]:
+    """:func:`worst_case_predictions`, and for AutoAttack its cascade's record over the whole batch
+    (``breaker`` -1 for clean errors and points no member broke; ``x_adv`` not kept)."""
     correct = clean == y
     pred = clean.clone()
     minimal = isinstance(attack, MinimalNormAttack)
     dist = torch.zeros(len(y), device=x.device) if minimal else None
+    record = None
     if correct.any():
         if minimal:
             x_min, dist[correct] = attack.minimal(x[correct], y[correct])
             x_adv = attack.at_radius(x[correct], x_min, dist[correct])
+        elif isinstance(attack, AutoAttack):  # which member broke each point, and what each cost
+            record = attack.cascade(x[correct], y[correct])
+            x_adv = record.x_adv
         else:
             x_adv = attack(x[correct], y[correct])
         pred[correct] = predict(model, x_adv)
-    return pred, dist
+    if isinstance(attack, AutoAttack):  # per point of the batch: -1 where no member broke it (or clean error)
+        breaker = torch.full((len(y),), -1, dtype=torch.long, device=x.device)
+        if record is not None:
+            breaker[correct] = record.breaker
+        seconds = record.seconds if record is not None else dict.fromkeys(attack.members, 0.0)
+        points = record.points if record is not None else dict.fromkeys(attack.members, 0)
+        record = CascadeRecord(None, breaker, seconds, points)
+    return pred, dist, record
 
 
 def progress_lines(batches: Iterable, total: int | None, what: str = "evaluate") -> Iterator:
@@ -161,6 +181,8 @@ def evaluate_classwise(model: nn.Module, loader: Iterable, attacks: Mapping[str,
     k = len(classes)
     labels, preds = [], {name: [] for name in (CLEAN, *attacks)}
     distances = {name: [] for name, a in attacks.items() if isinstance(a, MinimalNormAttack)}
+    breakers = {name: [] for name, a in attacks.items() if isinstance(a, AutoAttack)}
+    member_stats = {name: {m: {"seconds": 0.0, "points": 0} for m in attacks[name].members} for name in breakers}
     seconds = dict.fromkeys(preds, 0.0)
     cache = BatchCache(resume_dir, model, attacks, classes) if resume_dir is not None else None
     scale_warning = None
@@ -188,6 +210,11 @@ def evaluate_classwise(model: nn.Module, loader: Iterable, attacks: Mapping[str,
                 seconds[name] += entry["seconds"][name]
             for name in distances:
                 distances[name].append(entry["distances"][name])
+            for name in breakers:
+                breakers[name].append(entry["breakers"][name])
+                for member, (secs, points) in entry["members"][name].items():
+                    member_stats[name][member]["seconds"] += secs
+                    member_stats[name][member]["points"] += int(points)
     if not labels:
         raise UsageError("the loader yielded no samples")
     y_all = torch.cat(labels).numpy().astype(np.int64)
@@ -205,6 +232,10 @@ def evaluate_classwise(model: nn.Module, loader: Iterable, attacks: Mapping[str,
         dist = torch.cat(distances[name]).numpy().astype(np.float64) if name in distances else None
         results[name] = AttackResult(name, y_all, torch.cat(chunks).numpy().astype(np.int64), k,
                                      config, seconds[name], dist)
+        if name in breakers:
+            results[name].breakers = torch.cat(breakers[name]).numpy().astype(np.int64)
+            results[name].member_stats = {m: {"seconds": round(v["seconds"], 3), "points": v["points"]}
+                                          for m, v in member_stats[name].items()}
     return ClasswiseResult(classes, indices, y_all, results, meta)
 
 
@@ -212,7 +243,8 @@ def _attack_batch(model: nn.Module, attacks: Mapping[str, Attack], x: torch.Tens
                   k: int) -> dict[str, Any]:
     """One batch's labels, clean and per-attack predictions, distances and seconds (on the CPU)."""
     check_labels(y, k)
-    entry: dict[str, Any] = {"labels": y.cpu(), "preds": {}, "seconds": {}, "distances": {}}
+    entry: dict[str, Any] = {"labels": y.cpu(), "preds": {}, "seconds": {}, "distances": {}, "breakers": {},
+                             "members": {}}
     # each clock stops after the copy to the host: on a GPU the kernels run asynchronously, and a clock
     # stopped before the copy would charge this attack's work to the next one
     t0 = time.perf_counter()
@@ -221,10 +253,13 @@ def _attack_batch(model: nn.Module, attacks: Mapping[str, Attack], x: torch.Tens
     entry["seconds"][CLEAN] = time.perf_counter() - t0
     for name, attack in attacks.items():
         t0 = time.perf_counter()
-        pred, dist = worst_case_predictions(model, attack, x, y, clean)
+        pred, dist, record = _worst_case(model, attack, x, y, clean)
         entry["preds"][name] = pred.cpu()
         if dist is not None:
             entry["distances"][name] = dist.cpu()
+        if record is not None:
+            entry["breakers"][name] = record.breaker.cpu()
+            entry["members"][name] = {m: [record.seconds[m], record.points[m]] for m in record.seconds}
         entry["seconds"][name] = time.perf_counter() - t0
     return entry
 

@@ -40,7 +40,9 @@ def evaluate_dataset(model, dataset, attacks: Mapping[str, Attack], *, batch_siz
     pieces = gather({"positions": positions.numpy(), "labels": part.labels,
                      "preds": {n: r.predictions for n, r in part.attacks.items()},
                      "seconds": {n: r.seconds for n, r in part.attacks.items()},
-                     "distances": {n: r.distances for n, r in part.attacks.items() if r.distances is not None}})
+                     "distances": {n: r.distances for n, r in part.attacks.items() if r.distances is not None},
+                     "breakers": {n: r.breakers for n, r in part.attacks.items() if r.breakers is not None},
+                     "members": {n: r.member_stats for n, r in part.attacks.items() if r.member_stats is not None}})
     order = np.concatenate([p["positions"] for p in pieces])
     labels = np.empty(len(dataset), dtype=np.int64)
     labels[order] = np.concatenate([p["labels"] for p in pieces])
@@ -54,6 +56,12 @@ def evaluate_dataset(model, dataset, attacks: Mapping[str, Attack], *, batch_siz
             dist[order] = np.concatenate([p["distances"][name] for p in pieces])
         results[name] = AttackResult(name, labels, preds, res.num_classes, res.config,
                                      max(p["seconds"][name] for p in pieces), dist)
+        if res.breakers is not None:  # each process's members ran in parallel: the slowest's seconds
+            results[name].breakers = np.empty(len(dataset), dtype=np.int64)
+            results[name].breakers[order] = np.concatenate([p["breakers"][name] for p in pieces])
+            results[name].member_stats = {m: {"seconds": max(p["members"][name][m]["seconds"] for p in pieces),
+                                              "points": sum(p["members"][name][m]["points"] for p in pieces)}
+                                          for m in res.member_stats}
     indices = np.asarray(dataset.indices)
     merged_meta = {**part.meta, "processes": size}
     return ClasswiseResult(part.classes, indices, labels, results, merged_meta)
