@@ -628,3 +628,26 @@ def test_confirmation_findings_quote_the_export():
         clean, robust = (100 * base[(base.method == method) & (base.attack == a)].accuracy.mean()
                          for a in ("clean", "autoattack"))
         assert f"{clean:.1f}% clean and {robust:.1f}%" in text or f"{clean:.1f}% and {robust:.1f}%" in text
+
+
+def test_temperature_block_and_prose_match_the_demo_record():
+    """docs/temperature.md's table is `classrobust temperature`'s own output, rebuilt from the committed
+    record, and its prose numbers are the record's."""
+    import json
+
+    from classrobust.results import ClasswiseResult
+    from classrobust.workflows.temperature import attack_name, sweep_table
+
+    record = ROOT / "docs" / "results" / "temperature-demo"
+    entry = json.loads((record / "temperature.json").read_text())
+    validation = ClasswiseResult.load(record / "validation")
+    test = ClasswiseResult.load(record / "test")
+    text = (ROOT / "docs" / "temperature.md").read_text()
+    block = text.split("<!-- temperature-demo -->\n")[1].split("<!-- /temperature-demo -->")[0]
+    assert block.rstrip() == sweep_table(entry, validation, test).rstrip()
+    lowest = min(entry["values"])
+    gap = 100 * (validation.attacks[attack_name(lowest)].accuracy - validation.attacks["pgd"].accuracy)
+    assert f"({lowest:g}: {gap:+.1f} points of robust" in text
+    test_gap = 100 * abs(test.attacks["temp-pgd"].accuracy - test.attacks["pgd"].accuracy)
+    assert f"the two differ by {test_gap:.1f} points on the test images" in text
+    assert f"{len(test.labels)} test images" in block and entry["chosen_on"] == "validation"

@@ -183,3 +183,42 @@ def test_frontier_gap_interpolates_and_says_where_it_cannot():
     assert gaps.loc[0, "gap"] == pytest.approx(30 - 26)  # frontier at 48: halfway between 20 and 32
     assert gaps.loc[1, "gap"] == pytest.approx(25 - 20) and "above the baseline" in gaps.loc[1, "note"]
     assert np.isnan(gaps.loc[2, "gap"]) and "larger allowances" in gaps.loc[2, "note"]
+
+
+def test_temperature_command_chooses_on_validation_then_scores_the_test_split(trained_run, tmp_path, capsys,
+                                                                             test_split_reads, monkeypatch):
+    """`classrobust temperature`: the sweep reads validation images only; T is recorded before the test
+    split is attacked with it; the test evaluation pairs PGD and Temperature-PGD at that T."""
+    import classrobust.workflows.temperature as temperature
+
+    original = temperature.sweep_validation
+    seen = {}
+
+    def sweep(*args, **kwargs):
+        test_split_reads["phase"] = "sweep"
+        try:
+            return original(*args, **kwargs)
+        finally:
+            test_split_reads["phase"] = None
+
+    def evaluate(*args, **kwargs):  # the choice is on disk before the first test image is attacked
+        seen["recorded"] = json.loads((tmp_path / "t" / "temperature.json").read_text())["chosen"]
+        return original_eval(*args, **kwargs)
+
+    import classrobust.workflows.evaluate as evaluate_module
+
+    original_eval = evaluate_module.evaluate_checkpoint
+    monkeypatch.setattr(temperature, "sweep_validation", sweep)
+    monkeypatch.setattr(evaluate_module, "evaluate_checkpoint", evaluate)
+    code, stdout, err = run(["temperature", "--checkpoint", trained_run, "--values", "0.1,1", "--steps", "2",
+                             "--val-limit", "30", "--limit", "40", "--out", tmp_path / "t", "--no-progress"], capsys)
+    assert code == 0, err
+    assert test_split_reads.get("sweep", 0) == 0 and test_split_reads.get(None, 0) > 0
+    entry = json.loads((tmp_path / "t" / "temperature.json").read_text())
+    assert seen["recorded"] == entry["chosen"] and entry["chosen_on"] == "validation"
+    test = json.loads((tmp_path / "t" / "test" / "summary.json").read_text())
+    assert set(test["attacks"]) == {"clean", "pgd", "temp-pgd"} and test["meta"]["split"] == "test"
+    assert test["attacks"]["temp-pgd"]["config"]["temperature"] == entry["chosen"]
+    assert "(chosen)" in stdout and "validation robust accuracy" in stdout
+    code, _, err = run(["temperature", "--checkpoint", trained_run, "--values", "0.1,-1"], capsys)
+    assert code == 2 and "positive" in err and err.count("\n") == 1

@@ -125,6 +125,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_options(p)
     p.set_defaults(func=cmd_experiment)
 
+    about = ("Temperature-PGD's T chosen on the checkpoint's validation images (the lowest robust accuracy among "
+             "--values), recorded, then PGD and Temperature-PGD at that T on the same test images (docs/temperature.md)")
+    p = sub.add_parser("temperature", help=about, description=about)
+    p.add_argument("--checkpoint", type=Path, required=True, help="a classrobust checkpoint (its run's validation split)")
+    p.add_argument("--values", default="0.05,0.1,0.25,0.5,1,2,4", help="candidate temperatures")
+    p.add_argument("--steps", type=positive_int, default=20, help="steps of PGD and Temperature-PGD")
+    p.add_argument("--val-limit", type=positive_int, default=1000, help="validation images of the sweep")
+    p.add_argument("--limit", type=positive_int, default=None, help="test images (class-stratified; default all)")
+    p.add_argument("--subset-seed", type=int, default=0, help="seed of the --limit subset")
+    p.add_argument("--seed", type=int, default=0, help="attack seed")
+    p.add_argument("--out", type=Path, default=None, help="default: temperature/ beside the checkpoint")
+    add_data_options(p)
+    p.set_defaults(func=cmd_temperature)
+
     about = ("the defense protocol: screen levers on validation, freeze the choice, confirm it on fresh seeds, "
              "judge it against a declared target and the calibration frontier (docs/defenses.md)")
     p = sub.add_parser("protocol", help=about, description=about)
@@ -389,6 +403,18 @@ def cmd_experiment(args) -> int:
     report = run_experiment(spec, device=args.device, data_dir=args.data_dir, download=args.download,
                             progress=not args.no_progress, tensorboard=args.tensorboard)
     print(f"report: {report} (+ report.md and CSV tables beside it); {time.perf_counter() - t0:.0f}s")
+    return 0
+
+
+def cmd_temperature(args) -> int:
+    from classrobust.workflows.temperature import temperature_for_checkpoint
+
+    out, text = temperature_for_checkpoint(args.checkpoint, args.out, values=args.values, steps=args.steps,
+                                           val_limit=args.val_limit, limit=args.limit, subset_seed=args.subset_seed,
+                                           seed=args.seed, device=args.device, data_dir=args.data_dir,
+                                           download=args.download, progress=not args.no_progress)
+    print(text.rstrip())
+    print(f"\ntemperature: {out}/ (temperature.json, temperature.md, validation/, test/)")
     return 0
 
 

@@ -78,58 +78,121 @@ def choose_temperature(sweeps: list[ClasswiseResult], values: list[float]) -> tu
 def run_temperature_step(spec, runs: list, *, device=None, data_dir=None, download: bool = False,
                          progress: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """The experiment's temperature step for ``runs`` (trained RunSpecs); returns the index entry."""
-    from classrobust.workflows.evaluate import evaluate_checkpoint
     from classrobust.workflows.experiment import run_dir
 
-    settings = spec.temperature
+    return temperature_step([run_dir(spec, r) / "model.safetensors" for r in runs],
+                            [run_dir(spec, r) / RUN_FOLDER for r in runs], spec.out / TEMPERATURE_INDEX,
+                            spec.temperature, [spec.eval_config(r) for r in runs], keys=[r.key for r in runs],
+                            relative=RUN_FOLDER, device=device, data_dir=data_dir, download=download,
+                            progress=progress, log=log)
+
+
+def temperature_step(checkpoints: list[Path], folders: list[Path], index_path: Path, settings, configs: list, *,
+                     keys: list[str], relative: str, device=None, data_dir=None, download: bool = False,
+                     progress: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Sweep every checkpoint on its validation images (``<folder>/validation``), choose T
+    (:func:`choose_temperature`), record it in ``index_path`` before any test image is attacked with it,
+    then PGD and Temperature-PGD at that T on each checkpoint's test images (``<folder>/test``) with
+    its evaluation settings ``configs``. ``settings``: a :class:`~classrobust.workflows.spec.TemperatureStep`;
+    ``relative``: the folders' name as the index records it. Returns the index entry."""
+    from classrobust.workflows.evaluate import evaluate_checkpoint
+
     sweeps = []
-    for run in runs:
-        directory = run_dir(spec, run) / RUN_FOLDER / "validation"  # the index's validation_dir
+    for checkpoint, folder, config, key in zip(checkpoints, folders, configs, keys):
+        directory = folder / "validation"  # the index's validation_dir
         wanted = {"temperatures": list(settings.values), "steps": settings.steps, "val_limit": settings.val_limit}
         if (directory / "summary.json").is_file():
             sweep = ClasswiseResult.load(directory)
             if {k: sweep.meta.get(k) for k in wanted} != wanted:
-                raise UsageError(f"{directory} was swept with other settings; move it away or give the experiment "
-                                 "another out directory")
+                raise UsageError(f"{directory} was swept with other settings; move it away or choose another "
+                                 "out directory")
         else:
-            log(f"temperature: {run.key}: PGD and Temperature-PGD at T = "
+            log(f"temperature: {key}: PGD and Temperature-PGD at T = "
                 f"{', '.join(f'{t:g}' for t in settings.values)} on {settings.val_limit} validation images")
-            sweep = sweep_validation(run_dir(spec, run) / "model.safetensors", list(settings.values),
-                                     steps=settings.steps, limit=settings.val_limit, config=spec.eval_config(run),
-                                     device=device, data_dir=data_dir, progress=progress)
+            sweep = sweep_validation(checkpoint, list(settings.values), steps=settings.steps, limit=settings.val_limit,
+                                     config=config, device=device, data_dir=data_dir, progress=progress)
             if is_main():  # under torchrun every process holds the whole sweep; one writes it
                 sweep.save(directory)
             barrier()
         sweeps.append(sweep)
     chosen, means = choose_temperature(sweeps, list(settings.values))
-    index_path = spec.out / TEMPERATURE_INDEX
     if index_path.is_file() and json.loads(index_path.read_text()).get("chosen") != chosen:
-        raise UsageError(f"{index_path} records another chosen temperature; move the experiment's temperature "
-                         "results away to redo the step")
+        raise UsageError(f"{index_path} records another chosen temperature; move the temperature results away to "
+                         "redo the step")
     entry = {"values": list(settings.values), "steps": settings.steps, "val_limit": settings.val_limit,
              "methods": list(settings.methods), "chosen": chosen, "chosen_on": "validation",
              "validation_accuracy": {f"{t:g}": means[t] for t in settings.values},
              "validation_pgd_accuracy": float(np.mean([s.attacks["pgd"].accuracy for s in sweeps])),
              "order": "T was chosen on the validation sweeps and recorded here before any test image was attacked "
                       "with it",
-             "runs": [r.key for r in runs], "dir": f"{RUN_FOLDER}/test", "validation_dir": f"{RUN_FOLDER}/validation"}
+             "runs": list(keys), "dir": f"{relative}/test".lstrip("/"),
+             "validation_dir": f"{relative}/validation".lstrip("/")}
     if is_main():
         atomic_write_json(index_path, entry)
     barrier()
     log(f"temperature: T = {chosen:g} chosen on validation (Temperature-PGD {100 * means[chosen]:.1f}% "
-        f"against PGD {100 * entry['validation_pgd_accuracy']:.1f}%, averaged over {len(runs)} runs)")
+        f"against PGD {100 * entry['validation_pgd_accuracy']:.1f}%, averaged over {len(keys)} run(s))")
     attacks = f"pgd:steps={settings.steps},temp-pgd:steps={settings.steps},temperature={chosen!r}"  # exact T
-    for run in runs:
-        directory = run_dir(spec, run) / RUN_FOLDER / "test"
+    for checkpoint, folder, config, key in zip(checkpoints, folders, configs, keys):
+        directory = folder / "test"
         if (directory / "summary.json").is_file():
             if ClasswiseResult.load(directory).meta.get("temperature_step") == {"chosen": chosen,
                                                                                "steps": settings.steps}:
                 continue
             raise UsageError(f"{directory} was evaluated with another temperature; move it away to redo the step")
-        log(f"temperature: {run.key}: PGD-{settings.steps} and Temperature-PGD-{settings.steps} at T = {chosen:g} "
-            "on the test subset")
-        config = replace(spec.eval_config(run), attacks=attacks, report=False, sanity=False)
-        evaluate_checkpoint(run_dir(spec, run) / "model.safetensors", directory, config=config, device=device,
-                            data_dir=data_dir, download=download, progress=progress,
+        log(f"temperature: {key}: PGD-{settings.steps} and Temperature-PGD-{settings.steps} at T = {chosen:g} "
+            "on the test images")
+        evaluate_checkpoint(checkpoint, directory, config=replace(config, attacks=attacks, report=False, sanity=False),
+                            device=device, data_dir=data_dir, download=download, progress=progress,
                             extra_meta={"temperature_step": {"chosen": chosen, "steps": settings.steps}})
     return entry
+
+
+def sweep_table(entry: dict[str, Any], sweep: ClasswiseResult, test: ClasswiseResult | None = None) -> str:
+    """Markdown: per candidate T its validation robust accuracy and worst class against PGD's (the
+    choice), then, once scored, PGD and Temperature-PGD at the chosen T on the test images."""
+    lines = [f"Temperature-PGD-{entry['steps']} against PGD-{entry['steps']} on {sweep.meta.get('limit')} validation "
+             f"images (eps {sweep.meta.get('eps'):g}, seed {sweep.meta.get('seed')}); T chosen on validation: "
+             f"the lowest robust accuracy, ties to the T closest to 1.", "",
+             "| attack | T | validation robust accuracy | worst class |", "|---|---|---|---|"]
+    rows = [("pgd", "-", sweep.attacks["pgd"])] + [
+        ("temp-pgd", f"{t:g}" + (" (chosen)" if t == entry["chosen"] else ""), sweep.attacks[attack_name(t)])
+        for t in entry["values"]]
+    for name, t, r in rows:
+        lines.append(f"| {name} | {t} | {100 * r.accuracy:.1f}% | {sweep.classes[r.worst_class]} "
+                     f"{100 * r.accuracy_per_class[r.worst_class]:.1f}% |")
+    if test is not None:
+        lines += ["", f"On {len(test.labels)} test images (the same points for both):", "",
+                  "| attack | test robust accuracy | worst class |", "|---|---|---|"]
+        for name, r in test.attacks.items():
+            if name != "clean":
+                lines.append(f"| {name} | {100 * r.accuracy:.1f}% | {test.classes[r.worst_class]} "
+                             f"{100 * r.accuracy_per_class[r.worst_class]:.1f}% |")
+    return "\n".join(lines) + "\n"
+
+
+def temperature_for_checkpoint(checkpoint: str | Path, out: str | Path | None = None, *, values: str = "0.05,0.1,0.25,0.5,1,2,4",
+                               steps: int = 20, val_limit: int = 1000, limit: int | None = None, subset_seed: int = 0,
+                               seed: int = 0, device=None, data_dir=None, download: bool = False,
+                               progress: bool = True) -> tuple[Path, str]:
+    """``classrobust temperature``: the temperature step on one checkpoint into ``out`` (default
+    ``temperature/`` beside it); ``values``: comma-separated candidate T. Returns (out, the markdown
+    table also written to ``out/temperature.md``)."""
+    from classrobust.io import atomic_write_text, check_own_directory
+    from classrobust.workflows.evaluate import EvalConfig, resolve_checkpoint
+    from classrobust.workflows.spec import TemperatureStep
+
+    try:
+        temperatures = tuple(float(v) for v in str(values).split(","))
+    except ValueError:
+        raise UsageError(f"--values must be comma-separated numbers, got {values!r}") from None
+    if any(not t > 0 for t in temperatures) or len(set(temperatures)) != len(temperatures):
+        raise UsageError(f"--values must be distinct positive temperatures, got {values!r}")
+    checkpoint = resolve_checkpoint(checkpoint)
+    out = check_own_directory(Path(out) if out is not None else checkpoint.parent / "temperature", TEMPERATURE_INDEX)
+    entry = temperature_step([checkpoint], [out], out / TEMPERATURE_INDEX, TemperatureStep(temperatures, steps, val_limit),
+                             [EvalConfig(limit=limit, subset_seed=subset_seed, seed=seed)], keys=[str(checkpoint)],
+                             relative="", device=device, data_dir=data_dir, download=download, progress=progress)
+    text = sweep_table(entry, ClasswiseResult.load(out / "validation"), ClasswiseResult.load(out / "test"))
+    atomic_write_text(out / "temperature.md", text)
+    return out, text
