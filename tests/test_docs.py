@@ -651,3 +651,34 @@ def test_temperature_block_and_prose_match_the_demo_record():
     test_gap = 100 * abs(test.attacks["temp-pgd"].accuracy - test.attacks["pgd"].accuracy)
     assert f"the two differ by {test_gap:.1f} points on the test images" in text
     assert f"{len(test.labels)} test images" in block and entry["chosen_on"] == "validation"
+
+
+def test_frontier_design_power_block_and_numbers_match_the_confirmation_records():
+    """docs/defenses.md's declared design: the power table is rebuilt from the committed confirmation,
+    the variance components and the chosen design's numbers in its prose are the table's, and the
+    design file names what the prose declares."""
+    import yaml
+
+    from classrobust.analysis.power import export_components, power_table
+    from classrobust.report.protocol import power_markdown
+
+    export = ROOT / "docs" / "results" / "defenses-confirmation"
+    avg = export_components(export, "pgd-at", "pgd-at+wat-e03", "autoattack", range(5))
+    worst = export_components(export, "pgd-at", "pgd-at+wat-e03", "autoattack", range(5), "Shirt")
+    avg_table = power_table(avg, [3, 4, 5, 6], [1000, 2000, 5000, 10000])
+    worst_table = power_table(worst, [3, 4, 5, 6], [1000, 2000, 5000, 10000], true_diffs=(0.0,), share=0.1)
+    text = (ROOT / "docs" / "defenses.md").read_text()
+    block = text.split("<!-- frontier-power -->\n")[1].split("\n<!-- /frontier-power -->")[0]
+    assert block == power_markdown(avg_table, worst_table)
+    assert (f"has variance {avg['total_var']:.2f} (points squared), of which {avg['test_var']:.2f} is the\ntest "
+            f"sample at 1,000 images and {avg['train_var']:.2f} the training runs") in text
+    assert f"(Shirt, 100 images per seed) {worst['total_var']:.1f}, of which {worst['test_var']:.1f}" in text
+    design = yaml.safe_load((ROOT / "experiments" / "frontier" / "levers.yaml").read_text())
+    seeds, images = len(design["seeds"]), design["eval"]["limit"]
+    chosen = avg_table[(avg_table.seeds == seeds) & (avg_table.images == images)].set_index("true_diff")
+    w = worst_table[(worst_table.seeds == seeds) & (worst_table.images == images)]["half_width"].iloc[0]
+    assert (f"**Chosen: {seeds} seeds x {images:,} test images** (the average's half-width "
+            f"{chosen.loc[0.0, 'half_width']:.2f} points, power {chosen.loc[0.0, 'power']:.2f} if a\nlever costs nothing "
+            f"and {chosen.loc[-0.5, 'power']:.2f} if it costs half a point; the worst class's half-width about {w:.1f}") in text
+    assert f"Seeds {min(design['seeds'])}-{max(design['seeds'])}" in text
+    assert design["protocol"]["frontier"]["allowances"] == [1, 2, 4, 6] and "at 1, 2, 4 and 6 points" in text

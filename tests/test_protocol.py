@@ -222,3 +222,32 @@ def test_temperature_command_chooses_on_validation_then_scores_the_test_split(tr
     assert "(chosen)" in stdout and "validation robust accuracy" in stdout
     code, _, err = run(["temperature", "--checkpoint", trained_run, "--values", "0.1,-1"], capsys)
     assert code == 2 and "positive" in err and err.count("\n") == 1
+
+
+def test_a_declared_design_confirms_without_a_screen(tmp_path, monkeypatch):
+    """A confirmation declared without a screen (the frontier experiment) names when it was frozen;
+    its order starts there, and a frozen_at after the start is refused by the verdict's order check."""
+    from classrobust.workflows import experiment, protocol
+
+    text = SCREEN.format(out=tmp_path / "d", confirm_out=tmp_path / "unused")
+    declared = yaml.safe_load(text)
+    declared["eval"] = {"attacks": "pgd:steps=2", "limit": 40}
+    declared["protocol"] = {"stage": "confirm", "frozen_at": "2099-01-01T00:00:00+00:00",
+                            "chosen": ["reweight-s2"], "target": {"attack": "pgd"}}
+    path = tmp_path / "declared.yaml"
+    path.write_text(yaml.safe_dump(declared))
+    monkeypatch.setattr(experiment, "run_experiment", lambda *a, **k: None)
+    monkeypatch.setattr(protocol, "verdict", lambda p: "judged")
+    with pytest.raises(Exception, match="after now"):  # frozen in the future: not frozen yet
+        protocol.confirm(path)
+    assert not (tmp_path / "d" / "protocol.json").exists()
+    declared["protocol"]["frozen_at"] = "2026-12-01T00:00:00+00:00"
+    path.write_text(yaml.safe_dump(declared))
+    assert protocol.confirm(path) == "judged"
+    order = json.loads((tmp_path / "d" / "protocol.json").read_text())
+    assert order["screen_read_at"] == order["frozen_at"] == "2026-12-01T00:00:00+00:00"
+    assert order["frozen_at"] <= order["started_at"] <= order["first_result_seen_at"]
+    del declared["protocol"]["frozen_at"]
+    path.write_text(yaml.safe_dump(declared))
+    code_message = pytest.raises(Exception, protocol.confirm, path)
+    assert "frozen_at" in str(code_message.value)

@@ -59,3 +59,17 @@ def verdict_markdown(table: pd.DataFrame, target: dict[str, Any], order: dict[st
             lines.append(f"| {r.method} | {r.baseline_method} | {len(own)} | {r.gap_mean:+.1f}{interval} "
                          f"| {r.gap_t_p:.2g} | {r.gap_perm_p:.2g} | {per_seed} | {'yes' if r.beats_frontier else 'no'} |")
     return "\n".join(lines) + "\n"
+
+
+def power_markdown(average: pd.DataFrame, worst: pd.DataFrame) -> str:
+    """The design's power table: per (seeds, test images per seed) the average's one-sided 95%
+    half-width and non-inferiority power at true differences 0 and -0.5 points (margin 1), and the
+    worst class's half-width (points), from :func:`classrobust.analysis.power.power_table`."""
+    lines = ["| seeds | test images per seed | average: half-width | power, true 0 | power, true -0.5 "
+             "| worst class: half-width |", "|---|---|---|---|---|---|"]
+    for (seeds, images), group in average.groupby(["seeds", "images"], sort=True):
+        by_diff = group.set_index("true_diff")
+        w = worst[(worst["seeds"] == seeds) & (worst["images"] == images)]["half_width"].iloc[0]
+        lines.append(f"| {seeds} | {images:,} | {by_diff.loc[0.0, 'half_width']:.2f} | {by_diff.loc[0.0, 'power']:.2f} "
+                     f"| {by_diff.loc[-0.5, 'power']:.2f} | {w:.1f} |")
+    return "\n".join(lines)

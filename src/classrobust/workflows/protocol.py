@@ -139,13 +139,13 @@ def select(path: str | Path, confirm_path: str | Path, *, out: str | Path | None
 
 def _check_frozen(spec: ExperimentSpec, path: Path) -> dict[str, Any]:
     """The recorded order, after checking that neither the confirmation file nor its screen changed."""
-    screen_record = spec.protocol.screen
-    screen_file = Path(screen_record["file"])
-    if screen_file.is_file() and _sha256(screen_file) != screen_record["sha256"]:
+    screen_record = spec.protocol.screen or {}  # none: a design declared without a screen
+    screen_file = Path(screen_record["file"]) if screen_record else None
+    if screen_file is not None and screen_file.is_file() and _sha256(screen_file) != screen_record["sha256"]:
         raise UsageError(f"the screen file {screen_file} changed after the confirmation was frozen "
                          f"({spec.protocol.frozen_at}); a confirmation stands for the screen it was chosen by")
-    table = Path(screen_record["out"]) / SCREEN_TABLE
-    if table.is_file() and _sha256(table) != screen_record["table_sha256"]:
+    table = Path(screen_record["out"]) / SCREEN_TABLE if screen_record else None
+    if table is not None and table.is_file() and _sha256(table) != screen_record["table_sha256"]:
         raise UsageError(f"the screen's table {table} changed after the confirmation was frozen")
     order_path = spec.out / ORDER
     if order_path.is_file():
@@ -168,8 +168,13 @@ def confirm(path: str | Path, *, log: Callable[[str], None] = print, device: str
     if not order:
         if (spec.out / "runs").is_dir() and any((spec.out / "runs").rglob("summary.json")):
             raise UsageError(f"{spec.out} holds results from before this confirmation started; give it a fresh out")
-        order = {"screen_read_at": spec.protocol.screen["read_at"], "frozen_at": spec.protocol.frozen_at,
+        # a declared design has no screen: its "screen read" is its freezing
+        read_at = spec.protocol.screen["read_at"] if spec.protocol.screen else spec.protocol.frozen_at
+        order = {"screen_read_at": read_at, "frozen_at": spec.protocol.frozen_at,
                  "started_at": _now(), "confirm_sha256": _sha256(path)}
+        if not read_at <= order["frozen_at"] <= order["started_at"]:
+            raise UsageError(f"{path} says it was frozen at {order['frozen_at']}, after now ({order['started_at']}) "
+                             "or before its screen was read; a confirmation starts after it is frozen")
         spec.out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(spec.out / ORDER, order)
     options = dict(device=device, data_dir=data_dir, download=download, progress=progress)

@@ -440,12 +440,25 @@ def _parse_protocol(raw: dict[str, Any], methods, evaluation, seeds) -> Protocol
             raise UsageError("protocol.frontier.allowances must be a list of points, e.g. [0, 0.5, 1, 2, 4]")
         frontier["allowances"] = [_number(a, "protocol.frontier.allowances", 0, 99.99) for a in allowances]
     chosen = entry.get("chosen", [])
-    if stage == "confirm" and (not chosen or not set(chosen) <= set(methods) or not entry.get("screen")):
-        raise UsageError("a confirmation file names its chosen methods and its screen (written by "
-                         "`classrobust protocol select`)")
+    if stage == "confirm" and (not chosen or not set(chosen) <= set(methods)
+                               or not (entry.get("screen") or entry.get("frozen_at"))):
+        raise UsageError("a confirmation file names its chosen methods and its screen (written by `classrobust "
+                         "protocol select`), or, for a design declared without a screen, when it was frozen "
+                         "(frozen_at)")
     return ProtocolSpec(stage=stage, attack=attack, margin=_number(entry.get("margin", 1.0), "protocol.margin", 0, 100),
                         keep=keep, target=target, confirm=confirm, frontier=frontier,
-                        screen=entry.get("screen"), frozen_at=entry.get("frozen_at"), chosen=tuple(chosen))
+                        screen=entry.get("screen"), frozen_at=_timestamp(entry.get("frozen_at")), chosen=tuple(chosen))
+
+
+def _timestamp(value: Any) -> str | None:
+    """An ISO timestamp as text: YAML reads an unquoted one as a datetime."""
+    import datetime
+
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=datetime.timezone.utc)
+        return value.isoformat(timespec="seconds")
+    return None if value is None else str(value)
 
 
 def _parse(raw: dict[str, Any], path: Path, out: str | Path | None) -> ExperimentSpec:
