@@ -122,6 +122,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "`--out DIR` continues it on another machine")
     p.add_argument("--tensorboard", type=Path, default=None, metavar="DIR",
                    help="TensorBoard event files, one folder per trained run (DIR/RUN); see train --help")
+    g = p.add_argument_group("several runs at once (docs/experiments.md, \"Grids on several GPUs and on Slurm\")")
+    g.add_argument("--jobs", type=positive_int, default=1,
+                   help="run up to N runs at once, each its own process (default: 1, in this process)")
+    g.add_argument("--devices", default=None, help="GPUs for --jobs, one per job slot: 0,1,2,3 (default: none)")
+    g.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU threads per run with --jobs (default: the cores divided by --jobs)")
+    g.add_argument("--launcher", choices=["local", "slurm", "submitit-local"], default="local",
+                   help="slurm: submit the unfinished runs as a job array through submitit and return; rerun "
+                        "the command after the jobs end to collect them (submitit-local: the same on this machine)")
+    g.add_argument("--partition", default=None, help="Slurm partition")
+    g.add_argument("--gpus-per-run", type=int, default=1, help="Slurm GPUs per run")
+    g.add_argument("--cpus-per-run", type=positive_int, default=8, help="Slurm CPUs per run")
+    g.add_argument("--time", type=positive_int, default=240, help="Slurm time limit per run, minutes")
+    g.add_argument("--slurm-extra", nargs="*", default=[], metavar="NAME=VALUE",
+                   help="more sbatch options, e.g. qos=high account=lab")
+    g.add_argument("--status", action="store_true", help="each run's state (finished, diverged, running, queued, "
+                                                          "failed, not started) and its log's last line")
+    g.add_argument("--run", default=None, metavar="KEY", help="only this run (what each --jobs process does)")
     add_data_options(p)
     p.set_defaults(func=cmd_experiment)
 
@@ -399,6 +417,13 @@ def cmd_experiment(args) -> int:
               f"{', '.join(progress['with_weights']) or 'none'}); continue with "
               f"`classrobust experiment {args.file} --out {args.export}`")
         return 0
+    if args.status or args.run is not None or args.jobs > 1 or args.launcher != "local":
+        from classrobust.workflows.launch import launch_grid
+
+        message, code = launch_grid(spec, args)
+        print(message)
+        if code is not None:
+            return code
     t0 = time.perf_counter()
     report = run_experiment(spec, device=args.device, data_dir=args.data_dir, download=args.download,
                             progress=not args.no_progress, tensorboard=args.tensorboard)

@@ -17,6 +17,7 @@ An unfinished experiment's export
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import replace
@@ -141,6 +142,15 @@ def ensure_run(spec, run, *, device=None, data_dir=None, download=False, progres
         log(f"{run.key}: skipped, {whose} diverged at epoch {record['epoch']} (recorded in "
             f"{record['key']}/{DIVERGED}; move that file away to try again)")
         return state
+    from classrobust.workflows.launch import run_lock
+
+    # one launcher per run: a second one (another --jobs process, a Slurm job) is refused by name
+    with run_lock(run_dir(spec, run), run.key) if is_main() else contextlib.nullcontext():
+        return _work(spec, run, state, device=device, data_dir=data_dir, download=download, progress=progress,
+                     log=log, tensorboard=tensorboard)
+
+
+def _work(spec, run, state, *, device, data_dir, download, progress, log, tensorboard) -> str:
     t0 = time.perf_counter()
     if state == "calibrate":
         base = spec.out / "runs" / run.base_key / "model.safetensors"
