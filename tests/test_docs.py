@@ -682,3 +682,20 @@ def test_frontier_design_power_block_and_numbers_match_the_confirmation_records(
             f"and {chosen.loc[-0.5, 'power']:.2f} if it costs half a point; the worst class's half-width about {w:.1f}") in text
     assert f"Seeds {min(design['seeds'])}-{max(design['seeds'])}" in text
     assert design["protocol"]["frontier"]["allowances"] == [1, 2, 4, 6] and "at 1, 2, 4 and 6 points" in text
+
+
+def test_grid_jobs_table_matches_its_record():
+    import json
+
+    record = json.loads((ROOT / "benchmarks" / "results" / "grid_jobs.json").read_text())
+    lines = ["| side | wall time (s) | seed 0 PGD-10 | seed 1 PGD-10 |", "|---|---|---|---|"]
+    for side, r in record["sides"].items():
+        lines.append(f"| {side} | {r['seconds']:.1f} | {100 * r['runs']['seed0']['pgd']:.1f}% "
+                     f"| {100 * r['runs']['seed1']['pgd']:.1f}% |")
+    text = (ROOT / "benchmarks" / "README.md").read_text()
+    assert text.split("<!-- grid-jobs -->\n")[1].split("\n<!-- /grid-jobs -->")[0] == "\n".join(lines)
+    seq, jobs = record["sides"].values()
+    assert f"(ratio {jobs['seconds'] / seq['seconds']:.2f})" in text
+    gap = 100 * abs(seq["runs"]["seed0"]["pgd"] - jobs["runs"]["seed0"]["pgd"])
+    assert f"seed 0's PGD-10 accuracy by {gap:.1f} points" in text
+    assert all(seq["runs"][s]["sha256"] != jobs["runs"][s]["sha256"] for s in ("seed0", "seed1"))
