@@ -140,3 +140,15 @@ def test_slurm_options_reach_the_sbatch_file(tmp_path, monkeypatch):
     for line in ("--partition=gpu", "--gpus-per-node=2", "--cpus-per-task=12", "--time=90", "--qos=high",
                  "--account=lab", "--job-name=tiny-grid"):
         assert f"#SBATCH {line}" in text, line
+
+    # a run that keeps failing is declared failed with a reason: the grid finishes, the report lists it
+    for seed in (0, 1):
+        code, stdout, err = run(["experiment", grid, "--out", out, "--declare-failed", f"broken/pgd-at/seed{seed}",
+                                 "its data folder does not exist"], capsys)
+        assert code == 0, err
+    code, stdout, err = run(["experiment", grid, "--out", out, "--no-progress"], capsys)
+    assert code == 0, err
+    report = (out / "report" / "report.md").read_text()
+    assert "declared failed: its data folder does not exist" in report
+    code, _, err = run(["experiment", grid, "--out", out, "--declare-failed", "fashion-mnist/pgd-at/seed0", "x"], capsys)
+    assert code == 2 and "finished; nothing to declare" in err

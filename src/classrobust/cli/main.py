@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--status", action="store_true", help="each run's state (finished, diverged, running, queued, "
                                                           "failed, not started) and its log's last line")
     g.add_argument("--run", default=None, metavar="KEY", help="only this run (what each --jobs process does)")
+    g.add_argument("--declare-failed", nargs=2, default=None, metavar=("KEY", "REASON"),
+                   help="record a run that keeps failing as a final failure, listed in the report as a diverged "
+                        "run is, so that the grid can finish")
     add_data_options(p)
     p.set_defaults(func=cmd_experiment)
 
@@ -416,6 +419,11 @@ def cmd_experiment(args) -> int:
               f"unfinished: {len(progress['unfinished'])} runs to go, no report; weights kept for "
               f"{', '.join(progress['with_weights']) or 'none'}); continue with "
               f"`classrobust experiment {args.file} --out {args.export}`")
+        return 0
+    if args.declare_failed is not None:
+        from classrobust.workflows.experiment import declare_failed
+
+        print(f"recorded {declare_failed(spec, *args.declare_failed)}; rerun the command to finish the grid")
         return 0
     if args.status or args.run is not None or args.jobs > 1 or args.launcher != "local":
         from classrobust.workflows.launch import launch_grid

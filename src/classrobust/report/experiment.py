@@ -130,15 +130,20 @@ def _diverged_section(out: _Sections, index: dict) -> None:
     diverged = index.get("diverged") or []
     if not diverged:
         return
-    table = pd.DataFrame([{"run": d["key"], "method": d["method"], "seed": d["seed"],
-                           "diverged": (f"epoch {d['epoch']}, by step {d['step']}" if d["diverged_run"] == d["key"]
-                                        else f"its base {d['diverged_run']} (epoch {d['epoch']})")}
+    def what(d):
+        if d.get("declared_failed"):
+            return f"declared failed: {d['declared_failed']}"
+        return (f"epoch {d['epoch']}, by step {d['step']}" if d["diverged_run"] == d["key"]
+                else f"its base {d['diverged_run']} (epoch {d['epoch']})")
+
+    table = pd.DataFrame([{"run": d["key"], "method": d["method"], "seed": d["seed"], "diverged": what(d)}
                           for d in diverged])
-    out.section("Runs that diverged", "diverged",
-                f"{len(diverged)} run(s) hit a non-finite training loss and have no test results; every table "
-                "below leaves them out, so their methods are compared with their baselines on the seeds that "
-                "finished (the seeds column says how many). A diverged run is a failure of its method's recipe "
-                "on that seed, not missing data.", table, "diverged")
+    out.section("Runs that diverged or were declared failed", "diverged",
+                f"{len(diverged)} run(s) hit a non-finite training loss, or kept failing and were declared failed "
+                "(`--declare-failed`), and have no test results; every table below leaves them out, so their "
+                "methods are compared with their baselines on the seeds that finished (the seeds column says how "
+                "many). Such a run is a failure of its method's recipe on that seed, not missing data.",
+                table, "diverged")
 
 
 def _seed_cell(mean, low, high, t_p, perm_p, unit: str = "seed") -> str:

@@ -339,7 +339,28 @@ def run_experiment(spec: ExperimentSpec | str | Path, *, device: str | None = No
 
 def _divergence_summary(record: dict[str, Any]) -> dict[str, Any]:
     """What the index says about a diverged run: where it diverged, and whose training it was."""
-    return {"diverged_run": record["key"], "epoch": record["epoch"], "step": record["step"]}
+    return {"diverged_run": record["key"], "epoch": record["epoch"], "step": record["step"],
+            **({"declared_failed": record["declared_failed"]} if record.get("declared_failed") else {})}
+
+
+def declare_failed(spec: ExperimentSpec, key: str, reason: str) -> Path:
+    """Record run ``key`` as a final failure (``diverged.json`` with the reason): a run that keeps
+    failing is then an outcome the report lists, as a diverged one, and the grid can finish."""
+    run = next((r for r in spec.runs if r.key == key), None)
+    if run is None:
+        raise UsageError(f"{key!r} is not a run of {spec.source}")
+    if not reason.strip():
+        raise UsageError("--declare-failed needs a reason (say why the run cannot finish)")
+    if run_state(spec, run) == "done":
+        raise UsageError(f"{key} finished; nothing to declare")
+    path = run_dir(spec, run) / DIVERGED
+    if path.is_file():
+        raise UsageError(f"{path} exists: the run is already final")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"key": run.key, "epoch": 0, "step": 0, "error": f"declared failed: {reason}",
+                             "declared_failed": reason, "epochs_completed": 0, "seconds_this_attempt": 0.0,
+                             "config": run.config.to_dict()})
+    return path
 
 
 #: per run, what an export keeps: enough to rebuild the report, no weights
