@@ -122,6 +122,17 @@ def test_a_failed_run_is_listed_with_its_log_and_the_others_finish(synthetic_env
     assert (out / "runs/fashion-mnist/pgd-at/seed1/eval/summary.json").is_file()
     code, status, _ = run(["experiment", grid, "--out", out, "--status"], capsys)
     assert "2 finished, 2 failed" in status and "nowhere" in status  # the log's last line names the cause
+    # a run that keeps failing is declared failed with a reason: the grid finishes, the report lists it
+    for seed in (0, 1):
+        code, stdout, err = run(["experiment", grid, "--out", out, "--declare-failed", f"broken/pgd-at/seed{seed}",
+                                 "its data folder does not exist"], capsys)
+        assert code == 0, err
+    code, stdout, err = run(["experiment", grid, "--out", out, "--no-progress"], capsys)
+    assert code == 0, err
+    report = (out / "report" / "report.md").read_text()
+    assert "declared failed: its data folder does not exist" in report
+    code, _, err = run(["experiment", grid, "--out", out, "--declare-failed", "fashion-mnist/pgd-at/seed0", "x"], capsys)
+    assert code == 2 and "finished; nothing to declare" in err
 
 
 def test_slurm_options_reach_the_sbatch_file(tmp_path, monkeypatch):
@@ -141,14 +152,27 @@ def test_slurm_options_reach_the_sbatch_file(tmp_path, monkeypatch):
                  "--account=lab", "--job-name=tiny-grid"):
         assert f"#SBATCH {line}" in text, line
 
-    # a run that keeps failing is declared failed with a reason: the grid finishes, the report lists it
-    for seed in (0, 1):
-        code, stdout, err = run(["experiment", grid, "--out", out, "--declare-failed", f"broken/pgd-at/seed{seed}",
-                                 "its data folder does not exist"], capsys)
-        assert code == 0, err
-    code, stdout, err = run(["experiment", grid, "--out", out, "--no-progress"], capsys)
-    assert code == 0, err
-    report = (out / "report" / "report.md").read_text()
-    assert "declared failed: its data folder does not exist" in report
-    code, _, err = run(["experiment", grid, "--out", out, "--declare-failed", "fashion-mnist/pgd-at/seed0", "x"], capsys)
-    assert code == 2 and "finished; nothing to declare" in err
+
+
+def test_a_lock_left_by_an_ended_slurm_job_is_taken_over(tmp_path, monkeypatch):
+    """A Slurm job killed at its time limit leaves its lock on another host: once squeue no longer lists
+    the job the lock is stale; while it does, the lock holds."""
+    from classrobust.errors import UsageError
+    from classrobust.workflows.launch import run_lock
+
+    (tmp_path / "bin").mkdir()
+    squeue = tmp_path / "bin" / "squeue"
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    folder = tmp_path / "runs" / "seed0"
+    lock = tmp_path / "runs" / ".seed0.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"host": "node17", "pid": 4242, "since": "earlier", "slurm_job": "991"}))
+    squeue.write_text("#!/bin/sh\necho RUNNING\n")
+    squeue.chmod(0o755)
+    with pytest.raises(UsageError, match="pid 4242 on node17"):
+        with run_lock(folder, "seed0"):
+            pass
+    squeue.write_text("#!/bin/sh\nexit 0\n")  # the job is gone
+    with run_lock(folder, "seed0"):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()

@@ -56,7 +56,8 @@ def run_lock(directory: Path, key: str) -> Iterator[None]:
     path = lock_path(directory)
     path.parent.mkdir(parents=True, exist_ok=True)
     me = {"host": socket.gethostname(), "pid": os.getpid(),
-          "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+          "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          **({"slurm_job": os.environ["SLURM_JOB_ID"]} if os.environ.get("SLURM_JOB_ID") else {})}
     for _ in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -68,6 +69,9 @@ def run_lock(directory: Path, key: str) -> Iterator[None]:
             if owner.get("host") == me["host"] and owner.get("pid", -1) > 0 and not _alive(owner["pid"]):
                 path.unlink(missing_ok=True)  # stale: its process is gone
                 continue
+            if owner.get("slurm_job") and _slurm_job_ended(owner["slurm_job"]):
+                path.unlink(missing_ok=True)  # stale: a Slurm job that timed out or was preempted
+                continue
             raise UsageError(f"{key} is being run by pid {owner.get('pid')} on {owner.get('host')} since "
                              f"{owner.get('since')} (another launcher); if that process is gone, remove {path}")
         with os.fdopen(fd, "w") as f:
@@ -77,6 +81,17 @@ def run_lock(directory: Path, key: str) -> Iterator[None]:
         yield
     finally:
         path.unlink(missing_ok=True)
+
+
+def _slurm_job_ended(job_id: str) -> bool:
+    """Whether Slurm no longer runs job ``job_id`` (squeue lists nothing for it); False when squeue
+    cannot be asked (no Slurm here: the lock is left to its owner)."""
+    try:
+        listed = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True,
+                                timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return listed.returncode == 0 and not listed.stdout.strip() or "Invalid job id" in listed.stderr
 
 
 def log_path(spec: ExperimentSpec, run: RunSpec) -> Path:
