@@ -48,12 +48,31 @@ def synthetic_mnist_like(n: int, seed: int, num_classes: int = 10) -> tuple[np.n
     return images.clip(0, 255).astype(np.uint8), labels.astype(np.uint8)
 
 
+@pytest.fixture(scope="session")
+def trained_run_template(synthetic_data_root, tmp_path_factory) -> Path:
+    """One ``classrobust train`` (TRAIN, one epoch) on the generated data per session: training is
+    deterministic, so every test's copy is the run it would have trained itself."""
+    from classrobust.cli.main import main
+
+    root = tmp_path_factory.mktemp("template")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CLASSROBUST_SYSTEM_DATA", str(synthetic_data_root))
+        mp.setenv("CLASSROBUST_DATA_DIR", str(root / "datadir"))
+        import classrobust.data as data
+
+        mp.setattr(data, "DEFAULT_DATA_DIR", root / "datadir")
+        assert main([*TRAIN, "--out", str(root / "run")]) == 0
+    return root / "run"
+
+
 @pytest.fixture
-def trained_run(synthetic_env, tmp_path, capsys) -> Path:
-    """A run folder trained by ``classrobust train`` (TRAIN, one epoch) on the generated data."""
+def trained_run(synthetic_env, tmp_path, trained_run_template) -> Path:
+    """A run folder trained by ``classrobust train`` (TRAIN, one epoch) on the generated data: a copy of
+    the session's one training (each test may change its copy)."""
+    import shutil
+
     out = tmp_path / "run"
-    code, _, err = run([*TRAIN, "--out", out], capsys)
-    assert code == 0, err
+    shutil.copytree(trained_run_template, out)
     return out
 
 
