@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from classrobust.analysis.protocol import plateau, run_costs, training_logs
+from classrobust.report.figures import training_curves
+from classrobust.report.protocol import cost_markdown, per_class_markdown, plateau_markdown, target_markdown
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -136,6 +140,17 @@ def test_autoattack_member_times_against_the_models_own_cost():
     assert rows[3] == f"| 10 | 0 | {script.FAB_BEFORE} | square | 8 | 8 | 1000 | 5000 | 1000 |"
 
 
+def _per_class(export):
+    """The confirmation's per-class table under AutoAttack, from an export's report tables."""
+    import pandas as pd
+
+    from classrobust.analysis.protocol import per_class_changes
+
+    report = export / "report"
+    return per_class_changes(pd.read_csv(report / "per_class.csv"), pd.read_csv(report / "methods_per_class.csv"),
+                             "autoattack", ("pgd-at", "trades"))
+
+
 def test_lever_screen_table_matches_its_results():
     import pandas as pd
 
@@ -171,34 +186,6 @@ def test_lever_tradeoff_pairs_each_setting_with_the_baseline_of_its_seed(tmp_pat
     assert (tmp_path / "tradeoff.png").stat().st_size > 10_000
 
 
-def test_freeze_writes_a_valid_confirmation_for_the_pick_once(tmp_path):
-    """screen_levers.py freeze: only from a finished screen, never over an existing file, and what it
-    writes is a valid experiment file that names the pick, the seeds and the table it came from."""
-    import pandas as pd
-
-    from classrobust.workflows.spec import load_spec
-
-    script = _load(ROOT / "experiments" / "quick" / "screen_levers.py")
-    rows = [{"setting": name, "classwise": spec or "(none)", "seed": seed, "val_pgd": 0.77,
-             "val_clean": 0.86, "val_worst_pgd": 0.40 + 0.01 * i}
-            for i, (name, spec) in enumerate(script.GRID.items()) for seed in script.SEEDS]
-    runs = pd.DataFrame(rows)
-    out = tmp_path / "defenses.yaml"
-    with pytest.raises(SystemExit, match="not finished"):
-        script.freeze(runs.iloc[1:], out, "2026-11-28", "abc")
-    assert not out.exists()
-    best = list(script.GRID)[-1]  # the highest worst class at the same average
-    assert script.freeze(runs, out, "2026-11-28", "abc") == best
-    spec = load_spec(out)
-    assert f"pgd-at+{best}" in spec.methods and f"trades+{best}+cal" in spec.methods
-    assert spec.methods[f"pgd-at+{best}"]["classwise"] == script.GRID[best]
-    assert list(spec.seeds) == [0, 1, 2, 3, 4] and not set(spec.seeds) & set(script.SEEDS)
-    assert "sha256 abc" in out.read_text() and "2026-11-28" in out.read_text()
-    with pytest.raises(SystemExit, match="exists"):
-        script.freeze(runs, out, "2026-11-29", "def")
-    assert "2026-11-28" in out.read_text()
-
-
 def test_confirmation_verdict_only_from_a_finished_export(tmp_path):
     """screen_levers.py verdict: refused while the export is unfinished or missing; from a finished one,
     every non-baseline method judged under AutoAttack against the target declared in the script."""
@@ -227,7 +214,7 @@ def test_confirmation_verdict_only_from_a_finished_export(tmp_path):
         tmp_path / "report" / "methods.csv")
     table = script.verdict(tmp_path)
     assert list(table.method) == ["pgd-at+x", "trades+x"] and list(table.meets) == [True, False]
-    text = script.render_verdict(table)
+    text = target_markdown(table)
     assert "| pgd-at+x | pgd-at | 5 | Shirt | +8.0 [+6.0, +10.0] | 0.001 | 0.031 | -0.4 [-1.4, +0.6] | 0.2, 0.5 | yes " \
            "|  |" in text
     assert "| trades+x | trades | 5 | Shirt | +4.0 [+2.0, +6.0] | 0.01 | 0.031 | +0.0 [-1.0, +1.0] | 0.2, 0.5 | no | " \
@@ -263,13 +250,13 @@ def test_confirmation_plateau_reads_the_baselines_validation_logs(tmp_path):
     lost.mkdir()
     log([0.1, 0.2]).to_csv(lost / "train_log.csv", index=False)
     (lost / "diverged.json").write_text("{}")
-    logs = script.confirmation_logs(tmp_path)
+    logs = training_logs(tmp_path, ("pgd-at", "trades"))
     assert sorted(logs) == [("pgd-at", 0), ("trades", 1)]
-    table = script.plateau(logs).set_index("method")
+    table = plateau(logs).set_index("method")
     assert table.loc["pgd-at", "worst_class"] == "Shirt" and table.loc["pgd-at", "range"] == pytest.approx(0.02)
     assert table.loc["trades", "worst_class"] == "Bag"  # the last epoch's worst class, not Shirt's history
-    assert "| pgd-at | 0 | Shirt | 38.0, 40.0, 39.0 | 2.0 |" in script.render_plateau(table.reset_index())
-    script.curve_plot(logs[("trades", 1)], "trades seed 1", tmp_path / "curve.png")
+    assert "| pgd-at | 0 | Shirt | 38.0, 40.0, 39.0 | 2.0 |" in plateau_markdown(table.reset_index())
+    training_curves(logs[("trades", 1)]).savefig(tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 10_000
 
 
@@ -288,9 +275,9 @@ def test_confirmation_cost_reads_each_runs_records(tmp_path):
     (cal / "model.json").write_text(json.dumps({"calibration": {"seconds": 180.0}}))
     pd.DataFrame({"epoch": [1, 1, 2, 2], "class_index": [0, 1, 0, 1], "seconds": [30.0, 30.0, 90.0, 90.0]}
                  ).to_csv(base / "train_log.csv", index=False)
-    table = script.confirmation_cost(tmp_path).set_index("method")
+    table = run_costs(tmp_path).set_index("method")
     assert table.loc["pgd-at", "train_s"] == 120.0 and table.loc["pgd-at+cal", "calibrate_s"] == 180.0
-    text = script.render_cost(table.reset_index())
+    text = cost_markdown(table.reset_index())
     assert "| pgd-at | 1 | 2.0 | - | 10.0 |" in text and "| pgd-at+cal | 1 | - | 3.0 | 10.0 |" in text
     assert "| all | 2 | | | 0.4 h in all (recorded parts) |" in text
     # a diverged run: its completed epochs count in the total, apart from the finished runs' figures
@@ -299,7 +286,7 @@ def test_confirmation_cost_reads_each_runs_records(tmp_path):
     (lost / "diverged.json").write_text(json.dumps({"epoch": 2}))
     pd.DataFrame({"epoch": [1, 1], "class_index": [0, 1], "seconds": [360.0, 360.0]}).to_csv(
         lost / "train_log.csv", index=False)
-    text = script.render_cost(script.confirmation_cost(tmp_path))
+    text = cost_markdown(run_costs(tmp_path))
     assert "| pgd-at | 1 + 1 diverged (6.0 min of training) | 2.0 | - | 10.0 |" in text
     assert "| all | 3 | | | 0.5 h in all (recorded parts) |" in text
 
@@ -316,13 +303,13 @@ def test_defenses_doc_states_the_verdict_only_once_the_confirmation_is_finished(
     else:
         assert "is not finished" not in (ROOT / "README.md").read_text()
         assert _block(ROOT / "docs" / "defenses.md", "defenses-verdict") == \
-            script.render_verdict(script.verdict()).strip()
+            target_markdown(script.verdict()).strip()
         assert _block(ROOT / "docs" / "defenses.md", "defenses-per-class") == \
-            script.render_per_class(script.per_class()).strip()
+            per_class_markdown(_per_class(script.CONFIRMED), ("pgd-at", "trades")).strip()
         assert _block(ROOT / "docs" / "defenses.md", "defenses-plateau") == \
-            script.render_plateau(script.plateau(script.confirmation_logs())).strip()
+            plateau_markdown(plateau(training_logs(script.CONFIRMED, script.CONFIRMED_BASELINES))).strip()
         assert _block(ROOT / "docs" / "defenses.md", "defenses-cost") == \
-            script.render_cost(script.confirmation_cost()).strip()
+            cost_markdown(run_costs(script.CONFIRMED)).strip()
 
 
 def test_leak_check_numbers_in_the_defenses_doc_match_the_record():
@@ -561,19 +548,19 @@ def test_confirmation_scripts_read_a_real_finished_export(synthetic_env, tmp_pat
     table = script.verdict(export)
     assert set(table.method) == {"pgd-at+wat-e03", "pgd-at+wat-e03+cal", "trades+wat-e03", "trades+wat-e03+cal"}
     assert (table.seeds == 2).all() and table.target_class.notna().all()
-    assert "| pgd-at+wat-e03 | pgd-at | 2 |" in script.render_verdict(table)
-    logs = script.confirmation_logs(export)
+    assert "| pgd-at+wat-e03 | pgd-at | 2 |" in target_markdown(table)
+    logs = training_logs(export, ("pgd-at", "trades"))
     assert sorted(logs) == [("pgd-at", 0), ("pgd-at", 1), ("trades", 0), ("trades", 1)]
-    steady = script.plateau(logs)
+    steady = plateau(logs)
     assert (steady.last_epochs.map(len) == 1).all()  # one epoch trained
-    cost = script.confirmation_cost(export)
+    cost = run_costs(export)
     assert len(cost) == 12 and (cost.eval_s > 0).all()
     assert cost[cost.method.str.endswith("+cal")].calibrate_s.gt(0).all()
     assert cost[~cost.method.str.endswith("+cal")].train_s.gt(0).all()
-    classes = script.per_class(export)
+    classes = _per_class(export)
     assert len(classes) == 10 * 6 and set(classes.kind) == {"accuracy", "change"}
     assert set(classes[classes.kind == "accuracy"].method) == {"pgd-at", "trades"}
-    text = script.render_per_class(classes)
+    text = per_class_markdown(classes, ("pgd-at", "trades"))
     assert text.startswith("| class | pgd-at (2 seeds) | Δ pgd-at+wat-e03 (2 seeds) | Δ pgd-at+wat-e03+cal (2 seeds) "
                            "| trades (2 seeds) |") and text.count("\n") == 11
     script.verdict_plot(table, tmp_path / "tradeoff.png")
@@ -605,7 +592,7 @@ def test_confirmation_findings_quote_the_export():
     clean_shirt = (shirt("clean").loc[lever] - shirt("clean").loc["pgd-at"]).mean()
     clean_avg = (average("clean").loc[lever] - average("clean").loc["pgd-at"]).mean()
     assert f"Shirt {clean_shirt:+.1f} points clean, the average clean accuracy {clean_avg:+.1f}" in text
-    classes = script.per_class()
+    classes = _per_class(script.CONFIRMED)
     change = classes[classes.method == lever].set_index("class_name").value * 100
     assert (f"T-shirt/top ({change['T-shirt/top']:+.1f}), Coat ({change['Coat']:+.1f}) and Dress "
             f"({change['Dress']:+.1f})") in text

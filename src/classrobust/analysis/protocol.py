@@ -128,3 +128,79 @@ def protocol_verdict(methods: pd.DataFrame, target: dict[str, Any], gaps: pd.Dat
     table["beats_frontier"] = ((table["gap_t_p"] < alpha) & (table["gap_perm_p"] < alpha)
                                & (table["undecided"].fillna(1) == 0) & ~table["short_of"].str.contains("diverged"))
     return table
+
+
+def training_logs(export, methods, dataset: str = "fashion-mnist") -> dict[tuple[str, int], pd.DataFrame]:
+    """The training logs (validation per epoch) of ``methods``' runs in an experiment folder or export,
+    by (method, seed); runs that diverged (their logs stop early) are left out."""
+    from pathlib import Path
+
+    logs = {}
+    for method in methods:
+        for log_path in sorted((Path(export) / "runs" / dataset / method).glob("seed*/train_log.csv")):
+            if (log_path.parent / "diverged.json").is_file():
+                continue
+            logs[(method, int(log_path.parent.name.removeprefix("seed")))] = pd.read_csv(log_path)
+    return logs
+
+
+def plateau(logs: dict[tuple[str, int], pd.DataFrame], epochs: int = 3) -> pd.DataFrame:
+    """Whether training ran long enough: per (method, seed) log, the last epoch's worst validation-PGD
+    class and its validation PGD accuracy over the last ``epochs`` epochs, with their range."""
+    rows = []
+    for (method, seed), log in logs.items():
+        per_class = log[log.class_index >= 0]
+        last = per_class[per_class.epoch == per_class.epoch.max()]
+        worst = last.loc[last.val_pgd_accuracy.idxmin()]
+        tail = per_class[(per_class.class_index == worst.class_index)
+                         & (per_class.epoch > per_class.epoch.max() - epochs)].sort_values("epoch")
+        rows.append({"method": method, "seed": seed, "worst_class": worst.class_name,
+                     "last_epochs": [float(v) for v in tail.val_pgd_accuracy],
+                     "range": float(tail.val_pgd_accuracy.max() - tail.val_pgd_accuracy.min())})
+    return pd.DataFrame(rows)
+
+
+def run_costs(export) -> pd.DataFrame:
+    """What each run of an experiment folder or export cost, in seconds: its training epochs (the log's
+    per-epoch time), its calibration fit and its evaluation; a diverged run counts its completed epochs
+    (``diverged`` True)."""
+    import json
+    from pathlib import Path
+
+    rows = []
+    runs = Path(export) / "runs"
+    for meta_path in sorted([*runs.glob("*/*/seed*/model.json"), *runs.glob("*/*/seed*/diverged.json")]):
+        folder = meta_path.parent
+        log, summary = folder / "train_log.csv", folder / "eval" / "summary.json"
+        calibration = json.loads(meta_path.read_text()).get("calibration") or {}
+        rows.append({"method": folder.parent.name, "seed": int(folder.name.removeprefix("seed")),
+                     "diverged": meta_path.name == "diverged.json",
+                     "train_s": (float(pd.read_csv(log).groupby("epoch").seconds.first().sum())
+                                 if log.is_file() else float("nan")),
+                     "calibrate_s": float(calibration.get("seconds", float("nan"))) if calibration else float("nan"),
+                     "eval_s": (float(json.loads(summary.read_text())["meta"]["seconds"])
+                                if summary.is_file() else float("nan"))})
+    return pd.DataFrame(rows, columns=["method", "seed", "diverged", "train_s", "calibrate_s", "eval_s"])
+
+
+def per_class_changes(per_class: pd.DataFrame, methods_per_class: pd.DataFrame, attack: str,
+                      baselines) -> pd.DataFrame:
+    """Every class under ``attack``, from an experiment's report tables: each baseline's accuracy over
+    its seeds (mean, 95% Student-t) and each lever's per-seed paired change against it (mean, 95% t).
+    One row per (class, method); accuracies in [0, 1]."""
+    from classrobust.analysis.methods import seed_interval
+
+    runs = per_class[per_class.attack == attack]
+    diffs = methods_per_class[methods_per_class.attack == attack]
+    rows = []
+    for method in baselines:
+        for (index, name), group in runs[runs.method == method].groupby(["class_index", "class_name"]):
+            mean, low, high = seed_interval(group.accuracy, counts=(int(group.correct.sum()), int(group.n.sum())))
+            rows.append({"class_index": index, "class_name": name, "method": method, "baseline_method": method,
+                         "seeds": len(group), "value": mean, "low": low, "high": high, "kind": "accuracy"})
+    levers = diffs[~diffs.method.isin(set(diffs.baseline_method))]  # a baseline against another is no lever
+    for r in levers.itertuples(index=False):
+        rows.append({"class_index": r.class_index, "class_name": r.class_name, "method": r.method,
+                     "baseline_method": r.baseline_method, "seeds": r.seeds, "value": r.diff_mean,
+                     "low": r.diff_low, "high": r.diff_high, "kind": "change"})
+    return pd.DataFrame(rows)

@@ -48,3 +48,15 @@ def refresh_includes(doc: Path) -> str:
                 f'{markdown_section(source, match["heading"])}\n<!-- /include -->')
 
     return INCLUDE.sub(body, doc.read_text())
+
+
+def replace_blocks(doc: Path, tables: dict[str, str]) -> None:
+    """Replace each ``<!-- NAME -->`` ... ``<!-- /NAME -->`` block of ``doc`` with its generated table;
+    a block the doc lacks is an error (nothing is written then)."""
+    text = doc.read_text()
+    for name, table in tables.items():
+        block = re.compile(rf"<!-- {re.escape(name)} -->\n.*?<!-- /{re.escape(name)} -->", re.S)
+        if not block.search(text):
+            raise ValueError(f"{doc} has no {name} block")
+        text = block.sub(lambda _: f"<!-- {name} -->\n{table}\n<!-- /{name} -->", text)
+    doc.write_text(text)
