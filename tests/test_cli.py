@@ -284,3 +284,47 @@ def test_eval_superclasses_checked_first_and_reported(trained_run, tmp_path, cap
                         "--out", tmp_path / "eval2", "--no-progress"], capsys)
     assert code == 2 and "needs columns 'class' and 'superclass'" in err and err.count("\n") == 1
     assert not (tmp_path / "eval2").exists()
+
+
+def test_eval_never_replaces_an_evaluation_with_other_settings_silently(trained_run, tmp_path, capsys):
+    """Issue #35, item 8: an evaluation into a folder holding one with other attacks (the default folder
+    beside a checkpoint) is refused before any attack, naming what differs; --overwrite replaces it;
+    the same evaluation again is no conflict."""
+    import json
+
+    args = ["eval", "--checkpoint", trained_run, "--limit", "20", "--no-progress", "--no-report"]
+    code, _, err = run([*args, "--attacks", "fgsm,pgd:steps=2"], capsys)
+    assert code == 0, err
+    summary = trained_run / "eval" / "summary.json"
+    assert set(json.loads(summary.read_text())["attacks"]) == {"clean", "fgsm", "pgd"}
+    code, _, err = run([*args, "--attacks", "fgsm"], capsys)
+    assert code == 2 and "holds an evaluation with other settings (attacks fgsm,pgd -> fgsm)" in err
+    assert set(json.loads(summary.read_text())["attacks"]) == {"clean", "fgsm", "pgd"}  # untouched
+    code, _, err = run([*args, "--attacks", "fgsm,pgd:steps=2", "--subset-seed", "3"], capsys)
+    assert code == 2 and "subset_seed" in err
+    code, _, err = run([*args, "--attacks", "fgsm,pgd:steps=2"], capsys)  # the same evaluation again
+    assert code == 0, err
+    code, _, err = run([*args, "--attacks", "fgsm", "--overwrite"], capsys)
+    assert code == 0, err
+    assert set(json.loads(summary.read_text())["attacks"]) == {"clean", "fgsm"}
+
+
+def test_compare_refuses_one_folder_twice(trained_run, tmp_path, capsys):
+    """Issue #35, item 14: `compare A A` compares nothing."""
+    code, _, err = run(["eval", "--checkpoint", trained_run, "--attacks", "fgsm", "--limit", "20", "--no-progress",
+                        "--no-report"], capsys)
+    assert code == 0, err
+    code, _, err = run(["compare", trained_run / "eval", trained_run / "eval"], capsys)
+    assert code == 2 and "the same folder" in err
+
+
+def test_interrupted_commands_say_that_rerunning_continues(trained_run, capsys, monkeypatch):
+    """Issue #35, item 13: Ctrl-C in eval says what is kept and how to continue."""
+    import classrobust.workflows.evaluate as evaluate
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "evaluate_checkpoint", interrupted)
+    code, _, err = run(["eval", "--checkpoint", trained_run, "--attacks", "fgsm"], capsys)
+    assert code == 130 and "rerun the same command to continue" in err

@@ -139,3 +139,11 @@ def test_timm_model_end_to_end(synthetic_env, tmp_path, capsys):
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)  # built for 1 channel and 10 classes
     code, _, err = run([*TRAIN, "--model", "timm:resnet10x", "--out", tmp_path / "bad"], capsys)
     assert code == 2 and "timm has no architecture 'resnet10x'" in err and err.count("\n") == 1
+
+
+def test_a_user_model_without_weights_is_evaluated_with_a_warning(user_module, synthetic_env, tmp_path, capsys):
+    """Issue #35, item 13: `--model python:...` without `--weights` says that it evaluates the factory's
+    own (untrained) weights; with them it says nothing."""
+    code, io = _eval(["--model", user_module, "--dataset", "fashion-mnist"], tmp_path / "e", capsys)
+    assert code == 0, io.err
+    assert "without --weights" in io.err and io.err.count("\n") == 1

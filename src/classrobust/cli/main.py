@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normalize", action="store_true",
                    help="with a python: model: wrap it with the dataset's mean/std (it then takes [0, 1] images)")
     p.add_argument("--out", type=Path, default=None, help="default: eval/ beside the checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an evaluation in --out made with other settings (default: refused)")
     add_config_options(p, EvalConfig)
     add_data_options(p)
     p.set_defaults(func=cmd_eval)
@@ -243,8 +245,10 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"classrobust: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        hint = ("; the last completed epoch is kept: rerun with --resume to continue"
-                if getattr(args, "command", None) == "train" else "")
+        command = getattr(args, "command", None)
+        hint = ("; the last completed epoch is kept: rerun with --resume to continue" if command == "train" else
+                "; what finished is kept (epochs, attacked batches, runs): rerun the same command to continue"
+                if command in ("eval", "experiment", "demo", "frontier", "protocol", "temperature") else "")
         print(f"classrobust: interrupted{hint}", file=sys.stderr)
         return 130
     finally:
@@ -305,7 +309,7 @@ def cmd_eval(args) -> int:
     result, out = evaluate_checkpoint(
         args.checkpoint, args.out, config=config_from_args(EvalConfig, args), model=args.model,
         dataset=args.dataset, weights=args.weights, normalize=args.normalize, device=args.device,
-        data_dir=args.data_dir, download=args.download, progress=not args.no_progress)
+        data_dir=args.data_dir, download=args.download, progress=not args.no_progress, overwrite=args.overwrite)
     if is_main():
         print_result(result, out)
     return 0
@@ -315,7 +319,8 @@ def print_result(result, out: Path) -> None:
     from classrobust.report import format_classwise_table, format_warnings
     from classrobust.results import describe_attack
 
-    print(f"\nclass-wise accuracy (%) on {len(result.labels)} test images of {result.meta.get('dataset')}:")
+    split = "validation" if result.meta.get("split") == "val" else "test"
+    print(f"\nclass-wise accuracy (%) on {len(result.labels)} {split} images of {result.meta.get('dataset')}:")
     for res in result.attacks.values():
         if res.config.get("attack") != "clean":
             print(f"  {describe_attack(res.config)}")
@@ -340,6 +345,8 @@ def cmd_compare(args) -> int:
 
     from classrobust.report.compare import write_comparison
 
+    if Path(args.run_a).resolve() == Path(args.run_b).resolve():
+        raise UsageError("compare needs two different evaluations; both arguments name the same folder")
     table, out = write_comparison(args.run_a, args.run_b, args.out, alpha=args.alpha,
                                   allow_different_settings=args.allow_different_settings)
     print(f"A = {args.run_a}\nB = {args.run_b}\n")

@@ -183,7 +183,7 @@ def evaluate_checkpoint(checkpoint: str | Path | None = None, out: str | Path | 
                         config: EvalConfig | None = None, model: str | None = None, dataset: str | None = None,
                         weights: str | Path | None = None, normalize: bool = False, device: str | None = None,
                         data_dir: str | Path | None = None, download: bool = False, progress: bool = True,
-                        extra_meta: dict[str, Any] | None = None, **settings: Any
+                        extra_meta: dict[str, Any] | None = None, overwrite: bool = False, **settings: Any
                         ) -> tuple[ClasswiseResult, Path]:
     """Class-wise evaluation of a checkpoint on the test split, saved to ``out`` with its report.
 
@@ -192,6 +192,8 @@ def evaluate_checkpoint(checkpoint: str | Path | None = None, out: str | Path | 
             ``python:pkg.mod:factory``), ``dataset`` and optional ``weights``.
         out: result directory (default: ``eval/`` beside the checkpoint).
         config: the evaluation settings; ``settings`` (any :class:`EvalConfig` field) override it.
+        overwrite: replace an evaluation in ``out`` made with other settings (default: refused, so
+            that an earlier evaluation of the same checkpoint is never lost silently).
     Returns ``(result, out)``. Under torchrun every process evaluates its shard; rank 0 writes.
     """
     from classrobust.evaluate.sharded import evaluate_dataset
@@ -204,6 +206,11 @@ def evaluate_checkpoint(checkpoint: str | Path | None = None, out: str | Path | 
     tf32 = set_tf32(config.allow_tf32)
     net, meta = load_model(checkpoint, dev, model_name=model, dataset=dataset,
                            weights=Path(weights) if weights else None, normalize=normalize)
+    if checkpoint is None and weights is None and str(model).startswith("python:"):
+        import sys
+
+        print(f"classrobust: warning: --model {model} without --weights: evaluating the weights its factory "
+              "returns (untrained, unless the factory loads its own)", file=sys.stderr)
     test = _test_set(meta, config, data_dir, download, checkpoint)
     groups = None
     if config.superclasses is not None:  # read and checked against the classes before any attack
@@ -221,6 +228,7 @@ def evaluate_checkpoint(checkpoint: str | Path | None = None, out: str | Path | 
                 "precision": config.precision, "batch_size": config.batch_size, "device": str(dev),
                 "eps_l2": test.threat_model.eps_l2, "torch_version": torch.__version__, "mode": config.mode,
                 **tf32, **({"superclasses": groups} if groups else {}), **(extra_meta or {})}
+    _check_replaces(out, run_meta, config, overwrite)
     t0 = time.perf_counter()
     # finished batches wait beside ``out`` until the result is saved: a killed evaluation continues
     resume_dir = out.parent / f".{out.name}.resume"
@@ -240,6 +248,30 @@ def evaluate_checkpoint(checkpoint: str | Path | None = None, out: str | Path | 
     # batches go (each process removes what is left; a folder another one removed is no error)
     shutil.rmtree(resume_dir, ignore_errors=True)
     return result, out
+
+
+#: the settings two evaluations into one folder must share for the second to replace the first silently
+_SAME = ("dataset", "split", "eps", "limit", "subset_seed", "seed", "precision", "mode")
+
+
+def _check_replaces(out: Path, run_meta: dict[str, Any], config: EvalConfig, overwrite: bool) -> None:
+    """Refuse, before any attack, to replace an evaluation in ``out`` made with other settings (another
+    attack list, subset, eps, ...) unless ``overwrite``: rerunning the same evaluation is fine."""
+    import json
+
+    summary = out / SUMMARY
+    if overwrite or not summary.is_file():
+        return
+    old = json.loads(summary.read_text())
+    old_meta = old.get("meta", {})
+    differ = [k for k in _SAME if k in old_meta and old_meta.get(k) != run_meta.get(k)]
+    old_attacks = [a for a in old.get("attacks", {}) if a != "clean"]
+    new_attacks = [n for n, _ in parse_attack_specs(config.attacks)]
+    if old_attacks != new_attacks:
+        differ.insert(0, f"attacks {','.join(old_attacks)} -> {','.join(new_attacks)}")
+    if differ:
+        raise UsageError(f"{out} holds an evaluation with other settings ({'; '.join(differ)}); choose another --out, "
+                         "or pass --overwrite to replace it")
 
 
 def _sanity(net, test, result: ClasswiseResult, attacks, config: EvalConfig, globals_: dict[str, Any], device):
