@@ -328,3 +328,30 @@ def test_interrupted_commands_say_that_rerunning_continues(trained_run, capsys, 
     monkeypatch.setattr(evaluate, "evaluate_checkpoint", interrupted)
     code, _, err = run(["eval", "--checkpoint", trained_run, "--attacks", "fgsm"], capsys)
     assert code == 130 and "rerun the same command to continue" in err
+
+
+def test_demo_uses_the_shipped_model_on_every_machine(synthetic_env, tmp_path, capsys, monkeypatch):
+    """Issue #35, item 10: with its default settings the demo does not train: it copies the shipped model
+    (checked by SHA-256) and evaluates it, whatever precision this machine would train in; --retrain trains;
+    a shipped file that lost its checksum is refused in one line."""
+    import classrobust.runtime as runtime
+    import classrobust.workflows.demo as demo
+
+    monkeypatch.setattr(runtime, "default_precision", lambda device: "fp32")  # an AVX2-only machine
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", out, "--limit", "20", "--no-progress"]
+    code, stdout, err = run(argv, capsys)
+    assert code == 0, err
+    assert "using the shipped demo model" in stdout and "training PGD-AT" not in stdout
+    assert (out / "model.safetensors").read_bytes() == (demo.SHIPPED / "model.safetensors").read_bytes()
+    code, stdout, err = run(argv, capsys)  # again: reused, not copied or trained
+    assert code == 0 and "using the shipped" not in stdout and "training PGD-AT" not in stdout
+    assert "no training (an existing model)" in stdout
+    bad = tmp_path / "assets"
+    bad.mkdir()
+    for name in demo.SHIPPED_FILES:
+        (bad / name).write_bytes((demo.SHIPPED / name).read_bytes())
+    (bad / "model.safetensors").write_bytes(b"not the model")
+    monkeypatch.setattr(demo, "SHIPPED", bad)
+    code, _, err = run(["demo", "--out", tmp_path / "demo2", "--limit", "20", "--no-progress"], capsys)
+    assert code == 1 and "SHA-256" in err and err.count("\n") == 1

@@ -496,7 +496,8 @@ def cmd_demo(args) -> int:
                     progress=not args.no_progress)
     print_result(demo.result, demo.eval_dir)
     print(f"\nmodel: {demo.checkpoint} (+ model.json, train_log.csv)")
-    print(f"time: training {demo.train_seconds:.0f}s, evaluation {demo.result.meta['seconds']:.0f}s")
+    trained = f"training {demo.train_seconds:.0f}s" if demo.trained else "no training (an existing model)"
+    print(f"time: {trained}, evaluation {demo.result.meta['seconds']:.0f}s")
     return 0
 
 
