@@ -355,3 +355,19 @@ def test_demo_uses_the_shipped_model_on_every_machine(synthetic_env, tmp_path, c
     monkeypatch.setattr(demo, "SHIPPED", bad)
     code, _, err = run(["demo", "--out", tmp_path / "demo2", "--limit", "20", "--no-progress"], capsys)
     assert code == 1 and "SHA-256" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("native", ["bf16", "fp32"])
+def test_training_precision_follows_the_hardware_and_is_printed(native, synthetic_env, tmp_path, capsys, monkeypatch):
+    """Issue #35, item 9: without --precision, training uses bf16 only where it is native (emulated bf16 is
+    about 5x slower on CPUs without it), says which, and saves the concrete choice."""
+    import classrobust.runtime as runtime
+    from conftest import TRAIN
+
+    monkeypatch.setattr(runtime, "default_precision", lambda device: native)
+    code, stdout, err = run([*TRAIN, "--out", tmp_path / "run"], capsys)
+    assert code == 0, err
+    assert f"precision: {native} (auto:" in stdout
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["config"]["precision"] == native
+    code, stdout, err = run([*TRAIN, "--out", tmp_path / "run2", "--precision", "bf16"], capsys)
+    assert code == 0 and "precision: bf16\n" in stdout

@@ -10,6 +10,9 @@ from classrobust.options import check_choice, option
 from classrobust.runtime import PRECISIONS
 from classrobust.training.schedules import SCHEDULES
 
+#: ``precision="auto"``: resolved by :func:`~classrobust.training.train` on the machine it runs on
+AUTO = "auto"
+
 
 #: which epoch's weights a run keeps: the last, the best average or the best worst-class
 #: validation robust accuracy
@@ -65,7 +68,9 @@ class TrainConfig:
     drop_classes: tuple[str, ...] = option((), "leave these classes out of training and validation "
                                                "(the model keeps all outputs)", metavar="NAME[,NAME]")
     seed: int = option(0, "seed of weight init, data order, splits and inner attacks")
-    precision: str = option("bf16", "autocast precision of training (bf16 or fp32)", choices=PRECISIONS)
+    precision: str = option("auto", "autocast precision of training: bf16, fp32, or auto (bf16 where the hardware "
+                                    "runs it natively, else fp32; the choice is printed and saved)",
+                            choices=(AUTO, *PRECISIONS))
     compile: bool = option(False, "torch.compile the model (first steps are slow)")
     allow_tf32: bool = option(False, "allow TF32 in CUDA matmuls and convolutions of fp32 training "
                                      "(off: fp32 means fp32)")

@@ -498,7 +498,9 @@ def _build_runs(datasets, methods, train, seeds) -> list[RunSpec]:
                     runs.append(RunSpec(f"{_slug(d_alias)}/{m_alias}/seed{seed}", d_alias, m_alias, seed, base.config,
                                         calibrate=dict(m_entry["calibrate"]), base_key=base.key))
                     continue
-                settings = {**train, **(d_entry.get("train") or {}),
+                # an experiment's runs train in bf16 unless the file says otherwise (not the machine-dependent
+                # "auto"): a grid continued on another machine must match the runs it already has
+                settings = {"precision": "bf16", **train, **(d_entry.get("train") or {}),
                             **{k: v for k, v in m_entry.items() if k != "method"}}
                 for key in ("eps", "alpha"):
                     if key in d_entry and key not in settings:
