@@ -371,3 +371,66 @@ def test_training_precision_follows_the_hardware_and_is_printed(native, syntheti
     assert json.loads((tmp_path / "run" / "model.json").read_text())["config"]["precision"] == native
     code, stdout, err = run([*TRAIN, "--out", tmp_path / "run2", "--precision", "bf16"], capsys)
     assert code == 0 and "precision: bf16\n" in stdout
+
+
+def test_config_mistakes_are_named_in_one_line_not_python_internals(tmp_path, capsys):
+    """Issue #35, item 15: wrong types and unknown names in the Python API and in experiment files."""
+    from classrobust.errors import UsageError
+    from classrobust.training import TrainConfig
+    from classrobust.workflows.evaluate import EvalConfig
+    from classrobust.workflows.spec import load_spec
+
+    with pytest.raises(UsageError, match="epochs must be an integer, got '3'"):
+        TrainConfig(epochs="3")
+    with pytest.raises(UsageError, match="did you mean 'pgd-at'"):
+        TrainConfig(method="pgdat")  # refused when made, not when training starts
+    assert TrainConfig(eps="8/255").eps == pytest.approx(8 / 255) and EvalConfig(eps="8/255").eps == pytest.approx(8 / 255)
+    path = tmp_path / "exp.yaml"
+    path.write_text("seeds: [0]\ntrain: {epochs: 1}\ndatasets:\n  fashion-mnist: {eps: 8/255}\nmethods: [pgd-at]\n"
+                    "eval: {attacks: fgsm}\n")
+    assert load_spec(path).runs[0].config.eps == pytest.approx(8 / 255)  # as on the command line
+    code, stdout, err = run(["experiment", path, "--check"], capsys)
+    assert code == 0, err
+    assert "valid; 1 run ->" in stdout and "pgd-at 1 epoch, eps 8/255" in stdout
+
+
+def test_eval_limit_below_the_number_of_classes_is_refused(trained_run, capsys):
+    """Issue #35, item 14: --limit 5 with 10 classes would evaluate 5 classes and name a worst among them."""
+    code, _, err = run(["eval", "--checkpoint", trained_run, "--attacks", "fgsm", "--limit", "5"], capsys)
+    assert code == 2 and "below the 10 classes" in err and err.count("\n") == 1
+
+
+def test_a_refused_resume_names_the_flag_that_starts_over(synthetic_env, tmp_path, capsys, monkeypatch):
+    """Issue #35, item 13: the resume refusal pointed to "without --resume", which is refused too."""
+    import classrobust.training.loop as loop
+    from conftest import TRAIN
+
+    out = tmp_path / "run"
+    real = loop._train_epoch
+
+    def killed(run_, epoch, *args, **kwargs):  # the first epoch completes and is staged, then a kill
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real(run_, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "_train_epoch", killed)
+    code, _, err = run([*TRAIN, "--epochs", "2", "--out", out], capsys)
+    assert code == 130
+    code, _, err = run([*TRAIN, "--epochs", "2", "--out", out, "--resume", "--lr", "0.05"], capsys)
+    assert code == 2 and "--overwrite instead of --resume" in err
+
+
+def test_compare_explains_an_undefined_rank_correlation(tmp_path, capsys):
+    """Issue #35, item 14: a constant per-class accuracy makes Spearman undefined; said, not 'nan'."""
+    import numpy as np
+
+    from classrobust.results import AttackResult, ClasswiseResult
+
+    labels = np.repeat(np.arange(3), 4)
+    for name, preds in (("a", labels.copy()), ("b", np.where(np.arange(12) % 4 < np.repeat([1, 2, 3], 4), labels,
+                                                               (labels + 1) % 3))):
+        attacks = {n: AttackResult(n, labels, p, 3, {"attack": n}) for n, p in (("clean", labels), ("pgd", preds))}
+        ClasswiseResult(["x", "y", "z"], np.arange(12), labels, attacks, {"dataset": "toy"}).save(tmp_path / name)
+    code, stdout, err = run(["compare", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "cmp"], capsys)
+    assert code == 0, err
+    assert "nan" not in stdout.split("rank consistency")[1] and "undefined" in stdout

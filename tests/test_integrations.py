@@ -184,8 +184,9 @@ def test_train_tensorboard_logs_what_the_training_log_records(synthetic_env, tmp
     assert code == 0, err
     acc, scalars = _scalars(board)
     log = pd.read_csv(out / "train_log.csv")
+    assert all(tag.count("/") == 1 for tag in scalars), sorted(scalars)  # "T-shirt/top" is one component
     for _, row in log.iterrows():  # every class, every epoch, the same numbers as train_log.csv
-        name, epoch = row.class_name, int(row.epoch)
+        name, epoch = row.class_name.replace("/", "-"), int(row.epoch)
         assert dict(scalars[f"val_pgd/{name}"])[epoch] == pytest.approx(row.val_pgd_accuracy)
         assert dict(scalars[f"val_clean/{name}"])[epoch] == pytest.approx(row.val_clean_accuracy)
         if row.class_index >= 0:
@@ -217,3 +218,13 @@ def test_the_documented_examples_run(block, tmp_path, monkeypatch):
     assert len(blocks) == 2
     monkeypatch.chdir(tmp_path)  # Lightning may write beside the working folder
     exec(compile(blocks[block], f"docs/integrations.md[{block}]", "exec"), {"__name__": "__doc_example__"})
+
+
+def test_a_misspelt_timm_architecture_suggests_the_right_one():
+    """Issue #35, item 15: timm:resnet10tt named no close match (resnet10t shares only a prefix of 6)."""
+    pytest.importorskip("timm")
+    from classrobust.errors import UsageError
+    from classrobust.models.timm_models import check_timm_name
+
+    with pytest.raises(UsageError, match="close: resnet10t"):
+        check_timm_name("timm:resnet10tt")

@@ -73,3 +73,36 @@ def check_choice(cls, name: str, value: Any) -> None:
     choices = f.metadata.get("choices")
     if choices and value not in choices:
         raise UsageError(f"{name.replace('_', ' ')} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def coerce_fields(obj) -> None:
+    """Check (and where the command line would parse it, convert) every scalar field of a config
+    dataclass instance: a number written as text in a file (``eps: 8/255``) becomes a float as on the
+    command line, and a value of the wrong type is a one-line error naming the field, never a
+    Python comparison error later. Frozen dataclasses are updated in place."""
+    for f in dataclasses.fields(obj):
+        try:
+            kind = kind_of(f)
+        except TypeError:  # nested mappings and the like: checked where they are used
+            continue
+        value, name = getattr(obj, f.name), f.name.replace("_", " ")
+        if value is None or kind in ("list", "floats"):
+            continue
+        if kind == "float":
+            if isinstance(value, str):
+                value = parse_number(value, name)
+            elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UsageError(f"{name} must be a number, got {value!r}")
+            value = float(value)
+        elif kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+            raise UsageError(f"{name} must be an integer, got {value!r}")
+        elif kind == "bool" and not isinstance(value, bool):
+            raise UsageError(f"{name} must be true or false, got {value!r}")
+        elif kind == "str" and not isinstance(value, str):
+            raise UsageError(f"{name} must be text, got {value!r}")
+        object.__setattr__(obj, f.name, value)
+
+
+def plural(n: int, word: str) -> str:
+    """``1 run``, ``2 runs``: a count with its noun."""
+    return f"{n} {word}{'' if n == 1 else 's'}"

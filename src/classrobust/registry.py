@@ -50,8 +50,12 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
+            import difflib
+
+            close = difflib.get_close_matches(str(name), self.names(), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise UsageError(
-                f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}"
+                f"unknown {self.kind} {name!r}{hint}; choose one of: {', '.join(self.names())}"
             ) from None
 
     def names(self) -> list[str]:

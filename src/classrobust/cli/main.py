@@ -358,7 +358,8 @@ def cmd_compare(args) -> int:
     print(f"\n* significant at {args.alpha} (exact McNemar, Holm-adjusted over classes)")
     consistency = pd.read_csv(out / "consistency.csv")
     print("rank consistency of per-class accuracy between A and B: " + ", ".join(
-        f"{r.attack} Spearman {r.spearman:.2f} / Kendall {r.kendall:.2f}" for r in consistency.itertuples()))
+        f"{r.attack} Spearman {r.spearman:.2f} / Kendall {r.kendall:.2f}" if r.spearman == r.spearman else
+        f"{r.attack} undefined (every class has the same accuracy in A or in B)" for r in consistency.itertuples()))
     print(f"comparison: {out}/ (compare.csv, compare.md, compare.html)")
     return 0
 

@@ -29,7 +29,7 @@ from classrobust.attacks.pgd import PGD
 from classrobust.defenses.adjust import ClassLogitAdjust
 from classrobust.errors import UsageError
 from classrobust.evaluate.sharded import evaluate_dataset
-from classrobust.options import check_choice, option
+from classrobust.options import check_choice, coerce_fields, option
 from classrobust.runtime import PRECISIONS
 
 ATTACK = "pgd"
@@ -66,6 +66,7 @@ class CalibrateConfig:
     seed: int = option(0, "attack seed")
 
     def __post_init__(self):
+        coerce_fields(self)
         if not 0 <= self.max_avg_drop < 100:
             raise UsageError(f"max average drop must be in [0, 100) points, got {self.max_avg_drop}")
         check_choice(CalibrateConfig, "fit", self.fit)

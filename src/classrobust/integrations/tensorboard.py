@@ -35,18 +35,24 @@ def check_tensorboard(log_dir: str | Path) -> None:
     _writer_class()
 
 
+
+def tag_name(class_name: str) -> str:
+    """A class name as one TensorBoard tag component ("T-shirt/top" -> "T-shirt-top")."""
+    return str(class_name).replace("/", "-")
+
 class TensorBoardLog:
     """Writes one run's curves under ``log_dir`` (new event files only; nothing is replaced).
     ``first_epoch`` > 1 (a resumed run) drops events a killed run logged from that epoch on."""
 
-    def __init__(self, log_dir: str | Path, *, first_epoch: int = 1):
+    def __init__(self, log_dir: str | Path, *, first_epoch: int = 1):  # noqa: D107
         writer = _writer_class()
         self.writer = writer(log_dir=str(log_dir), purge_step=first_epoch if first_epoch > 1 else None)
 
     def epoch(self, rows: list[dict[str, Any]]) -> None:
         """One epoch's log rows (one per class, then the ``all`` row)."""
         for row in rows:
-            step, name = int(row["epoch"]), str(row["class_name"])
+            # "/" groups TensorBoard tags: "T-shirt/top" would split into a group of its own
+            step, name = int(row["epoch"]), tag_name(row["class_name"])
             if row["n"] == 0:
                 continue
             self.writer.add_scalar(f"val_clean/{name}", row["val_clean_accuracy"], step)

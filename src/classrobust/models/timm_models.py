@@ -30,7 +30,10 @@ def check_timm_name(name: str) -> str:
     arch = name[len(PREFIX):]
     timm = _timm()
     if not arch or not timm.is_model(arch):
-        close = timm.list_models(f"*{arch[:6]}*")[:5] if arch else []
+        import difflib
+
+        # the closest names by spelling (resnet10tt -> resnet10t), not only those sharing a prefix
+        close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.75) if arch else []
         raise UsageError(f"timm has no architecture {arch!r}" + (f" (close: {', '.join(close)})" if close else "")
                          + "; see timm.list_models()")
     return arch

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from classrobust.errors import UsageError
-from classrobust.options import check_choice, option
+from classrobust.options import check_choice, coerce_fields, option
 from classrobust.runtime import PRECISIONS
 from classrobust.training.schedules import SCHEDULES
 
@@ -81,6 +81,7 @@ class TrainConfig:
                              "and so the weights, are the same for every value")
 
     def __post_init__(self):
+        coerce_fields(self)
         checks = [
             (self.eps is None or self.eps >= 0, f"eps must be >= 0, got {self.eps}"),
             (self.alpha is None or self.alpha > 0, f"alpha must be > 0, got {self.alpha}"),
@@ -107,6 +108,9 @@ class TrainConfig:
                              "guaranteed deterministic)")
         for name in ("schedule", "select", "precision"):
             check_choice(TrainConfig, name, getattr(self, name))
+        from classrobust.training.methods import METHODS
+
+        METHODS.get(self.method)  # an unknown method now, with the registry's suggestion, not at training
         if self.classwise:
             from classrobust.defenses.levers import check_levers
             from classrobust.training.methods import METHODS

@@ -95,7 +95,8 @@ def _load_state(path: Path, config: TrainConfig) -> dict[str, Any]:
     differing = config.differences(state["config"])
     if differing:
         raise UsageError(f"cannot resume {path.parent}: the config differs in {', '.join(differing)} "
-                         "(rerun with the same options, or without --resume to start over)")
+                         "(rerun with the same options to continue, or with --overwrite instead of --resume to discard it and start "
+                         "over)")
     return state
 
 

@@ -9,6 +9,7 @@ from typing import Callable
 
 from classrobust.errors import CheckpointError
 from classrobust.io import check_output_dir
+from classrobust.options import plural
 from classrobust.results import ClasswiseResult
 from classrobust.runtime import default_precision, resolve_device
 from classrobust.training import TrainConfig, train
@@ -93,7 +94,7 @@ def run_demo(out: str | Path = "runs/demo", *, retrain: bool = False, epochs: in
             else f"{checkpoint} was trained with other settings; training again")
     t0 = time.perf_counter()
     if not reuse:
-        log(f"training PGD-AT smallcnn on Fashion-MNIST, eps 0.1, {config.epochs} epochs "
+        log(f"training PGD-AT smallcnn on Fashion-MNIST, eps 0.1, {plural(config.epochs, 'epoch')} "
             f"({config.precision}, {config.device})")
         train(config, out, data_dir=data_dir, progress=progress, log=log, overwrite=True)  # the demo's own folder
     train_seconds = time.perf_counter() - t0

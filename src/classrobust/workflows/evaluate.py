@@ -14,7 +14,7 @@ import torch
 from classrobust.attacks import MODES, build_attacks, parse_attack_specs
 from classrobust.errors import CheckpointError, UsageError
 from classrobust.io import check_own_directory
-from classrobust.options import check_choice, option
+from classrobust.options import check_choice, coerce_fields, option
 from classrobust.results import SUMMARY, ClasswiseResult
 from classrobust.attacks.specs import GLOBAL_OPTIONS
 from classrobust.runtime import PRECISIONS, barrier, is_main, set_tf32, setup_device
@@ -57,6 +57,7 @@ class EvalConfig:
                              "are the same for every value")
 
     def __post_init__(self):
+        coerce_fields(self)
         for name in ("batch_size", "sanity_queries"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name.replace('_', ' ')} must be >= 1, got {getattr(self, name)}")
@@ -176,6 +177,9 @@ def _test_set(meta: dict[str, Any], config: EvalConfig, data_dir, download: bool
     if list(images.classes) != list(meta["classes"]):
         raise CheckpointError(f"{checkpoint} was trained on classes {meta['classes']}, "
                               f"but dataset {meta['dataset']!r} has {images.classes}")
+    if config.limit is not None and config.limit < len(images.classes):
+        raise UsageError(f"--limit {config.limit} is below the {len(images.classes)} classes: a class-wise "
+                         f"evaluation needs at least one image of every class (--limit {len(images.classes)} or more)")
     return stratified_subset(images, config.limit, seed=config.subset_seed) if config.limit is not None else images
 
 

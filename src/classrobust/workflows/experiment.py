@@ -30,7 +30,8 @@ from classrobust.defenses.calibrate import CalibrateConfig
 from classrobust.errors import CheckpointError, NonFiniteError, TrainingDivergedError, UsageError
 from classrobust.io import atomic_write_json, check_output_dir, check_own_directory
 from classrobust.report.experiment import INDEX
-from classrobust.results import CLEAN, ClasswiseResult
+from classrobust.options import plural
+from classrobust.results import CLEAN, ClasswiseResult, format_eps
 from classrobust.runtime import barrier, is_main, resolve_device
 from classrobust.workflows.calibrate import calibrate_checkpoint
 from classrobust.workflows.evaluate import evaluate_checkpoint
@@ -276,7 +277,7 @@ def run_experiment(spec: ExperimentSpec | str | Path, *, device: str | None = No
         check_tensorboard(tensorboard)
     spec.out.mkdir(parents=True, exist_ok=True)
     runs = list(spec.runs)
-    log(f"experiment {spec.name}: {len(runs)} runs"
+    log(f"experiment {spec.name}: {plural(len(runs), 'run')}"
         + (" + the remove-the-confused-class ablation" if spec.ablation else "") + f" -> {spec.out}")
     # seed by seed, so that an interrupted experiment leaves whole seeds (every method) behind
     states = {}
@@ -463,7 +464,7 @@ def export_experiment(out_dir: str | Path, dest: str | Path) -> Path:
 
 def check_experiment(spec: ExperimentSpec) -> list[str]:
     """A plan of what running ``spec`` would do, per run (no data read)."""
-    lines = [f"{spec.source}: valid; {len(spec.runs)} runs -> {spec.out}",
+    lines = [f"{spec.source}: valid; {plural(len(spec.runs), 'run')} -> {spec.out}",
              f"attacks: {spec.eval['attacks']} (limit {spec.eval['limit'] or 'all'} "
              f"{'validation' if spec.eval.get('split') == 'val' else 'test'} images)"]
     for run in spec.runs:
@@ -478,8 +479,8 @@ def check_experiment(spec: ExperimentSpec) -> list[str]:
         except UsageError as exc:
             state = f"conflict: {exc}"
         what = (f"calibrate {run.base_key} ({run.calibrate or 'defaults'})" if run.calibrate is not None else
-                f"{c.model} {c.method}{' ' + c.classwise if c.classwise else ''} {c.epochs} epochs")
-        lines.append(f"  {run.key}: {what}, eps {'the dataset default' if eps is None else f'{eps:.4g}'} [{state}]")
+                f"{c.model} {c.method}{' ' + c.classwise if c.classwise else ''} {plural(c.epochs, 'epoch')}")
+        lines.append(f"  {run.key}: {what}, eps {'the dataset default' if eps is None else format_eps(eps)} [{state}]")
     if len(spec.methods) > 1:
         groups: dict[str, list[str]] = {}
         for method, baseline in spec.baselines.items():

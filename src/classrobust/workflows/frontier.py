@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 from classrobust.defenses.frontier import ALLOWANCES
 from classrobust.errors import UsageError
-from classrobust.options import option
+from classrobust.options import coerce_fields, option
 from classrobust.runtime import PRECISIONS
 
 FORMAT = "classrobust-frontier/1"
@@ -41,6 +41,7 @@ class FrontierConfig:
     fit_targets: int = option(9, "targets of the fit's attack (the classes ranked highest after the top one)")
 
     def __post_init__(self):
+        coerce_fields(self)
         if not self.allowances or any(not 0 <= a < 100 for a in self.allowances):
             raise UsageError(f"allowances must be points in [0, 100), got {self.allowances}")
         for name in ("batch_size", "val_size", "fit_steps", "fit_targets"):
