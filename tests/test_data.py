@@ -56,7 +56,7 @@ def test_missing_data_message(name, package, tmp_path, monkeypatch):
 
 
 def test_unknown_dataset_and_split():
-    with pytest.raises(UsageError, match="unknown dataset 'cifar'; choose one of: fashion-mnist, mnist"):
+    with pytest.raises(UsageError, match=r"unknown dataset 'cifar' \(did you mean 'cifar10'\?\); choose one of: fashion-mnist, mnist"):
         get_dataset("cifar", "test")
     with pytest.raises(UsageError, match="has no split 'val'"):
         get_dataset("fashion-mnist", "val")
