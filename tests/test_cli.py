@@ -434,3 +434,30 @@ def test_compare_explains_an_undefined_rank_correlation(tmp_path, capsys):
     code, stdout, err = run(["compare", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "cmp"], capsys)
     assert code == 0, err
     assert "nan" not in stdout.split("rank consistency")[1] and "undefined" in stdout
+
+
+def test_two_evaluations_into_one_folder_at_once_are_refused(trained_run, capsys):
+    """Issue #35, item 13: an evaluation whose folder another one is writing is refused by name."""
+    import os
+    import socket
+
+    (trained_run / ".eval.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                                        "since": "now"}))
+    code, _, err = run(["eval", "--checkpoint", trained_run, "--attacks", "fgsm", "--limit", "20"], capsys)
+    assert code == 2 and f"being run by pid {os.getpid()}" in err and not (trained_run / "eval").exists()
+
+
+def test_data_messages_name_what_is_wrong(synthetic_env, tmp_path):
+    """Issue #35, item 15: no Debian package ships MNIST, so none is suggested; a folder dataset whose
+    splits disagree names the classes."""
+    from classrobust.data import get_dataset
+    from classrobust.errors import DataNotFoundError
+    from test_data import write_image_tree
+
+    with pytest.raises(DataNotFoundError) as missing:
+        get_dataset("mnist", "test")
+    assert "apt-get" not in str(missing.value) and "--download" in str(missing.value)
+    write_image_tree(tmp_path / "pets" / "train", ["cat", "dog"], 2, size=(8, 8))
+    write_image_tree(tmp_path / "pets" / "test", ["cat", "fox"], 2, size=(8, 8))
+    with pytest.raises(DataNotFoundError, match="only in train: dog; only in test: fox"):
+        get_dataset(f"folder:{tmp_path / 'pets'}", "test")

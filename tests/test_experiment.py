@@ -179,6 +179,7 @@ def test_changed_settings_never_overwrite_results(synthetic_env, tmp_path, capsy
     code, _, err = run(["experiment", write(tmp_path, one_run.replace("steps=3", "steps=4"), "c.yaml"),
                         "--out", out, "--no-progress"], capsys)
     assert code == 2 and "evaluated with other settings" in err
+    assert "steps=3" in err and "-> " in err and "steps=4" in err  # which setting changed (issue #35, item 13)
     assert (out / "runs/fashion-mnist/pgd-at/seed0/model.safetensors").read_bytes() == weights
 
 

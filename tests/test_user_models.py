@@ -78,6 +78,7 @@ def test_pickle_with_code_is_refused(user_module, synthetic_env, tmp_path, capsy
                      tmp_path / "e", capsys)
     assert code == 1 and "refused" in io.err and "pickled code" in io.err
     assert "this must never run" not in io.out + io.err and "Traceback" not in io.err
+    assert "\x1b" not in io.err  # torch's colour codes stripped (issue #35, item 15)
     assert not (tmp_path / "e").exists()
 
 

@@ -151,7 +151,12 @@ def folder_info(name: str) -> DatasetInfo:
     if "train" in splits:
         train_classes = scan_tree(splits["train"])[0]
         if train_classes != classes:
-            raise DataNotFoundError(f"{splits['train']} and {splits['test']} have different class directories")
+            only_train = sorted(set(train_classes) - set(classes))
+            only_test = sorted(set(classes) - set(train_classes))
+            raise DataNotFoundError(f"{splits['train']} and {splits['test']} have different class directories"
+                                    + (f"; only in train: {', '.join(only_train)}" if only_train else "")
+                                    + (f"; only in test: {', '.join(only_test)}" if only_test else "")
+                                    + ("" if only_train or only_test else " (the same names in another order)"))
     grey = True
     for f in files[:: max(1, len(files) // 16)][:16]:  # a sample decides the channels
         with Image.open(f) as img:

@@ -36,7 +36,8 @@ _FILES = {
 SYSTEM_DIRS = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist"),
                "mnist": Path("/usr/share/datasets/mnist")}
 _TORCHVISION_DIRS = {"fashion-mnist": "FashionMNIST", "mnist": "MNIST"}
-_APT_PACKAGES = {"fashion-mnist": "dataset-fashion-mnist", "mnist": "mnist"}
+#: Debian packages that ship the files (Debian has none for MNIST itself)
+_APT_PACKAGES = {"fashion-mnist": "dataset-fashion-mnist"}
 
 
 def _find(directory: Path, stem: str) -> Path | None:
@@ -64,8 +65,9 @@ def load_mnist_like(info: DatasetInfo, split: str, root: Path, download: bool) -
             dirs = ", ".join(str(d) for d in candidate_dirs(info.name, root))
             raise DataNotFoundError(
                 f"{info.name} {split} files ({images_stem}[.gz]) not found in {dirs}; "
-                f"install them with `apt-get install {_APT_PACKAGES[info.name]}` (Debian/Ubuntu) "
-                f"or pass --download to fetch them with torchvision")
+                + (f"install them with `apt-get install {_APT_PACKAGES[info.name]}` (Debian/Ubuntu) or "
+                   if info.name in _APT_PACKAGES else "")
+                + "pass --download to fetch them with torchvision")
         images, labels = _download(info.name, root, images_stem, labels_stem)
     x = read_idx(images)
     y = read_idx(labels)

@@ -82,7 +82,10 @@ def read_state(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0]
+        import re
+
+        # torch's message carries terminal colour codes (ESC[1m ...): not for a log file
+        first = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()[0]
         raise CheckpointError(f"refused {path}: it is not a plain state dict, and weights_only loading "
                               f"does not run pickled code ({first})") from None
     except Exception as exc:  # truncated / foreign files raise many types

@@ -3,6 +3,7 @@ write the report: the workflow behind ``classrobust eval``."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -200,8 +201,6 @@ def evaluate_checkpoint(checkpoint: str | Path | None = None, out: str | Path | 
             that an earlier evaluation of the same checkpoint is never lost silently).
     Returns ``(result, out)``. Under torchrun every process evaluates its shard; rank 0 writes.
     """
-    from classrobust.evaluate.sharded import evaluate_dataset
-
     config = replace(config or EvalConfig(), **settings)
     checkpoint = resolve_checkpoint(checkpoint) if checkpoint is not None else None
     # checked before any work: an unwritable or foreign folder fails now, not after the attacks
@@ -233,6 +232,16 @@ def evaluate_checkpoint(checkpoint: str | Path | None = None, out: str | Path | 
                 "eps_l2": test.threat_model.eps_l2, "torch_version": torch.__version__, "mode": config.mode,
                 **tf32, **({"superclasses": groups} if groups else {}), **(extra_meta or {})}
     _check_replaces(out, run_meta, config, overwrite)
+    from classrobust.workflows.launch import run_lock
+
+    # two evaluations into one folder at once: the second is refused by name, not both "successful"
+    with run_lock(out, str(out)) if is_main() else contextlib.nullcontext():
+        return _evaluate_into(out, net, test, attacks, config, globals_, dev, run_meta, progress)
+
+
+def _evaluate_into(out, net, test, attacks, config, globals_, dev, run_meta, progress):
+    from classrobust.evaluate.sharded import evaluate_dataset
+
     t0 = time.perf_counter()
     # finished batches wait beside ``out`` until the result is saved: a killed evaluation continues
     resume_dir = out.parent / f".{out.name}.resume"

@@ -98,8 +98,12 @@ def run_state(spec: ExperimentSpec, run: RunSpec) -> str:
                                  "to retrain")
             return "evaluate"
         saved_eval = json.loads(summary.read_text()).get("meta", {}).get("experiment_eval")
-        if saved_eval != eval_settings(spec):
-            raise UsageError(f"{directory / 'eval'} was evaluated with other settings; move it away or give the "
+        wanted = eval_settings(spec)
+        if saved_eval != wanted:
+            saved_eval = saved_eval or {}
+            differ = ", ".join(f"{k} {saved_eval.get(k)!r} -> {wanted.get(k)!r}" for k in sorted(set(saved_eval) | set(wanted))
+                               if saved_eval.get(k) != wanted.get(k))
+            raise UsageError(f"{directory / 'eval'} was evaluated with other settings ({differ}); move it away or give the "
                              "experiment another out directory")
         return "done"
     if diverged_record(spec, run) is not None:
