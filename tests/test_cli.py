@@ -80,6 +80,18 @@ def test_help_names_each_default_once(command, capsys):
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert exc.value.code == 0
     assert not re.search(r"\(default: [^)]*\) \(default:", out)
+    options = out.split("options:")[1].split(" --")[1:]  # one piece per option (issue #35: --alpha had two)
+    assert all(piece.count("(default") <= 1 for piece in options), [p for p in options if p.count("(default") > 1]
+
+
+def test_demo_help_shows_its_defaults(capsys):
+    """Issue #35, item 15: every demo option that takes a value says its default."""
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    pieces = {piece.split()[0]: piece for piece in out.split("options:")[1].split(" --")[1:]}
+    for flag in ("out", "epochs", "train-subset", "limit", "seed"):
+        assert "(default" in pieces[flag], flag
 
 
 @pytest.mark.parametrize("argv, code, message", [

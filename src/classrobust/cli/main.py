@@ -179,12 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
         q.set_defaults(func=cmd_protocol)
 
     p = sub.add_parser("demo", help="train (or reuse) a PGD-AT smallcnn on Fashion-MNIST and evaluate it")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--retrain", action="store_true", help="train even if a matching model exists")
-    p.add_argument("--epochs", type=positive_int, default=None)
-    p.add_argument("--train-subset", type=positive_int, default=None)
-    p.add_argument("--limit", type=positive_int, default=2000, help="test images to evaluate")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="the demo's folder (default: runs/demo)")
+    p.add_argument("--retrain", action="store_true",
+                   help="train on this machine instead of using the shipped model (or one trained before)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="training epochs (default: 6; any other "
+                                                                     "value trains)")
+    p.add_argument("--train-subset", type=positive_int, default=None,
+                   help="train on a class-stratified subset of N images (default: all 60,000 minus validation)")
+    p.add_argument("--limit", type=positive_int, default=2000, help="test images to evaluate (default: 2000)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (default: 0; another trains)")
     add_data_options(p)
     p.set_defaults(func=cmd_demo)
     return parser

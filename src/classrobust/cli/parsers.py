@@ -66,7 +66,7 @@ def add_config_options(parser: argparse.ArgumentParser, cls, *, skip: Iterable[s
             continue
         parser.add_argument(flag, dest=f.name, type=PARSE[kind], default=default,
                             choices=f.metadata.get("choices"), metavar=f.metadata.get("metavar"),
-                            help=help_ if "(default:" in help_ else f"{help_} (default: {_show(default)})")
+                            help=help_ if "(default" in help_ else f"{help_} (default: {_show(default)})")
 
 
 def config_from_args(cls, args: argparse.Namespace, **fixed: Any):

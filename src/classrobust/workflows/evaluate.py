@@ -35,7 +35,7 @@ class EvalConfig:
                                      "dataset's)")
     steps: int | None = option(None, "steps of every iterative attack that takes them")
     alpha: float | None = option(None, "step size of every iterative attack that takes one "
-                                       "(default 2.5 * eps / steps)")
+                                       "(default: 2.5 * eps / steps)")
     precision: str = option(GLOBAL_OPTIONS["precision"], "attack arithmetic (predictions are always judged in fp32)",
                             choices=PRECISIONS)
     mode: str = option(GLOBAL_OPTIONS["mode"], "best: stop attacking a sample at its first fooling iterate (evaluation mode); "
