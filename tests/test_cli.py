@@ -473,3 +473,14 @@ def test_data_messages_name_what_is_wrong(synthetic_env, tmp_path):
     write_image_tree(tmp_path / "pets" / "test", ["cat", "fox"], 2, size=(8, 8))
     with pytest.raises(DataNotFoundError, match="only in train: dog; only in test: fox"):
         get_dataset(f"folder:{tmp_path / 'pets'}", "test")
+
+
+def test_eval_sanity_says_what_it_checked(trained_run, capsys):
+    """Issue #35, item 13: --sanity printed nothing about its checks unless one failed."""
+    code, stdout, err = run(["eval", "--checkpoint", trained_run, "--attacks", "pgd:steps=2", "--limit", "20",
+                             "--sanity", "--sanity-queries", "20", "--no-progress", "--no-report"], capsys)
+    assert code == 0, err
+    summary = json.loads((trained_run / "eval" / "summary.json").read_text())["sanity"]["checks"]
+    assert f"sanity checks: {sum(c['passed'] for c in summary)} of {len(summary)} passed" in stdout
+    for c in summary:
+        assert c["check"] in stdout

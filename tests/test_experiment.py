@@ -286,9 +286,10 @@ def test_shipped_experiment_files_validate_without_data(path, tmp_path, monkeypa
     monkeypatch.setenv("CLASSROBUST_DATA_DIR", str(tmp_path / "no-data"))
     monkeypatch.setenv("CLASSROBUST_SYSTEM_DATA", str(tmp_path / "no-system-data"))
     code, out, err = run(["experiment", path, "--check", "--out", tmp_path / "out"], capsys)
-    assert code == 0, err
     spec = load_spec(path)
-    assert f"{len(spec.runs)} runs" in out and len(spec.runs) >= 1
+    # the file is valid and its plan shown; without the data it is not ready to run, and says so (#35, item 13)
+    assert code == 1 and out.count("data missing: ") == len(spec.datasets), err
+    assert f"valid; {len(spec.runs)} run" in out and len(spec.runs) >= 1
     if len(spec.methods) > 1:  # the plan says what is compared against what
         first = next(iter(spec.methods))
         assert f"against {first}" in out and all(m in out.split("compared: ")[1] for m in list(spec.methods)[1:])
@@ -509,3 +510,9 @@ def test_a_grid_whose_every_run_diverged_says_so_in_one_line(synthetic_env, tmp_
     assert code == 1 and err.count("\n") == 1 and "every run of" in err and "diverged" in err, err
     assert (tmp_path / "exp/runs/fashion-mnist/pgd-at/seed0/diverged.json").is_file()
     assert not (tmp_path / "exp/experiment.json").exists()
+
+
+def test_check_passes_when_the_data_is_there(synthetic_env, tmp_path, capsys):
+    code, out, err = run(["experiment", write(tmp_path, TWO_SEEDS + 'eval: {attacks: "pgd:steps=3"}\n'), "--check"],
+                         capsys)
+    assert code == 0 and "data missing" not in out, out + err

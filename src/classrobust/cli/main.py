@@ -329,6 +329,11 @@ def print_result(result, out: Path) -> None:
             print(f"  {describe_attack(res.config)}")
     print()
     print(format_classwise_table(result))
+    if result.sanity:  # what each check did, passed or not (a warning line below says why one failed)
+        checks = result.sanity["checks"]
+        print(f"\nsanity checks: {sum(c['passed'] for c in checks)} of {len(checks)} passed")
+        for c in checks:
+            print(f"  {'passed' if c['passed'] else 'FAILED'}: {c['check']}: {c['detail']}")
     for line in format_warnings(result):
         print(line)
     print(f"\nresults: {out}/ (per_class.csv, confusion_<attack>.csv, samples.csv.gz, summary.json)")
@@ -411,8 +416,13 @@ def cmd_experiment(args) -> int:
 
     spec = load_spec(args.file, out=args.out)
     if args.check:
+        from classrobust.workflows.experiment import missing_data
+
         print("\n".join(check_experiment(spec)))
-        return 0
+        missing = missing_data(spec, args.data_dir)
+        for line in missing:
+            print(f"data missing: {line}")
+        return 1 if missing else 0
     if args.report_only:
         from classrobust.report.experiment import build_experiment_report
 

@@ -466,6 +466,21 @@ def export_experiment(out_dir: str | Path, dest: str | Path) -> Path:
     return build_experiment_report(dest)
 
 
+def missing_data(spec: ExperimentSpec, data_dir=None) -> list[str]:
+    """For each dataset of ``spec`` whose files are not where a run would read them, why (a one-line
+    message): a grid is not ready to run until this is empty."""
+    from classrobust.data import get_dataset
+    from classrobust.errors import ClassrobustError
+
+    missing = []
+    for alias, entry in spec.datasets.items():
+        try:
+            get_dataset(entry.get("name", alias), "test", root=data_dir, download=False)
+        except ClassrobustError as exc:
+            missing.append(f"{alias}: {exc}")
+    return missing
+
+
 def check_experiment(spec: ExperimentSpec) -> list[str]:
     """A plan of what running ``spec`` would do, per run (no data read)."""
     lines = [f"{spec.source}: valid; {plural(len(spec.runs), 'run')} -> {spec.out}",
