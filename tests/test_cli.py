@@ -385,7 +385,7 @@ def test_training_precision_follows_the_hardware_and_is_printed(native, syntheti
     assert code == 0 and "precision: bf16\n" in stdout
 
 
-def test_config_mistakes_are_named_in_one_line_not_python_internals(tmp_path, capsys):
+def test_config_mistakes_are_named_in_one_line_not_python_internals(synthetic_env, tmp_path, capsys):
     """Issue #35, item 15: wrong types and unknown names in the Python API and in experiment files."""
     from classrobust.errors import UsageError
     from classrobust.training import TrainConfig
