@@ -194,6 +194,11 @@ def test_temperature_pgd_moves_a_point_plain_pgd_cannot():
         model[1].weight[0] = 60.0  # class 0 wins by a huge margin everywhere in the box
         model[1].weight[1, :8] = 1.0
     x, y = torch.full((1, 1, 4, 4), 0.5), torch.tensor([0])
+    from classrobust.attacks import PGD
+
+    # plain PGD on cross-entropy: the softmax is saturated in fp32, the gradient exactly zero, no step
+    stuck = PGD(model, eps=0.1, steps=3, random_start=False, mode="last")(x, y)
+    assert torch.equal(stuck, x)
     moved = TemperaturePGD(model, eps=0.1, steps=3, temperature=0.4, random_start=False)(x, y)
     assert (moved - x).abs().max() > 0
 

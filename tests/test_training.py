@@ -290,7 +290,11 @@ def test_pgd_at_does_not_diverge_across_seeds(tmp_path):
     for seed in range(4):
         config = TrainConfig(train_subset=2560, epochs=1, batch_size=128, attack_steps=3, eps_warmup_epochs=1.0,
                              val_size=100, val_attack_steps=1, lr=0.05, model_kwargs={"dropout": 0.0}, seed=seed)
-        train(config, tmp_path / f"s{seed}", progress=False, log=lambda s: None)
+        train(config, tmp_path / f"s{seed}", progress=False, log=lambda s: None)  # raises if it diverges
+        log = pd.read_csv(tmp_path / f"s{seed}" / "train_log.csv")
+        # finite throughout (what the regression was about; at this budget and lr the model need not learn:
+        # seed 0 ends at 6% validation accuracy, a separate matter from divergence)
+        assert np.isfinite(log[["train_loss", "val_clean_accuracy", "val_pgd_accuracy"]].to_numpy()).all()
 
 
 def test_nan_loss_keeps_the_last_good_epoch_for_resume(synthetic_env, tmp_path, capsys, monkeypatch):
