@@ -203,3 +203,19 @@ def test_committed_experiment_report_in_headless_chromium(tmp_path):
     assert len(images) >= 2 and all(complete and width > 0 for _, complete, width in images)
     assert {"overview", "into", "ac-fashion-mnist", "dc-fashion-mnist", "gain", "norms", "ablation",
             "temperature-sweep", "temperature", "temperature-gain"} <= set(ids)
+
+
+def test_a_tie_for_the_worst_class_is_marked():
+    """Issue #35, item 14: two classes at the same lowest accuracy (collapsed at 0%) are both named."""
+    import numpy as np
+
+    from classrobust.report.tables import format_classwise_table
+    from classrobust.results import AttackResult, ClasswiseResult
+
+    labels = np.repeat(np.arange(3), 4)
+    preds = np.where(labels == 2, 2, (labels + 1) % 3)  # classes 0 and 1 at 0%, class 2 at 100%
+    result = ClasswiseResult(["a", "b", "c"], np.arange(12), labels,
+                             {"clean": AttackResult("clean", labels, preds, 3, {"attack": "clean"})})
+    text = format_classwise_table(result)
+    assert "a +1 tied" in text.splitlines()[-2]
+    assert result.summary()["attacks"]["clean"]["worst_classes"] == ["a", "b"]

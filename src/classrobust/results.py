@@ -87,6 +87,12 @@ class AttackResult:
         return int(np.nanargmin(self.accuracy_per_class))
 
     @property
+    def worst_classes(self) -> list[int]:
+        """Every class tied at the lowest accuracy (``worst_class`` is the first of them)."""
+        acc = self.accuracy_per_class
+        return [int(i) for i in np.flatnonzero(acc == np.nanmin(acc))]
+
+    @property
     def best_class(self) -> int:
         return int(np.nanargmax(self.accuracy_per_class))
 
@@ -134,6 +140,8 @@ class ClasswiseResult:
                 "worst_class": self.classes[res.worst_class],
                 "worst_class_index": res.worst_class,
                 "worst_class_accuracy": float(acc[res.worst_class]),
+                # every class at that accuracy: a tie is not broken silently by class order
+                "worst_classes": [self.classes[i] for i in res.worst_classes],
                 "best_class": self.classes[res.best_class],
                 "best_class_index": res.best_class,
                 "best_class_accuracy": float(acc[res.best_class]),

@@ -44,7 +44,10 @@ def format_classwise_table(result: ClasswiseResult) -> str:
     the :data:`EXTREME_CLASSES` weakest and strongest are listed (all in per_class.csv)."""
     table = result.wide_table()
     names = list(result.attacks)
-    worst = [result.classes[result.attacks[n].worst_class] for n in names]
+    # a tie for the worst class is marked, not broken silently by class order
+    worst = [result.classes[result.attacks[n].worst_class]
+             + (f" +{len(result.attacks[n].worst_classes) - 1} tied" if len(result.attacks[n].worst_classes) > 1 else "")
+             for n in names]
     first = max(14, max(len(str(c)) for c in result.classes) + 2)
     cols = [max(10, len(n) + 2, len(w) + 2) for n, w in zip(names, worst)]
     header = f"{'class':<{first}}{'n':>6}" + "".join(f"{n:>{w}}" for n, w in zip(names, cols))
