@@ -219,3 +219,20 @@ def test_a_tie_for_the_worst_class_is_marked():
     text = format_classwise_table(result)
     assert "a +1 tied" in text.splitlines()[-2]
     assert result.summary()["attacks"]["clean"]["worst_classes"] == ["a", "b"]
+
+
+def test_report_header_names_an_attacks_own_eps(tmp_path):
+    """Issue #35, item 14: the header showed only the global eps when an attack ran with its own."""
+    import numpy as np
+
+    from classrobust.report import build_report
+    from classrobust.results import AttackResult, ClasswiseResult
+
+    labels = np.repeat(np.arange(3), 4)
+    attacks = {"clean": AttackResult("clean", labels, labels, 3, {"attack": "clean"}),
+               "fgsm": AttackResult("fgsm", labels, labels, 3, {"attack": "fgsm", "eps": 8 / 255, "norm": "linf"}),
+               "pgd": AttackResult("pgd", labels, labels, 3, {"attack": "pgd", "eps": 0.1, "norm": "linf"})}
+    ClasswiseResult(["a", "b", "c"], np.arange(12), labels, attacks, {"eps": 0.1, "dataset": "toy"}).save(tmp_path / "e")
+    build_report(tmp_path / "e")
+    page = (tmp_path / "e" / "report.html").read_text()
+    assert "eps 0.1 (and 8/255 for attacks with their own)" in page

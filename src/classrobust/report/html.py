@@ -59,7 +59,11 @@ def build_report(path: str | Path, *, train_log: str | Path | None = None, boots
         page = _Page(stage)
         title = f"Class-wise robustness: {meta.get('model', 'model')} on {meta.get('dataset', 'data')}"
         page.parts.append(f"<h1>{html.escape(title)}</h1>")
-        page.text(f"{len(result.labels)} test images, eps {format_eps(meta.get('eps'))}, attacks: "
+        own = sorted({format_eps(result.attacks[n].config.get("eps")) for n in attacks} - {format_eps(meta.get("eps"))})
+        # an attack given its own eps (fgsm:eps=8/255) is not at the global one: the header says both
+        eps_text = format_eps(meta.get("eps")) + (f" (and {', '.join(own)} for attacks with their own)" if own else "")
+        split = "validation" if meta.get("split") == "val" else "test"
+        page.text(f"{len(result.labels)} {split} images, eps {eps_text}, attacks: "
                   f"{', '.join(attacks) or 'none'}; mode {meta.get('mode', '?')}, precision "
                   f"{meta.get('precision', '?')}, seed {meta.get('seed', '?')}; checkpoint "
                   f"{meta.get('checkpoint', '?')}; classrobust {__version__}", "meta")
