@@ -95,7 +95,7 @@ def test_demo_help_shows_its_defaults(capsys):
 
 
 @pytest.mark.parametrize("argv, code, message", [
-    ([*TRAIN, "--dataset", "cifar99"], 2, "unknown dataset 'cifar99'; choose one of: fashion-mnist, mnist"),
+    ([*TRAIN, "--dataset", "cifar99"], 2, "unknown dataset 'cifar99' (did you mean 'cifar10'?); choose one of: fashion-mnist, mnist"),
     ([*TRAIN, "--model", "vgg"], 2, "unknown model 'vgg'; choose one of: smallcnn"),
     ([*TRAIN, "--method", "magic"], 2, "unknown training method 'magic'"),
     ([*TRAIN, "--eps", "-0.1"], 2, "must be >= 0"),
@@ -121,7 +121,7 @@ def _run_catching_exit(argv, capsys):
 
 
 @pytest.mark.parametrize("extra, code, message", [
-    (["--attacks", "fgsm,pdg"], 2, "unknown attack 'pdg'; choose one of: fgsm, pgd"),
+    (["--attacks", "fgsm,pdg"], 2, "unknown attack 'pdg' (did you mean 'pgd'?); choose one of: fgsm, pgd"),
     (["--attacks", "pgd:stepz=3"], 2, "attack 'pgd' has no parameter 'stepz'"),
     (["--attacks", "pgd:steps=0"], 2, "steps must be an integer >= 1"),
     (["--eps", "-1"], 2, "must be >= 0"),
@@ -484,3 +484,13 @@ def test_eval_sanity_says_what_it_checked(trained_run, capsys):
     assert f"sanity checks: {sum(c['passed'] for c in summary)} of {len(summary)} passed" in stdout
     for c in summary:
         assert c["check"] in stdout
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["evl"], ["experiment", "--help"], ["demo", "--help"]])
+def test_help_version_and_typos_answer_without_torch(argv):
+    """Issue #35, item 12: they imported torch (6-13 s on a loaded 2-core machine); only the command
+    being run builds its options."""
+    code = ("import sys\nfrom classrobust.cli.main import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+            "print('TORCH', 'torch' in sys.modules)" % argv)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.strip().endswith("TORCH False"), proc.stdout[-300:] + proc.stderr[-300:]

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Sequence
 
 from classrobust import __version__
-from classrobust.cli.parsers import add_config_options, add_data_options, config_from_args, positive_int
+from classrobust.cli.parsers import add_config_options as _add_config_options
+from classrobust.cli.parsers import add_data_options, config_from_args, positive_int
 from classrobust.errors import ClassrobustError, UsageError
 
 
@@ -26,11 +27,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"classrobust: error: {message} (see `{self.prog} --help`)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from classrobust.defenses.calibrate import CalibrateConfig
-    from classrobust.training.config import TrainConfig
-    from classrobust.workflows.evaluate import EvalConfig
-    from classrobust.workflows.frontier import FrontierConfig
+#: where each command's option dataclass lives (imported only for the command being parsed: they load torch)
+_CONFIGS = {"train": ("classrobust.training.config", "TrainConfig"),
+            "eval": ("classrobust.workflows.evaluate", "EvalConfig"),
+            "calibrate": ("classrobust.defenses.calibrate", "CalibrateConfig"),
+            "frontier": ("classrobust.workflows.frontier", "FrontierConfig")}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser (``command`` None), or one whose only fully built subcommand is ``command``:
+    the others keep their names and help, so ``--version``, ``--help`` and a mistyped command answer
+    without importing torch (6-13 s on a loaded 2-core machine)."""
+    import importlib
+
+    def add_config_options(p, name: str) -> None:  # noqa: F811 - the lazy form of parsers.add_config_options
+        if command is None or command == name:
+            module, cls = _CONFIGS[name]
+            _add_config_options(p, getattr(importlib.import_module(module), cls))
 
     parser = _Parser(
         prog="classrobust", description="Class-wise robustness in adversarial training.")
@@ -43,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("train", help="adversarially train a model and save a checkpoint")
-    add_config_options(p, TrainConfig)
+    add_config_options(p, "train")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last completed epoch")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing run in --out (or discard an interrupted one)")
@@ -66,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="default: eval/ beside the checkpoint")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an evaluation in --out made with other settings (default: refused)")
-    add_config_options(p, EvalConfig)
+    add_config_options(p, "eval")
     add_data_options(p)
     p.set_defaults(func=cmd_eval)
 
@@ -95,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help=about, description=about)
     p.add_argument("--checkpoint", type=Path, required=True, help="a classrobust checkpoint (never modified)")
     p.add_argument("--out", type=Path, required=True, help="the new checkpoint (.safetensors; must not exist)")
-    add_config_options(p, CalibrateConfig)
+    add_config_options(p, "calibrate")
     add_data_options(p)
     p.set_defaults(func=cmd_calibrate)
 
@@ -106,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, nargs="+", required=True,
                    help="one or more classrobust checkpoints (several: seeds of one recipe; never modified)")
     p.add_argument("--out", type=Path, default=None, help="default: frontier/ beside the first checkpoint")
-    add_config_options(p, FrontierConfig)
+    add_config_options(p, "frontier")
     add_data_options(p)
     p.set_defaults(func=cmd_frontier)
 
@@ -234,7 +247,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    known = {"train", "eval", "calibrate", "frontier"}
+    # only the command being run gets its full options: the others' option classes import torch
+    parser = build_parser(argv[0] if argv and argv[0] in known else "")
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
