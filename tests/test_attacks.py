@@ -190,7 +190,7 @@ def test_bad_hyperparameters(tiny_model, kwargs, match):
 
 
 def test_unknown_attack_lists_valid_names(tiny_model):
-    with pytest.raises(UsageError, match="unknown attack 'pdg' \(did you mean 'pgd'\?\); choose one of: fgsm, pgd"):
+    with pytest.raises(UsageError, match=r"unknown attack 'pdg' \(did you mean 'pgd'\?\); choose one of: fgsm, pgd"):
         create_attack("pdg", tiny_model, eps=0.1)
 
 
