@@ -494,3 +494,13 @@ def test_help_version_and_typos_answer_without_torch(argv):
             "print('TORCH', 'torch' in sys.modules)" % argv)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.stdout.strip().endswith("TORCH False"), proc.stdout[-300:] + proc.stderr[-300:]
+
+
+def test_training_prints_progress_lines_to_a_log_file(synthetic_env, tmp_path, capsys):
+    """Issue #35, item 11: with stderr not a terminal (a log file, CI) training printed nothing until the
+    epoch ended; it now prints a line per tenth of the epoch, as evaluation does."""
+    from conftest import TRAIN
+
+    code, _, err = run([a for a in TRAIN if a != "--no-progress"] + ["--out", tmp_path / "run"], capsys)
+    assert code == 0, err
+    assert "epoch 1/1: 100% (" in err and err.count("epoch 1/1: ") >= 2

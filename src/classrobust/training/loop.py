@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from classrobust.checkpoint import save_checkpoint
 from classrobust.data import make_loader, run_splits
 from classrobust.defenses.levers import ClasswiseTerms
 from classrobust.errors import NonFiniteError, TrainingDivergedError, UsageError
+from classrobust.evaluate.classwise import progress_lines
 from classrobust.evaluate.sharded import evaluate_dataset
 from classrobust.io import atomic_write_bytes, atomic_write_text, check_writable, replace_directory
 from classrobust.models import check_model_name, create_model
@@ -259,11 +261,13 @@ def _train_epoch(run: _Run, epoch: int, step: int,
     loader = make_loader(run.train_set, config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch,
                          drop_last=run.drop_last, shard=(run.rank, run.size) if run.distributed else None,
                          pin_memory=run.device.type == "cuda", num_workers=config.workers)
-    # disable=None: no bar when stderr is not a terminal (a log file or CI gets no carriage-return updates)
+    # a bar on a terminal; elsewhere (a log file, CI) a line per tenth of the epoch, as evaluation prints
     bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", disable=None if (progress and run.main) else True,
                leave=False)
+    batches = (progress_lines(loader, len(loader), f"epoch {epoch}/{config.epochs}")
+               if progress and run.main and not sys.stderr.isatty() else bar)
     lr = eps_now = 0.0
-    for batch_index, (x, y) in enumerate(bar):
+    for batch_index, (x, y) in enumerate(batches):
         x, y = fast_layout(x.to(run.device, non_blocking=True)), y.to(run.device, non_blocking=True)
         lr = config.lr * run.factor(step)
         for group in run.optimizer.param_groups:
