@@ -392,10 +392,6 @@ class ClasswiseTerms:
     def per_class(self) -> dict[str, np.ndarray]:
         return {key: self._product(key) for key in ("weights", "reg_weights", "eps_scale")}
 
-    def batch(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-sample tensors (B,) for the labels ``y``."""
-        return {k: torch.as_tensor(v, dtype=torch.float32, device=y.device)[y] for k, v in self.per_class().items()}
-
     def after_step(self, model) -> None:
         for lever in self.levers:
             lever.after_step(model)

@@ -154,12 +154,6 @@ class ExperimentSpec:
     #: method alias -> the alias it is compared against (the first method unless the entry names one)
     baselines: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def attack_names(self) -> list[str]:
-        from classrobust.attacks import parse_attack_specs
-
-        return [n for n, _ in parse_attack_specs(self.eval["attacks"])]
-
     def run(self, dataset: str, method: str, seed: int) -> RunSpec:
         return next(r for r in self.runs if (r.dataset, r.method, r.seed) == (dataset, method, seed))
 
