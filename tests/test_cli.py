@@ -504,3 +504,11 @@ def test_training_prints_progress_lines_to_a_log_file(synthetic_env, tmp_path, c
     code, _, err = run([a for a in TRAIN if a != "--no-progress"] + ["--out", tmp_path / "run"], capsys)
     assert code == 0, err
     assert "epoch 1/1: 100% (" in err and err.count("epoch 1/1: ") >= 2
+
+
+def test_compare_names_its_level_significance_not_alpha(capsys):
+    """Issue #35, item 6: --alpha is a step size in eval and was a significance level in compare."""
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    out = capsys.readouterr().out
+    assert "--significance" in out and "significance level" in out

@@ -96,7 +96,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("run_b", type=Path)
     p.add_argument("--out", type=Path, default=None,
                    help="default: compare/ beside run B's evaluation folder (never inside it)")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level (Holm-adjusted; default 0.05)")
+    # --significance, not --alpha: in eval --alpha is a step size (--alpha still works here, as before)
+    p.add_argument("--significance", "--alpha", dest="significance", type=float, default=0.05,
+                   help="significance level of the tests (Holm-adjusted; default: 0.05)")
     p.add_argument("--allow-different-settings", action="store_true",
                    help="compare attacks whose recorded settings (eps, steps, mode, ...) differ between the runs")
     p.set_defaults(func=cmd_compare)
@@ -371,7 +373,7 @@ def cmd_compare(args) -> int:
 
     if Path(args.run_a).resolve() == Path(args.run_b).resolve():
         raise UsageError("compare needs two different evaluations; both arguments name the same folder")
-    table, out = write_comparison(args.run_a, args.run_b, args.out, alpha=args.alpha,
+    table, out = write_comparison(args.run_a, args.run_b, args.out, alpha=args.significance,
                                   allow_different_settings=args.allow_different_settings)
     print(f"A = {args.run_a}\nB = {args.run_b}\n")
     print(f"{'attack':<12}{'class':<14}{'A':>8}{'B':>8}{'B-A':>8}{'p':>10}{'p_holm':>10}")
@@ -379,7 +381,7 @@ def cmd_compare(args) -> int:
         mark = "  *" if r.significant else ""
         print(f"{r.attack:<12}{str(r.class_name)[:13]:<14}{100 * r.accuracy_a:>7.1f}%{100 * r.accuracy_b:>7.1f}%"
               f"{100 * r.difference:>+8.1f}{r.p_value:>10.3g}{r.p_holm:>10.3g}{mark}")
-    print(f"\n* significant at {args.alpha} (exact McNemar, Holm-adjusted over classes)")
+    print(f"\n* significant at {args.significance} (exact McNemar, Holm-adjusted over classes)")
     consistency = pd.read_csv(out / "consistency.csv")
     print("rank consistency of per-class accuracy between A and B: " + ", ".join(
         f"{r.attack} Spearman {r.spearman:.2f} / Kendall {r.kendall:.2f}" if r.spearman == r.spearman else
