@@ -686,3 +686,33 @@ def test_grid_jobs_table_matches_its_record():
     gap = 100 * abs(seq["runs"]["seed0"]["pgd"] - jobs["runs"]["seed0"]["pgd"])
     assert f"seed 0's PGD-10 accuracy by {gap:.1f} points" in text
     assert all(seq["runs"][s]["sha256"] != jobs["runs"][s]["sha256"] for s in ("seed0", "seed1"))
+
+
+def test_corrected_defense_claims_match_the_records():
+    """Issue #34, item 4: the sentences corrected on 2026-12-03, each against the value it names."""
+    import numpy as np
+    import pandas as pd
+
+    export = ROOT / "docs" / "results" / "defenses-confirmation"
+    text = re.sub(r"\s+", " ", (ROOT / "docs" / "defenses.md").read_text())
+    methods = pd.read_csv(export / "report" / "methods.csv").set_index(["method", "attack"])
+    lever = "pgd-at+wat-e03"
+    val = []
+    for seed in range(5):
+        last = []
+        for method in ("pgd-at", lever):
+            log = pd.read_csv(export / "runs" / "fashion-mnist" / method / f"seed{seed}" / "train_log.csv")
+            last.append(log[(log.epoch == log.epoch.max()) & (log.class_index == -1)].val_pgd_accuracy.iloc[0])
+        val.append(100 * (last[1] - last[0]))
+    assert (f"-{-np.mean(val):.2f} points on validation PGD-10 (the training logs' last epoch), "
+            f"-{-100 * methods.loc[(lever, 'pgd'), 'avg_diff_mean']:.2f} on the test split under PGD-20 and "
+            f"-{-100 * methods.loc[(lever, 'autoattack'), 'avg_diff_mean']:.2f} under AutoAttack") in text
+    shirt = {}
+    for seed in (100, 101):
+        log = pd.read_csv(ROOT / "docs" / "results" / "lever-screen" / "logs" / f"pgd-at-s{seed}.csv")
+        late = log[(log.class_index >= 0) & (log.epoch >= 7)]
+        shirt[seed] = 100 * late[late.class_name == "Shirt"].val_clean_accuracy
+        if seed == 100:
+            assert (late.val_clean_accuracy > 0.5).all()  # "every class of seed 100 is above 50% ... from epoch 7"
+    assert f"(Shirt, the weakest, {shirt[100].min():.0f}-{shirt[100].max():.0f}%)" in text
+    assert f"Shirt stays at {shirt[101].min():.1f}-{shirt[101].max():.0f}% clean over epochs 7-15" in text
