@@ -316,3 +316,19 @@ def ablation_per_class(base, retrained, attack: str, dropped: str) -> pd.DataFra
     after = retrained.attacks[attack].accuracy_per_class
     return pd.DataFrame({"class_name": base.classes, "before": before, "after": after, "change": after - before,
                          "dropped": [c == dropped for c in base.classes]})
+
+
+def paired_attack_difference(runs: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], mask_class: int | None = None
+                             ) -> dict[str, float]:
+    """Two attacks on the same points of each run: per run (labels, predictions under A, predictions
+    under B), the difference of A's accuracy minus B's in points (on ``mask_class``'s points only if
+    given), its seed-level test over runs (two-sided), and how many runs A was lower / higher on."""
+    from classrobust.analysis.stats import paired_seed_test
+
+    diffs = []
+    for labels, a, b in runs:
+        keep = np.ones(len(labels), bool) if mask_class is None else labels == mask_class
+        diffs.append(100 * ((a[keep] == labels[keep]).mean() - (b[keep] == labels[keep]).mean()))
+    out = paired_seed_test(diffs)
+    out.update(lower=int(sum(d < 0 for d in diffs)), higher=int(sum(d > 0 for d in diffs)))
+    return out

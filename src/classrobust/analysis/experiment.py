@@ -295,3 +295,31 @@ def experiment_tables(index: dict, results: dict[str, ClasswiseResult],
             "ablation_per_class": ablation_classes, "ablation_seeds": ablation_seed_tests(ablation),
             **(temperature_tables(index["temperature"], runs, temperature_results or {})
                if index.get("temperature") else {})}
+
+
+def export_attack_pairs(export, methods, seeds, pairs, classes=(None,), dataset: str = "fashion-mnist") -> pd.DataFrame:
+    """Attack A against attack B on the same test points of every run of an experiment folder or export,
+    the training run as the unit (:func:`~classrobust.analysis.consistency.paired_attack_difference`).
+    ``pairs``: ((label, A's folder under the run, A's column, B's folder, B's column), ...), folders
+    relative to the run (``eval``, ``temperature/test``); ``classes``: None for all points, or a class
+    name. One row per pair and class, points."""
+    import json
+    from pathlib import Path
+
+    from classrobust.analysis.consistency import paired_attack_difference
+
+    rows = []
+    for label, a_dir, a_col, b_dir, b_col in pairs:
+        runs, names = [], None
+        for method in methods:
+            for seed in seeds:
+                run = Path(export) / "runs" / dataset / method / f"seed{seed}"
+                a, b = pd.read_csv(run / a_dir / "samples.csv.gz"), pd.read_csv(run / b_dir / "samples.csv.gz")
+                if not np.array_equal(a["index"], b["index"]):
+                    raise ValueError(f"{run}: {a_dir} and {b_dir} were evaluated on different points")
+                names = names or json.loads((run / a_dir / "summary.json").read_text())["classes"]
+                runs.append((a["label"].to_numpy(), a[f"pred_{a_col}"].to_numpy(), b[f"pred_{b_col}"].to_numpy()))
+        for cls in classes:
+            test = paired_attack_difference(runs, None if cls is None else names.index(cls))
+            rows.append({"comparison": label, "class": cls or "all", "runs": len(runs), **test})
+    return pd.DataFrame(rows)

@@ -493,3 +493,15 @@ def _temperature_section(out: _Sections, tables, entry):
                     "weakest under PGD, against their share of all points and of the points robust to PGD "
                     "(excess above 1: concentrated on them); 95% two-level bootstrap intervals (runs, then points).",
                     shown, "temperature_gain_table")
+
+
+def attack_pairs_markdown(table: pd.DataFrame) -> str:
+    """:func:`~classrobust.analysis.experiment.export_attack_pairs` as markdown: per comparison and class,
+    the mean per-run difference (points, A minus B) with its 95% t-interval, the two-sided t and
+    sign-flip p-values, and on how many runs A was lower and higher."""
+    lines = ["| A minus B | points | runs | difference [95% t] | t p | sign-flip p | A lower / higher |",
+             "|---|---|---|---|---|---|---|"]
+    for r in table.itertuples(index=False):
+        lines.append(f"| {r.comparison} | {r[1]} | {r.runs} | {r.mean:+.2f} [{r.low:+.2f}, {r.high:+.2f}] | {r.t_p:.2g} "
+                     f"| {r.perm_p:.2g} | {r.lower} / {r.higher} |")
+    return "\n".join(lines)
