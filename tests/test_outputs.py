@@ -21,6 +21,8 @@ def test_rerunning_eval_replaces_only_its_own_files(trained_run, capsys):
     (eval_dir / "notes.txt").write_text("mine")
     (eval_dir / "extra").mkdir()
     code, _, err = _eval(trained_run / "model.safetensors", capsys, "--attacks", "fgsm")
+    assert code == 2 and "other settings" in err  # never replaced silently (issue #35, item 8)
+    code, _, err = _eval(trained_run / "model.safetensors", capsys, "--attacks", "fgsm", "--overwrite")
     assert code == 0, err
     assert (eval_dir / "notes.txt").read_text() == "mine" and (eval_dir / "extra").is_dir()
     assert (eval_dir / "confusion_fgsm.csv").is_file()
@@ -58,11 +60,14 @@ def test_each_checkpoint_has_its_own_evaluation_folder(trained_run, capsys):
 def test_compare_writes_beside_the_evaluations(trained_run, tmp_path, capsys):
     code, _, err = _eval(trained_run / "model.safetensors", capsys, "--attacks", "fgsm")
     assert code == 0, err
-    code, _, err = run(["compare", trained_run, trained_run], capsys)
+    import shutil
+
+    shutil.copytree(trained_run / "eval", tmp_path / "a-eval")  # A: another folder (compare A A is refused)
+    code, _, err = run(["compare", tmp_path / "a-eval", trained_run], capsys)
     assert code == 0, err
     assert (trained_run / "compare" / "compare.csv").is_file() and not (trained_run / "eval" / "compare").exists()
     (trained_run / "compare" / "mine.txt").write_text("mine")
-    assert run(["compare", trained_run, trained_run], capsys)[0] == 0
+    assert run(["compare", tmp_path / "a-eval", trained_run], capsys)[0] == 0
     assert (trained_run / "compare" / "mine.txt").read_text() == "mine"
 
 
@@ -120,7 +125,7 @@ def test_a_closed_pipe_ends_the_output_not_the_work(synthetic_env, tmp_path):
     out = tmp_path / "r"
     argv = [sys.executable, "-m", "classrobust", *[str(a) for a in TRAIN], "--epochs", "2", "--out", str(out)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
-    assert proc.stdout.readline().startswith("epoch 1/2")
+    assert proc.stdout.readline().startswith("precision: ")  # the first line training prints
     proc.stdout.close()  # `| head -1`
     code = proc.wait(timeout=300)
     err = proc.stderr.read()
@@ -196,11 +201,14 @@ def test_an_output_that_cannot_be_created_fails_before_any_work(command, trained
     spec.write_text("name: x\nseeds: [0]\ntrain: {epochs: 1, train_subset: 300, val_size: 100}\n"
                     "datasets:\n  fashion-mnist: {model: smallcnn}\nmethods:\n  pgd-at: {}\neval: {attacks: fgsm}\n")
     if command == "compare":
+        import shutil
+
         assert _eval(ckpt, capsys, "--attacks", "fgsm")[0] == 0
+        shutil.copytree(trained_run / "eval", tmp_path / "a-eval")
     argv = {"train": [*TRAIN, "--out", out],
             "eval": ["eval", "--checkpoint", ckpt, "--attacks", "fgsm", "--out", out],
             "calibrate": ["calibrate", "--checkpoint", ckpt, "--out", out / "cal.safetensors"],
-            "compare": ["compare", trained_run, trained_run, "--out", out],
+            "compare": ["compare", tmp_path / "a-eval", trained_run, "--out", out],
             "experiment": ["experiment", spec, "--out", out]}[command]
     code, stdout, err = run(argv, capsys)
     assert code == 2, (stdout, err)

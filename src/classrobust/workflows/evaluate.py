@@ -209,11 +209,6 @@ def evaluate_checkpoint(checkpoint: str | Path | None = None, out: str | Path | 
     tf32 = set_tf32(config.allow_tf32)
     net, meta = load_model(checkpoint, dev, model_name=model, dataset=dataset,
                            weights=Path(weights) if weights else None, normalize=normalize)
-    if checkpoint is None and weights is None and str(model).startswith("python:"):
-        import sys
-
-        print(f"classrobust: warning: --model {model} without --weights: evaluating the weights its factory "
-              "returns (untrained, unless the factory loads its own)", file=sys.stderr)
     test = _test_set(meta, config, data_dir, download, checkpoint)
     groups = None
     if config.superclasses is not None:  # read and checked against the classes before any attack
@@ -221,6 +216,12 @@ def evaluate_checkpoint(checkpoint: str | Path | None = None, out: str | Path | 
 
         groups = read_superclasses(config.superclasses, list(test.classes))
     check_model_fits(net, test, dev)
+    # after the checks: a model that cannot run gets its one-line error alone
+    if checkpoint is None and weights is None and str(model).startswith("python:"):
+        import sys
+
+        print(f"classrobust: warning: --model {model} without --weights: evaluating the weights its factory "
+              "returns (untrained, unless the factory loads its own)", file=sys.stderr)
     eps = config.eps if config.eps is not None else meta.get("eps", test.threat_model.eps)
     globals_ = config.global_attack_options(eps)
     attacks = build_attacks(with_l2_radius(config, test.threat_model.eps_l2), net, **globals_)
