@@ -288,6 +288,15 @@ def test_autoattack_member_attribution_in_the_results(at_fmnist_model, points, t
     assert np.array_equal(loaded.breakers, aa.breakers) and loaded.member_stats == aa.member_stats
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())["attacks"]["autoattack"]["members"]
     assert sum(m["broke"] for m in summary.values()) == broken.sum()
+    from classrobust.report import build_report
+
+    build_report(tmp_path / "eval")  # the report shows it per class, with each member's time
+    page = (tmp_path / "eval" / "report.html").read_text()
+    assert "autoattack: what each member broke" in page and "apgd-t" in page
+    import pandas as pd
+
+    members = pd.read_csv(next((tmp_path / "eval").rglob("members_autoattack.csv")))
+    assert members.set_index("class").loc["all"].sum() == broken.sum()
     again = evaluate_classwise(at_fmnist_model, loader, attacks, classes=classes, progress=False,
                                resume_dir=tmp_path / "cache").attacks["autoattack"]  # from the kept batches
     assert np.array_equal(again.breakers, aa.breakers) and again.member_stats == aa.member_stats

@@ -113,6 +113,7 @@ def build_report(path: str | Path, *, train_log: str | Path | None = None, boots
             page.table(shown, "per_class", index=True)
             page.figure(figures.per_class_bars(result), "per_class_bars", "per-class accuracy bars")
 
+        _members_section(page, result, stage)
         page.h2("Disparity across classes", "disparity")
         disp = disparity_table(result, reps=bootstrap_reps)
         page.text("Worst and best class, max-min gap, standard deviation and coefficient of variation across "
@@ -291,3 +292,22 @@ def _empirical_bayes_section(page: _Page, long: pd.DataFrame, result: ClasswiseR
               "(posterior mean and 95% interval; docs/findings.md: when to use which). Extremes are pulled "
               "inwards: the raw value is the measurement, the estimate a better guess of the class's accuracy.")
     page.table(table, f"empirical_bayes_{attack}")
+
+
+def _members_section(page, result: ClasswiseResult, stage: Path) -> None:
+    """Per AutoAttack evaluation: which member broke each class's points (its marginal contribution, in
+    cascade order), and each member's seconds and points attacked: where the time went, and whether the
+    costly members add anything on this model (``members_<attack>.csv``)."""
+    for name, res in result.attacks.items():
+        if res.member_stats is None or res.breakers is None:
+            continue
+        broke = res.member_breaks_per_class()
+        table = pd.DataFrame({"class": result.classes, **{m: broke[m] for m in res.members}})
+        table.loc[len(table)] = ["all", *[int(broke[m].sum()) for m in res.members]]
+        table.to_csv(stage / "tables" / f"members_{name}.csv", index=False)
+        page.h2(f"{name}: what each member broke", f"members-{name}")
+        page.text("Points each member broke first (the cascade runs a member only on the points every earlier one "
+                  "failed on), per class; then each member's wall time and the points it attacked: "
+                  + "; ".join(f"{m} {v['seconds']:.1f} s on {v['points']} points" for m, v in res.member_stats.items())
+                  + ".")
+        page.table(table, f"members_{name}")
