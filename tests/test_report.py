@@ -236,3 +236,32 @@ def test_report_header_names_an_attacks_own_eps(tmp_path):
     build_report(tmp_path / "e")
     page = (tmp_path / "e" / "report.html").read_text()
     assert "eps 0.1 (and 8/255 for attacks with their own)" in page
+
+
+def test_results_carry_a_format_tag_and_every_attack_setting(tmp_path):
+    """Issue #35, item 4: summary.json says its format (another one is refused by name), and the
+    recorded description names every setting an attack has (FAB's, FMN's and APGD's were dropped)."""
+    import json
+
+    import numpy as np
+    import pytest
+    from torch import nn
+
+    from classrobust.attacks import create_attack
+    from classrobust.errors import UsageError
+    from classrobust.results import AttackResult, ClasswiseResult, describe_attack
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    for name, words in (("fab-t", ("alpha max", "overshoot", "beta")), ("fmn", ("gamma init", "gamma final")),
+                        ("apgd-ce", ("rho",)), ("square", ("p init",))):
+        text = describe_attack(create_attack(name, model, eps=0.1).config())
+        assert all(w in text for w in words), text
+    labels = np.arange(3)
+    ClasswiseResult(["a", "b", "c"], labels, labels,
+                    {"clean": AttackResult("clean", labels, labels, 3, {"attack": "clean"})}).save(tmp_path / "e")
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert summary["format"] == "classrobust-result/1"
+    ClasswiseResult.load(tmp_path / "e")
+    (tmp_path / "e" / "summary.json").write_text(json.dumps({**summary, "format": "classrobust-result/9"}))
+    with pytest.raises(UsageError, match="format 'classrobust-result/9'"):
+        ClasswiseResult.load(tmp_path / "e")

@@ -14,11 +14,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from classrobust.errors import UsageError
 from classrobust.io import atomic_write_json, check_own_directory, staged_files
 
 CLEAN = "clean"
 #: the file that marks a folder as an evaluation result
 SUMMARY = "summary.json"
+#: the format tag of summary.json (a result written by another version of the schema is refused by name)
+RESULT_FORMAT = "classrobust-result/1"
 #: files written only when a minimal-norm attack ran (robustness curves, median distances)
 DISTANCE_FILES = ("curves.csv", "distances.csv")
 #: the fixed grid of curves.csv, in multiples of the attack's eps (eps itself is on it)
@@ -132,7 +135,8 @@ class ClasswiseResult:
         return table
 
     def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"n": int(len(self.labels)), "classes": self.classes, "attacks": {}}
+        out: dict[str, Any] = {"format": RESULT_FORMAT, "n": int(len(self.labels)), "classes": self.classes,
+                               "attacks": {}}
         for name, res in self.attacks.items():
             acc = res.accuracy_per_class
             out["attacks"][name] = {
@@ -270,6 +274,9 @@ class ClasswiseResult:
         """Rebuild a result from ``samples.csv.gz`` and ``summary.json``, without re-attacking."""
         out_dir = Path(out_dir)
         summary = json.loads((out_dir / SUMMARY).read_text())
+        if summary.get("format", RESULT_FORMAT) != RESULT_FORMAT:  # results from before the tag have none
+            raise UsageError(f"{out_dir / SUMMARY} is in format {summary['format']!r}; this classrobust reads "
+                             f"{RESULT_FORMAT!r}")
         samples = pd.read_csv(out_dir / "samples.csv.gz")
         labels = samples["label"].to_numpy()
         k = len(summary["classes"])
@@ -297,6 +304,12 @@ def format_eps(eps: float | None) -> str:
     if eps > 0 and abs(steps - round(steps)) < 1e-6 and round(steps) < 255:
         return f"{round(steps)}/255"
     return f"{eps:g}"
+
+
+#: the config keys :func:`describe_attack` words itself; every other scalar setting is listed as ``key value``
+_DESCRIBED = {"attack", "eps", "norm", "version", "standard", "deviations", "attacks", "steps", "alpha", "targeted",
+              "rescale_schedule", "restarts", "n_targets", "n_queries", "temperature", "loss", "random_start", "mode",
+              "precision", "seed"}
 
 
 def describe_attack(config: dict[str, Any]) -> str:
@@ -328,6 +341,12 @@ def describe_attack(config: dict[str, Any]) -> str:
             parts.append(f"{key.replace('_', ' ')} {config[key]}")
     if config.get("random_start"):
         parts.append("random start")
+    # every other setting the attack records (FAB's alpha_max, beta and overshoot, FMN's step schedule,
+    # APGD's rho, Square's p_init, ...): a printed line and per_class.csv name all of them
+    for key, value in config.items():
+        if key not in _DESCRIBED and isinstance(value, (int, float, str, bool)) and not isinstance(value, bool):
+            parts.append(f"{key.replace('_', ' ')} {value:g}" if isinstance(value, float) else
+                         f"{key.replace('_', ' ')} {value}")
     parts += [f"mode {config.get('mode', '?')}", str(config.get("precision", "?")), f"seed {config.get('seed', '?')}"]
     return f"{config.get('attack', '?')}: " + ", ".join(parts)
 
