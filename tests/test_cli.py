@@ -512,3 +512,18 @@ def test_compare_names_its_level_significance_not_alpha(capsys):
         main(["compare", "--help"])
     out = capsys.readouterr().out
     assert "--significance" in out and "significance level" in out
+
+
+def test_parameter_mistakes_are_worded_once_and_list_only_settable_names(tmp_path, capsys):
+    """Issue #35, item 15: 'valid:' listed model and num_classes (not a user's to set), an attack's own
+    model=... was a traceback, and the same mistake read differently on the command line and in a file."""
+    code, _, cli = run(["eval", "--model", "smallcnn", "--dataset", "fashion-mnist", "--attacks", "pgd:foo=1"], capsys)
+    assert code == 2 and "valid: eps," in cli and "model" not in cli.split("valid:")[1]
+    path = tmp_path / "x.yaml"
+    path.write_text('seeds: [0]\ndatasets: [fashion-mnist]\nmethods: [pgd-at]\neval: {attacks: "pgd:foo=1"}\n')
+    code, _, yaml_err = run(["experiment", path, "--check"], capsys)
+    assert code == 2 and cli.split("error: ")[1] in yaml_err  # the same words, with where in the file
+    code, _, err = run([*TRAIN, "--classwise", "reweight:foo=1", "--out", tmp_path / "r"], capsys)
+    assert code == 2 and "valid: strength, smoothing" in err
+    code, _, err = run(["eval", "--model", "smallcnn", "--dataset", "fashion-mnist", "--attacks", "pgd:model=1"], capsys)
+    assert code == 2 and "has no parameter 'model'" in err and "Traceback" not in err

@@ -214,11 +214,11 @@ def test_killed_experiment_resumes_half_trained_run(synthetic_env, tmp_path):
     ("datasets: {cifar: {}}\nmethods: {pgd-at: {}}\neval: {attacks: pgd}\n", "unknown dataset 'cifar'"),
     ("datasets: {fashion-mnist: {}}\nmethods: {pgd-att: {}}\neval: {attacks: pgd}\n", "unknown training method"),
     ("datasets: {fashion-mnist: {}}\nmethods: {pgd-at: {}}\neval: {attacks: 'pgd:stepz=3'}\n",
-     "takes no parameter(s) stepz"),
+     "eval.attacks: attack 'pgd' has no parameter 'stepz'; valid: eps"),
     ("datasets: {fashion-mnist: {}}\nmethods: {pgd-at: {epoch: 3}}\neval: {attacks: pgd}\n",
      "methods.pgd-at: unknown key(s) epoch"),
     ("datasets: {fashion-mnist: {model: smallcnn, model_kwargs: {width: 3}}}\nmethods: [pgd-at]\n"
-     "eval: {attacks: pgd}\n", "takes no parameter(s) width"),
+     "eval: {attacks: pgd}\n", "model 'smallcnn' has no parameter 'width'; valid: "),
     ("datasets: [fashion-mnist]\nmethods: [pgd-at]\ntrain: {lr: -1}\neval: {attacks: pgd}\n",
      "learning rate must be > 0"),
     ("datasets: [fashion-mnist]\nmethods: [pgd-at]\neval: {attacks: pgd}\n"

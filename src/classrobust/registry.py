@@ -29,8 +29,11 @@ class Entry(Generic[T]):
 class Registry(Generic[T]):
     """Name -> builder, with signature-checked keyword arguments."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, internal: tuple[str, ...] = ()):
+        """``internal``: builder arguments the library passes itself (an attack's ``model``, a lever's
+        ``num_classes``): never offered to a user, never listed as settable."""
         self.kind = kind
+        self.internal = tuple(internal)
         self._entries: dict[str, Entry[T]] = {}
 
     def register(self, name: str, *, summary: str = "", info: Any = None,
@@ -88,11 +91,12 @@ class Registry(Generic[T]):
         sig = inspect.signature(self.get(name).builder)
         if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
             return
-        unknown = sorted(set(kwargs) - set(valid))
+        settable = [v for v in valid if v not in self.internal]
+        unknown = sorted(set(kwargs) - set(valid)) or sorted(set(kwargs) & set(self.internal))
         if unknown:
             raise UsageError(
                 f"{self.kind} {name!r} has no parameter {', '.join(map(repr, unknown))}; "
-                f"valid: {', '.join(valid)}"
+                f"valid: {', '.join(settable)}"
             )
 
     def coerce(self, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:

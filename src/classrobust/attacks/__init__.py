@@ -25,7 +25,7 @@ from classrobust.attacks.specs import attack_kwargs, build_attacks, parse_attack
 from classrobust.registry import Registry
 from classrobust.runtime import PRECISIONS
 
-ATTACKS: Registry[Attack] = Registry("attack")
+ATTACKS: Registry[Attack] = Registry("attack", internal=("model",))
 
 ATTACKS.register("fgsm", summary="FGSM, one signed-gradient step of size eps (L-inf)")(FGSM)
 ATTACKS.register("pgd", summary="PGD-20 on cross-entropy, L-inf, random start",

@@ -53,16 +53,17 @@ def attack_kwargs(specs: list[tuple[str, dict[str, Any]]], **global_options: Any
     unknown = sorted(set(global_options) - set(GLOBAL_OPTIONS))
     if unknown:
         raise TypeError(f"not global attack options: {', '.join(unknown)}")
+    from classrobust.attacks import ATTACKS
+
     out = {}
     for name, own in specs:
+        ATTACKS.check_kwargs(name, own)  # an unknown or internal parameter (model=...), in one line
         accepted = accepted_globals(name)
         kwargs: dict[str, Any] = {}
         for key, value in global_options.items():
             if key in accepted and value is not None:
                 kwargs[key] = value
             elif key not in accepted and value != GLOBAL_OPTIONS[key] and key not in own:
-                from classrobust.attacks import ATTACKS
-
                 hint = (f"; set it for {name} alone with {name}:{key}=VALUE" if key in ATTACKS.valid_kwargs(name)
                         else "")
                 raise UsageError(f"attack {name!r} does not take the global --{key}{hint}; "

@@ -323,7 +323,7 @@ class WAT(Lever):
         self.expert_weights = np.asarray(state["expert_weights"], dtype=float)
 
 
-LEVERS: Registry[Lever] = Registry("class-wise lever")
+LEVERS: Registry[Lever] = Registry("class-wise lever", internal=("num_classes",))
 LEVERS.register("reweight", summary="per-class loss weights raised for classes weak on validation")(Reweight)
 LEVERS.register("class-eps", summary="per-class eps (and TRADES beta) from training robust accuracy (CFA)")(ClassEps)
 LEVERS.register("frl", summary="FRL re-weighting and re-margining by per-class constraint violations")(FRL)

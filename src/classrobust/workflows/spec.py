@@ -198,10 +198,10 @@ def _check_attacks(text: Any) -> None:
     if not isinstance(text, str):
         raise UsageError("eval.attacks must be a string like \"fgsm,pgd:steps=20,autoattack\"")
     for name, params in parse_attack_specs(text):
-        bad = sorted(set(params) - set(ATTACKS.valid_kwargs(name)) - {"model"})
-        if bad or "model" in params:
-            raise UsageError(f"eval.attacks: attack {name!r} takes no parameter(s) {', '.join(bad or ['model'])}; "
-                             f"it takes: {', '.join(k for k in ATTACKS.valid_kwargs(name) if k != 'model')}")
+        try:  # the same check, and the same words, as on the command line
+            ATTACKS.check_kwargs(name, params)
+        except UsageError as exc:
+            raise UsageError(f"eval.attacks: {exc}") from None
 
 
 def _check_dataset(alias: str, entry: dict[str, Any]) -> str:
@@ -219,7 +219,8 @@ def _check_dataset(alias: str, entry: dict[str, Any]) -> str:
     if valid is not None:
         bad = sorted(set(entry.get("model_kwargs", {})) - valid)
         if bad:
-            raise UsageError(f"datasets.{alias}: model {model!r} takes no parameter(s) {', '.join(bad)}")
+            raise UsageError(f"datasets.{alias}: model {model!r} has no parameter {', '.join(map(repr, bad))}; "
+                             f"valid: {', '.join(sorted(valid))}")
     _only(set(entry.get("train", {}) or {}), TRAIN_KEYS, f"datasets.{alias}.train")
     return name
 
