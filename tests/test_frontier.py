@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from classrobust.analysis.frontier import frontier_rows, worst_at_cost
-from classrobust.defenses.adjust import ClassLogitAdjust
+from classrobust.models.adjust import ClassLogitAdjust
 from classrobust.defenses.frontier import TargetedMargins, fit_offsets, per_class_accuracy, robust_under
 from conftest import run
 

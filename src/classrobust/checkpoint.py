@@ -94,7 +94,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
     except ClassrobustError as exc:
         raise CheckpointError(f"{meta_path}: {exc}") from None
     if meta.get("calibration") is not None:  # per-class logit offsets / temperatures, inside the model
-        from classrobust.defenses.adjust import ClassLogitAdjust
+        from classrobust.models.adjust import ClassLogitAdjust
 
         model = ClassLogitAdjust(model, len(meta["classes"]))
     try:

@@ -5,7 +5,7 @@ adjustment it installs inside the model (:class:`~classrobust.defenses.adjust.Cl
 The training loop drives the levers through :class:`ClasswiseTerms` and never names one.
 """
 
-from classrobust.defenses.adjust import ClassLogitAdjust
+from classrobust.models.adjust import ClassLogitAdjust
 # (the fitting function is ``classrobust.defenses.calibrate.calibrate``, also ``cr.calibrate``; it is not
 # re-exported here, where its name would hide the module of the same name)
 from classrobust.defenses.calibrate import CalibrateConfig, Calibration

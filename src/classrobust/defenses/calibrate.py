@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from classrobust.attacks.pgd import PGD
-from classrobust.defenses.adjust import ClassLogitAdjust
+from classrobust.models.adjust import ClassLogitAdjust
 from classrobust.errors import UsageError
 from classrobust.evaluate.sharded import evaluate_dataset
 from classrobust.options import check_choice, coerce_fields, option

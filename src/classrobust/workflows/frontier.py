@@ -66,7 +66,7 @@ def run_frontier(checkpoints: Sequence[str | Path], out: str | Path, *, config: 
     from classrobust.attacks import build_attacks
     from classrobust.checkpoint import load_checkpoint, read_checkpoint_meta
     from classrobust.data import run_splits
-    from classrobust.defenses.adjust import ClassLogitAdjust
+    from classrobust.models.adjust import ClassLogitAdjust
     from classrobust.defenses.frontier import fit_frontier
     from classrobust.evaluate.sharded import evaluate_dataset
     from classrobust.io import atomic_write_json, check_own_directory
