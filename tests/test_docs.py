@@ -796,3 +796,11 @@ def test_readme_quotes_temperature_against_cw_from_the_records():
                                 range(5), (("t-cw", "temperature/test", "temp-pgd", "eval", "cw"),))
     text = " ".join((ROOT / "README.md").read_text().split())
     assert f"only {-table['mean'].iloc[0]:.2f} points stronger overall" in text
+
+
+def test_experiment_report_explains_its_columns_once_and_names_eps():
+    """Issue #35, item 14: the long paragraph was repeated under every attack, and no eps was named."""
+    report = (ROOT / "docs" / "results" / "quick-fashion-mnist" / "report" / "report.md").read_text()
+    assert report.count("McNemar: the worst class's points") == 1
+    assert report.count("The columns of the first table of this comparison") == 4  # fgsm, pgd, cw, autoattack
+    assert "; eps 0.1; 2000 test images per run" in report.splitlines()[2]

@@ -18,7 +18,7 @@ from classrobust import __version__
 from classrobust.analysis import seed_interval, wilson_interval
 from classrobust.analysis.experiment import experiment_tables
 from classrobust.errors import UsageError
-from classrobust.results import CLEAN, ClasswiseResult
+from classrobust.results import CLEAN, ClasswiseResult, format_eps
 from classrobust.io import atomic_directory
 from classrobust.report import figures
 from classrobust.report.page import Page as _Page
@@ -101,8 +101,9 @@ def build_experiment_report(out_dir: str | Path) -> Path:
         if index.get("description"):
             out.page.text(index["description"])
         first = next(iter(results.values()))
+        eps = sorted({format_eps(r.meta.get("eps")) for r in results.values()})
         meta_line = (f"{len(index['runs'])} runs from {index['source']}; attacks {index['eval']['attacks']}; "
-                     f"{len(first.labels)} test images per run; classrobust {__version__}")
+                     f"eps {', '.join(eps)}; {len(first.labels)} test images per run; classrobust {__version__}")
         out.page.text(meta_line, "meta")
         out.md += [meta_line, ""]
         _diverged_section(out, index)
@@ -158,6 +159,7 @@ def _seed_cell(mean, low, high, t_p, perm_p, unit: str = "seed") -> str:
 
 def _methods_sections(out: _Sections, tables):
     mc = tables["methods"]
+    explained = set()  # the long explanation once per comparison, not once per attack
     for (dataset, baseline, attack), g in (mc.groupby(["dataset", "baseline_method", "attack"], sort=False)
                                           if len(mc) else []):
         several = mc[mc.dataset == dataset]["baseline_method"].nunique() > 1
@@ -182,6 +184,13 @@ def _methods_sections(out: _Sections, tables):
             "McNemar b/c": [f"{b}/{c}" for b, c in zip(g.mcnemar_b, g.mcnemar_c)],
             "p (Holm)": ["" if pd.isna(p) else f"{p:.3g}" for p in g.mcnemar_p_holm]})
         against = f" against {baseline}" if several else ""
+        if (dataset, baseline) in explained:
+            out.section(f"{dataset}: methods{against} under {attack}",
+                        f"methods-{dataset}{against.replace(' ', '-')}-{attack}",
+                        f"The columns of the first table of this comparison, under {attack}.", shown,
+                        f"methods_{dataset}{against.replace(' ', '_')}_{attack}")
+            continue
+        explained.add((dataset, baseline))
         out.section(f"{dataset}: methods{against} under {attack}", f"methods-{dataset}{against.replace(' ', '-')}-{attack}",
                     ("Accuracy (%) of one seed with a 95% Wilson interval over the test points (one seed: no "
                      "interval across seeds); " if one_seed else
