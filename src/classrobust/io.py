@@ -78,6 +78,13 @@ def json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, default=_json_default) + "\n").encode("utf-8")
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, hex: how records name the files they were made from."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

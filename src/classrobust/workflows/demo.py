@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from classrobust.errors import CheckpointError
-from classrobust.io import check_output_dir
+from classrobust.io import check_output_dir, file_sha256
 from classrobust.options import plural
 from classrobust.results import ClasswiseResult
 from classrobust.runtime import default_precision, resolve_device
@@ -24,17 +24,11 @@ SHIPPED_FILES = ("model.safetensors", "model.json", "train_log.csv")
 SHIPPED_SHA256 = "84a40a77b030193ea990873029096d13899b61248973faef2a493a86f413633e"
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _install_shipped(out: Path, log: Callable[[str], None]) -> None:
     """Copy the shipped demo model into ``out`` after checking its SHA-256."""
     import shutil
 
-    if _sha256(SHIPPED / "model.safetensors") != SHIPPED_SHA256:
+    if file_sha256(SHIPPED / "model.safetensors") != SHIPPED_SHA256:
         raise CheckpointError(f"{SHIPPED / 'model.safetensors'} does not have the demo model's SHA-256 "
                               f"{SHIPPED_SHA256[:12]}...; reinstall classrobust or pass --retrain")
     out.mkdir(parents=True, exist_ok=True)
@@ -82,7 +76,7 @@ def run_demo(out: str | Path = "runs/demo", *, retrain: bool = False, epochs: in
     defaults = epochs is None and train_subset is None and seed == 0
     if not retrain and defaults and not checkpoint.exists() and not (out / "model.json").exists():
         _install_shipped(out, log)
-    if not retrain and defaults and checkpoint.is_file() and _sha256(checkpoint) == SHIPPED_SHA256:
+    if not retrain and defaults and checkpoint.is_file() and file_sha256(checkpoint) == SHIPPED_SHA256:
         reuse = True  # the shipped model, whatever precision or device this machine would train with
     elif checkpoint.exists() and not retrain:
         try:

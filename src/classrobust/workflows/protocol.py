@@ -20,13 +20,12 @@ file frozen, confirmation started (before any result), first result seen.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Callable
 
 from classrobust.errors import UsageError
-from classrobust.io import atomic_write_json, atomic_write_text
+from classrobust.io import atomic_write_json, atomic_write_text, file_sha256
 from classrobust.workflows.spec import ExperimentSpec, load_spec
 
 #: the screen's table and the confirmation's record of order, verdict and frontier folders
@@ -38,10 +37,6 @@ FRONTIER_DIR = "frontier"
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _spec(path: str | Path, stage: str, out: str | Path | None = None) -> ExperimentSpec:
@@ -125,8 +120,8 @@ def select(path: str | Path, confirm_path: str | Path, *, out: str | Path | None
         "protocol": {**{k: v for k, v in protocol.items() if k not in ("stage", "attack")},
                      "stage": "confirm", "target": dict(spec.protocol.target), "margin": spec.protocol.margin,
                      "chosen": kept,
-                     "screen": {"file": str(spec.source), "sha256": _sha256(spec.source),
-                                "table_sha256": _sha256(spec.out / SCREEN_TABLE), "out": str(spec.out),
+                     "screen": {"file": str(spec.source), "sha256": file_sha256(spec.source),
+                                "table_sha256": file_sha256(spec.out / SCREEN_TABLE), "out": str(spec.out),
                                 "read_at": read_at},
                      "frozen_at": _now()},
     }
@@ -141,16 +136,16 @@ def _check_frozen(spec: ExperimentSpec, path: Path) -> dict[str, Any]:
     """The recorded order, after checking that neither the confirmation file nor its screen changed."""
     screen_record = spec.protocol.screen or {}  # none: a design declared without a screen
     screen_file = Path(screen_record["file"]) if screen_record else None
-    if screen_file is not None and screen_file.is_file() and _sha256(screen_file) != screen_record["sha256"]:
+    if screen_file is not None and screen_file.is_file() and file_sha256(screen_file) != screen_record["sha256"]:
         raise UsageError(f"the screen file {screen_file} changed after the confirmation was frozen "
                          f"({spec.protocol.frozen_at}); a confirmation stands for the screen it was chosen by")
     table = Path(screen_record["out"]) / SCREEN_TABLE if screen_record else None
-    if table is not None and table.is_file() and _sha256(table) != screen_record["table_sha256"]:
+    if table is not None and table.is_file() and file_sha256(table) != screen_record["table_sha256"]:
         raise UsageError(f"the screen's table {table} changed after the confirmation was frozen")
     order_path = spec.out / ORDER
     if order_path.is_file():
         order = json.loads(order_path.read_text())
-        if order["confirm_sha256"] != _sha256(path):
+        if order["confirm_sha256"] != file_sha256(path):
             raise UsageError(f"{path} changed after its confirmation started ({order['started_at']}); a frozen "
                              "confirmation is never edited")
         return order
@@ -171,7 +166,7 @@ def confirm(path: str | Path, *, log: Callable[[str], None] = print, device: str
         # a declared design has no screen: its "screen read" is its freezing
         read_at = spec.protocol.screen["read_at"] if spec.protocol.screen else spec.protocol.frozen_at
         order = {"screen_read_at": read_at, "frozen_at": spec.protocol.frozen_at,
-                 "started_at": _now(), "confirm_sha256": _sha256(path)}
+                 "started_at": _now(), "confirm_sha256": file_sha256(path)}
         if not read_at <= order["frozen_at"] <= order["started_at"]:
             raise UsageError(f"{path} says it was frozen at {order['frozen_at']}, after now ({order['started_at']}) "
                              "or before its screen was read; a confirmation starts after it is frozen")
