@@ -368,7 +368,7 @@ def test_wat_trains_with_trades_as_the_confirmation_runs_it(synthetic_env, tmp_p
     import pandas as pd
 
     out = tmp_path / "run"
-    code, _, err = run([*TRAIN, "--epochs", "3", "--method", "trades", "--beta", "6", "--classwise", "wat:eta=0.3",
+    code, _, err = run([*TRAIN, "--epochs", "3", "--method", "trades:beta=6", "--classwise", "wat:eta=0.3",
                         "--out", out], capsys)
     assert code == 0, err
     log = pd.read_csv(out / "train_log.csv")

@@ -28,7 +28,7 @@ datasets:
   fashion-mnist: {model: smallcnn}
 methods:
   pgd-at: {}
-  trades: {beta: 1.0}
+  trades: {method: "trades:beta=1"}
 eval: {attacks: "fgsm,pgd:steps=3", limit: 100}
 ablation:
   remove_confused_class: {method: pgd-at, attack: pgd}
@@ -89,7 +89,7 @@ def test_two_run_experiment_end_to_end_then_skipped(synthetic_env, tmp_path, cap
     for entry in (ablation, control):
         retrained = json.loads((out / entry["dir"] / "model.json").read_text())
         assert retrained["config"]["drop_classes"] == [entry["dropped_class"]]
-    assert json.loads((out / "runs/fashion-mnist/trades/seed0/model.json").read_text())["config"]["beta"] == 1.0
+    assert json.loads((out / "runs/fashion-mnist/trades/seed0/model.json").read_text())["config"]["method"] == "trades:beta=1"
     report = out / "report"
     assert (report / "report.html").is_file() and (report / "report.md").is_file()
     per_class = pd.read_csv(report / "per_class.csv")
@@ -169,7 +169,7 @@ def test_two_run_experiment_end_to_end_then_skipped(synthetic_env, tmp_path, cap
 
 def test_changed_settings_never_overwrite_results(synthetic_env, tmp_path, capsys):
     out = tmp_path / "exp"
-    one_run = TINY.replace("  trades: {beta: 1.0}\n", "").replace("ablation:\n  remove_confused_class: "
+    one_run = TINY.replace("  trades: {method: \"trades:beta=1\"}\n", "").replace("ablation:\n  remove_confused_class: "
                                                                   "{method: pgd-at, attack: pgd}\n", "")
     assert run(["experiment", write(tmp_path, one_run), "--out", out, "--no-progress"], capsys)[0] == 0
     weights = (out / "runs/fashion-mnist/pgd-at/seed0/model.safetensors").read_bytes()
@@ -240,6 +240,10 @@ def test_killed_experiment_resumes_half_trained_run(synthetic_env, tmp_path):
     ("datasets: [fashion-mnist]\nmethods: [pgd-at]\neval: {attacks: pgd}\n"
      "ablation: {remove_confused_class: {control: 1}}\n", "control must be true or false"),
     ("- a\n- b\n", "an experiment file is a mapping"),
+    ("datasets: [fashion-mnist]\nmethods: {trades: {beta: 1.0}}\neval: {attacks: pgd}\n",
+     'methods.trades: beta is a setting of the method now: method: "trades:beta=1.0"'),
+    ("datasets: [fashion-mnist]\nmethods: {pgd-at: {method: 'pgd-at:beta=1'}}\neval: {attacks: pgd}\n",
+     "training method 'pgd-at' has no parameter 'beta'"),
 ])
 def test_bad_experiment_files_are_refused_in_one_line(text, message, tmp_path, capsys):
     code, _, err = run(["experiment", write(tmp_path, text), "--check"], capsys)
@@ -303,7 +307,7 @@ datasets:
   digits: {name: mnist}
 methods:
   pgd-at: {}
-  trades-b1: {method: trades, beta: 1.0, epochs: 9}
+  trades-b1: {method: "trades:beta=1.0", epochs: 9}
 seeds: [1, 2]
 eval: {attacks: pgd}
 """))
@@ -311,7 +315,7 @@ eval: {attacks: pgd}
     r = spec.run("fashion-mnist", "pgd-at", 1)
     assert (r.config.epochs, r.config.lr, r.config.eps, r.config.seed) == (7, 0.1, 0.2, 1)
     r = spec.run("fashion-mnist", "trades-b1", 2)
-    assert (r.config.method, r.config.beta, r.config.epochs) == ("trades", 1.0, 9)
+    assert (r.config.method, r.config.method_kwargs, r.config.epochs) == ("trades:beta=1", {"beta": 1.0}, 9)
     r = spec.run("digits", "pgd-at", 1)
     assert (r.config.dataset, r.config.eps, r.key) == ("mnist", None, "digits/pgd-at/seed1")
     with pytest.raises(UsageError, match="seeds are listed twice"):
@@ -371,11 +375,11 @@ train: {epochs: 1, attack_steps: 1, batch_size: 50, val_size: 100, train_subset:
 datasets: [fashion-mnist]
 methods:
   pgd-at: {}
-  trades: {beta: 1.0}
+  trades: {method: "trades:beta=1"}
   pgd-at+cal: {base: pgd-at, calibrate: {max_avg_drop: 5.0, val_size: 60, steps: 2, rounds: 1}}
 eval: {attacks: "pgd:steps=3", limit: 100}
 """
-    first = grid.replace("  trades: {beta: 1.0}\n", "").replace(
+    first = grid.replace("  trades: {method: \"trades:beta=1\"}\n", "").replace(
         "  pgd-at+cal: {base: pgd-at, calibrate: {max_avg_drop: 5.0, val_size: 60, steps: 2, rounds: 1}}\n", "")
     out, moved = tmp_path / "exp", tmp_path / "moved"
     assert run(["experiment", write(tmp_path, first, "first.yaml"), "--out", out, "--no-progress"], capsys)[0] == 0
@@ -433,7 +437,7 @@ def test_a_diverged_run_is_recorded_and_the_grid_goes_on(synthetic_env, tmp_path
 
     monkeypatch.setattr(TRADES, "loss", nan_for_seed_1_in_epoch_2)
     text = TWO_SEEDS + f"""\
-  trades: {{beta: 1.0}}
+  trades: {{method: "trades:beta=1"}}
   trades+cal: {{base: trades, calibrate: {CALIBRATE}}}
 eval: {{attacks: "pgd:steps=2", limit: 60}}
 """

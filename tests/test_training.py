@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -83,6 +84,54 @@ def test_each_method_improves_its_own_objective(name, fmnist_test_subset):
         assert after == pytest.approx(at_zero)
     else:
         assert after > at_zero + 0.05, (after, at_zero)
+
+
+def test_method_specs_are_parsed_checked_and_spelled_one_way():
+    from classrobust.errors import UsageError
+
+    config = TrainConfig(method="trades:beta=1.0")
+    assert (config.method, config.method_name, config.method_kwargs) == ("trades:beta=1", "trades", {"beta": 1.0})
+    assert TrainConfig(method="trades:beta=6").method == "trades"  # the default: one run, one spelling
+    assert TrainConfig(method="mart:beta=8/2").method_kwargs == {"beta": 4.0}
+    assert TrainConfig(method="pgd-at").method_kwargs == {}
+    with pytest.raises(UsageError, match=r"'pgd-at' has no parameter 'beta'; valid: $"):
+        TrainConfig(method="pgd-at:beta=1")  # the loop's own settings (attack_steps, ...) are not offered
+    with pytest.raises(UsageError, match=r"'trades' has no parameter 'attack_steps'; valid: beta$"):
+        TrainConfig(method="trades:attack_steps=3")
+    with pytest.raises(UsageError, match="did you mean 'trades'"):
+        TrainConfig(method="trade:beta=1")
+    with pytest.raises(UsageError, match="trades: beta must be >= 0, got -1"):
+        METHODS.build("trades", attack_steps=1, alpha=None, precision="fp32", beta=-1.0)
+    with pytest.raises(UsageError, match="must be a number"):
+        TrainConfig(method="trades:beta=high")
+    with pytest.raises(UsageError, match="names one method"):
+        TrainConfig(method="trades,mart")
+
+
+def test_configs_saved_with_a_beta_field_still_load_as_the_same_run():
+    legacy = {**TrainConfig().to_dict(), "method": "trades", "beta": 1.0}
+    assert TrainConfig.from_dict(legacy).method == "trades:beta=1"
+    assert TrainConfig(method="trades:beta=1").differences(legacy) == []
+    assert TrainConfig(method="trades").differences({**legacy, "beta": 6.0}) == []
+    assert TrainConfig(method="trades").differences(legacy) == ["method"]
+    assert TrainConfig.from_dict({**legacy, "method": "pgd-at"}).method == "pgd-at"  # no beta to carry
+
+
+def test_a_method_with_its_settings_trains_with_them(synthetic_env, tmp_path, monkeypatch):
+    from classrobust.training.methods.trades import TRADES
+
+    seen = []
+    real = TRADES.__init__
+
+    @functools.wraps(real)  # keeps the signature the registry reads
+    def spy(self, **kwargs):
+        seen.append(kwargs["beta"])
+        real(self, **kwargs)
+
+    monkeypatch.setattr(TRADES, "__init__", spy)
+    assert main([*TRAIN, "--method", "trades:beta=2", "--out", str(tmp_path / "r")]) == 0
+    assert seen == [2.0]
+    assert json.loads((tmp_path / "r/model.json").read_text())["config"]["method"] == "trades:beta=2"
 
 
 def test_schedules():

@@ -93,7 +93,7 @@ def replay(partial: Path, variant: str, until: int, spike: float) -> dict:
             losses.append(float(loss.detach()))
             if variant == "as-run" and not parts and losses[-1] > spike:
                 parts.update(step=step + len(losses) - 1, loss=losses[-1],
-                             **_spike_parts(run, x, y, loss, logits, run.config.beta))
+                             **_spike_parts(run, x, y, loss, logits, run.method.beta))
             if step + len(losses) >= until or not math.isfinite(losses[-1]):
                 raise _Stop
             return loss, logits

@@ -112,10 +112,12 @@ class Registry(Generic[T]):
         return out
 
     def build(self, name: str, *args: Any, **kwargs: Any) -> T:
-        """Call the builder of ``name`` with its registered defaults overridden by ``kwargs``."""
+        """Call the builder of ``name`` with its registered defaults overridden by ``kwargs``. The
+        library passes the internal arguments itself (positionally or by name); a user's spec is
+        checked where it is parsed (:meth:`check_kwargs` refuses internal names there)."""
         entry = self.get(name)
         merged = self.coerce(name, {**entry.defaults, **kwargs})
-        self.check_kwargs(name, merged)
+        self.check_kwargs(name, {k: v for k, v in merged.items() if k not in self.internal})
         return entry.builder(*args, **merged)
 
 

@@ -39,10 +39,10 @@ class TrainConfig:
     model: str = option("smallcnn", "model name, timm:ARCH (any timm architecture, untrained), or "
                                     "python:package.module:factory")
     model_kwargs: dict[str, Any] = option({}, "keyword arguments of the model builder", cli=False)
-    method: str = option("pgd-at", "training method (classrobust list)")
+    method: str = option("pgd-at", "training method and its settings, e.g. 'trades:beta=1' (classrobust list)",
+                         metavar="METHOD[:k=v,...]")
     classwise: str = option("", "class-wise levers, e.g. 'reweight:strength=2,fawa' (docs/defenses.md)",
                             metavar="LEVER[:k=v,...][,LEVER...]")
-    beta: float = option(6.0, "TRADES / MART trade-off")
     eps: float | None = option(None, "perturbation budget of the inner attack (default: the dataset's)")
     alpha: float | None = option(None, "inner attack step size (default: 2.5 * eps / attack steps)")
     attack_steps: int = option(5, "inner PGD steps")
@@ -97,7 +97,6 @@ class TrainConfig:
             (self.eps_warmup_epochs >= 0, "eps warm-up epochs must be >= 0"),
             (self.train_subset is None or self.train_subset >= 1,
              f"train subset must be >= 1, got {self.train_subset}"),
-            (self.beta >= 0, f"beta must be >= 0, got {self.beta}"),
             (self.lr_warmup_epochs >= 0, "learning-rate warm-up epochs must be >= 0"),
         ]
         for ok, message in checks:
@@ -108,20 +107,34 @@ class TrainConfig:
                              "guaranteed deterministic)")
         for name in ("schedule", "select", "precision"):
             check_choice(TrainConfig, name, getattr(self, name))
-        from classrobust.training.methods import METHODS
+        from classrobust.training.methods import METHODS, canonical_method
 
-        METHODS.get(self.method)  # an unknown method now, with the registry's suggestion, not at training
+        # an unknown method or setting fails now, with the registry's suggestion, not at training; one
+        # spelling per method, so ``trades:beta=6`` and ``trades`` are one run
+        object.__setattr__(self, "method", canonical_method(self.method))
         if self.classwise:
             from classrobust.defenses.levers import check_levers
-            from classrobust.training.methods import METHODS
 
-            check_levers(self.classwise, method=self.method, select=self.select, epochs=self.epochs,
-                         supports_levers=METHODS.get(self.method).builder.supports_levers)
+            check_levers(self.classwise, method=self.method_name, select=self.select, epochs=self.epochs,
+                         supports_levers=METHODS.get(self.method_name).builder.supports_levers)
+
+    @property
+    def method_name(self) -> str:
+        """The registered method of :attr:`method` (``trades`` of ``trades:beta=1``)."""
+        return self.method.partition(":")[0]
+
+    @property
+    def method_kwargs(self) -> dict[str, Any]:
+        """The settings :attr:`method` gives its method (``{"beta": 1.0}``)."""
+        from classrobust.training.methods import parse_method
+
+        return parse_method(self.method)[1]
 
     def differences(self, other: dict[str, Any]) -> list[str]:
         """Keys whose values differ from ``other`` (a saved config), for a refused resume. A key the
         saved config lacks (saved before the option existed) counts as its default."""
         mine = self.to_dict()
+        other = upgrade_saved_config(other)
         defaults = TrainConfig().to_dict()  # in the saved (to_dict) form
         return sorted(k for k in set(mine) | set(other)
                       if k not in RESULT_NEUTRAL and mine.get(k) != other.get(k, defaults.get(k)))
@@ -134,12 +147,29 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = upgrade_saved_config(d)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise UsageError(f"unknown training config keys: {', '.join(unknown)}")
-        d = dict(d)
         for key in ("lr_milestones", "drop_classes"):
             if key in d:
                 d[key] = tuple(d[key])
         return cls(**d)
+
+
+def upgrade_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config in today's form. Configs saved before methods took their settings in the spec
+    carry ``beta`` as a field: it moves into the method (``trades`` with beta 1 -> ``trades:beta=1``),
+    is dropped for methods that have none, and a default value leaves the spec as it was."""
+    d = dict(saved)
+    if "beta" not in d:
+        return d
+    beta = d.pop("beta")
+    from classrobust.training.methods import METHODS, canonical_method
+
+    method = str(d.get("method", "pgd-at"))
+    name = method.partition(":")[0]
+    if name in METHODS and "beta" in METHODS.valid_kwargs(name) and "beta=" not in method:
+        d["method"] = canonical_method(f"{method}{',' if ':' in method else ':'}beta={beta}")
+    return d

@@ -168,7 +168,7 @@ def check_run_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
 
 
 def _prepare(config: TrainConfig, out_dir: str | Path, data_dir, download: bool) -> _Run:
-    method_entry = METHODS.get(config.method)
+    method_entry = METHODS.get(config.method_name)
     check_model_name(config.model)  # a bad name fails before any data is read
     device, distributed = setup_device(config.device)
     rank, size = world()
@@ -192,10 +192,9 @@ def _prepare(config: TrainConfig, out_dir: str | Path, data_dir, download: bool)
     if use_sync_batchnorm(net, device, distributed):
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     model = wrap_model(net, device, distributed=distributed, compile=config.compile)
-    method_kwargs = {"beta": config.beta} if "beta" in METHODS.valid_kwargs(config.method) else {}
-    method = method_entry.builder(attack_steps=config.attack_steps, alpha=config.alpha,
-                                  precision=config.precision, **method_kwargs)
-    levers = ClasswiseTerms(config.classwise, info.num_classes, method=config.method,
+    method = METHODS.build(config.method_name, attack_steps=config.attack_steps, alpha=config.alpha,
+                           precision=config.precision, **config.method_kwargs)
+    levers = ClasswiseTerms(config.classwise, info.num_classes, method=config.method_name,
                             supports_levers=method_entry.builder.supports_levers, select=config.select,
                             epochs=config.epochs)
     decay, no_decay = [], []

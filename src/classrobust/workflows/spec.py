@@ -11,8 +11,8 @@
       pets: {name: "folder:/data/pets", model: preact-resnet18, train: {epochs: 30}}
     methods:
       pgd-at: {}
-      trades: {beta: 6.0}                          # TrainConfig overrides for this method
-      trades-b1: {method: trades, beta: 1.0, baseline: trades}   # an alias, compared against trades
+      trades: {lr: 0.05}                           # TrainConfig overrides for this method
+      trades-b1: {method: "trades:beta=1", baseline: trades}   # an alias, compared against trades
       pgd-at-cal: {base: pgd-at, calibrate: {max_avg_drop: 1.0}}   # `classrobust calibrate` on pgd-at's runs
     eval: {attacks: "fgsm,pgd:steps=20,autoattack", limit: 2000, subset_seed: per-seed}
     ablation:
@@ -257,7 +257,7 @@ def _parse_seeds(raw: dict[str, Any]) -> list[int]:
 
 
 def _parse_methods(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    from classrobust.training import METHODS
+    from classrobust.training.methods import parse_method
 
     methods = _mapping(raw.get("methods"), "methods")
     for alias, entry in methods.items():
@@ -278,8 +278,11 @@ def _parse_methods(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
             except (UsageError, TypeError) as exc:
                 raise UsageError(f"methods.{alias}.calibrate: {exc}") from None
             continue
+        if "beta" in entry:  # the field it was before methods took their settings in the spec
+            raise UsageError(f"methods.{alias}: beta is a setting of the method now: "
+                             f"method: \"{entry.get('method', alias)}:beta={entry['beta']}\"")
         _only(set(entry), TRAIN_KEYS | {"method"}, f"methods.{alias}")
-        METHODS.get(entry.get("method", alias))
+        parse_method(entry.get("method", alias))
     return methods
 
 

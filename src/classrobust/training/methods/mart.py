@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from classrobust.errors import UsageError
 from classrobust.runtime import autocast
 from classrobust.training.methods.base import TrainingMethod
 from classrobust.training.methods.trades import kl_per_sample
@@ -29,6 +30,8 @@ class MART(TrainingMethod):
 
     def __init__(self, *, attack_steps: int, alpha: float | None, precision: str, beta: float = 6.0):
         super().__init__(attack_steps=attack_steps, alpha=alpha, precision=precision)
+        if beta < 0:
+            raise UsageError(f"{self.name}: beta must be >= 0, got {beta}")
         self.beta = beta
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int, terms=None):
