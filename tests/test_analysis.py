@@ -529,7 +529,10 @@ def test_judge_target_needs_gain_average_and_both_seed_tests():
     assert verdict.loc["costly", "avg_diff_t_p"] < 0.05
     # +11 points on average but one seed lost: sign-flip p = 2/32 is not below 0.05
     assert not verdict.loc["mixed", "meets"] and "sign-flip p 0.062" in verdict.loc["mixed", "short_of"]
-    assert not judge_target(table, worst_gain=0.2).set_index("method").loc["lift", "meets"]
+    # both criteria in points, as the protocol's target and every allowance: +10 meets 9, not 20
+    assert judge_target(table, worst_gain=9.0).set_index("method").loc["lift", "meets"]
+    assert not judge_target(table, worst_gain=20.0).set_index("method").loc["lift", "meets"]
+    assert "average" not in judge_target(table, max_avg_drop=6.0).set_index("method").loc["costly", "short_of"]
     assert verdict.loc["lift", "alternative"] == "greater" and verdict.loc["lift", "target_class"] == "a"
     one_seed = compare_methods({k: v for k, v in results.items() if k[1] == 0}, "base", ["autoattack"], target=0)
     assert not judge_target(one_seed).meets.any()  # no seed-level test from one seed: never met

@@ -114,6 +114,14 @@ def test_calibrate_end_to_end(fit, trained_run, tmp_path, capsys, monkeypatch):
     assert code == 0, err
 
 
+def test_calibrate_takes_its_allowance_in_points(tiny_model):
+    from classrobust.defenses.calibrate import calibrate
+    from classrobust.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"max average drop must be in \[0, 100\) points, got 150"):
+        calibrate(tiny_model, None, eps=0.1, max_avg_drop=150.0)
+
+
 def test_calibrate_refuses_to_overwrite(trained_run, tmp_path, capsys):
     src = trained_run / "model.safetensors"
     code, _, err = run(["calibrate", "--checkpoint", src, "--out", src], capsys)

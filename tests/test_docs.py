@@ -192,7 +192,7 @@ def test_confirmation_verdict_only_from_a_finished_export(tmp_path):
     import pandas as pd
 
     script = _load(ROOT / "experiments" / "quick" / "screen_levers.py")
-    assert script.TARGET == dict(attack="autoattack", worst_gain=0.05, max_avg_drop=0.01, alpha=0.05)
+    assert script.TARGET == dict(attack="autoattack", worst_gain=5.0, max_avg_drop=1.0, alpha=0.05)
     with pytest.raises(SystemExit, match="no .*methods.csv"):
         script.verdict(tmp_path)
     (tmp_path / "experiment-progress.json").write_text("{}")

@@ -163,13 +163,13 @@ def per_class_differences(results: Mapping[tuple[str, int], object], baseline: s
 AVERAGE_RULES = ("non-inferiority", "mean")
 
 
-def judge_target(methods: pd.DataFrame, worst_gain: float = 0.05, max_avg_drop: float = 0.01,
+def judge_target(methods: pd.DataFrame, worst_gain: float = 5.0, max_avg_drop: float = 1.0,
                  alpha: float = 0.05, average: str = "non-inferiority") -> pd.DataFrame:
     """Whether each method meets a declared target against its baseline, from :func:`compare_methods`' table.
 
     A method meets it when, over its seeds (the training run is the unit), the mean per-seed gain on
-    the target class is at least ``worst_gain`` (accuracies in [0, 1], so 0.05 is 5 points), the mean
-    per-seed change of the average is at least ``-max_avg_drop``, and the gain on the target class is
+    the target class is at least ``worst_gain`` points, the per-seed change of the average is at least
+    ``-max_avg_drop`` points (both in points, as every allowance in the library), and the gain on the target class is
     significant: paired t-test p < ``alpha`` *and* exact sign-flip p < ``alpha``, both in the
     direction the table's ``worst_alternative`` declares (the tests are against no change, not against
     ``worst_gain``); ``average`` (:data:`AVERAGE_RULES`) says how the average's cost is judged. A method
@@ -199,13 +199,13 @@ def judge_target(methods: pd.DataFrame, worst_gain: float = 0.05, max_avg_drop: 
         if row.paired_seeds < row.expected_seeds:
             missed.append(f"{row.expected_seeds - row.paired_seeds} of {row.expected_seeds} seeds without a "
                           "pair of results (a run diverged)")
-        if not row.worst_diff_mean >= worst_gain:
-            missed.append(f"worst-class gain {100 * row.worst_diff_mean:+.1f} < +{100 * worst_gain:g}")
+        if not 100 * row.worst_diff_mean >= worst_gain:
+            missed.append(f"worst-class gain {100 * row.worst_diff_mean:+.1f} < +{worst_gain:g}")
         lower = getattr(row, "avg_diff_lower95", float("nan"))
-        if average == "mean" and not row.avg_diff_mean >= -max_avg_drop:
-            missed.append(f"average {100 * row.avg_diff_mean:+.1f} < -{100 * max_avg_drop:g}")
-        if average == "non-inferiority" and not lower >= -max_avg_drop:  # NaN (one seed) fails too
-            missed.append(f"average's one-sided 95% lower bound {100 * lower:+.1f} < -{100 * max_avg_drop:g}")
+        if average == "mean" and not 100 * row.avg_diff_mean >= -max_avg_drop:
+            missed.append(f"average {100 * row.avg_diff_mean:+.1f} < -{max_avg_drop:g}")
+        if average == "non-inferiority" and not 100 * lower >= -max_avg_drop:  # NaN (one seed) fails too
+            missed.append(f"average's one-sided 95% lower bound {100 * lower:+.1f} < -{max_avg_drop:g}")
         if not row.worst_diff_t_p < alpha:  # NaN (one seed) fails too
             missed.append(f"t-test p {row.worst_diff_t_p:.2g} >= {alpha:g}")
         if not row.worst_diff_perm_p < alpha:

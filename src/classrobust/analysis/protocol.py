@@ -118,8 +118,8 @@ def protocol_verdict(methods: pd.DataFrame, target: dict[str, Any], gaps: pd.Dat
     its one-sided 95% lower bound over seeds above ``-max_avg_drop``), one row per lever, with the
     frontier comparison's seed-level test where ``gaps`` is given (``beats_frontier``: its t and
     sign-flip p-values both below ``alpha``, on every declared seed)."""
-    table = judge_target(methods[methods["attack"] == target["attack"]], worst_gain=target["worst_gain"] / 100,
-                         max_avg_drop=target["max_avg_drop"] / 100, alpha=target["alpha"])
+    table = judge_target(methods[methods["attack"] == target["attack"]], worst_gain=target["worst_gain"],
+                         max_avg_drop=target["max_avg_drop"], alpha=target["alpha"])
     if gaps is None or gaps.empty or table.empty:
         return table
     tests = gap_tests(gaps)

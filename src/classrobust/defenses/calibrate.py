@@ -85,7 +85,8 @@ class CalibrateConfig:
 
     def recorded(self) -> dict[str, Any]:
         """The settings a calibrated checkpoint records (and an experiment compares); a pgd-refit's are
-        recorded as before the margins fit existed, so earlier checkpoints still match."""
+        recorded as before the margins fit existed, so earlier checkpoints still match. The record keeps
+        ``max_avg_drop`` as a fraction, as checkpoints have since the first (a file format, not an API)."""
         if self.fit == "pgd-refit":
             return {"max_avg_drop": self.max_avg_drop / 100, "temperature": self.temperature,
                     "val_size": self.val_size, "rounds": self.rounds,
@@ -175,7 +176,7 @@ def _logits(model: ClassLogitAdjust, dataset, attack: PGD, batch_size: int, devi
 
 
 def calibrate(model: nn.Module, val_set, *, eps: float, steps: int = 10, seed: int = 0, precision: str = "fp32",
-              max_avg_drop: float = 0.01, fit_temperature: bool = False, rounds: int = 3, batch_size: int = 500,
+              max_avg_drop: float = 1.0, fit_temperature: bool = False, rounds: int = 3, batch_size: int = 500,
               fit: str = "pgd-refit", targets: int = 9, device=None, log: Callable[[str], None] = print
               ) -> tuple[ClassLogitAdjust, Calibration]:
     """Fit per-class offsets (and temperatures) on ``val_set`` (a validation split, never test).
@@ -184,13 +185,14 @@ def calibrate(model: nn.Module, val_set, *, eps: float, steps: int = 10, seed: i
         model: the classifier, ``(N, C, H, W) in [0, 1] -> (N, K)``.
         val_set: validation images and labels.
         eps: the L-inf budget the fit defends against (``steps`` steps, seeded).
-        max_avg_drop: the largest allowed loss of average robust accuracy (0.01 = 1 point).
+        max_avg_drop: the largest allowed loss of average robust accuracy, in points (as every
+            allowance in the library: ``CalibrateConfig``, the frontier, the protocol's target).
         fit: ``margins`` (the calibration frontier's fit at this one allowance, ``targets`` targets;
             before and after measured end to end with PGD-:data:`MEASURE_STEPS`) or ``pgd-refit``.
     Returns ``(adjusted model, Calibration)``; the adjusted model wraps ``model``.
     """
-    if not 0 <= max_avg_drop < 1:
-        raise UsageError(f"max average drop must be in [0, 1), got {max_avg_drop}")
+    if not 0 <= max_avg_drop < 100:
+        raise UsageError(f"max average drop must be in [0, 100) points, got {max_avg_drop}")
     if rounds < 1:
         raise UsageError(f"rounds must be >= 1, got {rounds}")
     k = len(val_set.classes)
@@ -208,7 +210,7 @@ def calibrate(model: nn.Module, val_set, *, eps: float, steps: int = 10, seed: i
     if fit == "margins":  # the frontier's fit, one allowance: the same code as `classrobust frontier`
         from classrobust.defenses.frontier import fit_frontier
 
-        fitted = fit_frontier(model, val_set, eps=eps, allowances=(100 * max_avg_drop,), steps=steps,
+        fitted = fit_frontier(model, val_set, eps=eps, allowances=(max_avg_drop,), steps=steps,
                               n_targets=targets, seed=seed, precision=precision, batch_size=batch_size,
                               device=device, log=log)
         adjusted.set(fitted.offsets[0])
@@ -219,7 +221,8 @@ def calibrate(model: nn.Module, val_set, *, eps: float, steps: int = 10, seed: i
         return adjusted, Calibration(offsets=fitted.offsets[0], temperatures=[1.0] * k, before=before, after=after,
                                      rounds=[{"fit": "margins", "estimated_average": fitted.val_average[0],
                                               "estimated_worst": fitted.val_worst[0]}])
-    floor = before["robust_accuracy"] - max_avg_drop
+    drop = max_avg_drop / 100  # the search works on accuracies in [0, 1]
+    floor = before["robust_accuracy"] - drop
     best = (before, np.zeros(k), np.ones(k))
     history = []
     log(f"validation before: robust {before['robust_accuracy']:.1%}, worst class {before['worst_class']} "
@@ -227,7 +230,7 @@ def calibrate(model: nn.Module, val_set, *, eps: float, steps: int = 10, seed: i
     for r in range(1, rounds + 1):
         clean, adv, y = _logits(adjusted, val_set, attack_for(adjusted), batch_size, device)
         # aim a quarter of the budget above the floor: the re-attack usually costs a little
-        offsets, temps = search_adjustment(clean, adv, y, k, floor + max_avg_drop / 4, best[1], best[2],
+        offsets, temps = search_adjustment(clean, adv, y, k, floor + drop / 4, best[1], best[2],
                                            fit_temperature=fit_temperature)
         # The fixed-logit estimate is optimistic: a raised class also becomes a new target for the
         # attack. So walk back towards the last accepted adjustment until the re-attacked model

@@ -56,7 +56,7 @@ def calibrate_checkpoint(src: str | Path, out: str | Path, *, config: CalibrateC
     log(f"calibrating {src} on {len(val)} validation images ({how}, eps {eps:g}); "
         f"allowed average loss {config.max_avg_drop:g} points")
     adjusted, fit = calibrate(model, val, eps=eps, steps=config.fit_steps, seed=config.seed, precision=config.precision,
-                              max_avg_drop=config.max_avg_drop / 100, fit_temperature=config.temperature,
+                              max_avg_drop=config.max_avg_drop, fit_temperature=config.temperature,
                               rounds=config.rounds, fit=config.fit, targets=config.targets, device=dev, log=log)
     settings_meta = {"source": str(src), "source_sha256": meta["sha256"], "eps": eps, **config.recorded(),
                      "val_size": len(val)}
