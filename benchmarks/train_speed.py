@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from classrobust.data import get_dataset, stratified_subset, train_val_split
 from classrobust.models import create_model
+from classrobust.runtime import Runtime
 from classrobust.training import TrainConfig, train
 
 
@@ -59,7 +60,7 @@ def ours_epoch(n: int, batch: int, precision: str, compile_: bool) -> float:
                          val_attack_steps=1, model_kwargs={"dropout": 0.0}, precision=precision,
                          compile=compile_)
     with tempfile.TemporaryDirectory() as tmp:
-        train(config, f"{tmp}/run", progress=False, log=lambda s: None)
+        train(config, f"{tmp}/run", runtime=Runtime(progress=False, log=lambda s: None))
         return float(pd.read_csv(f"{tmp}/run/train_log.csv")["seconds"].iloc[0])
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from classrobust.data.mnist_like import SYSTEM_DIRS
+from classrobust.runtime import Runtime
 
 FMNIST_DIR = SYSTEM_DIRS["fashion-mnist"]
 
@@ -170,7 +171,7 @@ def at_fmnist_model(tmp_path_factory):
     # lr 0.05 at batch 64 collapsed or diverged on some seeds
     config = TrainConfig(train_subset=10000, epochs=2, batch_size=64, attack_steps=3, eps_warmup_epochs=1.0,
                          val_size=200, model_kwargs={"dropout": 0.0}, lr=0.01, precision="bf16")
-    path = train(config, tmp_path_factory.mktemp("at") / "run", progress=False, log=lambda s: None)
+    path = train(config, tmp_path_factory.mktemp("at") / "run", runtime=Runtime(progress=False, log=lambda s: None))
     model, meta = load_checkpoint(path)
     # a collapsed model would make every cross-check trivial
     per_class = meta["metrics"]["val_clean_accuracy_per_class"]

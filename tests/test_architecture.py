@@ -61,6 +61,43 @@ def test_imports_point_down(path):
             assert target in TORCH_FREE, f"{own} must stay torch-free but imports {target}"
 
 
+def _module_imports(path: Path) -> set[str]:
+    """classrobust modules imported anywhere in ``path`` (function bodies included), dotted."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("classrobust"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("classrobust"))
+    return found
+
+
+def test_no_import_circles_inside_a_layer():
+    """Within a package (workflows/ above all) imports point one way too: a circle (experiment ->
+    temperature -> experiment) means two modules that cannot be read or changed apart."""
+    graph = {}
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE).with_suffix("")
+        name = "classrobust." + ".".join(p for p in rel.parts if p != "__init__")
+        graph[name] = {m for m in _module_imports(path) if m != name}
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            node = todo.pop()
+            for nxt in graph.get(node, ()):
+                if nxt == goal:
+                    return True
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return False
+
+    workflows = sorted(n for n in graph if n.startswith("classrobust.workflows."))
+    circles = [(a, b) for a in workflows for b in graph[a] if b.startswith("classrobust.workflows.") and reaches(b, a)]
+    assert not circles, f"import circles: {circles}"
+
+
 def test_analysis_and_report_load_without_torch():
     code = ("import sys, classrobust, classrobust.report, classrobust.analysis, classrobust.results; "
             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))[:3])")
@@ -177,3 +214,28 @@ def test_training_and_calibration_share_one_validation_split(synthetic_env):
     assert set(val.indices.tolist()) <= set(data.run_splits(TrainConfig(drop_classes=("Shirt",), val_size=10_000))[1]
                                             .indices.tolist())
     assert shirt not in bigger.targets.tolist() and len(bigger) == 54
+
+
+def test_a_trained_run_loads_one_way_with_its_runtime(trained_run, tmp_path):
+    """load_trained_run: the checkpoint, its training run's validation split (the images run_splits
+    gives the training config, never the test split) and its eps; the runtime's data folder and log
+    reach it; a checkpoint without a training config is one error naming what needed the split."""
+    import classrobust.data as data
+    from classrobust.errors import UsageError
+    from classrobust.runtime import Runtime
+    from classrobust.training import TrainConfig
+    from classrobust.workflows.calibrate import calibrate_checkpoint
+    from classrobust.workflows.evaluate import load_trained_run
+
+    run = load_trained_run(trained_run, Runtime(), val_size=30, needs="this test")
+    _, expected = data.run_splits(TrainConfig.from_dict(run.meta["config"]), val_size=30)
+    assert run.val.indices.tolist() == expected.indices.tolist() and run.eps == run.meta["eps"]
+    assert not run.model.training and run.checkpoint == trained_run / "model.safetensors"
+    heard = []
+    calibrate_checkpoint(trained_run, tmp_path / "c.safetensors", val_size=20, steps=1, runtime=Runtime(log=heard.append))
+    assert any(line.startswith("calibrating") for line in heard)
+    from classrobust.workflows.evaluate import validation_split
+
+    with pytest.raises(UsageError, match=r"^x.safetensors has no training config, so its validation split is "
+                                         r"unknown; this test needs a checkpoint trained by classrobust$"):
+        validation_split({"dataset": "fashion-mnist"}, "x.safetensors", Runtime(), val_size=3, needs="this test")

@@ -14,6 +14,7 @@ from classrobust.attacks import FGSM, PGD
 from classrobust.data import make_loader
 from classrobust.errors import UsageError
 from classrobust.evaluate import CLEAN, AttackResult, ClasswiseResult, evaluate_classwise
+from classrobust.runtime import Runtime
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +170,7 @@ def test_loader_workers_do_not_change_results(trained_run, tmp_path):
     from classrobust.workflows.evaluate import evaluate_checkpoint
 
     results = [evaluate_checkpoint(trained_run / "model.safetensors", tmp_path / f"w{w}", attacks="fgsm,pgd:steps=2",
-                                   limit=60, workers=w, progress=False, report=False)[0] for w in (0, 2)]
+                                   limit=60, workers=w, runtime=Runtime(progress=False), report=False)[0] for w in (0, 2)]
     assert np.array_equal(results[0].indices, results[1].indices)
     for name in results[0].attacks:
         assert np.array_equal(results[0].attacks[name].predictions, results[1].attacks[name].predictions), name
@@ -257,7 +258,7 @@ def test_evaluate_checkpoint_removes_its_resume_folder(trained_run, tmp_path):
     from classrobust.workflows.evaluate import evaluate_checkpoint
 
     result, out = evaluate_checkpoint(trained_run / "model.safetensors", tmp_path / "ev", attacks="fgsm", limit=40,
-                                      progress=False, report=False)
+                                      runtime=Runtime(progress=False), report=False)
     assert (out / "summary.json").is_file() and not (tmp_path / ".ev.resume").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ev", "run"]  # run: the trained fixture
 

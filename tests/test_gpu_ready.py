@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from classrobust.runtime import SyncCounter
+from classrobust.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,8 +103,9 @@ def test_only_rank_0_writes_and_every_rank_waits(trained, tmp_path, monkeypatch)
     for module in (ev, cal):
         monkeypatch.setattr(module, "is_main", lambda: False)
         monkeypatch.setattr(module, "barrier", lambda name=module.__name__: waits.append(name))
-    ev.evaluate_checkpoint(trained, tmp_path / "eval", attacks="fgsm", limit=20, progress=False)
-    cal.calibrate_checkpoint(trained, tmp_path / "cal.safetensors", val_size=20, steps=1, rounds=1, log=lambda m: None)
+    ev.evaluate_checkpoint(trained, tmp_path / "eval", attacks="fgsm", limit=20, runtime=Runtime(progress=False))
+    cal.calibrate_checkpoint(trained, tmp_path / "cal.safetensors", val_size=20, steps=1, rounds=1,
+                             runtime=Runtime(log=lambda m: None))
     assert not (tmp_path / "eval").exists() and not (tmp_path / "cal.safetensors").exists()
     assert waits == [ev.__name__, cal.__name__]
 
@@ -112,6 +114,7 @@ def test_temperature_step_writes_on_rank_0_only(trained_run, tmp_path, monkeypat
     import shutil
 
     import classrobust.workflows.evaluate as ev
+    import classrobust.workflows.experiment as experiment
     import classrobust.workflows.temperature as temp
     from classrobust.workflows.experiment import run_dir
     from classrobust.workflows.spec import load_spec
@@ -126,7 +129,7 @@ def test_temperature_step_writes_on_rank_0_only(trained_run, tmp_path, monkeypat
     for module in (ev, temp):
         monkeypatch.setattr(module, "is_main", lambda: False)
         monkeypatch.setattr(module, "barrier", lambda name=module.__name__: waits.append(name))
-    entry = temp.run_temperature_step(spec, [run], log=lambda m: None)
+    entry = experiment.run_temperature_step(spec, [run], Runtime(progress=False, log=lambda m: None))
     assert entry["chosen"] in (0.5, 1.0)
     # no files: an evaluation's kept batches (the only thing every process writes) are gone once it ends
     assert not (spec.out / "temperature.json").exists()
@@ -139,7 +142,7 @@ def test_tf32_is_off_and_recorded(trained, tmp_path):
     from classrobust.workflows.evaluate import evaluate_checkpoint
 
     torch.backends.cuda.matmul.allow_tf32 = True
-    result, out = evaluate_checkpoint(trained, tmp_path / "eval", attacks="fgsm", limit=20, progress=False,
+    result, out = evaluate_checkpoint(trained, tmp_path / "eval", attacks="fgsm", limit=20, runtime=Runtime(progress=False),
                                       report=False)
     assert torch.backends.cuda.matmul.allow_tf32 is False and torch.backends.cudnn.allow_tf32 is False
     assert json.loads((out / "summary.json").read_text())["meta"]["tf32"] is False

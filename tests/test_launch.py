@@ -158,7 +158,7 @@ def test_a_lock_left_by_an_ended_slurm_job_is_taken_over(tmp_path, monkeypatch):
     """A Slurm job killed at its time limit leaves its lock on another host: once squeue no longer lists
     the job the lock is stale; while it does, the lock holds."""
     from classrobust.errors import UsageError
-    from classrobust.workflows.launch import run_lock
+    from classrobust.workflows.locks import run_lock
 
     (tmp_path / "bin").mkdir()
     squeue = tmp_path / "bin" / "squeue"

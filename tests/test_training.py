@@ -23,6 +23,7 @@ from classrobust.training import METHODS, TrainConfig
 from classrobust.training.methods.mart import mart_loss
 from classrobust.training.methods.trades import trades_loss
 from classrobust.training.schedules import lr_multiplier
+from classrobust.runtime import Runtime
 from conftest import TRAIN
 
 LOGITS_CLEAN = [[2.0, 0.0], [0.0, 1.0]]
@@ -339,7 +340,7 @@ def test_pgd_at_does_not_diverge_across_seeds(tmp_path):
     for seed in range(4):
         config = TrainConfig(train_subset=2560, epochs=1, batch_size=128, attack_steps=3, eps_warmup_epochs=1.0,
                              val_size=100, val_attack_steps=1, lr=0.05, model_kwargs={"dropout": 0.0}, seed=seed)
-        train(config, tmp_path / f"s{seed}", progress=False, log=lambda s: None)  # raises if it diverges
+        train(config, tmp_path / f"s{seed}", runtime=Runtime(progress=False, log=lambda s: None))  # raises if it diverges
         log = pd.read_csv(tmp_path / f"s{seed}" / "train_log.csv")
         # finite throughout (what the regression was about; at this budget and lr the model need not learn:
         # seed 0 ends at 6% validation accuracy, a separate matter from divergence)

@@ -8,7 +8,8 @@ The public API, loaded lazily (``import classrobust as cr`` imports no torch unt
     cr.get_dataset, cr.create_model, cr.create_attack, cr.evaluate_classwise,
     cr.train, cr.TrainConfig, cr.evaluate_checkpoint, cr.EvalConfig, cr.calibrate,
     cr.CalibrateConfig, cr.calibrate_checkpoint, cr.load_checkpoint, cr.save_checkpoint,
-    cr.run_experiment, cr.load_experiment, cr.build_report, cr.compare, cr.ClasswiseResult
+    cr.run_experiment, cr.load_experiment, cr.build_report, cr.compare, cr.ClasswiseResult,
+    cr.Runtime (device, data folder, download, progress and log of the workflows above)
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ _API = {
     "build_report": "classrobust.report:build_report",
     "compare": "classrobust.report.compare:write_comparison",
     "ClasswiseResult": "classrobust.results:ClasswiseResult",
+    "Runtime": "classrobust.runtime:Runtime",
 }
 
 __all__ = ["__version__", *_API]

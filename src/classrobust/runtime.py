@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -20,6 +22,31 @@ from classrobust.errors import UsageError
 
 #: the arithmetic choices of training and attacks (predictions are always judged in fp32)
 PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a workflow runs, one object instead of five arguments handed down by hand:
+    ``device`` (None: cuda if available, else cpu), ``data_dir`` (None: the dataset's default
+    folders), ``download`` (fetch a missing torchvision dataset), ``progress`` (progress bars, or lines
+    when not a terminal), ``log`` (where messages go). None of them changes a result.
+
+    ``cr.evaluate_checkpoint(path, runtime=cr.Runtime(device="cuda:1", data_dir="data"))``."""
+
+    device: str | None = None
+    data_dir: str | Path | None = None
+    download: bool = False
+    progress: bool = True
+    log: Callable[[str], None] = print
+
+    def indented(self, prefix: str = "  ") -> "Runtime":
+        """The same runtime with every message prefixed (a step inside a larger one)."""
+        outer = self.log
+        return Runtime(self.device, self.data_dir, self.download, self.progress, lambda m: outer(f"{prefix}{m}"))
+
+    def quiet(self) -> "Runtime":
+        """The same runtime without progress bars (inner steps whose outer step reports)."""
+        return Runtime(self.device, self.data_dir, self.download, False, self.log)
 
 
 def resolve_device(name: str | torch.device | None) -> torch.device:

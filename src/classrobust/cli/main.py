@@ -308,13 +308,22 @@ def cmd_list(args) -> int:
     return 0
 
 
+def runtime_from(args):
+    """The :class:`~classrobust.runtime.Runtime` of a command's --device, --data-dir, --download and
+    --no-progress (those it has)."""
+    from classrobust.runtime import Runtime
+
+    return Runtime(device=getattr(args, "device", None), data_dir=getattr(args, "data_dir", None),
+                   download=getattr(args, "download", False), progress=not getattr(args, "no_progress", False))
+
+
 def cmd_train(args) -> int:
     from classrobust.runtime import is_main
     from classrobust.training import TrainConfig, train
 
     config = config_from_args(TrainConfig, args)
-    path = train(config, args.out, data_dir=args.data_dir, progress=not args.no_progress, resume=args.resume,
-                 download=args.download, overwrite=args.overwrite, tensorboard=args.tensorboard)
+    path = train(config, args.out, runtime=runtime_from(args), resume=args.resume, overwrite=args.overwrite,
+                 tensorboard=args.tensorboard)
     if is_main():
         print(f"checkpoint: {path}")
         print(f"training log: {Path(args.out) / 'train_log.csv'}")
@@ -329,8 +338,8 @@ def cmd_eval(args) -> int:
         raise UsageError("--dataset, --weights and --normalize go with --model, not --checkpoint")
     result, out = evaluate_checkpoint(
         args.checkpoint, args.out, config=config_from_args(EvalConfig, args), model=args.model,
-        dataset=args.dataset, weights=args.weights, normalize=args.normalize, device=args.device,
-        data_dir=args.data_dir, download=args.download, progress=not args.no_progress, overwrite=args.overwrite)
+        dataset=args.dataset, weights=args.weights, normalize=args.normalize, runtime=runtime_from(args),
+        overwrite=args.overwrite)
     if is_main():
         print_result(result, out)
     return 0
@@ -396,8 +405,7 @@ def cmd_calibrate(args) -> int:
     from classrobust.workflows.calibrate import calibrate_checkpoint
 
     config = config_from_args(CalibrateConfig, args)
-    out, fit = calibrate_checkpoint(args.checkpoint, args.out, config=config, device=args.device,
-                                    data_dir=args.data_dir)
+    out, fit = calibrate_checkpoint(args.checkpoint, args.out, config=config, runtime=runtime_from(args))
     b, a = fit.before, fit.after
     classes = read_checkpoint_meta(out)["classes"]
     print(f"{'class':<14}{'offset':>8}{'temp':>7}{'before':>9}{'after':>9}")
@@ -415,14 +423,12 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_frontier(args) -> int:
-    import pandas as pd
-
     from classrobust.workflows.frontier import FrontierConfig, run_frontier
 
     first = args.checkpoint[0]
     out = args.out if args.out is not None else (first if first.is_dir() else first.parent) / "frontier"
-    out = run_frontier(args.checkpoint, out, config=config_from_args(FrontierConfig, args), device=args.device,
-                       data_dir=args.data_dir, download=args.download, progress=not args.no_progress)
+    out = run_frontier(args.checkpoint, out, config=config_from_args(FrontierConfig, args),
+                       runtime=runtime_from(args))
     print((out / "frontier.md").read_text().split("![frontier]")[0].rstrip())
     print(f"\nfrontier: {out}/ (frontier.csv, frontier.png, frontier.md, frontier.json)")
     return 0
@@ -465,15 +471,31 @@ def cmd_experiment(args) -> int:
         print(f"recorded {declare_failed(spec, *args.declare_failed)}; rerun the command to finish the grid")
         return 0
     if args.status or args.run is not None or args.jobs > 1 or args.launcher != "local":
-        from classrobust.workflows.launch import launch_grid
+        from classrobust.workflows.launch import (LocalOptions, SlurmOptions, launch_grid, parse_slurm_extra,
+                                                  status_text)
 
-        message, code = launch_grid(spec, args)
+        if args.status:
+            print(status_text(spec))
+            return 0
+        if args.run is not None:
+            from classrobust.workflows.experiment import ensure_run
+
+            run = next((r for r in spec.runs if r.key == args.run), None)
+            if run is None:
+                raise UsageError(f"--run {args.run!r} is not a run of {spec.source}: "
+                                 f"{', '.join(r.key for r in spec.runs)}")
+            print(f"{run.key}: {ensure_run(spec, run, runtime_from(args))}")
+            return 0
+        devices = [d.strip() for d in args.devices.split(",")] if args.devices else []
+        message, code = launch_grid(
+            spec, runtime=runtime_from(args), launcher=args.launcher, local=LocalOptions(args.jobs, devices, args.threads),
+            slurm=SlurmOptions(args.partition, args.gpus_per_run, args.cpus_per_run, args.time,
+                               parse_slurm_extra(args.slurm_extra)))
         print(message)
         if code is not None:
             return code
     t0 = time.perf_counter()
-    report = run_experiment(spec, device=args.device, data_dir=args.data_dir, download=args.download,
-                            progress=not args.no_progress, tensorboard=args.tensorboard)
+    report = run_experiment(spec, runtime=runtime_from(args), tensorboard=args.tensorboard)
     print(f"report: {report} (+ report.md and CSV tables beside it); {time.perf_counter() - t0:.0f}s")
     return 0
 
@@ -483,8 +505,7 @@ def cmd_temperature(args) -> int:
 
     out, text = temperature_for_checkpoint(args.checkpoint, args.out, values=args.values, steps=args.steps,
                                            val_limit=args.val_limit, limit=args.limit, subset_seed=args.subset_seed,
-                                           seed=args.seed, device=args.device, data_dir=args.data_dir,
-                                           download=args.download, progress=not args.no_progress)
+                                           seed=args.seed, runtime=runtime_from(args))
     print(text.rstrip())
     print(f"\ntemperature: {out}/ (temperature.json, temperature.md, validation/, test/)")
     return 0
@@ -502,14 +523,12 @@ def cmd_protocol(args) -> int:
         from classrobust.workflows.spec import load_spec
 
         spec = load_spec(args.file)
-        table = protocol.screen(args.file, device=args.device, data_dir=args.data_dir, download=args.download,
-                                progress=not args.no_progress)
+        table = protocol.screen(args.file, runtime=runtime_from(args))
         print(screen_markdown(table, spec.protocol.attack, spec.protocol.margin, spec.protocol.keep))
         print(f"next: `classrobust protocol select {args.file} --out CONFIRM.yaml`")
         return 0
     if args.step == "confirm":
-        protocol.confirm(args.file, device=args.device, data_dir=args.data_dir, download=args.download,
-                         progress=not args.no_progress)
+        protocol.confirm(args.file, runtime=runtime_from(args))
     else:
         protocol.verdict(args.file)
     from classrobust.workflows.spec import load_spec
@@ -524,8 +543,7 @@ def cmd_demo(args) -> int:
     from classrobust.workflows.demo import run_demo
 
     demo = run_demo(args.out, retrain=args.retrain, epochs=args.epochs, train_subset=args.train_subset,
-                    limit=args.limit, seed=args.seed, device=args.device, data_dir=args.data_dir,
-                    progress=not args.no_progress)
+                    limit=args.limit, seed=args.seed, runtime=runtime_from(args))
     print_result(demo.result, demo.eval_dir)
     print(f"\nmodel: {demo.checkpoint} (+ model.json, train_log.csv)")
     trained = f"training {demo.train_seconds:.0f}s" if demo.trained else "no training (an existing model)"

@@ -27,7 +27,7 @@ from classrobust.evaluate.sharded import evaluate_dataset
 from classrobust.io import atomic_write_bytes, atomic_write_text, check_writable, replace_directory
 from classrobust.models import check_model_name, create_model
 from classrobust.results import CLEAN
-from classrobust.runtime import any_rank, set_deterministic, set_tf32, setup_device, world
+from classrobust.runtime import Runtime, any_rank, set_deterministic, set_tf32, setup_device, world
 from classrobust.training.config import TrainConfig
 from classrobust.training.methods import METHODS
 from classrobust.training.schedules import lr_multiplier
@@ -384,9 +384,8 @@ def _resolve_precision(config: TrainConfig, log: Callable[[str], None]) -> Train
     return replace(config, precision=chosen)
 
 
-def train(config: TrainConfig, out_dir: str | Path, *, data_dir: str | Path | None = None,
-          progress: bool = True, log: Callable[[str], None] = print, resume: bool = False,
-          download: bool = False, overwrite: bool = False, tensorboard: str | Path | None = None) -> Path:
+def train(config: TrainConfig, out_dir: str | Path, *, runtime: Runtime | None = None, resume: bool = False,
+          overwrite: bool = False, tensorboard: str | Path | None = None) -> Path:
     """Train per ``config`` and publish ``out_dir/{model.safetensors, model.json, train_log.csv}``.
 
     The run lives in ``.NAME.partial`` beside ``out_dir`` and saves its full state there after
@@ -402,7 +401,15 @@ def train(config: TrainConfig, out_dir: str | Path, *, data_dir: str | Path | No
 
     ``tensorboard``: a folder for TensorBoard event files (per-class validation curves and lever
     terms per epoch, the final per-class figure; :mod:`classrobust.integrations.tensorboard`).
+    ``runtime``: data folder, download, progress, log (:class:`~classrobust.runtime.Runtime`); its
+    device is used where ``config.device`` is None (the config's device is saved with the run).
     """
+    runtime = runtime or Runtime()
+    data_dir, download, progress, log = runtime.data_dir, runtime.download, runtime.progress, runtime.log
+    if config.device is None and runtime.device is not None:
+        from dataclasses import replace
+
+        config = replace(config, device=runtime.device)
     check_run_dir(check_writable(out_dir), resume=resume, overwrite=overwrite)
     if tensorboard is not None:
         from classrobust.integrations.tensorboard import TensorBoardLog, check_tensorboard

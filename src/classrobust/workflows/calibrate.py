@@ -5,31 +5,31 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from classrobust.defenses.calibrate import CalibrateConfig, Calibration, calibrate
 from classrobust.errors import UsageError
 from classrobust.io import check_writable
-from classrobust.runtime import barrier, is_main, set_tf32, setup_device
+from classrobust.runtime import Runtime, barrier, is_main, set_tf32
 
 #: checkpoint-meta keys that describe the file, not the model, and are rewritten for the new one
 _FILE_KEYS = ("format", "classrobust_version", "torch_version", "sha256")
 
 
 def calibrate_checkpoint(src: str | Path, out: str | Path, *, config: CalibrateConfig | None = None,
-                         device: str | None = None, data_dir: str | Path | None = None,
-                         log: Callable[[str], None] = print, **settings: Any) -> tuple[Path, Calibration]:
+                         runtime: Runtime | None = None, **settings: Any) -> tuple[Path, Calibration]:
     """Fit per-class logit offsets for checkpoint ``src`` on its validation split (never the test
     split) and save the calibrated model as the new checkpoint ``out``; ``src`` is never modified.
 
-    ``settings`` (any :class:`CalibrateConfig` field) override ``config``. Returns ``(out, Calibration)``.
+    ``settings`` (any :class:`CalibrateConfig` field) override ``config``; ``runtime``: device, data
+    folder, log (:class:`~classrobust.runtime.Runtime`). Returns ``(out, Calibration)``.
     """
-    from classrobust.checkpoint import load_checkpoint, save_checkpoint
-    from classrobust.data import run_splits
-    from classrobust.training import TrainConfig
+    from classrobust.checkpoint import save_checkpoint
+    from classrobust.workflows.evaluate import load_trained_run, resolve_checkpoint
 
     config = replace(config or CalibrateConfig(), **settings)
-    from classrobust.workflows.evaluate import resolve_checkpoint
+    runtime = runtime or Runtime()
+    log = runtime.log
 
     src, out = resolve_checkpoint(src), Path(out)
     if out.suffix != ".safetensors":
@@ -39,17 +39,12 @@ def calibrate_checkpoint(src: str | Path, out: str | Path, *, config: CalibrateC
     if out.exists() or out.with_suffix(".json").exists():
         raise UsageError(f"{out} already exists; choose another --out (nothing is overwritten)")
     check_writable(out.parent)  # before the fit: a folder that cannot be made fails now
-    dev, _ = setup_device(device)  # under torchrun the validation attacks are sharded; rank 0 alone writes
     set_tf32(False)
-    model, meta = load_checkpoint(src, map_location=dev)
-    if meta.get("calibration") is not None:
-        raise UsageError(f"{src} is already calibrated; calibrate the original checkpoint")
-    if not meta.get("config"):
-        raise UsageError("calibration needs a checkpoint trained by classrobust (its config names the "
-                         "validation split); this one has no training config")
-    # the training run's own validation split (its fraction, seed and dropped classes)
-    _, val = run_splits(TrainConfig.from_dict(meta["config"]), root=data_dir, val_size=config.val_size)
-    eps = config.eps if config.eps is not None else meta.get("eps")
+    # the training run's own validation split (its fraction, seed and dropped classes); under torchrun
+    # the validation attacks are sharded, rank 0 alone writes
+    run = load_trained_run(src, runtime, val_size=config.val_size, eps=config.eps, needs="calibration",
+                           uncalibrated=True)
+    model, meta, val, eps, dev = run.model, run.meta, run.val, run.eps, run.device
     started = time.perf_counter()
     how = (f"targeted margins, {config.fit_steps} steps x {config.targets} targets" if config.fit == "margins"
            else f"PGD-{config.fit_steps} refit")

@@ -11,7 +11,7 @@ from classrobust.errors import CheckpointError
 from classrobust.io import check_output_dir, file_sha256
 from classrobust.options import plural
 from classrobust.results import ClasswiseResult
-from classrobust.runtime import default_precision, resolve_device
+from classrobust.runtime import Runtime, default_precision, resolve_device
 from classrobust.training import TrainConfig, train
 from classrobust.workflows.evaluate import evaluate_checkpoint
 
@@ -62,12 +62,14 @@ class DemoRun:
 
 
 def run_demo(out: str | Path = "runs/demo", *, retrain: bool = False, epochs: int | None = None,
-             train_subset: int | None = None, limit: int = 2000, seed: int = 0, device: str | None = None,
-             data_dir: str | Path | None = None, progress: bool = True,
-             log: Callable[[str], None] = print) -> DemoRun:
+             train_subset: int | None = None, limit: int = 2000, seed: int = 0,
+             runtime: Runtime | None = None) -> DemoRun:
     """Train the demo model into ``out`` (or reuse one trained with the same config) and evaluate
     ``limit`` class-stratified test images with FGSM, PGD-20 and Temperature-PGD-20."""
     from classrobust.checkpoint import read_checkpoint_meta
+
+    runtime = runtime or Runtime()
+    log, device = runtime.log, runtime.device
 
     out = check_output_dir(out)
     config = demo_config(epochs=epochs, train_subset=train_subset, seed=seed, device=device)
@@ -90,9 +92,9 @@ def run_demo(out: str | Path = "runs/demo", *, retrain: bool = False, epochs: in
     if not reuse:
         log(f"training PGD-AT smallcnn on Fashion-MNIST, eps 0.1, {plural(config.epochs, 'epoch')} "
             f"({config.precision}, {config.device})")
-        train(config, out, data_dir=data_dir, progress=progress, log=log, overwrite=True)  # the demo's own folder
+        train(config, out, runtime=runtime, overwrite=True)  # the demo's own folder
     train_seconds = time.perf_counter() - t0
     # attack seed and test subset fixed: demos trained with different --seed compare sample by sample
     result, eval_dir = evaluate_checkpoint(checkpoint, out / "eval", attacks=DEMO_ATTACKS, limit=limit, seed=0,
-                                           subset_seed=0, device=device, data_dir=data_dir, progress=progress)
+                                           subset_seed=0, runtime=runtime)
     return DemoRun(result, eval_dir, checkpoint, not reuse, train_seconds)

@@ -18,7 +18,7 @@ from classrobust.io import check_own_directory
 from classrobust.options import check_choice, coerce_fields, option
 from classrobust.results import SUMMARY, ClasswiseResult
 from classrobust.attacks.specs import GLOBAL_OPTIONS
-from classrobust.runtime import PRECISIONS, barrier, is_main, set_tf32, setup_device
+from classrobust.runtime import PRECISIONS, Runtime, barrier, is_main, set_tf32, setup_device
 
 
 #: the images an evaluation attacks: the test split, or the training run's validation split
@@ -104,6 +104,54 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
+#: ``val_size`` of :func:`validation_split` for the whole held-out part of the training split
+WHOLE = None
+
+
+def validation_split(meta: dict[str, Any], checkpoint, runtime: Runtime, *, val_size: int | None, needs: str):
+    """The validation split the checkpoint's training run held out of its training split (its
+    fraction, seed and dropped classes), ``val_size`` class-stratified images of it (:data:`WHOLE`:
+    all). ``needs`` names what needs it, for the error when the checkpoint has no training config."""
+    if not meta.get("config"):
+        raise UsageError(f"{checkpoint} has no training config, so its validation split is unknown; {needs} "
+                         "needs a checkpoint trained by classrobust")
+    from classrobust.data import run_splits
+    from classrobust.training import TrainConfig
+
+    size = val_size if val_size is not None else 10 ** 9  # run_splits' None is the run's own val_size
+    _, val = run_splits(TrainConfig.from_dict(meta["config"]), root=runtime.data_dir, download=runtime.download,
+                        val_size=size)
+    return val
+
+
+@dataclass
+class TrainedRun:
+    """A checkpoint of a classrobust training run, loaded for a validation-split workflow: the model
+    (eval mode, on ``device``), its metadata, its validation split and the eps it is attacked at."""
+
+    checkpoint: Path
+    model: torch.nn.Module
+    meta: dict[str, Any]
+    val: Any
+    eps: float
+    device: torch.device
+
+
+def load_trained_run(checkpoint: str | Path, runtime: Runtime, *, val_size: int | None, needs: str,
+                     eps: float | None = None, uncalibrated: bool = False) -> TrainedRun:
+    """Load ``checkpoint`` (a file or run folder) and its run's validation split (never the test
+    split). ``eps`` None: the checkpoint's. ``uncalibrated``: refuse a calibrated checkpoint."""
+    from classrobust.checkpoint import load_checkpoint
+
+    path = resolve_checkpoint(checkpoint)
+    device, _ = setup_device(runtime.device)
+    model, meta = load_checkpoint(path, map_location=device)
+    if uncalibrated and meta.get("calibration") is not None:
+        raise UsageError(f"{path} is already calibrated; give the original checkpoint")
+    val = validation_split(meta, path, runtime, val_size=val_size, needs=needs)
+    return TrainedRun(path, model.eval(), meta, val, eps if eps is not None else meta.get("eps"), device)
+
+
 def check_model_fits(net: torch.nn.Module, test, device: torch.device) -> None:
     """One forward pass on one test image before any attack: a model that does not take the data's
     images, or does not give one logit per class, is a one-line error naming both shapes."""
@@ -159,22 +207,15 @@ def load_model(checkpoint: Path | None, device: torch.device, *, model_name: str
                    "weights": str(weights) if weights else None}
 
 
-def _test_set(meta: dict[str, Any], config: EvalConfig, data_dir, download: bool, checkpoint):
+def evaluation_images(meta: dict[str, Any], config: EvalConfig, runtime: Runtime, checkpoint):
     """The images ``config`` evaluates: the test split, or (``split="val"``) the validation split the
     checkpoint's training run carved out of its training split; class-stratified to ``config.limit``."""
-    from classrobust.data import get_dataset, run_splits, stratified_subset
+    from classrobust.data import get_dataset, stratified_subset
 
-    if config.split == "val":
-        if not meta.get("config"):
-            raise UsageError(f"{checkpoint} has no training config, so its validation split is unknown; "
-                             "--split val needs a checkpoint trained by classrobust")
-        from classrobust.training import TrainConfig
-
-        # the whole held-out part (val_size=None would be the run's own subset size): --limit subsets it
-        run = TrainConfig.from_dict(meta["config"])
-        _, images = run_splits(run, root=data_dir, download=download, val_size=10 ** 9)
+    if config.split == "val":  # the whole held-out part: --limit subsets it
+        images = validation_split(meta, checkpoint, runtime, val_size=WHOLE, needs="--split val")
     else:
-        images = get_dataset(meta["dataset"], "test", root=data_dir, download=download)
+        images = get_dataset(meta["dataset"], "test", root=runtime.data_dir, download=runtime.download)
     if list(images.classes) != list(meta["classes"]):
         raise CheckpointError(f"{checkpoint} was trained on classes {meta['classes']}, "
                               f"but dataset {meta['dataset']!r} has {images.classes}")
@@ -186,8 +227,7 @@ def _test_set(meta: dict[str, Any], config: EvalConfig, data_dir, download: bool
 
 def evaluate_checkpoint(checkpoint: str | Path | None = None, out: str | Path | None = None, *,
                         config: EvalConfig | None = None, model: str | None = None, dataset: str | None = None,
-                        weights: str | Path | None = None, normalize: bool = False, device: str | None = None,
-                        data_dir: str | Path | None = None, download: bool = False, progress: bool = True,
+                        weights: str | Path | None = None, normalize: bool = False, runtime: Runtime | None = None,
                         extra_meta: dict[str, Any] | None = None, overwrite: bool = False, **settings: Any
                         ) -> tuple[ClasswiseResult, Path]:
     """Class-wise evaluation of a checkpoint on the test split, saved to ``out`` with its report.
@@ -199,17 +239,19 @@ def evaluate_checkpoint(checkpoint: str | Path | None = None, out: str | Path | 
         config: the evaluation settings; ``settings`` (any :class:`EvalConfig` field) override it.
         overwrite: replace an evaluation in ``out`` made with other settings (default: refused, so
             that an earlier evaluation of the same checkpoint is never lost silently).
+        runtime: device, data folder, download, progress (:class:`~classrobust.runtime.Runtime`).
     Returns ``(result, out)``. Under torchrun every process evaluates its shard; rank 0 writes.
     """
     config = replace(config or EvalConfig(), **settings)
+    runtime = runtime or Runtime()
     checkpoint = resolve_checkpoint(checkpoint) if checkpoint is not None else None
     # checked before any work: an unwritable or foreign folder fails now, not after the attacks
     out = check_own_directory(Path(out) if out is not None else default_eval_dir(checkpoint, weights), SUMMARY)
-    dev, _ = setup_device(device)
+    dev, _ = setup_device(runtime.device)
     tf32 = set_tf32(config.allow_tf32)
     net, meta = load_model(checkpoint, dev, model_name=model, dataset=dataset,
                            weights=Path(weights) if weights else None, normalize=normalize)
-    test = _test_set(meta, config, data_dir, download, checkpoint)
+    test = evaluation_images(meta, config, runtime, checkpoint)
     groups = None
     if config.superclasses is not None:  # read and checked against the classes before any attack
         from classrobust.analysis.superclasses import read_superclasses
@@ -233,11 +275,11 @@ def evaluate_checkpoint(checkpoint: str | Path | None = None, out: str | Path | 
                 "eps_l2": test.threat_model.eps_l2, "torch_version": torch.__version__, "mode": config.mode,
                 **tf32, **({"superclasses": groups} if groups else {}), **(extra_meta or {})}
     _check_replaces(out, run_meta, config, overwrite)
-    from classrobust.workflows.launch import run_lock
+    from classrobust.workflows.locks import run_lock
 
     # two evaluations into one folder at once: the second is refused by name, not both "successful"
     with run_lock(out, str(out)) if is_main() else contextlib.nullcontext():
-        return _evaluate_into(out, net, test, attacks, config, globals_, dev, run_meta, progress)
+        return _evaluate_into(out, net, test, attacks, config, globals_, dev, run_meta, runtime.progress)
 
 
 def _evaluate_into(out, net, test, attacks, config, globals_, dev, run_meta, progress):

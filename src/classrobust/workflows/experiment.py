@@ -22,7 +22,7 @@ import json
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +32,7 @@ from classrobust.io import atomic_write_json, check_output_dir, check_own_direct
 from classrobust.report.experiment import INDEX
 from classrobust.options import plural
 from classrobust.results import CLEAN, ClasswiseResult, format_eps
-from classrobust.runtime import barrier, is_main, resolve_device
+from classrobust.runtime import Runtime, barrier, is_main, resolve_device
 from classrobust.workflows.calibrate import calibrate_checkpoint
 from classrobust.workflows.evaluate import evaluate_checkpoint
 from classrobust.workflows.spec import ExperimentSpec, RunSpec
@@ -118,25 +118,35 @@ def calibration_settings(entry: dict[str, Any]) -> dict[str, Any]:
     return CalibrateConfig(**entry).recorded()
 
 
-def _train(spec, run, *, resume, device, data_dir, download, progress, log, tensorboard=None) -> None:
+def _train(spec, run, runtime: Runtime, *, resume, tensorboard=None) -> None:
     from classrobust.training import train
 
     # precision stays the file's (default bf16) on every machine, so that runs stay comparable
-    config = replace(run.config, device=str(resolve_device(device)))
-    train(config, run_dir(spec, run), data_dir=data_dir, download=download, progress=progress, resume=resume,
-          log=lambda m: log(f"  {m}"), tensorboard=None if tensorboard is None else Path(tensorboard) / run.key)
+    config = replace(run.config, device=str(resolve_device(runtime.device)))
+    train(config, run_dir(spec, run), runtime=runtime.indented(), resume=resume,
+          tensorboard=None if tensorboard is None else Path(tensorboard) / run.key)
 
 
-def _evaluate(spec, run, *, device, data_dir, download, progress) -> None:
+def _evaluate(spec, run, runtime: Runtime) -> None:
     directory = run_dir(spec, run)
     evaluate_checkpoint(directory / "model.safetensors", directory / "eval", config=spec.eval_config(run),
-                        device=device, data_dir=data_dir, download=download, progress=progress,
-                        extra_meta={"experiment_eval": eval_settings(spec)})
+                        runtime=runtime, extra_meta={"experiment_eval": eval_settings(spec)})
 
 
-def ensure_run(spec, run, *, device=None, data_dir=None, download=False, progress=True,
-               log: Callable[[str], None] = print, tensorboard: Path | None = None) -> str:
+def run_temperature_step(spec, runs: list, runtime: Runtime) -> dict[str, Any]:
+    """The experiment's temperature step for ``runs`` (trained RunSpecs); returns the index entry."""
+    from classrobust.workflows.temperature import RUN_FOLDER, TEMPERATURE_INDEX, temperature_step
+
+    return temperature_step([run_dir(spec, r) / "model.safetensors" for r in runs],
+                            [run_dir(spec, r) / RUN_FOLDER for r in runs], spec.out / TEMPERATURE_INDEX,
+                            spec.temperature, [spec.eval_config(r) for r in runs], keys=[r.key for r in runs],
+                            relative=RUN_FOLDER, runtime=runtime)
+
+
+def ensure_run(spec, run, runtime: Runtime | None = None, *, tensorboard: Path | None = None) -> str:
     """Bring one run to "done"; returns the state it was found in."""
+    runtime = runtime or Runtime()
+    log = runtime.log
     state = run_state(spec, run)
     if state == "done":
         log(f"{run.key}: complete, skipped")
@@ -147,35 +157,33 @@ def ensure_run(spec, run, *, device=None, data_dir=None, download=False, progres
         log(f"{run.key}: skipped, {whose} diverged at epoch {record['epoch']} (recorded in "
             f"{record['key']}/{DIVERGED}; move that file away to try again)")
         return state
-    from classrobust.workflows.launch import run_lock
+    from classrobust.workflows.locks import run_lock
 
     # one launcher per run: a second one (another --jobs process, a Slurm job) is refused by name
     with run_lock(run_dir(spec, run), run.key) if is_main() else contextlib.nullcontext():
-        return _work(spec, run, state, device=device, data_dir=data_dir, download=download, progress=progress,
-                     log=log, tensorboard=tensorboard)
+        return _work(spec, run, state, runtime, tensorboard=tensorboard)
 
 
-def _work(spec, run, state, *, device, data_dir, download, progress, log, tensorboard) -> str:
-    t0 = time.perf_counter()
+def _work(spec, run, state, runtime: Runtime, *, tensorboard) -> str:
+    t0, log = time.perf_counter(), runtime.log
     if state == "calibrate":
         base = spec.out / "runs" / run.base_key / "model.safetensors"
         if not base.is_file():
             raise UsageError(f"{run.key} calibrates {run.base_key}, which has no checkpoint yet")
         log(f"{run.key}: calibrating {run.base_key}")
         calibrate_checkpoint(base, run_dir(spec, run) / "model.safetensors", config=CalibrateConfig(**run.calibrate),
-                             device=device, data_dir=data_dir, log=lambda m: log(f"  {m}"))
+                             runtime=runtime.indented())
     if state in ("train", "resume"):
         log(f"{run.key}: {'resuming training' if state == 'resume' else 'training'}")
         try:
-            _train(spec, run, resume=state == "resume", device=device, data_dir=data_dir, download=download,
-                   progress=progress, log=log, tensorboard=tensorboard)
+            _train(spec, run, runtime, resume=state == "resume", tensorboard=tensorboard)
         except TrainingDivergedError as exc:  # every process raises it at the same step
             _record_divergence(spec, run, exc, time.perf_counter() - t0)
             log(f"{run.key}: diverged at epoch {exc.epoch} (non-finite loss by step {exc.step}); recorded in "
                 f"{DIVERGED}, the experiment goes on without it")
             return "diverged"
     log(f"{run.key}: evaluating ({spec.eval['attacks']})")
-    _evaluate(spec, run, device=device, data_dir=data_dir, download=download, progress=progress)
+    _evaluate(spec, run, runtime)
     log(f"{run.key}: done in {time.perf_counter() - t0:.0f}s")
     return state
 
@@ -262,12 +270,14 @@ def ablation_runs(spec: ExperimentSpec) -> list[dict[str, Any]]:
     return out
 
 
-def run_experiment(spec: ExperimentSpec | str | Path, *, device: str | None = None, data_dir: Path | None = None,
-                   download: bool = False, progress: bool = True, log: Callable[[str], None] = print,
+def run_experiment(spec: ExperimentSpec | str | Path, *, runtime: Runtime | None = None,
                    tensorboard: str | Path | None = None) -> Path:
     """Run the grid of ``spec`` (an experiment file or its loaded spec), skipping complete runs, then the
     ablation, and write ``<out>/report``; returns the report path. ``tensorboard``: a folder that gets
-    one TensorBoard log per trained run (``DIR/<run key>``)."""
+    one TensorBoard log per trained run (``DIR/<run key>``); ``runtime``: device, data folder, download,
+    progress, log (:class:`~classrobust.runtime.Runtime`)."""
+    runtime = runtime or Runtime()
+    log = runtime.log
     from classrobust.report.experiment import build_experiment_report
     from classrobust.workflows.spec import load_spec
 
@@ -286,8 +296,7 @@ def run_experiment(spec: ExperimentSpec | str | Path, *, device: str | None = No
     # seed by seed, so that an interrupted experiment leaves whole seeds (every method) behind
     states = {}
     for run in sorted(runs, key=lambda r: spec.seeds.index(r.seed)):
-        states[run.key] = ensure_run(spec, run, device=device, data_dir=data_dir, download=download,
-                                     progress=progress, log=log, tensorboard=tensorboard)
+        states[run.key] = ensure_run(spec, run, runtime, tensorboard=tensorboard)
     diverged = [r for r in runs if states[r.key] == "diverged"]
     runs = [r for r in runs if states[r.key] != "diverged"]
     if not runs:
@@ -299,8 +308,7 @@ def run_experiment(spec: ExperimentSpec | str | Path, *, device: str | None = No
                f"{spec.ablation.attack} mostly into {a['dropped']!r}" if a["variant"] == "confused" else
                f"control: {a['dropped']!r}, drawn at random from the other classes")
         log(f"ablation: {a['base'].key}: {why}; retraining without {a['dropped']!r}")
-        if ensure_run(spec, a["retrained"], device=device, data_dir=data_dir, download=download,
-                      progress=progress, log=log, tensorboard=tensorboard) == "diverged":
+        if ensure_run(spec, a["retrained"], runtime, tensorboard=tensorboard) == "diverged":
             diverged.append(a["retrained"])
         else:
             ablations.append(a)
@@ -309,11 +317,7 @@ def run_experiment(spec: ExperimentSpec | str | Path, *, device: str | None = No
             "methods are compared on the seeds that finished")
     temperature = None
     if spec.temperature is not None and any(r.method in spec.temperature.methods for r in runs):
-        from classrobust.workflows.temperature import run_temperature_step
-
-        temperature = run_temperature_step(spec, [r for r in runs if r.method in spec.temperature.methods],
-                                           device=device, data_dir=data_dir, download=download,
-                                           progress=progress, log=log)
+        temperature = run_temperature_step(spec, [r for r in runs if r.method in spec.temperature.methods], runtime)
     index = {
         "name": spec.name, "description": spec.description, "source": str(spec.source),
         "eval": eval_settings(spec),

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from classrobust.defenses.frontier import ALLOWANCES
 from classrobust.errors import UsageError
 from classrobust.options import coerce_fields, option
-from classrobust.runtime import PRECISIONS
+from classrobust.runtime import PRECISIONS, Runtime
 
 FORMAT = "classrobust-frontier/1"
 RECORD = "frontier.json"
@@ -55,17 +55,16 @@ class FrontierConfig:
 
 
 def run_frontier(checkpoints: Sequence[str | Path], out: str | Path, *, config: FrontierConfig | None = None,
-                 device: str | None = None, data_dir: str | Path | None = None, download: bool = False,
-                 progress: bool = True, log: Callable[[str], None] = print, **settings: Any) -> Path:
+                 runtime: Runtime | None = None, **settings: Any) -> Path:
     """The frontier of each checkpoint (classrobust checkpoints of training runs: their config names
     the validation split) into ``out``: frontier.json (the record), frontier.csv, frontier.png,
-    frontier.md, and frontier_seeds.csv with two or more checkpoints. Returns ``out``."""
+    frontier.md, and frontier_seeds.csv with two or more checkpoints; ``runtime``: device, data folder,
+    download, progress, log (:class:`~classrobust.runtime.Runtime`). Returns ``out``."""
     import numpy as np
     import torch
 
     from classrobust.attacks import build_attacks
     from classrobust.checkpoint import load_checkpoint, read_checkpoint_meta
-    from classrobust.data import run_splits
     from classrobust.models.adjust import ClassLogitAdjust
     from classrobust.defenses.frontier import fit_frontier
     from classrobust.evaluate.sharded import evaluate_dataset
@@ -73,10 +72,12 @@ def run_frontier(checkpoints: Sequence[str | Path], out: str | Path, *, config: 
     from classrobust.report.frontier import write_frontier_files
     from classrobust.results import describe_attack
     from classrobust.runtime import set_tf32, setup_device
-    from classrobust.training import TrainConfig
-    from classrobust.workflows.evaluate import EvalConfig, _test_set, resolve_checkpoint, with_l2_radius
+    from classrobust.workflows.evaluate import (EvalConfig, evaluation_images, resolve_checkpoint, validation_split,
+                                                with_l2_radius)
 
     config = replace(config or FrontierConfig(), **settings)
+    runtime = runtime or Runtime()
+    log, progress = runtime.log, runtime.progress
     if not checkpoints:
         raise UsageError("give at least one checkpoint")
     paths = [resolve_checkpoint(c) for c in checkpoints]
@@ -92,11 +93,11 @@ def run_frontier(checkpoints: Sequence[str | Path], out: str | Path, *, config: 
     if len({m["dataset"] for m in metas}) > 1:
         raise UsageError("the checkpoints are of different datasets; a frontier compares runs on one test set")
     out = check_own_directory(Path(out), RECORD)  # before any work
-    dev, _ = setup_device(device)
+    dev, _ = setup_device(runtime.device)
     set_tf32(False)
     eval_config = EvalConfig(attacks=config.attacks, eps=config.eps, limit=config.limit, subset_seed=config.subset_seed,
                              seed=config.seed, precision=config.precision, batch_size=config.batch_size)
-    test = _test_set(metas[0], eval_config, data_dir, download, paths[0])
+    test = evaluation_images(metas[0], eval_config, runtime, paths[0])
     wanted = {"format": FORMAT, "checkpoints": [str(p) for p in paths],
               "checkpoint_sha256": [m.get("sha256") for m in metas], **asdict(config)}
     wanted["allowances"] = list(config.allowances)
@@ -116,8 +117,7 @@ def run_frontier(checkpoints: Sequence[str | Path], out: str | Path, *, config: 
             record = {"wanted": wanted, "classes": list(test.classes), "fits": {}, "rows": [], "settings": {}}
         fit = record["fits"].get(str(path))
         if fit is None:
-            _, val = run_splits(TrainConfig.from_dict(meta["config"]), root=data_dir, download=download,
-                                val_size=config.val_size)
+            val = validation_split(meta, path, runtime, val_size=config.val_size, needs="the frontier")
             log(f"frontier: {path}: fitting offsets on {len(val)} validation images")
             fitted = fit_frontier(model, val, eps=eps, allowances=config.allowances, steps=config.fit_steps,
                                   n_targets=config.fit_targets, seed=config.seed, precision=config.precision,

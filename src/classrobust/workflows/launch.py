@@ -11,87 +11,26 @@ and :func:`grid_status` reads it.
 
 from __future__ import annotations
 
-import contextlib
-import datetime
 import json
 import os
-import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Queue
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 from classrobust.errors import UsageError
 from classrobust.io import atomic_write_json
+from classrobust.workflows.locks import alive, lock_path
 from classrobust.workflows.spec import ExperimentSpec, RunSpec
 
-LOCK = ".lock"
+if TYPE_CHECKING:  # --status and the lock helpers load no torch
+    from classrobust.runtime import Runtime
 
-
-def lock_path(directory: Path) -> Path:
-    return directory.parent / f".{directory.name}{LOCK}"
 LAUNCH = "launch.json"
 LAUNCHERS = ("local", "slurm", "submitit-local")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
-@contextlib.contextmanager
-def run_lock(directory: Path, key: str) -> Iterator[None]:
-    """Hold ``.<run folder name>.lock`` beside the run's folder while it is worked on (not inside: a
-    run folder holds only what the run writes). A lock held by a live process on this host, or by
-    any process on another host, is refused with its owner's name; one left by a dead process on this
-    host is taken over."""
-    path = lock_path(directory)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    me = {"host": socket.gethostname(), "pid": os.getpid(),
-          "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-          **({"slurm_job": os.environ["SLURM_JOB_ID"]} if os.environ.get("SLURM_JOB_ID") else {})}
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                owner = json.loads(path.read_text())
-            except (OSError, ValueError):  # being written right now, or half-written by a killed one
-                owner = {"host": "?", "pid": -1, "since": "?"}
-            if owner.get("host") == me["host"] and owner.get("pid", -1) > 0 and not _alive(owner["pid"]):
-                path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            if owner.get("slurm_job") and _slurm_job_ended(owner["slurm_job"]):
-                path.unlink(missing_ok=True)  # stale: a Slurm job that timed out or was preempted
-                continue
-            raise UsageError(f"{key} is being run by pid {owner.get('pid')} on {owner.get('host')} since "
-                             f"{owner.get('since')} (another launcher); if that process is gone, remove {path}")
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        break
-    try:
-        yield
-    finally:
-        path.unlink(missing_ok=True)
-
-
-def _slurm_job_ended(job_id: str) -> bool:
-    """Whether Slurm no longer runs job ``job_id`` (squeue lists nothing for it); False when squeue
-    cannot be asked (no Slurm here: the lock is left to its owner)."""
-    try:
-        listed = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True,
-                                timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return listed.returncode == 0 and not listed.stdout.strip() or "Invalid job id" in listed.stderr
 
 
 def log_path(spec: ExperimentSpec, run: RunSpec) -> Path:
@@ -189,7 +128,9 @@ def run_one(source: str, out: str, key: str, data_dir: str | None = None) -> str
 
     spec = load_spec(source, out)
     run = next(r for r in spec.runs if r.key == key)
-    ensure_run(spec, run, data_dir=data_dir, progress=False)
+    from classrobust.runtime import Runtime
+
+    ensure_run(spec, run, Runtime(data_dir=data_dir, progress=False))
     return key
 
 
@@ -282,7 +223,7 @@ def _job_state(spec: ExperimentSpec, launcher: str, job_id: str) -> str:
     import submitit
 
     if launcher != "slurm":  # a local job's id is its process id; a job rebuilt from it knows no more
-        return "running" if str(job_id).isdigit() and _alive(int(job_id)) else "failed"
+        return "running" if str(job_id).isdigit() and alive(int(job_id)) else "failed"
     try:
         state = submitit.SlurmJob(folder=spec.out / "submitit", job_id=job_id).state.upper()
     except Exception:  # noqa: BLE001 - a scheduler that no longer knows the job: it ended
@@ -294,36 +235,38 @@ def _job_state(spec: ExperimentSpec, launcher: str, job_id: str) -> str:
     return "failed"  # ended (completed, failed, cancelled, timed out) without the run finishing
 
 
-def launch_grid(spec: ExperimentSpec, args) -> tuple[str, int | None]:
-    """The CLI's grid options (``--status``, ``--run``, ``--jobs``, ``--launcher``): (what to print, the
-    exit code, or None when every run is finished and the caller builds the report)."""
-    from classrobust.workflows.experiment import ensure_run
+def status_text(spec: ExperimentSpec) -> str:
+    """``--status``: one line per run (status, its log's last line), then the counts."""
+    rows = grid_status(spec)
+    width = max(len(r["run"]) for r in rows)
+    lines = [f"{r['run']:<{width}}  {r['status']:<11}  {r['last_line']}".rstrip() for r in rows]
+    counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
+    return "\n".join(lines + [", ".join(f"{n} {s}" for s, n in counts.items())])
 
-    if args.status:
-        rows = grid_status(spec)
-        width = max(len(r["run"]) for r in rows)
-        lines = [f"{r['run']:<{width}}  {r['status']:<11}  {r['last_line']}".rstrip() for r in rows]
-        counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
-        return "\n".join(lines + [", ".join(f"{n} {s}" for s, n in counts.items())]), 0
-    if args.run is not None:
-        run = next((r for r in spec.runs if r.key == args.run), None)
-        if run is None:
-            raise UsageError(f"--run {args.run!r} is not a run of {spec.source}: {', '.join(r.key for r in spec.runs)}")
-        state = ensure_run(spec, run, device=args.device, data_dir=args.data_dir, download=args.download,
-                           progress=not args.no_progress)
-        return f"{run.key}: {state}", 0
-    if args.launcher == "local":
-        devices = [d.strip() for d in args.devices.split(",")] if args.devices else []
-        run_local(spec, LocalOptions(args.jobs, devices, args.threads), data_dir=args.data_dir, download=args.download)
+
+def parse_slurm_extra(items: list[str]) -> dict[str, str]:
+    """``--slurm-extra NAME=VALUE`` items as a mapping."""
+    extra = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--slurm-extra takes NAME=VALUE, got {item!r}")
+        extra[name] = value
+    return extra
+
+
+def launch_grid(spec: ExperimentSpec, *, runtime: Runtime | None = None, launcher: str = "local",
+                local: LocalOptions | None = None, slurm: SlurmOptions | None = None) -> tuple[str, int | None]:
+    """Run the grid's open runs in parallel processes (``launcher="local"``, ``local``'s jobs, devices
+    and threads) or submit them (``slurm`` / ``submitit-local``, ``slurm``'s resources): (what to print,
+    the exit code, or None when every run is finished and the caller builds the report)."""
+    from classrobust.runtime import Runtime
+
+    runtime = runtime or Runtime()
+    if launcher == "local":
+        run_local(spec, local or LocalOptions(), data_dir=runtime.data_dir, download=runtime.download)
     else:
-        extra = {}
-        for item in args.slurm_extra:
-            name, sep, value = item.partition("=")
-            if not sep or not name:
-                raise UsageError(f"--slurm-extra takes NAME=VALUE, got {item!r}")
-            extra[name] = value
-        submit(spec, args.launcher, SlurmOptions(args.partition, args.gpus_per_run, args.cpus_per_run, args.time, extra),
-               data_dir=args.data_dir)
+        submit(spec, launcher, slurm or SlurmOptions(), data_dir=runtime.data_dir)
     rows = grid_status(spec)
     open_rows = [r for r in rows if r["status"] not in ("finished", "diverged")]
     if not open_rows:
@@ -335,6 +278,6 @@ def launch_grid(spec: ExperimentSpec, args) -> tuple[str, int | None]:
     if failed:
         lines.append("rerun the command to retry the failed runs")
     else:
-        lines.append(f"rerun `classrobust experiment {spec.source} --launcher {args.launcher}` once they end; "
+        lines.append(f"rerun `classrobust experiment {spec.source} --launcher {launcher}` once they end; "
                      "--status shows where they are")
     return "\n".join(lines), 1 if failed else 0

@@ -22,11 +22,14 @@ from __future__ import annotations
 import datetime
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from classrobust.errors import UsageError
 from classrobust.io import atomic_write_json, atomic_write_text, file_sha256
 from classrobust.workflows.spec import ExperimentSpec, load_spec
+
+if TYPE_CHECKING:  # torch loads only when a command runs
+    from classrobust.runtime import Runtime
 
 #: the screen's table and the confirmation's record of order, verdict and frontier folders
 SCREEN_TABLE = "protocol-screen.csv"
@@ -58,14 +61,13 @@ def _tables(out: Path) -> tuple[dict, "Any", "Any"]:
             pd.read_csv(report / "overview.csv"))
 
 
-def screen(path: str | Path, *, out: str | Path | None = None, log: Callable[[str], None] = print,
-           **run_options: Any) -> "Any":
+def screen(path: str | Path, *, out: str | Path | None = None, runtime: Runtime | None = None) -> "Any":
     """Run the screen's grid (validation images only) and return its selection table
     (:func:`~classrobust.analysis.protocol.screen_choice`), also written to ``<out>/protocol-screen.csv``."""
     from classrobust.workflows.experiment import run_experiment
 
     spec = _spec(path, "screen", out)
-    run_experiment(spec, log=log, **run_options)
+    run_experiment(spec, runtime=runtime)
     return screen_table(spec)
 
 
@@ -152,8 +154,7 @@ def _check_frozen(spec: ExperimentSpec, path: Path) -> dict[str, Any]:
     return {}
 
 
-def confirm(path: str | Path, *, log: Callable[[str], None] = print, device: str | None = None,
-            data_dir: str | Path | None = None, download: bool = False, progress: bool = True):
+def confirm(path: str | Path, *, runtime: Runtime | None = None):
     """Run the frozen confirmation ``path``, the calibration frontiers, and the verdict (returned)."""
     from classrobust.workflows.experiment import run_experiment
 
@@ -172,13 +173,15 @@ def confirm(path: str | Path, *, log: Callable[[str], None] = print, device: str
                              "or before its screen was read; a confirmation starts after it is frozen")
         spec.out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(spec.out / ORDER, order)
-    options = dict(device=device, data_dir=data_dir, download=download, progress=progress)
-    run_experiment(spec, log=log, **options)
+    from classrobust.runtime import Runtime
+
+    runtime = runtime or Runtime()
+    run_experiment(spec, runtime=runtime)
     if "first_result_seen_at" not in order:
         order["first_result_seen_at"] = _now()  # an upper bound: the first time a confirm call saw results
         atomic_write_json(spec.out / ORDER, order)
     if spec.protocol.frontier is not None:
-        _frontiers(spec, log=log, **options)
+        _frontiers(spec, runtime)
     return verdict(path)
 
 
@@ -190,7 +193,7 @@ def frontier_runs(spec: ExperimentSpec) -> list:
     return [r for r in spec.runs if r.calibrate is None and (every or r.method in baselines)]
 
 
-def _frontiers(spec: ExperimentSpec, *, log, **options) -> None:
+def _frontiers(spec: ExperimentSpec, runtime: Runtime) -> None:
     """Each frontier run's frontier, on the very test images and attack its evaluation used."""
     from classrobust.attacks import parse_attack_specs
     from classrobust.workflows.experiment import run_dir, run_state
@@ -208,9 +211,9 @@ def _frontiers(spec: ExperimentSpec, *, log, **options) -> None:
         config = FrontierConfig(allowances=tuple(spec.protocol.frontier["allowances"]), attacks=attack,
                                 limit=evaluation.limit, subset_seed=evaluation.subset_seed, eps=evaluation.eps,
                                 seed=evaluation.seed, precision=evaluation.precision, **settings)
-        log(f"{run.key}: calibration frontier")
+        runtime.log(f"{run.key}: calibration frontier")
         run_frontier([run_dir(spec, run) / "model.safetensors"], spec.out / FRONTIER_DIR / run.key, config=config,
-                     log=lambda m: log(f"  {m}"), **options)
+                     runtime=runtime.indented())
 
 
 def verdict(path: str | Path):

@@ -13,14 +13,14 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from classrobust.errors import UsageError
 from classrobust.io import atomic_write_json
 from classrobust.results import ClasswiseResult
-from classrobust.runtime import barrier, is_main
+from classrobust.runtime import Runtime, barrier, is_main
 
 #: the file that records the sweep and the chosen temperature
 TEMPERATURE_INDEX = "temperature.json"
@@ -32,8 +32,8 @@ def attack_name(temperature: float) -> str:
     return f"temp-pgd@T={temperature:g}"
 
 
-def sweep_validation(checkpoint: Path, values: list[float], *, steps: int, limit: int, config=None, device=None,
-                     data_dir=None, progress: bool = False) -> ClasswiseResult:
+def sweep_validation(checkpoint: Path, values: list[float], *, steps: int, limit: int, config=None,
+                     runtime: Runtime | None = None) -> ClasswiseResult:
     """PGD and Temperature-PGD at every T in ``values`` on ``limit`` class-stratified validation
     images of the run that made ``checkpoint`` (never the test split); attack names ``pgd`` and
     ``temp-pgd@T=<T>``; ``meta["split"]`` is ``"validation"``. ``config``: the
@@ -41,27 +41,19 @@ def sweep_validation(checkpoint: Path, values: list[float], *, steps: int, limit
     size the test-split evaluation uses too, so that the two differ only in their images."""
     from classrobust.attacks import create_attack
     from classrobust.attacks.specs import attack_kwargs
-    from classrobust.checkpoint import load_checkpoint
-    from classrobust.data import run_splits
     from classrobust.evaluate.sharded import evaluate_dataset
-    from classrobust.runtime import set_tf32, setup_device
-    from classrobust.training import TrainConfig
-    from classrobust.workflows.evaluate import EvalConfig
+    from classrobust.runtime import set_tf32
+    from classrobust.workflows.evaluate import EvalConfig, load_trained_run
 
-    config = config or EvalConfig()
-    dev, _ = setup_device(device)
+    config, runtime = config or EvalConfig(), runtime or Runtime(progress=False)
     tf32 = set_tf32(config.allow_tf32)
-    model, meta = load_checkpoint(checkpoint, map_location=dev)
-    model.eval()
-    if not meta.get("config"):
-        raise UsageError(f"{checkpoint} has no training config: its validation split is unknown")
-    _, val = run_splits(TrainConfig.from_dict(meta["config"]), root=data_dir, val_size=limit)
-    eps = config.eps if config.eps is not None else meta["eps"]
+    run = load_trained_run(checkpoint, runtime, val_size=limit, eps=config.eps, needs="the temperature sweep")
+    model, val, eps, dev = run.model, run.val, run.eps, run.device
     specs = [("pgd", {"steps": steps})] + [("temp-pgd", {"steps": steps, "temperature": t}) for t in values]
     globals_ = {**config.global_attack_options(eps), "steps": None}
     attacks = {("pgd" if name == "pgd" else attack_name(own["temperature"])):
                create_attack(name, model, **attack_kwargs([(name, own)], **globals_)[name]) for name, own in specs}
-    return evaluate_dataset(model, val, attacks, batch_size=config.batch_size, device=dev, progress=progress,
+    return evaluate_dataset(model, val, attacks, batch_size=config.batch_size, device=dev, progress=runtime.progress,
                             meta={"checkpoint": str(checkpoint), "split": "validation", "limit": len(val), "eps": eps,
                                   "seed": config.seed, "precision": config.precision, "mode": config.mode, **tf32,
                                   "temperatures": list(values), "steps": steps, "val_limit": limit})
@@ -75,27 +67,17 @@ def choose_temperature(sweeps: list[ClasswiseResult], values: list[float]) -> tu
     return best, means
 
 
-def run_temperature_step(spec, runs: list, *, device=None, data_dir=None, download: bool = False,
-                         progress: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """The experiment's temperature step for ``runs`` (trained RunSpecs); returns the index entry."""
-    from classrobust.workflows.experiment import run_dir
-
-    return temperature_step([run_dir(spec, r) / "model.safetensors" for r in runs],
-                            [run_dir(spec, r) / RUN_FOLDER for r in runs], spec.out / TEMPERATURE_INDEX,
-                            spec.temperature, [spec.eval_config(r) for r in runs], keys=[r.key for r in runs],
-                            relative=RUN_FOLDER, device=device, data_dir=data_dir, download=download,
-                            progress=progress, log=log)
-
-
 def temperature_step(checkpoints: list[Path], folders: list[Path], index_path: Path, settings, configs: list, *,
-                     keys: list[str], relative: str, device=None, data_dir=None, download: bool = False,
-                     progress: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+                     keys: list[str], relative: str, runtime: Runtime | None = None) -> dict[str, Any]:
     """Sweep every checkpoint on its validation images (``<folder>/validation``), choose T
     (:func:`choose_temperature`), record it in ``index_path`` before any test image is attacked with it,
     then PGD and Temperature-PGD at that T on each checkpoint's test images (``<folder>/test``) with
     its evaluation settings ``configs``. ``settings``: a :class:`~classrobust.workflows.spec.TemperatureStep`;
     ``relative``: the folders' name as the index records it. Returns the index entry."""
     from classrobust.workflows.evaluate import evaluate_checkpoint
+
+    runtime = runtime or Runtime(progress=False)
+    log = runtime.log
 
     sweeps = []
     for checkpoint, folder, config, key in zip(checkpoints, folders, configs, keys):
@@ -110,7 +92,7 @@ def temperature_step(checkpoints: list[Path], folders: list[Path], index_path: P
             log(f"temperature: {key}: PGD and Temperature-PGD at T = "
                 f"{', '.join(f'{t:g}' for t in settings.values)} on {settings.val_limit} validation images")
             sweep = sweep_validation(checkpoint, list(settings.values), steps=settings.steps, limit=settings.val_limit,
-                                     config=config, device=device, data_dir=data_dir, progress=progress)
+                                     config=config, runtime=runtime)
             if is_main():  # under torchrun every process holds the whole sweep; one writes it
                 sweep.save(directory)
             barrier()
@@ -143,8 +125,7 @@ def temperature_step(checkpoints: list[Path], folders: list[Path], index_path: P
         log(f"temperature: {key}: PGD-{settings.steps} and Temperature-PGD-{settings.steps} at T = {chosen:g} "
             "on the test images")
         evaluate_checkpoint(checkpoint, directory, config=replace(config, attacks=attacks, report=False, sanity=False),
-                            device=device, data_dir=data_dir, download=download, progress=progress,
-                            extra_meta={"temperature_step": {"chosen": chosen, "steps": settings.steps}})
+                            runtime=runtime, extra_meta={"temperature_step": {"chosen": chosen, "steps": settings.steps}})
     return entry
 
 
@@ -173,8 +154,7 @@ def sweep_table(entry: dict[str, Any], sweep: ClasswiseResult, test: ClasswiseRe
 
 def temperature_for_checkpoint(checkpoint: str | Path, out: str | Path | None = None, *, values: str = "0.05,0.1,0.25,0.5,1,2,4",
                                steps: int = 20, val_limit: int = 1000, limit: int | None = None, subset_seed: int = 0,
-                               seed: int = 0, device=None, data_dir=None, download: bool = False,
-                               progress: bool = True) -> tuple[Path, str]:
+                               seed: int = 0, runtime: Runtime | None = None) -> tuple[Path, str]:
     """``classrobust temperature``: the temperature step on one checkpoint into ``out`` (default
     ``temperature/`` beside it); ``values``: comma-separated candidate T. Returns (out, the markdown
     table also written to ``out/temperature.md``)."""
@@ -192,7 +172,7 @@ def temperature_for_checkpoint(checkpoint: str | Path, out: str | Path | None = 
     out = check_own_directory(Path(out) if out is not None else checkpoint.parent / "temperature", TEMPERATURE_INDEX)
     entry = temperature_step([checkpoint], [out], out / TEMPERATURE_INDEX, TemperatureStep(temperatures, steps, val_limit),
                              [EvalConfig(limit=limit, subset_seed=subset_seed, seed=seed)], keys=[str(checkpoint)],
-                             relative="", device=device, data_dir=data_dir, download=download, progress=progress)
+                             relative="", runtime=runtime or Runtime())
     text = sweep_table(entry, ClasswiseResult.load(out / "validation"), ClasswiseResult.load(out / "test"))
     atomic_write_text(out / "temperature.md", text)
     return out, text
