@@ -448,8 +448,8 @@ def test_each_baseline_is_compared_with_the_methods_that_name_it(tmp_path):
     # the report names the baseline of each group once a dataset has several
     from classrobust.report import experiment as report
 
-    sections = report._Sections(report._Page(tmp_path))
-    report._methods_sections(sections, tables)
+    sections = report.Sections(report._Page(tmp_path))
+    report._methods_sections(sections, report.ExperimentContext({}, tables, {}))
     assert [line for line in sections.md if line.startswith("## ")] == [
         f"## d: methods against {b} under {a}" for b in ("pgd-at", "trades") for a in ("clean", "pgd")]
     # an index written before baselines existed: every method against the first

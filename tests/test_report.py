@@ -265,3 +265,38 @@ def test_results_carry_a_format_tag_and_every_attack_setting(tmp_path):
     (tmp_path / "e" / "summary.json").write_text(json.dumps({**summary, "format": "classrobust-result/9"}))
     with pytest.raises(UsageError, match="format 'classrobust-result/9'"):
         ClasswiseResult.load(tmp_path / "e")
+
+
+def test_a_report_section_is_one_function(tmp_path, monkeypatch):
+    """Issue #35, item 3: both reports are a list of section functions on one API (report/page.py:
+    Sections, render); adding one to the list puts it on the page, in order, with its table saved."""
+    import numpy as np
+
+    import classrobust.report.experiment as experiment_report
+    import classrobust.report.html as eval_report
+    from classrobust.report import build_report
+    from classrobust.report.experiment import build_experiment_report
+    from classrobust.report.page import Sections
+    from classrobust.results import AttackResult, ClasswiseResult
+
+    def extra(out: Sections, context) -> None:
+        out.section("An added section", "added", "one function, appended to the list",
+                    pd.DataFrame({"kind": [type(context).__name__]}), "added")
+
+    labels = np.repeat(np.arange(3), 4)
+    attacks = {"clean": AttackResult("clean", labels, labels, 3, {"attack": "clean"}),
+               "pgd": AttackResult("pgd", labels, (labels + 1) % 3, 3, {"attack": "pgd", "eps": 0.1, "norm": "linf"})}
+    ClasswiseResult(["a", "b", "c"], np.arange(12), labels, attacks, {"eps": 0.1, "dataset": "toy"}).save(tmp_path / "e")
+    monkeypatch.setattr(eval_report, "EVAL_SECTIONS", (*eval_report.EVAL_SECTIONS, extra))
+    page = (build_report(tmp_path / "e")).read_text()
+    assert page.index('id="sanity"' if 'id="sanity"' in page else 'id="consistency"' if 'id="consistency"' in page
+                      else 'id="confusion"') < page.index('id="added"') and "EvalContext" in page
+    assert (tmp_path / "e" / "report_files" / "tables" / "added.csv").is_file()
+    # the experiment report: the same API, its own context
+    committed = Path(__file__).resolve().parents[1] / "docs/results/quick-fashion-mnist"
+    copy = tmp_path / "x"
+    shutil.copytree(committed, copy, ignore=shutil.ignore_patterns("report"))
+    monkeypatch.setattr(experiment_report, "EXPERIMENT_SECTIONS", (extra, *experiment_report.EXPERIMENT_SECTIONS))
+    build_experiment_report(copy)
+    md = (copy / "report" / "report.md").read_text()
+    assert md.index("## An added section") < md.index("## fashion-mnist") and "ExperimentContext" in md

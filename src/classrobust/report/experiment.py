@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,8 @@ from classrobust.results import CLEAN, ClasswiseResult, format_eps
 from classrobust.io import atomic_directory
 from classrobust.report import figures
 from classrobust.report.page import Page as _Page
-from classrobust.report.page import html_document, interval_cell, pct as _pct
-from classrobust.report.markdown import to_markdown
+from classrobust.report.page import Sections, html_document, interval_cell, render
+from classrobust.report.page import pct as _pct
 
 INDEX = "experiment.json"
 
@@ -70,22 +71,23 @@ def _mean_matrix(long: pd.DataFrame, a: str, b: str, value: str) -> pd.DataFrame
     return m
 
 
-class _Sections:
-    """The report page and its Markdown twin, written section by section."""
+@dataclass
+class ExperimentContext:
+    """What every section of the experiment report reads: the index, the combined tables, and each
+    dataset's strongest attack (the lowest pooled robust accuracy)."""
 
-    def __init__(self, page: _Page):
-        self.page = page
-        self.md: list[str] = []
+    index: dict
+    tables: dict[str, pd.DataFrame]
+    strongest: dict[str, str]
 
-    def section(self, heading: str, anchor: str, note: str, df: pd.DataFrame, name: str, fmt=None, index_=False):
-        self.page.h2(heading, anchor)
-        self.page.text(note)
-        self.page.table(df, name, fmt, index=index_)
-        shown = df.copy()
-        for col, f in (fmt or {}).items():
-            if col in shown:
-                shown[col] = shown[col].map(f)
-        self.md.extend([f"## {heading}", "", note, "", to_markdown(shown, index=index_), ""])
+
+def strongest_attacks(per_class: pd.DataFrame) -> dict[str, str]:
+    """Each dataset's attack with the fewest correct points pooled over methods and seeds."""
+    strongest = {}
+    for dataset, g in per_class.groupby("dataset", sort=False):
+        attacks = [a for a in dict.fromkeys(g["attack"]) if a != CLEAN]
+        strongest[dataset] = min(attacks, key=lambda a: g[g.attack == a]["correct"].sum()) if attacks else CLEAN
+    return strongest
 
 
 def build_experiment_report(out_dir: str | Path) -> Path:
@@ -94,7 +96,7 @@ def build_experiment_report(out_dir: str | Path) -> Path:
     index, results, temperature_results = load_runs(out_dir)
     tables = experiment_tables(index, results, temperature_results)
     with atomic_directory(out_dir / "report") as stage:
-        out = _Sections(_Page(stage))
+        out = Sections(_Page(stage))
         title = f"Experiment {index['name']}"
         out.md += [f"# {title}", ""]
         out.page.parts.append(f"<h1>{html.escape(title)}</h1>")
@@ -106,28 +108,18 @@ def build_experiment_report(out_dir: str | Path) -> Path:
                      f"eps {', '.join(eps)}; {len(first.labels)} test images per run; classrobust {__version__}")
         out.page.text(meta_line, "meta")
         out.md += [meta_line, ""]
-        _diverged_section(out, index)
         for name, df in tables.items():
             df.to_csv(stage / f"{name}.csv", index=False)
-        _methods_sections(out, tables)
-        _per_class_differences_section(out, tables)
-        _overview_section(out, tables)
-        strongest = _per_class_sections(out, tables)
-        _attacked_into_section(out, tables, strongest)
-        _consistency_sections(out, tables, strongest)
-        _disparity_seeds_section(out, tables)
-        _gain_section(out, tables)
-        _weight_norm_section(out, tables)
-        _ablation_section(out, tables)
-        _temperature_section(out, tables, index.get("temperature"))
+        render(EXPERIMENT_SECTIONS, out, ExperimentContext(index, tables, strongest_attacks(tables["per_class"])))
         (stage / "report.html").write_text(html_document(title, "\n".join(out.page.parts)))
         (stage / "report.md").write_text("\n".join(out.md))
     return out_dir / "report" / "report.html"
 
 
-def _diverged_section(out: _Sections, index: dict) -> None:
+def _diverged_section(out: Sections, ctx: ExperimentContext) -> None:
     """The runs whose training diverged: left out of every table below, listed here so that a method's
     seed count is read with them in mind."""
+    index = ctx.index
     diverged = index.get("diverged") or []
     if not diverged:
         return
@@ -157,7 +149,8 @@ def _seed_cell(mean, low, high, t_p, perm_p, unit: str = "seed") -> str:
     return f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}], t p {t_p:.2g}, perm p {perm_p:.2g}"
 
 
-def _methods_sections(out: _Sections, tables):
+def _methods_sections(out: Sections, ctx: ExperimentContext):
+    tables = ctx.tables
     mc = tables["methods"]
     explained = set()  # the long explanation once per comparison, not once per attack
     for (dataset, baseline, attack), g in (mc.groupby(["dataset", "baseline_method", "attack"], sort=False)
@@ -212,7 +205,8 @@ def _methods_sections(out: _Sections, tables):
 
 
 
-def _per_class_differences_section(out: _Sections, tables):
+def _per_class_differences_section(out: Sections, ctx: ExperimentContext):
+    tables = ctx.tables
     diffs = tables["methods_per_class"]
     if not len(diffs) or (diffs["seeds"] < 2).all():
         return
@@ -244,7 +238,8 @@ def _alternative_note(alternative: str) -> str:
             "seeds it cannot go below 1/2^n")
 
 
-def _overview_section(out: _Sections, tables):
+def _overview_section(out: Sections, ctx: ExperimentContext):
+    tables = ctx.tables
     ov = tables["overview"]
     shown = ov.assign(accuracy=[_cell(*v) for v in zip(ov.accuracy, ov.ci_low, ov.ci_high)],
                       worst=[f"{c}: {_cell(*v)}" for c, *v in zip(ov.worst_class, ov.worst_accuracy,
@@ -254,9 +249,8 @@ def _overview_section(out: _Sections, tables):
 
 
 
-def _per_class_sections(out: _Sections, tables):
-    pc = tables["per_class"]
-    strongest = {}
+def _per_class_sections(out: Sections, ctx: ExperimentContext):
+    pc, strongest = ctx.tables["per_class"], ctx.strongest
     for dataset, g in pc.groupby("dataset", sort=False):
         keys = ["method", "attack", "class_index", "class_name"]
         pooled = g.groupby(keys, sort=False)[["correct", "n"]].sum().reset_index()
@@ -269,9 +263,6 @@ def _per_class_sections(out: _Sections, tables):
         else:
             lo, hi = wilson_interval(pooled["correct"], pooled["n"])
             pooled = pooled.assign(accuracy=pooled["correct"] / pooled["n"], ci_low=lo, ci_high=hi)
-        attacks = [a for a in dict.fromkeys(pooled["attack"]) if a != CLEAN]
-        strongest[dataset] = min(attacks, key=lambda a: pooled[pooled.attack == a]["correct"].sum()) \
-            if attacks else CLEAN
         for attack in [CLEAN, strongest[dataset]]:
             sel = pooled[pooled.attack == attack]
             wide = sel.assign(cell=[_cell(*v) for v in zip(sel.accuracy, sel.ci_low, sel.ci_high)]).pivot(
@@ -291,10 +282,9 @@ def _per_class_sections(out: _Sections, tables):
                 out.page.figure(figures.accuracy_heatmap(heat, f"{dataset}: per-class {attack} accuracy"),
                                 f"per_class_{dataset}_{attack}", f"per-class {attack} accuracy on {dataset}")
 
-    return strongest
 
-
-def _attacked_into_section(out: _Sections, tables, strongest):
+def _attacked_into_section(out: Sections, ctx: ExperimentContext):
+    tables, strongest = ctx.tables, ctx.strongest
     into = tables.get("attacked_into_seeds", pd.DataFrame())
     if len(into):
         shown = pd.concat([g[g.attack == strongest[dataset]] for dataset, g in into.groupby("dataset", sort=False)])
@@ -310,7 +300,8 @@ def _attacked_into_section(out: _Sections, tables, strongest):
                     shown, "attacked_into_pooled", {c: _pct for c in ("share_1", "share_2", "top3_share")})
 
 
-def _consistency_sections(out: _Sections, tables, strongest):
+def _consistency_sections(out: Sections, ctx: ExperimentContext):
+    tables, strongest = ctx.tables, ctx.strongest
     ac = tables["attack_consistency"]
     if len(ac):
         for dataset, g in ac.groupby("dataset", sort=False):
@@ -334,7 +325,8 @@ def _consistency_sections(out: _Sections, tables, strongest):
                         f"defense_consistency_{dataset}", index_=True)
 
 
-def _gain_section(out: _Sections, tables):
+def _gain_section(out: Sections, ctx: ExperimentContext):
+    tables = ctx.tables
     gains = tables["gain_attribution"]
     if len(gains):
         out.section("Stronger-attack gain attribution", "gain",
@@ -366,7 +358,8 @@ def _gain_section(out: _Sections, tables):
                     shown, "gain_seeds_table")
 
 
-def _disparity_seeds_section(out: _Sections, tables):
+def _disparity_seeds_section(out: Sections, ctx: ExperimentContext):
+    tables = ctx.tables
     ds = tables["disparity_seeds"]
     if not len(ds):
         return
@@ -381,7 +374,8 @@ def _disparity_seeds_section(out: _Sections, tables):
                 "noise, and never collapses to a point at 0% or 100%.", shown, "disparity_seeds_table")
 
 
-def _weight_norm_section(out: _Sections, tables):
+def _weight_norm_section(out: Sections, ctx: ExperimentContext):
+    tables = ctx.tables
     summary = tables.get("weight_norms_seeds", pd.DataFrame())
     if len(summary):
         def tested(t_p, t_holm, perm_p, perm_holm):
@@ -415,7 +409,8 @@ def _weight_norm_section(out: _Sections, tables):
                     "weight_norms.csv.", shown, "weight_norms_seeds_table")
 
 
-def _ablation_section(out: _Sections, tables):
+def _ablation_section(out: Sections, ctx: ExperimentContext):
+    tables = ctx.tables
     ab = tables["ablation"]
     if not len(ab):
         return
@@ -463,7 +458,8 @@ def _ablation_section(out: _Sections, tables):
                     "ablation_seeds_table", {"perm_floor": lambda v: f"{v:.3g}"})
 
 
-def _temperature_section(out: _Sections, tables, entry):
+def _temperature_section(out: Sections, ctx: ExperimentContext):
+    tables, entry = ctx.tables, ctx.index.get("temperature")
     if not entry or "temperature_seeds" not in tables:
         return
     sweep = pd.DataFrame({"T": list(entry["validation_accuracy"]),
@@ -502,6 +498,12 @@ def _temperature_section(out: _Sections, tables, entry):
                     "weakest under PGD, against their share of all points and of the points robust to PGD "
                     "(excess above 1: concentrated on them); 95% two-level bootstrap intervals (runs, then points).",
                     shown, "temperature_gain_table")
+
+
+#: the experiment report, in reading order: each a function ``(Sections, ExperimentContext) -> None``
+EXPERIMENT_SECTIONS = (_diverged_section, _methods_sections, _per_class_differences_section, _overview_section,
+                       _per_class_sections, _attacked_into_section, _consistency_sections, _disparity_seeds_section,
+                       _gain_section, _weight_norm_section, _ablation_section, _temperature_section)
 
 
 def attack_pairs_markdown(table: pd.DataFrame) -> str:

@@ -7,6 +7,7 @@ import base64
 import html
 import io
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 
@@ -78,3 +79,33 @@ def pct(v: float) -> str:
 def interval_cell(value: float, low: float, high: float) -> str:
     """An accuracy in % with its interval: ``"61.5 [54.6, 68.0]"``."""
     return f"{100 * value:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+class Sections:
+    """A report page and its Markdown twin, written section by section: every report (evaluation,
+    experiment) is a sequence of section functions ``(Sections, context) -> None`` run by :func:`render`."""
+
+    def __init__(self, page: Page):
+        self.page = page
+        self.md: list[str] = []
+
+    def section(self, heading: str, anchor: str, note: str, df: pd.DataFrame, name: str, fmt=None, index_=False):
+        """A heading, a note and a table, on the page and in the Markdown twin."""
+        self.page.h2(heading, anchor)
+        self.page.text(note)
+        self.page.table(df, name, fmt, index=index_)
+        shown = df.copy()
+        for col, f in (fmt or {}).items():
+            if col in shown:
+                shown[col] = shown[col].map(f)
+        self.md.extend([f"## {heading}", "", note, "", to_markdown(shown, index=index_), ""])
+
+
+#: a report section: adds its part of the page (or nothing, where it has nothing to show)
+Section = Callable[[Sections, Any], None]
+
+
+def render(sections: Sequence[Section], out: Sections, context: Any) -> None:
+    """Run each section in order on one page and one context."""
+    for section in sections:
+        section(out, context)
