@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from classrobust.attacks import FGSM, PGD
-from classrobust.attacks.base import fast_weights
+from classrobust.runtime import fast_weights
 
 try:
     import torchattacks

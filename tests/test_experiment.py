@@ -299,6 +299,18 @@ def test_shipped_experiment_files_validate_without_data(path, tmp_path, monkeypa
         assert f"against {first}" in out and all(m in out.split("compared: ")[1] for m in list(spec.methods)[1:])
 
 
+def test_alpha_step_size_is_each_datasets_threat_model_step(tmp_path):
+    """Issue #35, item 5: ThreatModel.step_size was unread while the paper files hard-coded it."""
+    from classrobust.data import get_dataset_info
+
+    spec = load_spec(write(tmp_path, "train: {alpha: step_size}\ndatasets: {fashion-mnist: {}, digits: {name: mnist}, "
+                                     "c10: {name: cifar10, model: preact-resnet18}}\nmethods: [pgd-at]\n"
+                                     "eval: {attacks: pgd}\n"))
+    steps = {r.dataset: r.config.alpha for r in spec.runs}
+    assert steps == {"fashion-mnist": 0.01, "digits": 0.01, "c10": pytest.approx(2 / 255)}
+    assert steps["c10"] == get_dataset_info("cifar10").threat_model.step_size
+
+
 def test_precedence_of_training_settings(tmp_path):
     spec = load_spec(write(tmp_path, """
 train: {epochs: 5, lr: 0.1}

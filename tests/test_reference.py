@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from classrobust.attacks import FAB
-from classrobust.attacks.base import fast_weights
+from classrobust.runtime import fast_weights
 
 try:
     from pyautoattack.fab_pt import FABAttack_PT

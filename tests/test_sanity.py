@@ -109,6 +109,17 @@ def test_more_steps_rising_accuracy_is_flagged(trained_fmnist_model, data):
     # one-step attacks are skipped
     assert check_steps(model, data, result, {"fgsm": FGSM(model, eps=0.1)},
                        lambda n, o: FGSM(model, eps=0.1, **o), 100) == []
+    # the capability is the attack's, not its name's: the same PGD under a class that opts out (as
+    # Square, AutoAttack and APGD-T do) is skipped whatever it is called
+    class Opted(PGD):
+        steps_sanity_check = False
+
+    assert check_steps(model, data, result, {"pgd": Opted(model, eps=0.1, steps=10)},
+                       lambda n, o: PGD(model, eps=0.0, **o), 100) == []
+    from classrobust.attacks import ATTACKS
+
+    assert {n for n in ATTACKS.names() if not ATTACKS.get(n).builder.steps_sanity_check} == {"apgd-t", "square",
+                                                                                             "autoattack"}
 
 
 def test_cli_sanity_lands_in_summary(synthetic_env, tmp_path, capsys):

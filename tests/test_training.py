@@ -135,6 +135,19 @@ def test_a_method_with_its_settings_trains_with_them(synthetic_env, tmp_path, mo
     assert json.loads((tmp_path / "r/model.json").read_text())["config"]["method"] == "trades:beta=2"
 
 
+def test_derived_seeds_are_the_ones_every_result_was_made_with():
+    """One helper derives every stream's seed (loader order, inner attack, restarts); the values must
+    stay those of the formulas the committed results used."""
+    from classrobust.runtime import derive_seed
+
+    assert derive_seed(3, "epoch_order", 5) == 3 * 100_003 + 5
+    assert derive_seed(2, "training_step", 11, 1) == 2 * 1_000_003 + 11 * 7 + 1
+    assert derive_seed(4, "restart", 2, 3) == 4 + 7919 * 2 + 104729 * 3
+    assert derive_seed(4, "restart", 2) == 4 + 7919 * 2
+    with pytest.raises(ValueError, match="at most 1"):
+        derive_seed(0, "epoch_order", 1, 2)
+
+
 def test_schedules():
     cyc = lr_multiplier("cyclic", 100)
     assert cyc(0) == 0 and cyc(40) == pytest.approx(1) and cyc(100) == 0 and cyc(70) == pytest.approx(0.5)

@@ -21,6 +21,7 @@ from classrobust.attacks.base import Attack, shrink_interval
 from classrobust.attacks.losses import get_loss, targeted_dlr
 from classrobust.attacks.pgd import check_steps
 from classrobust.errors import UsageError
+from classrobust.runtime import derive_seed
 
 MOMENTUM = 0.75
 
@@ -76,7 +77,7 @@ class APGD(Attack):
         todo = torch.arange(len(x), device=x.device)
         for restart in range(self.restarts):
             x_r, fooled, loss_r = self.run(x[todo], y[todo], lambda logits, yy, aux: self._loss(logits, yy),
-                                           None, self.seed + 7919 * restart)
+                                           None, derive_seed(self.seed, "restart", restart))
             better = fooled | (loss_r > best_loss[todo])
             out[todo[better]] = x_r[better]
             best_loss[todo[better]] = loss_r[better]
@@ -230,6 +231,7 @@ class APGDT(APGD):
     samples earlier targets did not fool (untargeted success counts)."""
 
     name = "apgd-t"
+    steps_sanity_check = False
 
     def __init__(self, model: nn.Module, *, eps: float, steps: int = 100, n_targets: int = 9,
                  restarts: int = 1, rho: float = 0.75, norm: str = "linf", seed: int = 0,
@@ -255,7 +257,7 @@ class APGDT(APGD):
             for restart in range(self.restarts):
                 target = order[todo, t]
                 x_r, fooled, _ = self.run(x[todo], y[todo], lambda lg, yy, tg: targeted_dlr(lg, yy, tg),
-                                          target, self.seed + 7919 * restart + 104729 * t)
+                                          target, derive_seed(self.seed, "restart", restart, t))
                 # a sample keeps the output of its last run unless an earlier one fooled it
                 out[todo] = x_r
                 todo = todo[~fooled]

@@ -56,6 +56,7 @@ class AutoAttack(Attack):
     name = "autoattack"
     #: the members keep their own (the reference's) settings: the global --steps does not reach them
     reserved_options = ("steps",)
+    steps_sanity_check = False
 
     def __init__(self, model: nn.Module, *, eps: float, version: str = "standard", steps: int = 100,
                  n_targets: int = 9, n_queries: int = 5000, eot: int = 20, rescale_schedule: bool = False,

@@ -21,12 +21,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from classrobust.attacks.losses import LossFn, margin
 from classrobust.attacks.balls import make_ball
 from classrobust.errors import ClassrobustError, NonFiniteError, UsageError
-from classrobust.runtime import autocast, check_precision, model_mode
+from classrobust.runtime import autocast, check_precision, fast_layout, fast_weights, model_mode
 
 
 @contextlib.contextmanager
@@ -46,47 +45,6 @@ def frozen_eval(model: nn.Module):
             p.requires_grad_(True)
 
 
-#: where channels-last convolutions are faster: oneDNN on the CPU, tensor cores on NVIDIA GPUs
-FAST_LAYOUT_DEVICES = ("cpu", "cuda")
-
-
-@contextlib.contextmanager
-def fast_weights(model: nn.Module):
-    """Weights of plain ``nn.Conv2d`` layers (CPU or CUDA) in channels-last order while inside.
-
-    Measured on smallcnn (benchmarks/README.md): forward + input gradient 1.2x faster than with
-    the default layout. Values are unchanged; on exit each parameter gets back its original
-    tensor (same storage), so the caller's model is exactly as it was. Subclasses with their own
-    ``forward`` and parametrised layers are left alone: their code may ``view`` the weight.
-    """
-    swapped: list[tuple[nn.Parameter, torch.Tensor]] = []
-    try:
-        for m in model.modules():
-            w = getattr(m, "weight", None)
-            if (type(m).forward is nn.Conv2d.forward and isinstance(w, nn.Parameter) and w.dim() == 4
-                    and w.device.type in FAST_LAYOUT_DEVICES and not parametrize.is_parametrized(m)):
-                # .to, not .contiguous: a one-input-channel weight counts as channels-last already,
-                # but only .to gives it the strides that make the convolution pick that layout
-                # (measured: without it the first layer, and the whole gain, stayed behind)
-                # (a weight shared by two layers is converted once: the second time .to returns it as is)
-                fast = w.data.to(memory_format=torch.channels_last)
-                if fast.stride() != w.stride():
-                    swapped.append((w, w.data))
-                    w.data = fast
-        yield model
-    finally:
-        for w, original in swapped:
-            w.data = original
-
-
-def fast_layout(x: torch.Tensor) -> torch.Tensor:
-    """Images in channels-last memory order on the CPU and CUDA (values and shape unchanged).
-
-    Measured on smallcnn (benchmarks/README.md): a forward pass of contiguous input runs 2.4x
-    faster this way; inside PGD (forward + input gradient) the gain was within noise."""
-    if x.dim() == 4 and x.device.type in FAST_LAYOUT_DEVICES:
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
 MODES = ("best", "last")
 #: evaluation mode drops fooled samples from the batch every this many steps: shrinking needs the
 #: device's verdicts on the host (a synchronisation), free on the CPU, a stall on a GPU; between
@@ -159,6 +117,11 @@ class Attack:
 
     #: registry / CLI name, set by subclasses
     name = "attack"
+    #: capabilities the library reads from the class (through the registry's builder), never from
+    #: name lists: ``steps_sanity_check`` says whether "twice the steps never raises robust accuracy"
+    #: applies (an iterative white-box search whose steps are its budget; not a gradient-free
+    #: search, an ensemble, or APGD-T, whose nine targets make doubling too costly)
+    steps_sanity_check = True
 
     def __init__(self, model: nn.Module, *, eps: float, norm: str = "linf", seed: int = 0,
                  precision: str = "fp32", mode: str = "best"):

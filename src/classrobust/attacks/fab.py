@@ -24,6 +24,7 @@ from classrobust.attacks.noise import normal_like, uniform_like
 from classrobust.attacks.pgd import check_steps
 from classrobust.attacks.projections import project_onto_hyperplane
 from classrobust.errors import UsageError
+from classrobust.runtime import derive_seed
 
 
 class FAB(MinimalNormAttack):
@@ -86,7 +87,7 @@ class FAB(MinimalNormAttack):
                 idx = todo.nonzero().flatten()
                 if len(idx) == 0:
                     return best.points, best.distance
-                start = x[idx] if restart == 0 else self._random_start(x[idx], self.seed + 7919 * restart + 104729 * t)
+                start = x[idx] if restart == 0 else self._random_start(x[idx], derive_seed(self.seed, "restart", restart, t))
                 self._run(best, idx, start, None if target is None else target[idx])
         return best.points, best.distance
 

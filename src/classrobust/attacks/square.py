@@ -77,6 +77,7 @@ class Square(Attack):
     """
 
     name = "square"
+    steps_sanity_check = False
 
     def __init__(self, model: nn.Module, *, eps: float, n_queries: int = 5000, p_init: float = 0.8,
                  rescale_schedule: bool = False, norm: str = "linf", seed: int = 0, precision: str = "fp32",

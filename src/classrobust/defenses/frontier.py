@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from classrobust.attacks.balls import make_ball
 from classrobust.attacks.base import Attack
 from classrobust.errors import UsageError
 

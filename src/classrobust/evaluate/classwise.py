@@ -15,10 +15,10 @@ from torch import nn
 from tqdm import tqdm  # not tqdm.auto: its asyncio class calls iter() on the loader when built (#17)
 
 from classrobust.attacks.autoattack import AutoAttack, CascadeRecord
-from classrobust.attacks.base import Attack, fast_layout, fast_weights, output_scale_warning
+from classrobust.attacks.base import Attack, output_scale_warning
 from classrobust.attacks.minimal import MinimalNormAttack
 from classrobust.errors import UsageError
-from classrobust.runtime import model_mode
+from classrobust.runtime import fast_layout, fast_weights, model_mode
 from classrobust.models import final_linear
 from classrobust.results import CLEAN, AttackResult, ClasswiseResult
 

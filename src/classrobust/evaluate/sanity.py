@@ -16,16 +16,12 @@ import torch
 from torch import nn
 
 from classrobust.attacks import PGD, Square
-from classrobust.attacks.base import Attack, fast_layout, frozen_eval
+from classrobust.attacks.base import Attack, frozen_eval
 from classrobust.data import make_loader
 from classrobust.evaluate.classwise import evaluate_classwise
 from classrobust.errors import UsageError
-from classrobust.runtime import model_mode
+from classrobust.runtime import fast_layout, model_mode
 from classrobust.results import CLEAN, ClasswiseResult
-
-#: attacks that are not (only) white-box gradient attacks
-BLACK_BOX = ("square", "autoattack")
-
 
 def ran_gradient_free(config: dict[str, Any]) -> bool:
     """Whether an evaluated attack (its recorded config) included a gradient-free search: Square
@@ -47,7 +43,7 @@ def check_steps(model, dataset, result: ClasswiseResult, attacks: dict[str, Atta
     k = result.num_classes
     for name, attack in attacks.items():
         cfg = attack.config()
-        if "steps" not in cfg or name in BLACK_BOX or name == "apgd-t":
+        if "steps" not in cfg or not type(attack).steps_sanity_check:
             continue
         try:
             stronger = rebuild(name, {"steps": 2 * cfg["steps"]})

@@ -16,7 +16,6 @@ import pandas as pd
 import torch
 from tqdm import tqdm  # not tqdm.auto: its asyncio class calls iter() on the loader when built (#17)
 
-from classrobust.attacks.base import fast_layout
 from classrobust.attacks.pgd import PGD
 from classrobust.checkpoint import save_checkpoint
 from classrobust.data import make_loader, run_splits
@@ -27,7 +26,8 @@ from classrobust.evaluate.sharded import evaluate_dataset
 from classrobust.io import atomic_write_bytes, atomic_write_text, check_writable, replace_directory
 from classrobust.models import check_model_name, create_model
 from classrobust.results import CLEAN
-from classrobust.runtime import Runtime, any_rank, set_deterministic, set_tf32, setup_device, world
+from classrobust.runtime import (Runtime, any_rank, derive_seed, fast_layout, set_deterministic, set_tf32,
+                                 setup_device, world)
 from classrobust.training.config import TrainConfig
 from classrobust.training.methods import METHODS
 from classrobust.training.schedules import lr_multiplier
@@ -257,7 +257,7 @@ def _train_epoch(run: _Run, epoch: int, step: int,
     terms_table = {key: torch.as_tensor(v, dtype=torch.float32).to(run.device) for key, v in terms_used.items()
                    if not (key == "eps_scale" and np.all(v == 1))} if terms_used else None
     # the order depends on (seed, epoch) only, so a resumed epoch sees the same batches
-    loader = make_loader(run.train_set, config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch,
+    loader = make_loader(run.train_set, config.batch_size, shuffle=True, seed=derive_seed(config.seed, "epoch_order", epoch),
                          drop_last=run.drop_last, shard=(run.rank, run.size) if run.distributed else None,
                          pin_memory=run.device.type == "cuda", num_workers=config.workers)
     # a bar on a terminal; elsewhere (a log file, CI) a line per tenth of the epoch, as evaluation prints
@@ -272,7 +272,7 @@ def _train_epoch(run: _Run, epoch: int, step: int,
         for group in run.optimizer.param_groups:
             group["lr"] = lr
         eps_now = run.eps * min(1.0, (step + 1) / run.eps_warmup_steps) if run.eps_warmup_steps > 0 else run.eps
-        seed = config.seed * 1_000_003 + step * 7 + run.rank
+        seed = derive_seed(config.seed, "training_step", step, run.rank)
         try:
             extra = {"terms": {key: t[y] for key, t in terms_table.items()}} if terms_table else {}
             loss, logits = run.method.loss(run.model, x, y, eps=eps_now, seed=seed, **extra)

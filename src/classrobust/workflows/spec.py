@@ -45,6 +45,9 @@ from classrobust.workflows.evaluate import EvalConfig
 TOP_KEYS = {"name", "description", "out", "seeds", "train", "datasets", "methods", "eval", "ablation", "temperature", "compare",
             "protocol"}
 DATASET_KEYS = {"name", "model", "model_kwargs", "eps", "alpha", "train"}
+#: ``alpha: step_size`` in an experiment file: the inner attack's step is the dataset's threat-model
+#: step (2/255 on CIFAR-10, 0.01 on MNIST: the papers' choices, docs/attacks.md)
+STEP_SIZE = "step_size"
 #: the evaluation settings an experiment file may set (EvalConfig fields; their defaults come from there)
 EVAL_KEYS = {"attacks", "split", "limit", "subset_seed", "seed", "batch_size", "precision", "mode", "eps"}
 ABLATION_KEYS = {"remove_confused_class"}
@@ -503,6 +506,10 @@ def _build_runs(datasets, methods, train, seeds) -> list[RunSpec]:
                 for key in ("eps", "alpha"):
                     if key in d_entry and key not in settings:
                         settings[key] = d_entry[key]
+                if settings.get("alpha") == STEP_SIZE:  # the dataset's own step (ThreatModel.step_size)
+                    from classrobust.data import get_dataset_info
+
+                    settings["alpha"] = get_dataset_info(d_entry.get("name", d_alias)).threat_model.step_size
                 try:
                     config = TrainConfig.from_dict({
                         **settings, "dataset": d_entry.get("name", d_alias), "model": d_entry.get("model", "smallcnn"),
