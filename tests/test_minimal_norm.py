@@ -110,7 +110,9 @@ def test_minimal_norm_respects_the_model_and_inputs(tiny_model, tiny_batch):
 
 
 def test_fab_t_curves_take_every_target_and_only_the_attack_at_eps_stops_early(at_fmnist_model, points):
-    x, y = points[0][:20], points[1][:20]
+    # all 60 points: on 20, whether any distance differs depended on the fixture model, which differs
+    # with the thread count it was trained at (the assertion failed at one thread)
+    x, y = points
     fab = FAB(at_fmnist_model, eps=0.1, steps=8, targeted=True, n_targets=3, mode="best")
     full = fab.minimal(x, y)[1]
     early = fab._guarded(lambda a, b: fab.search(a, b, early_stop=True), x, y, True)[1]
