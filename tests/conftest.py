@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import os
 import struct
 from pathlib import Path
 
@@ -16,9 +15,6 @@ from classrobust.data.mnist_like import SYSTEM_DIRS
 from classrobust.runtime import Runtime
 
 FMNIST_DIR = SYSTEM_DIRS["fashion-mnist"]
-
-if os.environ.get("PYTEST_XDIST_WORKER"):  # one process per core under `pytest -n`: one thread each
-    torch.set_num_threads(1)
 
 #: a fast ``classrobust train`` on the generated data (``synthetic_env``)
 TRAIN = ["train", "--train-subset", "300", "--epochs", "1", "--val-size", "100", "--attack-steps", "2",
